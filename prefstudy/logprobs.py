@@ -1,0 +1,150 @@
+"""Per-token log-probabilities of response tokens, and their per-sequence summaries.
+
+The objectives never see logits: they see a `TokenLogps` per side (chosen / rejected,
+policy / reference). `token_logps` computes it from logits without materialising a float32
+log-softmax over the whole vocabulary for the whole batch: it gathers the target logit and
+subtracts a logsumexp computed a few rows at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TokenLogps:
+    """Log-probabilities of the response tokens of a batch of sequences.
+
+    logps: log p(token_t | tokens_<t). Shape: (batch, T), float; 0.0 wherever `mask` is False.
+    mask:  True on response tokens (the prompt and padding are False). Shape: (batch, T), bool.
+    Response tokens are contiguous in each row; row b has `mask[b].sum()` of them.
+    """
+
+    logps: Tensor
+    mask: Tensor
+
+    @property
+    def count(self) -> Tensor:
+        """Number of response tokens. Shape: (batch,), float."""
+        return self.mask.sum(-1).to(self.logps.dtype)
+
+    @property
+    def sum(self) -> Tensor:
+        """Summed log-probability log π(y|x). Shape: (batch,)."""
+        return (self.logps * self.mask).sum(-1)
+
+    @property
+    def mean(self) -> Tensor:
+        """Token-mean log-probability (1/|y|) log π(y|x). Shape: (batch,)."""
+        return self.sum / self.count.clamp(min=1)
+
+    def position(self) -> Tensor:
+        """0-based index of each token within its response (−1 off the mask). Shape: (batch, T)."""
+        return torch.where(self.mask, self.mask.long().cumsum(-1) - 1, -1)
+
+    def detach(self) -> TokenLogps:
+        return TokenLogps(self.logps.detach(), self.mask)
+
+    def index(self, rows) -> TokenLogps:
+        return TokenLogps(self.logps[rows], self.mask[rows])
+
+
+# --------------------------------------------------------------------------- from a model
+
+
+def _chunk_logps(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """log p(target) for rows of hidden states: gathered logit minus logsumexp, in float32."""
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def _head_is_plain(model) -> bool:
+    """Whether logits are exactly lm_head(hidden): no soft-capping or scaling after the head."""
+    cfg = model.config
+    return (model.get_output_embeddings() is not None
+            and not getattr(cfg, "final_logit_softcapping", None)
+            and getattr(cfg, "logit_scale", 1.0) in (None, 1.0))
+
+
+def token_logps(model, batch, *, chunk_tokens: int = 2048) -> TokenLogps:
+    """Per-token log-probs of the response tokens of every row of `batch` (an encode.Batch).
+
+    Only positions that predict a response token go through the output head, `chunk_tokens` at
+    a time, so neither the logits nor a log-softmax of the whole batch exist at once. While
+    gradients are on, each chunk is recomputed in the backward pass (activation checkpointing)
+    so its logits are not kept either. Models whose logits are not a plain linear head fall back
+    to `plain_token_logps`.
+    Returns a TokenLogps of shape (rows, L − 1): position t scores token t + 1.
+    """
+    if not _head_is_plain(model):
+        return plain_token_logps(model, batch)
+    hidden = model.base_model(input_ids=batch.input_ids,
+                              attention_mask=batch.attention_mask).last_hidden_state
+    mask = batch.response_mask[:, 1:]
+    h, targets = hidden[:, :-1][mask], batch.input_ids[:, 1:][mask]
+    head = model.get_output_embeddings()
+    checkpoint = torch.is_grad_enabled() and h.requires_grad
+    pieces = []
+    for start in range(0, h.shape[0], chunk_tokens):
+        args = (h[start:start + chunk_tokens], targets[start:start + chunk_tokens],
+                head.weight, head.bias)
+        if checkpoint:
+            pieces.append(torch.utils.checkpoint.checkpoint(_chunk_logps, *args,
+                                                            use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(*args))
+    flat = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
+    logps = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    logps = logps.masked_scatter(mask, flat)
+    return TokenLogps(logps, mask)
+
+
+def plain_token_logps(model, batch) -> TokenLogps:
+    """The textbook path: full logits, full float32 log_softmax, gather. For checks and baselines."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    mask = batch.response_mask[:, 1:]
+    picked = logp.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    return TokenLogps(picked * mask, mask)
+
+
+def split_pairs(t: TokenLogps) -> tuple[TokenLogps, TokenLogps]:
+    """(chosen, rejected) from a collated batch whose first half of rows is chosen."""
+    half = t.logps.shape[0] // 2
+    return t.index(slice(0, half)), t.index(slice(half, None))
+
+
+@torch.no_grad()
+def score_pairs(model, tokenizer, pairs, *, batch_size: int = 8, max_length: int = 256,
+                max_prompt_length: int = 128):
+    """loss_p, loss_n and their gap for each pair, summed and token-mean. A tidy DataFrame.
+
+    Columns: pair_id, len_p, len_n (response tokens), nll_sum_p, nll_sum_n, gap_sum
+    (= nll_sum_n − nll_sum_p), loss_p, loss_n (token-mean cross-entropy), gap (= loss_n − loss_p).
+    """
+    import pandas as pd
+
+    from .encode import collate, encode_pairs
+
+    encoded = encode_pairs(pairs, tokenizer, max_length=max_length,
+                           max_prompt_length=max_prompt_length)
+    device = next(model.parameters()).device
+    rows = []
+    for start in range(0, len(encoded.items), batch_size):
+        batch = collate(encoded.items[start:start + batch_size], tokenizer.pad_token_id)
+        chosen, rejected = split_pairs(token_logps(model, batch.to(device)))
+        for i, pid in enumerate(batch.pair_ids):
+            rows.append({
+                "pair_id": pid,
+                "len_p": int(chosen.count[i]), "len_n": int(rejected.count[i]),
+                "nll_sum_p": -float(chosen.sum[i]), "nll_sum_n": -float(rejected.sum[i]),
+                "loss_p": -float(chosen.mean[i]), "loss_n": -float(rejected.mean[i]),
+            })
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["gap_sum"] = df.nll_sum_n - df.nll_sum_p
+        df["gap"] = df.loss_n - df.loss_p
+    return df

@@ -1,0 +1,615 @@
+"""Preference objectives: per-token log-probs in, one loss per pair out.
+
+Every objective is a small pure function `fn(logps: PairLogps, **params) -> ObjectiveOutput`,
+registered by name in `OBJECTIVES`. That registry is the only list of objective names in
+prefstudy: config validation, error messages and the tests all read it. Call objectives through
+`compute(name, logps, **params)`, which validates the parameters, checks that a reference is
+there when one is needed, and detaches the reference. Losses are never reduced here: the train
+step takes `.mean()` where the optimiser steps, and the per-pair values go into the records.
+
+Notation in the docstrings, per pair (y_c chosen, y_r rejected, |y| = number of response tokens):
+
+    πc, πr    summed policy log-probs log π(y|x);   rc, rr   the same under the frozen reference
+    agg       `.sum` or `.mean` over response tokens, picked by a `norm` parameter
+    loss_p    −agg(πc), the chosen cross-entropy;    loss_n   −agg(πr), the rejected one
+    h         (πc − rc) − (πr − rr), the DPO log-ratio difference (summed log-probs)
+    σ         the logistic sigmoid; −log σ is computed with `F.logsigmoid` for stability
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass, replace
+from operator import attrgetter
+from types import MappingProxyType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prefstudy.logprobs import TokenLogps
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and outputs
+
+
+@dataclass(frozen=True)
+class PairLogps:
+    """Per-token log-probs of a batch of preference pairs; row b of each side is pair b.
+
+    The reference sides are None when no reference model is used; `compute` refuses an objective
+    that needs them. Each reference side has the same mask as its policy side.
+    """
+
+    chosen: TokenLogps  # policy, chosen responses
+    rejected: TokenLogps  # policy, rejected responses
+    ref_chosen: TokenLogps | None = None
+    ref_rejected: TokenLogps | None = None
+
+
+@dataclass(frozen=True)
+class ObjectiveOutput:
+    """What an objective returns. Every tensor has Shape: (batch,).
+
+    loss:    per-pair loss the optimiser minimises (never reduced here).
+    margin:  the preference margin the objective pushes up (for the sigmoid family, the argument
+             of the sigmoid; for likelihood objectives, the gap agg(πc) − agg(πr) = loss_n − loss_p).
+    chosen_reward / rejected_reward: the implicit rewards where the objective defines them
+             (DPO: β·(log π − log π_ref)), else None.
+    """
+
+    loss: Tensor
+    margin: Tensor
+    chosen_reward: Tensor | None = None
+    rejected_reward: Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyper-parameter of an objective: its default and what values are allowed.
+
+    The type of `default` is the type a value must have (an int is accepted for a float). Bounds:
+    `low`/`high` are inclusive (value >= low, value <= high), `above`/`below` exclusive (value >
+    above, value < below). Numbers must be finite.
+    """
+
+    default: float | str | bool
+    _: KW_ONLY
+    help: str
+    choices: tuple | None = None
+    low: float | None = None
+    above: float | None = None
+    high: float | None = None
+    below: float | None = None
+
+    def describe(self) -> str:
+        """What values are allowed, in words: "a finite number > 0", "one of 'sum', 'mean'"."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if isinstance(self.default, bool):
+            return "True or False"
+        if isinstance(self.default, str):
+            return "a string"
+        lower = (f">= {self.low:g}" if self.low is not None
+                 else f"> {self.above:g}" if self.above is not None else None)
+        upper = (f"<= {self.high:g}" if self.high is not None
+                 else f"< {self.below:g}" if self.below is not None else None)
+        bounds = [b for b in (lower, upper) if b]
+        return "a finite number " + " and ".join(bounds) if bounds else "a finite number"
+
+    def coerce(self, value):
+        """`value` in the type of the default (float for numbers), or None if it is not allowed."""
+        if isinstance(self.default, bool):
+            return value if isinstance(value, bool) else None
+        if isinstance(self.default, str):
+            ok = isinstance(value, str) and (self.choices is None or value in self.choices)
+            return value if ok else None
+        # A number; bool is an int subclass but `beta = true` is surely a mistake.
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            return None
+        value = float(value)
+        in_bounds = (
+            math.isfinite(value)
+            and (self.low is None or value >= self.low)
+            and (self.above is None or value > self.above)
+            and (self.high is None or value <= self.high)
+            and (self.below is None or value < self.below)
+            and (self.choices is None or value in self.choices)
+        )
+        return value if in_bounds else None
+
+
+# agg: how a `norm` parameter reduces token log-probs to one number per sequence.
+_AGGREGATES: dict[str, Callable[[TokenLogps], Tensor]] = {
+    "sum": attrgetter("sum"),
+    "mean": attrgetter("mean"),
+}
+
+
+def _beta(default: float = 0.1) -> Param:
+    return Param(default, above=0.0, help="DPO's β, the scale of the log-ratio")
+
+
+def _norm(default: str) -> Param:
+    return Param(default, choices=tuple(_AGGREGATES), help="reduce token log-probs by sum or mean")
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A registered objective. `summary` is the first line of `fn`'s docstring."""
+
+    name: str
+    fn: Callable[..., ObjectiveOutput]
+    params: Mapping[str, Param]
+    needs_reference: bool
+    summary: str
+    source: str
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register(name: str, *, needs_reference: bool, source: str, **params: Param):
+    """Decorator: add `fn(logps, *, <params>)` to `OBJECTIVES` under `name`.
+
+    Checks at import time that the keyword-only arguments of `fn` are exactly `params`, that each
+    default is allowed by its own Param, and that `fn` has a docstring.
+    """
+
+    def decorator(fn: Callable[..., ObjectiveOutput]) -> Callable[..., ObjectiveOutput]:
+        if name in OBJECTIVES:
+            raise ValueError(f"objective {name!r} is already registered")
+        signature = list(inspect.signature(fn).parameters.values())
+        keywords = {p.name for p in signature[1:] if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        if len(signature) != len(params) + 1 or keywords != set(params):
+            raise ValueError(
+                f"objective {name!r}: {fn.__name__} must take (logps, *, {', '.join(params)})"
+            )
+        for pname, param in params.items():
+            _validated(name, pname, param, param.default)
+        doc = inspect.getdoc(fn)
+        if not doc:
+            raise ValueError(f"objective {name!r}: {fn.__name__} needs a docstring")
+        OBJECTIVES[name] = Objective(
+            name=name,
+            fn=fn,
+            params=MappingProxyType(dict(params)),
+            needs_reference=needs_reference,
+            summary=doc.splitlines()[0],
+            source=source,
+        )
+        return fn
+
+    return decorator
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective called `name`; ValueError listing the allowed names otherwise."""
+    try:
+        return OBJECTIVES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown objective {name!r}{_did_you_mean(name, OBJECTIVES)}; "
+            f"allowed: {', '.join(OBJECTIVES)}"
+        ) from None
+
+
+def resolve_params(name: str, params: Mapping | None = None) -> dict:
+    """All parameters of objective `name`: the given ones, checked, and defaults for the rest.
+
+    Pure (no tensors), so a configuration can be checked before any model is loaded. Raises
+    ValueError for an unknown objective, an unknown parameter, or a value of the wrong type,
+    outside its choices or bounds, or not finite; the message names the objective, the parameter,
+    the value and what is allowed.
+    """
+    objective = get_objective(name)
+    given = dict(params or {})
+    unknown = [p for p in given if p not in objective.params]
+    if unknown:
+        allowed = ", ".join(
+            f"{p} ({spec.describe()}, default {spec.default!r})"
+            for p, spec in objective.params.items()
+        )
+        hint = _did_you_mean(unknown[0], objective.params) if len(unknown) == 1 else ""
+        raise ValueError(
+            f"objective {name!r} has no parameter {', '.join(map(repr, unknown))}{hint}; "
+            f"allowed parameters: {allowed or 'none'}"
+        )
+    return {
+        p: _validated(name, p, spec, given.get(p, spec.default))
+        for p, spec in objective.params.items()
+    }
+
+
+def compute(name: str, logps: PairLogps, **params) -> ObjectiveOutput:
+    """Per-pair loss of objective `name`; every field of the output has Shape: (batch,).
+
+    Resolves `params` (see `resolve_params`), checks that the reference log-probs are present when
+    the objective needs them and that all sides have the same batch size, detaches the reference
+    (it is frozen: no gradient may reach it), and calls the objective.
+    """
+    objective = get_objective(name)
+    resolved = resolve_params(name, params)
+    _check_inputs(objective, logps)
+    detached = {
+        side: getattr(logps, side).detach()
+        for side in ("ref_chosen", "ref_rejected")
+        if getattr(logps, side) is not None
+    }
+    return objective.fn(replace(logps, **detached), **resolved)
+
+
+def _validated(objective: str, pname: str, spec: Param, value):
+    coerced = spec.coerce(value)
+    if coerced is None:
+        raise ValueError(
+            f"objective {objective!r}: parameter {pname!r} = {value!r} is not allowed; "
+            f"expected {spec.describe()} ({pname}: {spec.help})"
+        )
+    return coerced
+
+
+def _did_you_mean(word, options) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_inputs(objective: Objective, logps: PairLogps) -> None:
+    if objective.needs_reference and (logps.ref_chosen is None or logps.ref_rejected is None):
+        missing = [s for s in ("ref_chosen", "ref_rejected") if getattr(logps, s) is None]
+        free = [n for n, o in OBJECTIVES.items() if not o.needs_reference]
+        raise ValueError(
+            f"objective {objective.name!r} needs reference log-probs, but PairLogps."
+            f"{' and PairLogps.'.join(missing)} is None; compute them with the frozen reference "
+            f"model, or use a reference-free objective: {', '.join(free)}"
+        )
+    batch = logps.chosen.logps.shape[0]
+    if logps.rejected.logps.shape[0] != batch:
+        raise ValueError(
+            f"chosen and rejected batch sizes differ: {batch} vs {logps.rejected.logps.shape[0]}"
+        )
+    for policy, ref in (("chosen", "ref_chosen"), ("rejected", "ref_rejected")):
+        ref_side = getattr(logps, ref)
+        if ref_side is not None and ref_side.logps.shape != getattr(logps, policy).logps.shape:
+            raise ValueError(
+                f"{ref} has shape {tuple(ref_side.logps.shape)} but {policy} has "
+                f"{tuple(getattr(logps, policy).logps.shape)}; they must be the same tokens"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+# Unlikelihood and ORPO need log(1 − p). At p = 1 it is −inf (and its gradient nan), and a
+# log-softmax in finite precision returns log p = 0 once one logit dominates enough. We clamp
+# 1 − p >= 1e-6: log(1 − p) >= log(1e-6) ≈ −13.8, a large finite penalty; beyond the clamp the
+# term is constant, so it gives no gradient rather than a nan one.
+_MIN_ONE_MINUS_P = 1e-6
+
+
+def _log1m_exp(x: Tensor) -> Tensor:
+    """log(1 − exp(x)) for x <= 0, clamped so it stays finite at x = 0. Shape: as `x`.
+
+    Two branches (Mächler 2012): log(−expm1(x)) near 0, log1p(−exp(x)) further away.
+    """
+    x = x.clamp(max=math.log1p(-_MIN_ONE_MINUS_P))
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def _logratios(logps: PairLogps, norm: str = "sum") -> tuple[Tensor, Tensor]:
+    """(agg πc − agg rc, agg πr − agg rr). Shape: (batch,) each."""
+    agg = _AGGREGATES[norm]
+    return (agg(logps.chosen) - agg(logps.ref_chosen),
+            agg(logps.rejected) - agg(logps.ref_rejected))
+
+
+def _sigmoid_output(margin: Tensor, chosen_reward=None, rejected_reward=None) -> ObjectiveOutput:
+    """loss = −log σ(margin). Shape: (batch,)."""
+    return ObjectiveOutput(-F.logsigmoid(margin), margin, chosen_reward, rejected_reward)
+
+
+def _dpo_terms(chosen_lr: Tensor, rejected_lr: Tensor, beta: float):
+    """(β·(chosen_lr − rejected_lr), β·chosen_lr, β·rejected_lr): DPO margin and rewards."""
+    chosen_reward, rejected_reward = beta * chosen_lr, beta * rejected_lr
+    return chosen_reward - rejected_reward, chosen_reward, rejected_reward
+
+
+# ---------------------------------------------------------------------------------------------
+# Likelihood objectives (no reference)
+
+
+@register("sft", needs_reference=False, source="supervised fine-tuning on the chosen response",
+          norm=_norm("mean"))
+def sft(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
+    """Supervised fine-tuning on the chosen response: loss = loss_p = −agg(πc).
+
+    The rejected response is ignored; it is the baseline every preference objective is compared
+    with. Token-mean by default, as the usual cross-entropy. margin = agg(πc) − agg(πr), reported
+    only so the gap can be followed under SFT too. No rewards.
+    Shape: (batch,) for every field.
+    """
+    agg = _AGGREGATES[norm]
+    return ObjectiveOutput(loss=-agg(logps.chosen), margin=agg(logps.chosen) - agg(logps.rejected))
+
+
+@register("naive", needs_reference=False,
+          source="the book this study follows: min_θ (loss_p − loss_n)", norm=_norm("sum"))
+def naive(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
+    """The objective under study: loss = loss_p − loss_n = −agg(πc) + agg(πr).
+
+    Unbounded below: it can be driven to −∞ by making loss_n huge, however badly loss_p fares
+    (the collapse the study measures). Summed by default, the un-normalised form whose per-pair
+    gap swings with the length difference; norm="mean" is the first normalisation (token-mean).
+    margin = loss_n − loss_p = agg(πc) − agg(πr). No rewards.
+    Shape: (batch,) for every field.
+    """
+    agg = _AGGREGATES[norm]
+    loss_p, loss_n = -agg(logps.chosen), -agg(logps.rejected)
+    return ObjectiveOutput(loss=loss_p - loss_n, margin=loss_n - loss_p)
+
+
+@register("negative_only", needs_reference=False,
+          source="degenerate case of the naive objective (negative term alone)",
+          norm=_norm("mean"))
+def negative_only(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
+    """The negative term alone, the degenerate limit of the naive objective: loss = −loss_n.
+
+    = agg(πr); minimising it only pushes the rejected likelihood down, which collapses the model.
+    margin = agg(πc) − agg(πr), as for naive. No rewards.
+    Shape: (batch,) for every field.
+    """
+    agg = _AGGREGATES[norm]
+    return ObjectiveOutput(loss=agg(logps.rejected),
+                           margin=agg(logps.chosen) - agg(logps.rejected))
+
+
+@register("unlikelihood", needs_reference=False,
+          source="Welleck et al. 2019, Neural text generation with unlikelihood training, Eq. 4",
+          norm=_norm("mean"),
+          alpha=Param(1.0, low=0.0, help="weight α of the unlikelihood term"))
+def unlikelihood(logps: PairLogps, *, norm: str, alpha: float) -> ObjectiveOutput:
+    """Likelihood on chosen, bounded unlikelihood on rejected: loss_p + α·agg_t(−log(1 − p_t)).
+
+    p_t = exp(log π(y_r,t | ·)) over the rejected tokens; Welleck et al. 2019, Eq. 4. The paper's
+    negative candidates are earlier context tokens; here (a choice the paper leaves to the use)
+    they are the rejected response's own tokens, each at its position. Unlike −loss_n the penalty
+    is >= 0 and vanishes as p_t → 0, so the negative term cannot run away. 1 − p_t is clamped at
+    1e-6 (see `_log1m_exp`): a rejected token with p_t = 1 costs ≈ 13.8, not ∞.
+    margin = agg(πc) − agg(πr). No rewards.
+    Shape: (batch,) for every field.
+    """
+    agg = _AGGREGATES[norm]
+    rejected = logps.rejected
+    penalty = TokenLogps(-_log1m_exp(rejected.logps) * rejected.mask, rejected.mask)
+    return ObjectiveOutput(loss=-agg(logps.chosen) + alpha * agg(penalty),
+                           margin=agg(logps.chosen) - agg(rejected))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference-normalised objectives (DPO family)
+
+
+@register("dpo", needs_reference=True,
+          source="Rafailov et al. 2023, Direct Preference Optimization, Eq. 7", beta=_beta())
+def dpo(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
+    """Direct preference optimisation: loss = −log σ(β·h), h = (πc − rc) − (πr − rr).
+
+    Rafailov et al. 2023, Eq. 7, with summed log-probs. Rewards β·(πc − rc), β·(πr − rr)
+    (ibid. §5); margin = β·h.
+    Shape: (batch,) for every field.
+    """
+    return _sigmoid_output(*_dpo_terms(*_logratios(logps), beta))
+
+
+@register("book_dpo", needs_reference=True,
+          source="the book this study follows (weighted DPO on token-mean cross-entropies)",
+          beta=_beta(),
+          w_chosen=Param(0.8, low=0.0, help="weight w_c of the chosen reward"),
+          w_rejected=Param(0.2, low=0.0, help="weight w_r of the rejected reward"))
+def book_dpo(logps: PairLogps, *, beta: float, w_chosen: float,
+             w_rejected: float) -> ObjectiveOutput:
+    """The book's weighted DPO: loss = −log σ(β·(w_c·r_c − w_r·r_r)) on token-mean rewards.
+
+    r_c = CE_ref(y_c) − CE_pol(y_c) = mean(πc) − mean(rc), r_r = mean(πr) − mean(rr): how much
+    better than the reference the policy predicts each response, per token. This is our reading
+    of the book's recipe (per pair, token-mean cross-entropies, weights on the two rewards); with
+    w_c = w_r = 1 it is DPO on token-mean log-ratios. Because w_c > w_r by default it rewards
+    raising the chosen likelihood more than lowering the rejected one.
+    margin = β·(w_c·r_c − w_r·r_r). Rewards β·r_c, β·r_r (unweighted, comparable with DPO's).
+    Shape: (batch,) for every field.
+    """
+    r_c, r_r = _logratios(logps, "mean")
+    margin = beta * (w_chosen * r_c - w_rejected * r_r)
+    return _sigmoid_output(margin, beta * r_c, beta * r_r)
+
+
+@register("ipo", needs_reference=True,
+          source="Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from "
+                 "Human Preferences, Eq. 17",
+          tau=Param(0.1, above=0.0, help="regularisation τ; the target margin is 1/(2τ)"),
+          norm=_norm("sum"))
+def ipo(logps: PairLogps, *, tau: float, norm: str) -> ObjectiveOutput:
+    """Identity preference optimisation: loss = (h − 1/(2τ))², a bounded target for the margin.
+
+    Azar et al. 2023, Eq. 17, where h uses summed log-ratios (norm="sum"). TRL divides each
+    log-ratio by the response length; norm="mean" gives that variant. margin = h (the quantity
+    regressed on 1/(2τ)). IPO defines no reward; like TRL we report τ·(agg πc − agg rc) and
+    τ·(agg πr − agg rr), τ playing β's role.
+    Shape: (batch,) for every field.
+    """
+    chosen_lr, rejected_lr = _logratios(logps, norm)
+    h = chosen_lr - rejected_lr
+    return ObjectiveOutput(loss=(h - 1.0 / (2.0 * tau)) ** 2, margin=h,
+                           chosen_reward=tau * chosen_lr, rejected_reward=tau * rejected_lr)
+
+
+@register("rdpo", needs_reference=True,
+          source="Park et al. 2024, Disentangling Length from Quality in Direct Preference "
+                 "Optimization, Eq. 9",
+          beta=_beta(), alpha=Param(0.01, low=0.0, help="weight α of the length difference"))
+def rdpo(logps: PairLogps, *, beta: float, alpha: float) -> ObjectiveOutput:
+    """Length-regularised DPO: loss = −log σ(β·h − α·(|y_c| − |y_r|)).
+
+    Park et al. 2024, Eq. 9; |y| counts response tokens. margin = the argument of σ. Rewards as
+    DPO: β·(πc − rc), β·(πr − rr).
+    Shape: (batch,) for every field.
+    """
+    margin, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps), beta)
+    length_gap = logps.chosen.count - logps.rejected.count
+    return _sigmoid_output(margin - alpha * length_gap, chosen_reward, rejected_reward)
+
+
+@register("dpop", needs_reference=True,
+          source="Pal et al. 2024, Smaug: Fixing Failure Modes of Preference Optimisation with "
+                 "DPO-Positive, Eq. 3",
+          beta=_beta(),
+          lam=Param(50.0, low=0.0, help="weight λ of the penalty on a falling chosen likelihood"))
+def dpop(logps: PairLogps, *, beta: float, lam: float) -> ObjectiveOutput:
+    """DPO-Positive: loss = −log σ(β·(h − λ·max(0, rc − πc))).
+
+    Pal et al. 2024, Eq. 3, summed log-probs as in the paper (λ = 50 is its default). The penalty
+    is active only while the policy gives the chosen response less likelihood than the reference,
+    the displacement DPO allows. margin = the argument of σ. Rewards as DPO.
+    Shape: (batch,) for every field.
+    """
+    chosen_lr, rejected_lr = _logratios(logps)
+    _, chosen_reward, rejected_reward = _dpo_terms(chosen_lr, rejected_lr, beta)
+    penalty = torch.clamp(-chosen_lr, min=0.0)  # max(0, rc − πc)
+    margin = beta * (chosen_lr - rejected_lr - lam * penalty)
+    return _sigmoid_output(margin, chosen_reward, rejected_reward)
+
+
+@register("rpo", needs_reference=True,
+          source="Pang et al. 2024, Iterative Reasoning Preference Optimization (DPO+NLL)",
+          beta=_beta(), alpha=Param(1.0, low=0.0, help="weight α of the chosen NLL term"))
+def rpo(logps: PairLogps, *, beta: float, alpha: float) -> ObjectiveOutput:
+    """DPO plus an NLL anchor on the chosen response: loss = −log σ(β·h) − α·mean(πc).
+
+    Pang et al. 2024 (their L_DPO+NLL). The paper divides the chosen log-likelihood by
+    |x| + |y_c| (prompt and response); the prompt is masked here, so we take the token-mean over
+    the response, as TRL's `rpo_alpha` does. margin = β·h; rewards as DPO.
+    Shape: (batch,) for every field.
+    """
+    out = dpo(logps, beta=beta)
+    return replace(out, loss=out.loss - alpha * logps.chosen.mean)
+
+
+@register("hinge", needs_reference=True,
+          source="Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human "
+                 "Feedback, calibration loss, in TRL's reference-normalised form",
+          beta=_beta())
+def hinge(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
+    """SLiC hinge on the DPO log-ratio: loss = max(0, 1 − β·h).
+
+    Zhao et al. 2023 put a hinge with margin δ on the un-normalised log-likelihood difference
+    (plus a regulariser); we follow TRL's loss_type="hinge": the reference-normalised h, δ = 1
+    and β scaling h, no regulariser. margin = β·h; rewards as DPO.
+    Shape: (batch,) for every field.
+    """
+    margin, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps), beta)
+    return ObjectiveOutput(torch.relu(1.0 - margin), margin, chosen_reward, rejected_reward)
+
+
+@register("robust", needs_reference=True,
+          source="Chowdhury et al. 2024, Provably Robust DPO: Aligning Language Models with "
+                 "Noisy Feedback, Eq. 9",
+          beta=_beta(),
+          label_smoothing=Param(0.1, low=0.0, below=0.5,
+                                help="assumed rate ε of flipped preference labels"))
+def robust(logps: PairLogps, *, beta: float, label_smoothing: float) -> ObjectiveOutput:
+    """Robust DPO: loss = ((1 − ε)·(−log σ(β·h)) + ε·log σ(−β·h)) / (1 − 2ε).
+
+    Chowdhury et al. 2024, Eq. 9 (as TRL's loss_type="robust"): an unbiased DPO loss when a
+    fraction ε of labels are flipped; ε < 1/2 keeps the denominator positive, ε = 0 is DPO.
+    The loss can be negative. margin = β·h; rewards as DPO.
+    Shape: (batch,) for every field.
+    """
+    eps = label_smoothing
+    margin, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps), beta)
+    loss = ((1 - eps) * -F.logsigmoid(margin) + eps * F.logsigmoid(-margin)) / (1 - 2 * eps)
+    return ObjectiveOutput(loss, margin, chosen_reward, rejected_reward)
+
+
+@register("ld_dpo", needs_reference=True,
+          source="Liu et al. 2024, Length Desensitization in Directed Preference Optimization "
+                 "(arXiv:2409.06411)",
+          beta=_beta(),
+          alpha=Param(0.5, low=0.0, high=1.0,
+                      help="weight α of tokens beyond the pair's shorter length (1 = DPO)"))
+def ld_dpo(logps: PairLogps, *, beta: float, alpha: float) -> ObjectiveOutput:
+    """Length-desensitised DPO: DPO on log π̂(y) = Σ_{t<l} log p_t + α·Σ_{t>=l} log p_t.
+
+    Liu et al. 2024: l = min(|y_c|, |y_r|) is the pair's public length; tokens past it (only the
+    longer response has any) count with weight α, for the policy and the reference alike.
+    t is the token's position within its response. α = 1 is DPO. margin = β·ĥ with ĥ the DPO
+    log-ratio difference of the desensitised log-probs; rewards β·(log π̂ − log π̂_ref).
+    Shape: (batch,) for every field.
+    """
+    public = torch.minimum(logps.chosen.count, logps.rejected.count)
+    c, r = _desensitised(logps.chosen, public, alpha), _desensitised(logps.rejected, public, alpha)
+    rc = _desensitised(logps.ref_chosen, public, alpha)
+    rr = _desensitised(logps.ref_rejected, public, alpha)
+    return _sigmoid_output(*_dpo_terms(c - rc, r - rr, beta))
+
+
+def _desensitised(side: TokenLogps, public: Tensor, alpha: float) -> Tensor:
+    """Σ_{t<l} log p_t + α·Σ_{t>=l} log p_t per row, l = `public` (batch,). Shape: (batch,)."""
+    excess = side.position() >= public[:, None]
+    weight = 1.0 + (alpha - 1.0) * excess.to(side.logps.dtype)
+    return TokenLogps(side.logps * weight, side.mask).sum
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference-free preference objectives
+
+
+@register("simpo", needs_reference=False,
+          source="Meng et al. 2024, SimPO: Simple Preference Optimization with a Reference-Free "
+                 "Reward, Eq. 6",
+          beta=_beta(2.0),
+          gamma=Param(1.0, low=0.0, help="target reward margin γ"))
+def simpo(logps: PairLogps, *, beta: float, gamma: float) -> ObjectiveOutput:
+    """SimPO: loss = −log σ(β/|y_c|·πc − β/|y_r|·πr − γ), length-normalised and reference-free.
+
+    Meng et al. 2024, Eq. 6. Rewards β/|y|·log π(y|x) = β·mean (ibid. Eq. 4); margin = the
+    argument of σ (the reward difference minus γ).
+    Shape: (batch,) for every field.
+    """
+    chosen_reward, rejected_reward = beta * logps.chosen.mean, beta * logps.rejected.mean
+    return _sigmoid_output(chosen_reward - rejected_reward - gamma, chosen_reward, rejected_reward)
+
+
+@register("orpo", needs_reference=False,
+          source="Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference "
+                 "Model, Eq. 6-7",
+          lam=Param(0.1, low=0.0, help="weight λ of the odds-ratio term"))
+def orpo(logps: PairLogps, *, lam: float) -> ObjectiveOutput:
+    """ORPO: loss = −mean(πc) − λ·log σ(log odds(y_c) − log odds(y_r)).
+
+    Hong et al. 2024, Eq. 6-7: P(y|x) = exp(mean(π)) (the geometric-mean token probability) and
+    log odds(y) = log P − log(1 − P). The SFT term is the token-mean NLL of y_c. 1 − P is clamped
+    at 1e-6 (see `_log1m_exp`). margin = the log odds ratio. No rewards.
+    Shape: (batch,) for every field.
+    """
+    chosen_mean = logps.chosen.mean
+    log_odds_ratio = _log_odds(chosen_mean) - _log_odds(logps.rejected.mean)
+    loss = -chosen_mean - lam * F.logsigmoid(log_odds_ratio)
+    return ObjectiveOutput(loss=loss, margin=log_odds_ratio)
+
+
+def _log_odds(mean_logp: Tensor) -> Tensor:
+    """log(P / (1 − P)) with P = exp(mean_logp). Shape: as `mean_logp`."""
+    return mean_logp - _log1m_exp(mean_logp)

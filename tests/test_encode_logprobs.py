@@ -1,0 +1,104 @@
+import math
+
+import pytest
+import torch
+
+from prefstudy.data import PreferencePair
+from prefstudy.encode import collate, encode_pairs
+from prefstudy.logprobs import (
+    TokenLogps, plain_token_logps, score_pairs, split_pairs, token_logps,
+)
+
+PAIRS = [
+    PreferencePair("我最近很郁闷，能告诉我该怎么办吗",
+                   "我理解你现在的感受。你能告诉我是什么让你感到郁闷吗？", "你先说说你为什么郁闷吧。"),
+    PreferencePair("What is 2 + 2?", "2 + 2 = 4.", "It is 5, obviously, as everybody knows."),
+    PreferencePair("Say hi", "Hi there!", "No."),
+]
+
+
+def test_chat_template_masks_prompt_and_keeps_end_of_turn(tokenizer):
+    enc = encode_pairs(PAIRS, tokenizer)
+    e = enc.items[1]
+    prompt = tokenizer.decode(e.prompt_ids)
+    assert prompt.endswith("<|im_start|>assistant\n") and "What is 2 + 2?" in prompt
+    assert tokenizer.decode(e.chosen_ids) == "2 + 2 = 4.<|im_end|>"
+    assert e.len_chosen == len(e.chosen_ids) and not e.truncated
+
+
+def test_plain_concatenation_without_template(tokenizer):
+    e = encode_pairs(PAIRS[1:2], tokenizer, chat=False).items[0]
+    assert e.chosen_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(e.prompt_ids[1:]) == "What is 2 + 2?\n"  # after BOS, no template
+
+
+def test_truncation_keeps_prompt_end_and_never_empties(tokenizer):
+    long = PreferencePair("word " * 200 + "END?", "yes " * 100, "no")
+    enc = encode_pairs([long], tokenizer, max_length=40, max_prompt_length=30)
+    e = enc.items[0]
+    assert len(e.prompt_ids) == 30 and "END?" in tokenizer.decode(e.prompt_ids)
+    assert len(e.prompt_ids) + e.len_chosen == 40 and e.len_rejected >= 1 and e.truncated
+    with pytest.raises(ValueError, match="max_prompt_length=40 must be below"):
+        encode_pairs([long], tokenizer, max_length=40, max_prompt_length=40)
+
+
+def test_collate_puts_chosen_then_rejected_with_masks(tokenizer):
+    enc = encode_pairs(PAIRS, tokenizer)
+    b = collate(enc.items, tokenizer.pad_token_id)
+    assert b.input_ids.shape[0] == 6 and b.pair_ids == [e.pair_id for e in enc.items]
+    for i, e in enumerate(enc.items):
+        assert int(b.response_mask[i].sum()) == e.len_chosen
+        assert int(b.response_mask[3 + i].sum()) == e.len_rejected
+        assert int(b.attention_mask[i].sum()) == len(e.prompt_ids) + e.len_chosen
+        row = b.input_ids[3 + i][b.response_mask[3 + i]].tolist()
+        assert row == list(e.rejected_ids)
+
+
+def test_token_logps_equal_plain_log_softmax(tiny):
+    model, tok = tiny
+    b = collate(encode_pairs(PAIRS, tok).items, tok.pad_token_id)
+    with torch.no_grad():
+        fast, plain = token_logps(model, b, chunk_tokens=7), plain_token_logps(model, b)
+    assert torch.equal(fast.mask, plain.mask)
+    assert torch.allclose(fast.logps, plain.logps, atol=1e-5, rtol=0)
+    assert torch.allclose(fast.sum, plain.sum, atol=1e-4)
+
+
+def test_token_logps_gradients_match_plain_path(tiny):
+    model, tok = tiny
+    b = collate(encode_pairs(PAIRS[:2], tok).items, tok.pad_token_id)
+    grads = []
+    for fn in (lambda: token_logps(model, b, chunk_tokens=5), lambda: plain_token_logps(model, b)):
+        model.zero_grad()
+        fn().sum.sum().backward()
+        grads.append(model.lm_head.weight.grad.clone())
+    model.zero_grad()
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+
+
+def test_token_logps_sums_means_counts_by_hand():
+    t = TokenLogps(torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]]),
+                   torch.tensor([[True, True, False], [True, False, False]]))
+    assert t.sum.tolist() == [-3.0, -0.5]
+    assert t.mean.tolist() == [-1.5, -0.5]
+    assert t.count.tolist() == [2.0, 1.0]
+    assert t.position().tolist() == [[0, 1, -1], [0, -1, -1]]
+
+
+def test_split_pairs_halves_rows():
+    t = TokenLogps(torch.arange(8.0).reshape(4, 2), torch.ones(4, 2, dtype=torch.bool))
+    c, r = split_pairs(t)
+    assert c.logps.tolist() == [[0, 1], [2, 3]] and r.logps.tolist() == [[4, 5], [6, 7]]
+
+
+def test_score_pairs_columns_and_identities(tiny):
+    model, tok = tiny
+    df = score_pairs(model, tok, PAIRS, batch_size=2)
+    assert len(df) == 3
+    row = df.iloc[0]
+    assert math.isclose(row.loss_p, row.nll_sum_p / row.len_p, rel_tol=1e-5)
+    assert math.isclose(row.gap, row.loss_n - row.loss_p, rel_tol=1e-6)
+    assert math.isclose(row.gap_sum, row.nll_sum_n - row.nll_sum_p, rel_tol=1e-6)
+    # batch size does not change the numbers
+    df1 = score_pairs(model, tok, PAIRS, batch_size=1)
+    assert (df1.loss_p - df.loss_p).abs().max() < 1e-5
