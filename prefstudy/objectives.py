@@ -272,7 +272,8 @@ def _check_inputs(objective: Objective, logps: PairLogps) -> None:
         free = [n for n, o in OBJECTIVES.items() if not o.needs_reference]
         raise ValueError(
             f"objective {objective.name!r} needs reference log-probs, but PairLogps."
-            f"{' and PairLogps.'.join(missing)} is None; compute them with the frozen reference "
+            f"{' and PairLogps.'.join(missing)} {'is' if len(missing) == 1 else 'are'} None; "
+            f"compute them with the frozen reference "
             f"model, or use a reference-free objective: {', '.join(free)}"
         )
     batch = logps.chosen.logps.shape[0]

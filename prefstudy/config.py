@@ -1,0 +1,158 @@
+"""Training configuration: a dataclass, loadable from TOML, checked before any model is loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .models import DTYPES
+from .objectives import OBJECTIVES, get_objective, resolve_params
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field and what is allowed."""
+
+
+@dataclass
+class TrainConfig:
+    # --- what is trained
+    objective: str = "naive"
+    params: dict[str, Any] = field(default_factory=dict)  # objective parameters (registry defaults)
+    model: str = "tiny"  # preset, hub id or local path
+    seed: int = 0  # data order; the tiny model's weights use model_seed
+    model_seed: int = 0  # only for the random `tiny` preset: the same start for every run
+
+    # --- data (relative paths are tried from the working directory, then the repository)
+    data: str = "data/pairs"
+    heldout: str | None = "data/heldout"  # held-out pairs, evaluated, never trained on
+    neutral_text: str | None = "data/neutral"  # held-out text for perplexity
+    probes: str | None = "data/probes"  # prompts for greedy generations
+    lang: str | None = None  # keep only pairs whose meta.lang is this
+    max_pairs: int | None = None  # first N training pairs (after `lang`); None = all
+    n_heldout: int = 32  # held-out pairs evaluated at each evaluation
+    n_neutral: int = 32  # held-out passages for perplexity
+    n_probes: int = 6  # probe prompts for generations (spread over languages and kinds)
+    max_length: int = 256  # prompt + response tokens per side
+    max_prompt_length: int = 128
+
+    # --- optimisation
+    steps: int = 20
+    batch_size: int = 4  # pairs per optimiser step, over all processes
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warm-up, then constant
+    max_grad_norm: float | None = 1.0  # clipping, as TRL's default; None disables
+    trainable_blocks: int | None = None  # train only the top k transformer blocks; None = all
+    device: str = "auto"
+    dtype: str = "auto"
+
+    # --- measurement
+    eval_every: int = 0  # evaluate every N steps; 0 = at the start and the end only
+    gen_max_new_tokens: int = 32
+    grad_stats: bool = False  # per-pair gradient norm and cosine, gradient noise scale
+    checkpoint_every: int = 10  # resumable state every N steps
+    output: str = "runs"  # runs go to <output>/<run_id>
+    run_id: str | None = None  # default: objective, parameters and seed
+
+    def resolved(self) -> TrainConfig:
+        """A checked copy with the objective's parameters filled in and a run id."""
+        check(self)
+        cfg = dataclasses.replace(self, params=resolve_params(self.objective, self.params))
+        if cfg.run_id is None:
+            cfg.run_id = default_run_id(cfg)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def norm(self) -> str:
+        return str(self.params.get("norm", ""))
+
+
+def default_run_id(cfg: TrainConfig) -> str:
+    """`<objective>[-<norm>]-<hash of everything else>-s<seed>`: readable and unique per config."""
+    body = {k: v for k, v in cfg.to_dict().items() if k not in ("run_id", "output", "seed")}
+    digest = hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    norm = f"-{cfg.params['norm']}" if "norm" in cfg.params else ""
+    return f"{cfg.objective}{norm}-{digest}-s{cfg.seed}"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _positive(cfg, name, allow_zero=False, allow_none=False):
+    value = getattr(cfg, name)
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        extra = " or None" if allow_none else ""
+        raise ConfigError(f"config field {name!r} = {value!r}: must be a number {bound}{extra}")
+
+
+def check(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the field for anything that cannot run. Loads nothing."""
+    try:
+        get_objective(cfg.objective)
+        resolve_params(cfg.objective, cfg.params)
+    except ValueError as e:
+        raise ConfigError(f"config field 'objective'/'params': {e}") from None
+    for name in ("steps", "batch_size", "lr", "max_length", "max_prompt_length",
+                 "gen_max_new_tokens", "checkpoint_every"):
+        _positive(cfg, name)
+    for name in ("weight_decay", "warmup_steps", "eval_every", "n_heldout", "n_neutral",
+                 "n_probes", "seed", "model_seed"):
+        _positive(cfg, name, allow_zero=True)
+    for name in ("max_grad_norm", "trainable_blocks", "max_pairs"):
+        _positive(cfg, name, allow_zero=name == "trainable_blocks", allow_none=True)
+    if cfg.max_prompt_length >= cfg.max_length:
+        raise ConfigError(f"config field 'max_prompt_length' = {cfg.max_prompt_length} must be "
+                          f"below 'max_length' = {cfg.max_length}")
+    if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
+        raise ConfigError(f"config field 'dtype' = {cfg.dtype!r}; allowed: 'auto', "
+                          f"{', '.join(map(repr, DTYPES))}")
+
+
+def from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
+    unknown = [k for k in values if k not in FIELDS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {', '.join(FIELDS)}")
+    return TrainConfig(**values)
+
+
+def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from a TOML file (top-level fields, objective parameters under [params]),
+    with `overrides` (None values ignored) applied on top."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "objective" in overrides and overrides["objective"] and "params" not in overrides:
+        values.pop("params", None)  # another objective's parameters would not fit
+    return from_dict(values, str(path))
+
+
+def objective_names() -> list[str]:
+    return list(OBJECTIVES)
+
+
+def resolve_path(path: str | None) -> Path | None:
+    """A data path as given if it exists, else relative to the repository root."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.exists() or p.is_absolute():
+        return p
+    repo = Path(__file__).resolve().parent.parent / p
+    return repo if repo.exists() else p

@@ -1,0 +1,283 @@
+"""The per-pair record store: one row per (run, step, pair), append-only parquet shards.
+
+A run folder:
+
+    <run>/config.json            the resolved configuration
+    <run>/meta.json              schema version, status, versions, commit, device, times
+    <run>/records/*.parquet      per-pair training records (RECORD_COLUMNS), one shard per flush
+    <run>/evals/*.parquet        the same columns for held-out pairs, at evaluation steps
+    <run>/perplexity/*.parquet   held-out text: step, text_id, lang, nll_sum, n_tokens
+    <run>/generations/*.parquet  step, probe_id, lang, kind, prompt, text
+    <run>/steps/*.parquet        per-step gradient statistics (gradient noise scale), when on
+    <run>/checkpoint/            the latest resumable state (train owns it)
+
+Each shard is written to a temporary name and renamed into place, so a run killed at any moment
+leaves only complete shards behind: what was written stays readable and at most the step in
+progress is lost. Shards are named by process rank and first step, so several processes append
+side by side without ever writing the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+TABLES = ("records", "evals", "perplexity", "generations", "steps")
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+
+# Column → meaning. Every training record has these; `margin`, `pair_loss` and the reference
+# columns are the objective's view (NaN where an objective has no reference).
+RECORD_COLUMNS = {
+    "run_id": "the run's name",
+    "objective": "objective name (a key of prefstudy.objectives.OBJECTIVES)",
+    "norm": "the objective's normalisation where it has one ('sum' / 'mean'), else ''",
+    "seed": "training seed",
+    "step": "optimiser step the pair was seen at (1-based; 0 = before training, evals only)",
+    "pair_id": "stable pair id (prefstudy.data.PreferencePair.pair_id)",
+    "len_p": "chosen response tokens",
+    "len_n": "rejected response tokens",
+    "loss_p": "token-mean cross-entropy of the chosen response, nats",
+    "loss_n": "token-mean cross-entropy of the rejected response, nats",
+    "nll_sum_p": "summed cross-entropy of the chosen response, nats",
+    "nll_sum_n": "summed cross-entropy of the rejected response, nats",
+    "gap": "loss_n − loss_p (token-mean)",
+    "ref_logp_p": "reference log π_ref(chosen), summed (NaN without a reference)",
+    "ref_logp_n": "reference log π_ref(rejected), summed (NaN without a reference)",
+    "margin": "the objective's own margin (e.g. β·h for DPO)",
+    "pair_loss": "the objective's per-pair loss",
+    "lr": "learning rate at this step",
+    "grad_norm": "this pair's gradient norm (NaN unless gradient statistics are on)",
+    "grad_cos": "cosine of this pair's gradient to the batch-mean gradient (NaN unless on)",
+}
+REQUIRED_COLUMNS = ("run_id", "objective", "seed", "step", "pair_id", "len_p", "len_n",
+                    "loss_p", "loss_n", "gap")
+
+
+class SchemaError(ValueError):
+    """A record set of another schema version, or one missing required columns."""
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The commit of the working tree (with '+dirty' when it has changes), or None."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True, timeout=5).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine: what a reader needs to know where numbers came from."""
+    import accelerate
+    import torch
+    import transformers
+
+    from . import __version__
+
+    device = "cpu: " + (platform.processor() or platform.machine())
+    if torch.cuda.is_available():
+        device = "cuda: " + torch.cuda.get_device_name(0)
+    return {
+        "prefstudy": __version__, "python": platform.python_version(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__, "pandas": pd.__version__,
+        "platform": platform.platform(), "device": device, "cpu_count": os.cpu_count(),
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+    }
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _atomic_write_json(path: Path, obj: Mapping) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunWriter:
+    """Appends tables of a run folder. One writer per process; `rank` keeps their shards apart."""
+
+    folder: Path
+    rank: int = 0
+
+    def __post_init__(self):
+        self.folder = Path(self.folder)
+
+    def start(self, config: Mapping[str, Any], *, resume: bool = False) -> None:
+        """Write config.json and meta.json (status running). Only rank 0 calls this."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(self.folder / "config.json", config)
+        meta = read_meta(self.folder) if resume and (self.folder / "meta.json").exists() else {}
+        meta.update({"schema_version": SCHEMA_VERSION, "run_id": config.get("run_id"),
+                     "status": "running", "environment": environment()})
+        meta.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        if resume:
+            meta["resumed"] = meta.get("resumed", 0) + 1
+        _atomic_write_json(self.folder / "meta.json", meta)
+
+    def append(self, table: str, rows: pd.DataFrame | Iterable[Mapping], *, step: int) -> Path:
+        """Write one shard of `table` holding `rows`; returns its path."""
+        if table not in TABLES:
+            raise ValueError(f"table={table!r}; allowed: {TABLES}")
+        df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+        folder = self.folder / table
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"r{self.rank:02d}-s{step:07d}.parquet"
+        arrow = pa.Table.from_pandas(df, preserve_index=False)
+        arrow = arrow.replace_schema_metadata({
+            **(arrow.schema.metadata or {}), b"prefstudy_schema": str(SCHEMA_VERSION).encode()})
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(arrow, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def finish(self, status: str, **extra: Any) -> None:
+        """Mark the run's end: status, end time and any detail (step, reason)."""
+        if status not in STATUSES:
+            raise ValueError(f"status={status!r}; allowed: {STATUSES}")
+        meta = read_meta(self.folder)
+        meta.update({"status": status, "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra})
+        _atomic_write_json(self.folder / "meta.json", meta)
+
+    def truncate(self, after_step: int) -> int:
+        """Remove shards whose first step is past `after_step` (resume from a checkpoint)."""
+        removed = 0
+        for table in TABLES:
+            for shard in (self.folder / table).glob("*.parquet"):
+                if int(shard.stem.split("-s")[1]) > after_step:
+                    shard.unlink()
+                    removed += 1
+        return removed
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_meta(run: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run) / "meta.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run}: not a run folder (no meta.json)")
+    meta = json.loads(path.read_text())
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise SchemaError(f"{run}: record schema version {meta.get('schema_version')!r}; this "
+                          f"prefstudy reads version {SCHEMA_VERSION}. Re-run it, or read it "
+                          "with the prefstudy version that wrote it.")
+    return meta
+
+
+def read_config(run: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(run) / "config.json").read_text())
+
+
+def load_table(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
+    """All shards of one table of one run, in step order (an empty frame if none)."""
+    if table not in TABLES:
+        raise ValueError(f"table={table!r}; allowed: {TABLES}")
+    read_meta(run)  # checks the schema version
+    shards = sorted((Path(run) / table).glob("*.parquet"))
+    if not shards:
+        return pd.DataFrame()
+    frames = []
+    for shard in shards:
+        version = (pq.read_schema(shard).metadata or {}).get(b"prefstudy_schema", b"?").decode()
+        if version != str(SCHEMA_VERSION):
+            raise SchemaError(f"{shard}: record schema version {version}; expected {SCHEMA_VERSION}")
+        frames.append(pd.read_parquet(shard))
+    df = pd.concat(frames, ignore_index=True)
+    order = [c for c in ("step", "pair_id", "text_id", "probe_id") if c in df.columns]
+    return df.sort_values(order, kind="stable").reset_index(drop=True) if order else df
+
+
+def load_run(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
+    """A run's table as a tidy DataFrame, with its status and (where set) diverged step."""
+    df = load_table(run, table)
+    meta = read_meta(run)
+    cfg = read_config(run)
+    for key, value in (("run_id", cfg.get("run_id")), ("objective", cfg.get("objective")),
+                       ("seed", cfg.get("seed"))):
+        if key not in df.columns:
+            df[key] = value
+    df["status"] = meta.get("status")
+    return df
+
+
+def default_runs_dir() -> Path:
+    """The committed study runs (`$PREFSTUDY_RUNS` overrides)."""
+    env = os.environ.get("PREFSTUDY_RUNS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "reports" / "runs"
+
+
+def run_folders(root: str | os.PathLike | None = None) -> list[Path]:
+    """Run folders directly under `root` (default: the committed study runs), by name."""
+    root = Path(root) if root else default_runs_dir()
+    if (root / "meta.json").exists():
+        return [root]
+    return sorted(p.parent for p in root.glob("*/meta.json"))
+
+
+def load_runs(runs: str | os.PathLike | Iterable | None = None,
+              table: str = "records") -> pd.DataFrame:
+    """Several runs' tables in one tidy DataFrame.
+
+    runs: a folder of run folders, a list of run folders, or None for the committed study runs.
+    """
+    folders = (run_folders(runs) if runs is None or isinstance(runs, (str, os.PathLike))
+               else [Path(r) for r in runs])
+    if not folders:
+        raise FileNotFoundError(f"no runs found in {runs or default_runs_dir()}")
+    frames = [load_run(f, table) for f in folders]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def runs_summary(runs: str | os.PathLike | Iterable | None = None) -> pd.DataFrame:
+    """One row per run: run_id, objective, seed, status, steps, first and final loss_p / loss_n."""
+    folders = (run_folders(runs) if runs is None or isinstance(runs, (str, os.PathLike))
+               else [Path(r) for r in runs])
+    rows = []
+    for folder in folders:
+        meta, cfg = read_meta(folder), read_config(folder)
+        rec = load_table(folder)
+        by_step = rec.groupby("step")[["loss_p", "loss_n"]].mean() if len(rec) else None
+        rows.append({
+            "run_id": cfg.get("run_id", folder.name), "objective": cfg.get("objective"),
+            "seed": cfg.get("seed"), "status": meta.get("status"),
+            "steps": int(rec.step.max()) if len(rec) else 0,
+            "loss_p_first": by_step.loss_p.iloc[0] if by_step is not None else float("nan"),
+            "loss_p_final": by_step.loss_p.iloc[-1] if by_step is not None else float("nan"),
+            "loss_n_first": by_step.loss_n.iloc[0] if by_step is not None else float("nan"),
+            "loss_n_final": by_step.loss_n.iloc[-1] if by_step is not None else float("nan"),
+            "path": str(folder),
+        })
+    return pd.DataFrame(rows)
+
+
+def check_records(df: pd.DataFrame, where: str = "records") -> pd.DataFrame:
+    """Raise SchemaError naming the missing columns if `df` cannot serve as per-pair records."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{where}: missing required column(s) {missing}; a per-pair record "
+                          f"needs {list(REQUIRED_COLUMNS)} (see prefstudy.records.RECORD_COLUMNS)")
+    return df

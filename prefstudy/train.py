@@ -1,0 +1,429 @@
+"""The training loop: an objective in, per-pair records out.
+
+`train(config)` runs on `accelerate`: one process by default, several under `accelerate launch`
+or `torchrun` (each process takes an equal share of every batch, gradients are averaged, and each
+process records its own pairs, so every pair is recorded exactly once per step). Reference
+log-probs are computed once per pair with the frozen starting model and cached on disk. A
+non-finite loss stops the run cleanly and marks it `diverged`: a diverging run is data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, resolve_path
+from .data import PairSet, load_pairs, load_probes, load_texts
+from .encode import Encoded, EncodedPair, collate, encode_pairs
+from .gradstats import PerPairGradients
+from .logprobs import TokenLogps, split_pairs, token_logps
+from .models import cache_dir, load_model, set_trainable
+from .objectives import PairLogps, compute, get_objective
+from .records import RunWriter, load_table, read_meta
+
+# --------------------------------------------------------------------------- data order
+
+
+def batch_indices(n_pairs: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The pairs of optimiser step `step` (1-based): a fresh seeded permutation every epoch.
+
+    A pure function of its arguments, so a resumed run sees the batches it would have seen.
+    """
+    start = (step - 1) * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n_pairs)
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(n_pairs, generator=g).tolist()
+        out.extend(perm[offset:offset + batch_size - len(out)])
+    return out
+
+
+# --------------------------------------------------------------------------- reference cache
+
+
+def _reference_key(cfg: TrainConfig, encoded: Encoded) -> str:
+    ident = {"model": cfg.model, "model_seed": cfg.model_seed if cfg.model == "tiny" else None,
+             "dtype": cfg.dtype, "encoding": encoded.settings,
+             "pairs": [(e.pair_id, e.prompt_ids, e.chosen_ids, e.rejected_ids)
+                       for e in encoded.items]}
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:20]
+
+
+@torch.no_grad()
+def reference_logps(model, encoded: Encoded, cfg: TrainConfig, pad_id: int, device,
+                    *, batch_size: int = 8) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """pair_id → (chosen, rejected) per-token reference log-probs, cached on disk.
+
+    The cache key covers the model, its dtype, the encoding settings and every token, so a
+    change to any of them computes afresh.
+    """
+    path = cache_dir() / "reference" / f"{_reference_key(cfg, encoded)}.pt"
+    if path.exists():
+        return torch.load(path)
+    was_training = model.training
+    model.eval()
+    out = {}
+    for start in range(0, len(encoded.items), batch_size):
+        items = encoded.items[start:start + batch_size]
+        chosen, rejected = split_pairs(token_logps(model, collate(items, pad_id).to(device)))
+        for i, e in enumerate(items):
+            out[e.pair_id] = (chosen.logps[i][chosen.mask[i]].cpu(),
+                              rejected.logps[i][rejected.mask[i]].cpu())
+    model.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(out, tmp)
+    tmp.replace(path)
+    return out
+
+
+def _scatter(like: TokenLogps, per_pair: Sequence[torch.Tensor]) -> TokenLogps:
+    """Per-pair token vectors placed on the mask of `like`."""
+    flat = torch.cat(list(per_pair)).to(like.logps.device)
+    return TokenLogps(torch.zeros_like(like.logps).masked_scatter(like.mask, flat), like.mask)
+
+
+# --------------------------------------------------------------------------- one forward
+
+
+@dataclass
+class Forward:
+    """What one forward pass over a batch produced, per pair."""
+
+    logps: PairLogps
+    loss: torch.Tensor  # (B,) objective loss
+    margin: torch.Tensor  # (B,)
+
+
+def forward(model, batch, cfg: TrainConfig, ref: dict | None) -> Forward:
+    chosen, rejected = split_pairs(token_logps(model, batch))
+    ref_c = ref_r = None
+    if ref is not None:
+        ref_c = _scatter(chosen, [ref[p][0] for p in batch.pair_ids])
+        ref_r = _scatter(rejected, [ref[p][1] for p in batch.pair_ids])
+    logps = PairLogps(chosen, rejected, ref_c, ref_r)
+    out = compute(cfg.objective, logps, **cfg.params)
+    return Forward(logps, out.loss, out.margin)
+
+
+def pair_rows(fw: Forward, batch, cfg: TrainConfig, step: int, lr: float) -> list[dict]:
+    """One record per pair of the batch (see prefstudy.records.RECORD_COLUMNS)."""
+    c, r = fw.logps.chosen.detach(), fw.logps.rejected.detach()
+    sums_c, sums_r, n_c, n_r = c.sum.tolist(), r.sum.tolist(), c.count.tolist(), r.count.tolist()
+    has_ref = fw.logps.ref_chosen is not None
+    ref_c = fw.logps.ref_chosen.sum.tolist() if has_ref else [math.nan] * len(n_c)
+    ref_r = fw.logps.ref_rejected.sum.tolist() if has_ref else [math.nan] * len(n_c)
+    loss, margin = fw.loss.detach().tolist(), fw.margin.detach().tolist()
+    rows = []
+    for i, pid in enumerate(batch.pair_ids):
+        loss_p, loss_n = -sums_c[i] / n_c[i], -sums_r[i] / n_r[i]
+        rows.append({
+            "run_id": cfg.run_id, "objective": cfg.objective, "norm": cfg.norm, "seed": cfg.seed,
+            "step": step, "pair_id": pid, "len_p": int(n_c[i]), "len_n": int(n_r[i]),
+            "loss_p": loss_p, "loss_n": loss_n, "nll_sum_p": -sums_c[i], "nll_sum_n": -sums_r[i],
+            "gap": loss_n - loss_p, "ref_logp_p": ref_c[i], "ref_logp_n": ref_r[i],
+            "margin": margin[i], "pair_loss": loss[i], "lr": lr,
+            "grad_norm": math.nan, "grad_cos": math.nan,
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_pairs(model, encoded: Encoded, cfg, ref, pad_id, device, step) -> pd.DataFrame:
+    rows = []
+    for start in range(0, len(encoded.items), 8):
+        batch = collate(encoded.items[start:start + 8], pad_id).to(device)
+        rows += pair_rows(forward(model, batch, cfg, ref), batch, cfg, step, math.nan)
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: pd.DataFrame, device, step) -> pd.DataFrame:
+    """Summed NLL and token count of each held-out passage (perplexity = exp(nll_sum / n))."""
+    rows = []
+    for i, row in texts.reset_index(drop=True).iterrows():
+        ids = tokenizer(row.text, return_tensors="pt")["input_ids"][:, :256].to(device)
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum")
+        rows.append({"step": step, "text_id": i, "lang": row.get("lang", ""),
+                     "nll_sum": float(nll), "n_tokens": int(ids.shape[1] - 1)})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, probes: pd.DataFrame, device, step, max_new_tokens) -> pd.DataFrame:
+    """Greedy continuations of the probe prompts (chat template where the tokenizer has one)."""
+    rows = []
+    for i, row in probes.reset_index(drop=True).iterrows():
+        if tokenizer.chat_template:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": row.prompt}],
+                                                add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)["input_ids"]
+        else:
+            ids = tokenizer(row.prompt, return_tensors="pt")["input_ids"]
+        ids = ids.to(device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        rows.append({"step": step, "probe_id": i, "lang": row.get("lang", ""),
+                     "kind": row.get("kind", ""), "prompt": row.prompt, "text": text})
+    return pd.DataFrame(rows)
+
+
+def _spread(df: pd.DataFrame, n: int, by: str = "lang") -> pd.DataFrame:
+    """n rows taken round-robin over the values of `by`, so every language is represented."""
+    if by not in df.columns or n >= len(df):
+        return df.head(n)
+    df = df.assign(_rank=df.groupby(by).cumcount())
+    return df.sort_values(["_rank", by], kind="stable").head(n).drop(columns="_rank")
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(folder: Path, model, optimizer, step: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "state.pt.tmp"
+    torch.save({"step": step, "model": _trainable_state(model),
+                "optimizer": optimizer.state_dict()}, tmp)
+    tmp.replace(folder / "state.pt")
+
+
+def load_checkpoint(folder: Path, model, optimizer) -> int:
+    """Restore the trainable weights and optimiser; returns the step they belong to (0 if none)."""
+    path = folder / "state.pt"
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu")
+    missing = model.load_state_dict(state["model"], strict=False)
+    assert not missing.unexpected_keys, missing.unexpected_keys
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Inputs:
+    train: Encoded
+    heldout: Encoded | None
+    neutral: pd.DataFrame | None
+    probes: pd.DataFrame | None
+    dropped: int
+
+
+def _load_pairs(path, cfg: TrainConfig) -> PairSet:
+    pairs = load_pairs(resolve_path(path))
+    return pairs.filter(lang=cfg.lang) if cfg.lang else pairs
+
+
+def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
+    pairs = _load_pairs(cfg.data, cfg)
+    if cfg.max_pairs:
+        pairs = pairs[: cfg.max_pairs]
+    enc = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
+    train = encode_pairs(pairs, tokenizer, **enc)
+    if len(train) < cfg.batch_size:
+        raise ValueError(f"{cfg.data}: {len(train)} usable pairs, fewer than batch_size="
+                         f"{cfg.batch_size}")
+    heldout = neutral = probes = None
+    if cfg.heldout and cfg.n_heldout:
+        held = _load_pairs(cfg.heldout, cfg)
+        held = [held[i] for i in _spread(held.to_frame(), cfg.n_heldout).index]
+        heldout = encode_pairs(held, tokenizer, **enc)
+    if cfg.neutral_text and cfg.n_neutral:
+        neutral = load_texts(resolve_path(cfg.neutral_text))
+        neutral = _spread(neutral[neutral.lang == cfg.lang] if cfg.lang else neutral, cfg.n_neutral)
+    if cfg.probes and cfg.n_probes:
+        probes = load_probes(resolve_path(cfg.probes))
+        probes = _spread(probes[probes.lang == cfg.lang] if cfg.lang else probes, cfg.n_probes)
+    return Inputs(train, heldout, neutral, probes, len(train.dropped))
+
+
+def _evaluate(writer, model, tokenizer, inputs: Inputs, cfg, ref_held, device, step) -> None:
+    model.eval()
+    pad = tokenizer.pad_token_id
+    if inputs.heldout is not None and len(inputs.heldout):
+        writer.append("evals", evaluate_pairs(model, inputs.heldout, cfg, ref_held, pad, device,
+                                              step), step=step)
+    if inputs.neutral is not None and len(inputs.neutral):
+        writer.append("perplexity", perplexity(model, tokenizer, inputs.neutral, device, step),
+                      step=step)
+    if inputs.probes is not None and len(inputs.probes):
+        writer.append("generations", generate(model, tokenizer, inputs.probes, device, step,
+                                              cfg.gen_max_new_tokens), step=step)
+    model.train()
+
+
+def _all_finite(accelerator, *tensors) -> bool:
+    ok = torch.tensor([float(all(torch.isfinite(t).all() for t in tensors))],
+                      device=accelerator.device)
+    return bool(accelerator.reduce(ok, reduction="sum").item() == accelerator.num_processes)
+
+
+def completed_steps(run: Path) -> int:
+    """The last step with records on disk (0 if none)."""
+    rec = load_table(run, "records")
+    return int(rec.step.max()) if len(rec) else 0
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train under `cfg` and return the run folder. See the module docstring."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    cfg = cfg.resolved()  # fails on a bad config before anything is loaded
+    accelerator = Accelerator(cpu=cfg.device == "cpu")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {world} processes")
+    run = Path(cfg.output) / cfg.run_id
+    if run.exists() and (run / "meta.json").exists() and not resume:
+        raise FileExistsError(f"{run} exists; pass resume=True (--resume) or choose another run_id")
+    set_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    device = accelerator.device
+    model, tokenizer = load_model(cfg.model, device=str(device), dtype=cfg.dtype,
+                                  seed=cfg.model_seed)
+    set_trainable(model, cfg.trainable_blocks)
+    inputs = prepare_inputs(cfg, tokenizer)
+    objective = get_objective(cfg.objective)
+    pad = tokenizer.pad_token_id
+    ref = ref_held = None
+    if objective.needs_reference:
+        ref = reference_logps(model, inputs.train, cfg, pad, device)
+        if inputs.heldout is not None:
+            ref_held = reference_logps(model, inputs.heldout, cfg, pad, device)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(cfg.warmup_steps, 0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+
+    writer = RunWriter(run, rank=rank)
+    start = 0
+    if resume and (run / "meta.json").exists():
+        read_meta(run)  # checks the schema version
+        start = load_checkpoint(run / "checkpoint", model, optimizer)
+        for _ in range(start):
+            scheduler.step()
+        if accelerator.is_main_process:
+            writer.truncate(after_step=start)  # steps after the checkpoint are redone
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        config = {**cfg.to_dict(), "pairs_train": len(inputs.train),
+                  "pairs_dropped_by_truncation": inputs.dropped, "num_processes": world}
+        writer.start(config, resume=resume and start > 0)
+        if start == 0:
+            _evaluate(writer, model, tokenizer, inputs, cfg, ref_held, device, 0)
+    accelerator.wait_for_everyone()
+
+    grads = PerPairGradients(model) if cfg.grad_stats else None
+    model.train()
+    bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps,
+               disable=not (progress and accelerator.is_main_process), desc=cfg.run_id)
+    status, detail = "completed", {}
+    try:
+        for step in bar:
+            idx = batch_indices(len(inputs.train), cfg.batch_size, cfg.seed, step)[rank::world]
+            batch = collate([inputs.train.items[i] for i in idx], pad).to(device)
+            lr = scheduler.get_last_lr()[0]
+            if grads is not None:
+                grads.capture()
+            fw = forward(model, batch, cfg, ref)
+            if not _all_finite(accelerator, fw.loss, fw.logps.chosen.logps,
+                               fw.logps.rejected.logps):
+                status, detail = "diverged", {"diverged_step": step, "reason": _why(fw)}
+                break
+            optimizer.zero_grad(set_to_none=True)
+            fw.loss.mean().backward()
+            for p in params:  # average over processes: each holds an equal share of the batch
+                if p.grad is not None and world > 1:
+                    p.grad = accelerator.reduce(p.grad, reduction="mean")
+            rows = pair_rows(fw, batch, cfg, step, lr)
+            step_stats = {"step": step}
+            if grads is not None:
+                per_pair = grads.finish(batch.size, world,
+                                        lambda t: accelerator.reduce(t.to(device), "sum").cpu())
+                for row, norm, cos in zip(rows, per_pair.norm.tolist(), per_pair.cos.tolist()):
+                    row["grad_norm"], row["grad_cos"] = norm, cos
+                step_stats.update(per_pair.step_stats)
+            if cfg.max_grad_norm:
+                total = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                if not torch.isfinite(total):
+                    status, detail = "diverged", {"diverged_step": step,
+                                                  "reason": "non-finite gradient norm"}
+                    break
+            optimizer.step()
+            scheduler.step()
+            writer.append("records", rows, step=step)
+            if grads is not None and accelerator.is_main_process:
+                writer.append("steps", [{**step_stats, "lr": lr}], step=step)
+            if accelerator.is_main_process and progress:
+                df = pd.DataFrame(rows)
+                bar.set_postfix(loss_p=f"{df.loss_p.mean():.3f}", loss_n=f"{df.loss_n.mean():.3f}",
+                                gap=f"{df.gap.mean():.3f}")
+            if accelerator.is_main_process:
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                    _evaluate(writer, model, tokenizer, inputs, cfg, ref_held, device, step)
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    save_checkpoint(run / "checkpoint", model, optimizer, step)
+            accelerator.wait_for_everyone()
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if grads is not None:
+            grads.remove()
+        if accelerator.is_main_process:
+            if status in ("completed", "diverged"):
+                last = detail.get("diverged_step", cfg.steps + 1) - 1
+                _evaluate(writer, model, tokenizer, inputs, cfg, ref_held, device, last)
+            writer.finish(status, **detail)
+        bar.close()
+    accelerator.wait_for_everyone()
+    return run
+
+
+def _why(fw: Forward) -> str:
+    parts = []
+    for name, t in (("pair loss", fw.loss), ("chosen log-probs", fw.logps.chosen.logps),
+                    ("rejected log-probs", fw.logps.rejected.logps)):
+        if not torch.isfinite(t).all():
+            parts.append(f"non-finite {name}")
+    return ", ".join(parts) or "non-finite values on another process"
+
+
+def train_many(configs: Sequence[TrainConfig], *, resume: bool = True, progress: bool = True):
+    """Train several configs one after the other; returns their run folders."""
+    out = []
+    for cfg in configs:
+        started = time.time()
+        out.append(train(cfg, resume=resume, progress=progress))
+        if progress:
+            print(f"{out[-1].name}: {time.time() - started:.0f} s")
+    return out
+
+
+__all__ = ["train", "train_many", "batch_indices", "reference_logps", "EncodedPair"]
