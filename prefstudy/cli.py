@@ -32,6 +32,59 @@ def _demo(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .config import ConfigError, TrainConfig, load_config
+    from .records import read_meta
+    from .train import train
+
+    overrides = {"objective": args.objective, "seed": args.seed, "device": args.device,
+                 "steps": args.steps, "output": args.output, "run_id": args.run_id}
+    try:
+        if args.config:
+            cfg = load_config(args.config, **overrides)
+        else:
+            cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+        if args.param:
+            cfg.params = {**cfg.params, **dict(_param(p) for p in args.param)}
+        cfg = cfg.resolved()
+    except ConfigError as e:
+        print(f"prefstudy train: {e}", file=sys.stderr)
+        return 2
+    run = train(cfg, resume=args.resume, progress=not args.quiet)
+    meta = read_meta(run)
+    print(f"{run}: {meta['status']}" + (f" at step {meta['diverged_step']} ({meta['reason']})"
+                                         if meta["status"] == "diverged" else ""))
+    return 0
+
+
+def _param(text: str) -> tuple[str, object]:
+    """NAME=VALUE with VALUE read as TOML (numbers, true/false, quoted or bare strings)."""
+    import tomllib
+
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"prefstudy train: --param {text!r}: expected NAME=VALUE")
+    try:
+        return name.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return name.strip(), value
+
+
+def _runs(args) -> int:
+    import pandas as pd
+
+    from .records import runs_summary
+
+    table = runs_summary(args.root)
+    if table.empty:
+        print(f"no runs in {args.root or 'the committed study runs'}")
+        return 0
+    with pd.option_context("display.width", 200, "display.max_columns", 20,
+                           "display.float_format", "{:.3f}".format):
+        print(table.drop(columns="path").to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pairs", type=int, default=4, help="pairs per language")
     demo.add_argument("--device", default="auto")
     demo.set_defaults(func=_demo)
+
+    from .objectives import OBJECTIVES
+
+    train = sub.add_parser("train", help="train one run, writing per-pair records",
+                           description="Train under a config (TOML); flags override its fields.")
+    train.add_argument("--config", help="TOML config, e.g. configs/tiny.toml")
+    train.add_argument("--objective", choices=list(OBJECTIVES), metavar="NAME",
+                       help="one of: " + ", ".join(OBJECTIVES))
+    train.add_argument("--param", action="append", metavar="NAME=VALUE",
+                       help="objective parameter, e.g. --param beta=0.2 (repeatable)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    train.add_argument("--steps", type=int)
+    train.add_argument("--output", help="folder the run folder goes in (default: runs)")
+    train.add_argument("--run-id", dest="run_id")
+    train.add_argument("--resume", action="store_true", help="continue a killed run")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+
+    runs = sub.add_parser("runs", help="list runs: status, objective, steps, loss_p / loss_n")
+    runs.add_argument("root", nargs="?", default=None,
+                      help="folder of run folders (default: the committed study runs)")
+    runs.set_defaults(func=_runs)
     return parser
 
 

@@ -58,6 +58,7 @@ class TrainConfig:
     checkpoint_every: int = 10  # resumable state every N steps
     output: str = "runs"  # runs go to <output>/<run_id>
     run_id: str | None = None  # default: objective, parameters and seed
+    label: str | None = None  # the name figures use; default objective[-norm]
 
     def resolved(self) -> TrainConfig:
         """A checked copy with the objective's parameters filled in and a run id."""

@@ -211,15 +211,23 @@ def load_table(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
 
 
 def load_run(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
-    """A run's table as a tidy DataFrame, with its status and (where set) diverged step."""
+    """A run's table as a tidy DataFrame.
+
+    Adds, where the table lacks them: run_id, objective, norm, seed, and `label` (the name a study
+    gives the configuration, by default `objective[-norm]`); and always the run's `status` and
+    `diverged_step` (NaN unless it diverged).
+    """
     df = load_table(run, table)
     meta = read_meta(run)
     cfg = read_config(run)
+    norm = (cfg.get("params") or {}).get("norm", "")
+    label = cfg.get("label") or (f"{cfg.get('objective')}-{norm}" if norm else cfg.get("objective"))
     for key, value in (("run_id", cfg.get("run_id")), ("objective", cfg.get("objective")),
-                       ("seed", cfg.get("seed"))):
+                       ("norm", norm), ("seed", cfg.get("seed")), ("label", label)):
         if key not in df.columns:
             df[key] = value
     df["status"] = meta.get("status")
+    df["diverged_step"] = meta.get("diverged_step", float("nan"))
     return df
 
 
