@@ -85,6 +85,13 @@ def _runs(args) -> int:
     return 0
 
 
+def _data_stats(args) -> int:
+    from .datacard import stats_command
+
+    print(stats_command(write=args.write, tokens=args.tokens), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("root", nargs="?", default=None,
                       help="folder of run folders (default: the committed study runs)")
     runs.set_defaults(func=_runs)
+
+    data = sub.add_parser("data", help="the bundled data").add_subparsers(dest="data_command",
+                                                                          required=True)
+    stats = data.add_parser("stats", help="statistics of the bundled data (the data card's)")
+    stats.add_argument("--write", action="store_true", help="rewrite data/README.md's section")
+    stats.add_argument("--tokens", action="store_true", help="also count SmolLM2 tokens")
+    stats.set_defaults(func=_data_stats)
     return parser
 
 

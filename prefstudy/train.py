@@ -177,7 +177,7 @@ def generate(model, tokenizer, probes: pd.DataFrame, device, step, max_new_token
         ids = ids.to(device)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                              max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
+                             pad_token_id=tokenizer.pad_token_id, use_cache=True)
         text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         rows.append({"step": step, "probe_id": i, "lang": row.get("lang", ""),
                      "kind": row.get("kind", ""), "prompt": row.prompt, "text": text})

@@ -1,0 +1,723 @@
+"""Diagnostics: pure functions from tidy DataFrames to tidy DataFrames, one per claim of the study.
+
+Inputs are the tables `prefstudy.records.load_runs` returns (records, evals, perplexity,
+generations, steps) and `PairSet.to_frame()`; every function names the columns it needs and raises
+`SchemaError` naming the missing ones. Nothing here draws (`prefstudy.plots` calls these).
+
+Conventions, shared by every function:
+
+- Units. A run (one `run_id`: one label, one seed) is the unit of replication. Per-run numbers are
+  summarised per label as the across-seed mean with a 95% t-interval (`seed_interval`); shares of
+  seeds (collapse onset, divergence) get an exact binomial interval (`share_interval`). With one
+  seed a t-interval is NaN (unknown), not zero width.
+- Non-finite values are never averaged away. Means and sums over pairs keep NaN/inf (pandas would
+  skip NaN): one non-finite pair makes its step's or run's number NaN/inf. The fits over rows
+  (`length_effect`, `variance_by_length_bin`, `dose_response`) leave out rows whose x or y is not
+  finite and say how many in `n_dropped`.
+- Diverged runs. Training stops at the first non-finite step, so records end before
+  `diverged_step`. Trajectory numbers (collapse onset, length R², gradient agreement) use a
+  diverged run's records up to that point. Final-value numbers (final losses, displacement,
+  perplexity ratio) would compare a diverged run's end with other runs' ends at another step, so
+  they leave diverged runs out; every table says so with `n_diverged`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Sequence
+from itertools import pairwise
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .records import SchemaError
+
+NORMALISATIONS = ("sum", "mean", "reference")
+ID_COLUMNS = ("run_id", "label", "seed", "step", "pair_id")
+RUN_COLUMNS = ("run_id", "label", "seed", "status", "diverged_step")
+CHARACTER_LANGS = ("zh",)  # languages written without spaces: n-grams over characters
+FIT_STATISTICS = ("r2", "spearman", "slope")  # the statistics length_effect bootstraps
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    """Raise SchemaError naming the columns of `columns` that `df` lacks."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in dict.fromkeys(columns) if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{where}: missing column(s) {missing}; it needs {list(columns)} "
+                          f"(columns present: {list(df.columns)})")
+
+
+def _mean(values) -> float:
+    """Mean that keeps NaN/inf: pandas' mean would silently skip NaN."""
+    return float(np.mean(np.asarray(values, dtype=float)))
+
+
+def _sum(values) -> float:
+    """Sum that keeps NaN/inf: pandas' sum would silently skip NaN."""
+    return float(np.sum(np.asarray(values, dtype=float)))
+
+
+def _share_below_zero(values) -> float:
+    """Share of values < 0; NaN if any value is NaN (NaN < 0 would otherwise count as False)."""
+    v = np.asarray(values, dtype=float)
+    return float("nan") if np.isnan(v).any() else float(np.mean(v < 0))
+
+
+def _first(values: pd.Series):
+    """The first value, NaN or not (pandas' "first" would skip NaN)."""
+    return values.iloc[0]
+
+
+def _last(values: pd.Series):
+    """The last value, NaN or not (pandas' "last" would skip NaN)."""
+    return values.iloc[-1]
+
+
+def _less(a: pd.Series, b: pd.Series) -> pd.Series:
+    """a < b as 1.0/0.0, NaN where either side is NaN."""
+    return (a < b).astype(float).where(a.notna() & b.notna())
+
+
+def _finite(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The rows of `frame` whose `columns` are all finite numbers."""
+    values = frame[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    return frame[np.isfinite(values).all(axis=1)]
+
+
+def _groups(frame: pd.DataFrame, by: Sequence[str]) -> Iterator[tuple[dict, pd.DataFrame]]:
+    """(group key as {column: value}, rows) for each group of `by`; one group if `by` is empty."""
+    if not by:
+        yield {}, frame
+        return
+    for key, rows in frame.groupby(list(by), sort=True, observed=True, dropna=False):
+        yield dict(zip(by, key)), rows
+
+
+def _runs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: run_id, label, seed, status, diverged_step, diverged (bool).
+
+    status and diverged_step are NaN where `df` lacks them; a run is diverged when its status says
+    so or it has a diverged_step.
+    """
+    present = [c for c in RUN_COLUMNS if c in df.columns]
+    runs = df[present].drop_duplicates("run_id").reindex(columns=list(RUN_COLUMNS))
+    runs["diverged"] = runs.status.eq("diverged") | runs.diverged_step.notna()
+    return runs.sort_values("run_id", kind="stable").reset_index(drop=True)
+
+
+def _step_means(df: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
+    """Mean over pairs per (run_id, step), NaN/inf kept: run_id, step, *values."""
+    return (df.groupby(["run_id", "step"], sort=True)
+            .agg(**{v: (v, _mean) for v in values}).reset_index())
+
+
+def _final_step_means(df: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
+    """Each run's mean over pairs at its last step: run_id, last_step, *values."""
+    means = _step_means(df, values)
+    last = means.groupby("run_id").tail(1).rename(columns={"step": "last_step"})
+    return last.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Intervals (C5)
+
+
+def seed_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean of `values` and its Student-t interval (scipy.stats.t).
+
+    values: one number per unit (per seed in every table here). lo/hi are NaN with fewer than two
+    values; equal to the mean when all values are equal. A NaN or inf value is not skipped: the
+    mean is then NaN/inf and the interval NaN (leave units out explicitly before calling).
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    nan = float("nan")
+    if v.size == 0:
+        return nan, nan, nan
+    mean = float(v.mean())
+    if v.size < 2 or not np.isfinite(v).all():
+        return mean, nan, nan
+    sem = float(stats.sem(v))
+    if sem == 0.0:
+        return mean, mean, mean
+    lo, hi = stats.t.interval(confidence, v.size - 1, loc=mean, scale=sem)
+    return mean, float(lo), float(hi)
+
+
+def share_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(k/n, lo, hi) with the exact Clopper–Pearson interval (scipy.stats.binomtest); NaN if n=0."""
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence, method="exact")
+    return k / n, float(ci.low), float(ci.high)
+
+
+def _label_intervals(per_run: pd.DataFrame, metrics: Sequence[str],
+                     keys: Sequence[str] = ("label",)) -> pd.DataFrame:
+    """Per `keys`: `<metric>`, `<metric>_lo`, `<metric>_hi` (seed_interval over the runs' rows)."""
+    rows = []
+    for key, runs in _groups(per_run, keys):
+        row = dict(key)
+        for metric in metrics:
+            row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = seed_interval(runs[metric])
+        rows.append(row)
+    columns = [*keys, *(f"{m}{s}" for m in metrics for s in ("", "_lo", "_hi"))]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# C1: how much of the gap the length difference explains
+
+
+def gap_normalisations(records: pd.DataFrame, *, keep: Sequence[str] = ID_COLUMNS) -> pd.DataFrame:
+    """The per-pair gap under each normalisation, long: one row per record row and normalisation.
+
+    records: records or evals with `keep`, len_p, len_n, loss_p, loss_n, nll_sum_p, nll_sum_n and,
+    optionally, ref_logp_p, ref_logp_n.
+    Returns `keep` (default run_id, label, seed, step, pair_id; add e.g. "factor" to carry it),
+    normalisation, gap_value, dlen, dlen_rel, where gap_value is (rejected minus chosen, nats):
+
+        sum        nll_sum_n − nll_sum_p                       summed cross-entropy
+        mean       loss_n − loss_p                             token-mean cross-entropy
+        reference  (nll_sum_n + ref_logp_n) − (nll_sum_p + ref_logp_p)
+                   = log π/π_ref(chosen) − log π/π_ref(rejected), DPO's h (Rafailov et al. 2023)
+
+    "reference" rows exist only where both reference log-probs are present (not NaN).
+    dlen = len_n − len_p (tokens), dlen_rel = dlen / (len_n + len_p).
+    """
+    keep = list(keep)
+    _require(records, [*keep, "len_p", "len_n", "loss_p", "loss_n", "nll_sum_p", "nll_sum_n"],
+             "gap_normalisations")
+    dlen = records.len_n - records.len_p
+    base = records[keep].assign(dlen=dlen, dlen_rel=dlen / (records.len_n + records.len_p))
+    frames = [base.assign(normalisation="sum", gap_value=records.nll_sum_n - records.nll_sum_p),
+              base.assign(normalisation="mean", gap_value=records.loss_n - records.loss_p)]
+    if {"ref_logp_p", "ref_logp_n"} <= set(records.columns):
+        reference = ((records.nll_sum_n + records.ref_logp_n)
+                     - (records.nll_sum_p + records.ref_logp_p))
+        has_reference = records.ref_logp_p.notna() & records.ref_logp_n.notna()
+        frames.append(base.assign(normalisation="reference", gap_value=reference)[has_reference])
+    columns = [*keep, "normalisation", "gap_value", "dlen", "dlen_rel"]
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """OLS of y on x (scipy.stats.linregress) and Spearman's ρ: r2, spearman, slope, intercept."""
+    if len(x) < 3 or np.ptp(x) == 0:
+        return dict.fromkeys(("r2", "spearman", "slope", "intercept"), float("nan"))
+    line = stats.linregress(x, y)
+    rho = stats.spearmanr(x, y).statistic if np.ptp(y) > 0 else float("nan")
+    return {"r2": line.rvalue ** 2, "spearman": float(rho), "slope": line.slope,
+            "intercept": line.intercept}
+
+
+def _bootstrap_fit(x: np.ndarray, y: np.ndarray, clusters: list[np.ndarray], *, n_boot: int,
+                   ci: float, seed: int) -> dict[str, float]:
+    """Percentile bootstrap CIs of FIT_STATISTICS, resampling whole clusters (lists of rows).
+
+    scipy.stats.bootstrap resamples cluster numbers; the statistic refits on their rows.
+    """
+    if n_boot <= 0 or len(clusters) < 3:
+        return {f"{s}{end}": float("nan") for s in FIT_STATISTICS for end in ("_lo", "_hi")}
+
+    one_row_each = all(len(c) == 1 for c in clusters)
+    flat = np.concatenate(clusters)
+
+    def statistic(sample: np.ndarray) -> np.ndarray:
+        sample = sample.astype(int)
+        rows = flat[sample] if one_row_each else np.concatenate([clusters[i] for i in sample])
+        fit = _fit(x[rows], y[rows])
+        return np.array([fit[s] for s in FIT_STATISTICS])
+
+    result = stats.bootstrap((np.arange(len(clusters)),), statistic, n_resamples=n_boot,
+                             vectorized=False, confidence_level=ci, method="percentile",
+                             rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    out = {}
+    for i, s in enumerate(FIT_STATISTICS):
+        out[f"{s}_lo"], out[f"{s}_hi"] = float(low[i]), float(high[i])
+    return out
+
+
+def length_effect(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
+                  by: Sequence[str] = ("normalisation",), n_boot: int = 1000, ci: float = 0.95,
+                  seed: int = 0, unit: str | None = "pair_id") -> pd.DataFrame:
+    """How much of `y` the length difference `x` explains, one row per group of `by`.
+
+    frame: e.g. `gap_normalisations(records)`; needs `by`, `x`, `y` (and `unit` if resampling by
+    it). Rows whose x or y is not finite are left out and counted in n_dropped.
+    Returns `by`, n, n_dropped, r2 (of the OLS fit of y on x), spearman (ρ), slope, intercept,
+    and r2_lo, r2_hi, spearman_lo, spearman_hi, slope_lo, slope_hi: a `ci` percentile bootstrap
+    (scipy.stats.bootstrap, `n_boot` resamples, seeded). The bootstrap resamples whole `unit`s
+    (default: pairs, since one pair recurs at many steps and its rows are not independent); rows
+    are resampled when `unit` is None or the frame has no such column. n_boot=0 skips it (NaN CIs).
+    Fewer than 3 rows, or a constant x, gives NaN statistics.
+    """
+    by = list(by)
+    _require(frame, [*by, x, y], "length_effect")
+    rows = []
+    for key, group in _groups(frame, by):
+        kept = _finite(group, [x, y])
+        xs, ys = kept[x].to_numpy(dtype=float), kept[y].to_numpy(dtype=float)
+        if unit is not None and unit in kept.columns:
+            clusters = list(kept.groupby(unit, sort=True).indices.values())
+        else:
+            clusters = [np.array([i]) for i in range(len(kept))]
+        rows.append({**key, "n": len(kept), "n_dropped": len(group) - len(kept), **_fit(xs, ys),
+                     **_bootstrap_fit(xs, ys, clusters, n_boot=n_boot, ci=ci, seed=seed)})
+    columns = [*by, "n", "n_dropped", "r2", "spearman", "slope", "intercept",
+               *(f"{s}{end}" for s in FIT_STATISTICS for end in ("_lo", "_hi"))]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def variance_by_length_bin(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
+                           bins: int = 5, by: Sequence[str] = ("normalisation",)) -> pd.DataFrame:
+    """The share of the variance of `y` lying between quantile bins of `x`, per group of `by`.
+
+    frame: needs `by`, `x`, `y`; rows with non-finite x or y are left out (n_dropped).
+    Rows are put into `bins` quantile bins of x (pandas.qcut; tied edges merge bins, so n_bins
+    can be smaller). Returns `by`, n, n_dropped, n_bins,
+    eta2 = SS_between / SS_total (the correlation ratio η²) and share_within = SS_within / SS_total
+    (= 1 − eta2). NaN when y is constant.
+    """
+    by = list(by)
+    _require(frame, [*by, x, y], "variance_by_length_bin")
+    rows = []
+    for key, group in _groups(frame, by):
+        kept = _finite(group, [x, y])
+        values = kept[y].astype(float)
+        if kept[x].nunique() > 1:
+            bin_of = pd.qcut(kept[x].astype(float), bins, labels=False, duplicates="drop")
+        else:  # qcut cannot cut a constant: one bin
+            bin_of = pd.Series(0, index=kept.index)
+        bin_mean = values.groupby(bin_of).transform("mean")
+        ss_total = float(((values - values.mean()) ** 2).sum())
+        ss_between = float(((bin_mean - values.mean()) ** 2).sum())
+        ss_within = float(((values - bin_mean) ** 2).sum())
+        eta2, within = ((ss_between / ss_total, ss_within / ss_total) if ss_total > 0
+                        else (float("nan"), float("nan")))
+        rows.append({**key, "n": len(kept), "n_dropped": len(group) - len(kept),
+                     "n_bins": int(bin_of.nunique()), "eta2": eta2, "share_within": within})
+    return pd.DataFrame(rows, columns=[*by, "n", "n_dropped", "n_bins", "eta2", "share_within"])
+
+
+def dose_response(frame: pd.DataFrame, *, factor: str = "factor", y: str = "gap_value",
+                  by: Sequence[str] = ("normalisation",), ci: float = 0.95) -> pd.DataFrame:
+    """Mean `y` at each length factor, and the slope of y on log2(factor), per group of `by`.
+
+    frame: rows of length-controlled variants, each with `factor` (> 0: how many times longer the
+    rejected response was made, e.g. 0.5, 1, 2, 4), `y` and `by`. Rows with non-finite factor or
+    y are left out (n_dropped, per group).
+    Returns one row per group and factor: `by`, factor, n, mean, mean_lo, mean_hi (t-interval
+    over the rows: pass one row per pair for independent units), and the group's slope, slope_lo,
+    slope_hi (OLS of y on log2(factor), scipy.stats.linregress, t-interval from its standard
+    error; NaN with fewer than 3 rows or a single factor) and n_dropped.
+    """
+    by = list(by)
+    _require(frame, [*by, factor, y], "dose_response")
+    rows = []
+    for key, group in _groups(frame, by):
+        kept = _finite(group, [factor, y])
+        if (kept[factor] <= 0).any():
+            raise ValueError(f"dose_response: {factor!r} must be > 0 (it is put on a log2 scale)")
+        slope = _log2_slope(kept[factor].to_numpy(dtype=float), kept[y].to_numpy(dtype=float), ci)
+        for level, at in kept.groupby(factor, sort=True):
+            mean, lo, hi = seed_interval(at[y], ci)
+            rows.append({**key, "factor": level, "n": len(at), "mean": mean, "mean_lo": lo,
+                         "mean_hi": hi, **slope, "n_dropped": len(group) - len(kept)})
+    columns = [*by, "factor", "n", "mean", "mean_lo", "mean_hi", "slope", "slope_lo", "slope_hi",
+               "n_dropped"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _log2_slope(factor: np.ndarray, y: np.ndarray, ci: float) -> dict[str, float]:
+    """OLS slope of y on log2(factor) with its t-interval: slope, slope_lo, slope_hi."""
+    if len(y) < 3 or np.ptp(factor) == 0:
+        return dict.fromkeys(("slope", "slope_lo", "slope_hi"), float("nan"))
+    line = stats.linregress(np.log2(factor), y)
+    half = stats.t.ppf((1 + ci) / 2, len(y) - 2) * line.stderr
+    return {"slope": line.slope, "slope_lo": line.slope - half, "slope_hi": line.slope + half}
+
+
+# ---------------------------------------------------------------------------------------------
+# C2: how noisy the update direction is
+
+
+def _noise_per_run(records: pd.DataFrame, steps: pd.DataFrame | None) -> pd.DataFrame:
+    """Per run: run_id, label, seed, grad_cos, grad_norm, share_opposed, gns (see gradient_noise)."""
+    _require(records, ["run_id", "label", "seed", "grad_cos", "grad_norm"], "gradient_noise")
+    per_run = records.groupby("run_id").agg(
+        grad_cos=("grad_cos", _mean), grad_norm=("grad_norm", _mean),
+        share_opposed=("grad_cos", _share_below_zero)).reset_index()
+    per_run["gns"] = float("nan")
+    if steps is not None:
+        _require(steps, ["run_id", "trace_sigma", "grad_sq"], "gradient_noise(steps=)")
+        sums = steps.groupby("run_id").agg(trace_sigma=("trace_sigma", _mean),
+                                           grad_sq=("grad_sq", _mean))
+        gns = (sums["trace_sigma"] / sums["grad_sq"]).where(sums["grad_sq"] > 0)
+        per_run["gns"] = per_run.run_id.map(gns)
+    return _runs(records)[["run_id", "label", "seed"]].merge(per_run, on="run_id")
+
+
+def gradient_noise(records: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-pair gradient agreement and the gradient noise scale, one row per label.
+
+    records: run_id, label, seed, grad_cos, grad_norm (NaN when gradient statistics were off).
+    steps: run_id, trace_sigma, grad_sq (the per-step statistics of prefstudy.gradstats), or None.
+    Per run: grad_cos and grad_norm are means over its pair rows; share_opposed is the share of
+    pair rows with grad_cos < 0 (a pair pulling against the batch's direction); gns is
+    mean(trace_sigma) / mean(grad_sq) over its steps: B_simple = tr(Σ)/|G|² with numerator and
+    denominator averaged separately (McCandlish et al. 2018, App. A: a per-step ratio is noisy and
+    undefined where the unbiased |G|² estimate is ≤ 0); NaN when the mean grad_sq is ≤ 0.
+    Returns label, n_seeds and, for grad_cos, grad_norm, gns, share_opposed, `<metric>`,
+    `<metric>_lo`, `<metric>_hi`: the across-seed mean and 95% t-interval (NaN with one seed).
+    Diverged runs count with the records they have.
+    """
+    per_run = _noise_per_run(records, steps)
+    table = _label_intervals(per_run, ["grad_cos", "grad_norm", "gns", "share_opposed"])
+    table.insert(1, "n_seeds", per_run.groupby("label").size().reindex(table.label).to_numpy())
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# C3: collapse
+
+
+def perplexity_by_step(perplexity: pd.DataFrame) -> pd.DataFrame:
+    """Held-out perplexity per run and step: run_id, step, ppl, ppl_ratio.
+
+    perplexity: run_id, step, nll_sum, n_tokens (one row per text).
+    ppl = exp(Σ nll_sum / Σ n_tokens) over the step's texts (a NaN text makes it NaN);
+    ppl_ratio = ppl / the run's ppl at its first step (step 0, before training, in prefstudy runs).
+    """
+    _require(perplexity, ["run_id", "step", "nll_sum", "n_tokens"], "perplexity_by_step")
+    totals = (perplexity.groupby(["run_id", "step"], sort=True)
+              .agg(nll=("nll_sum", _sum), tokens=("n_tokens", _sum)).reset_index())
+    with np.errstate(over="ignore"):  # a collapsed model's perplexity may overflow to inf
+        totals["ppl"] = np.exp(totals.nll / totals.tokens)
+    totals["ppl_ratio"] = totals.ppl / totals.groupby("run_id").ppl.transform(_first)
+    return totals[["run_id", "step", "ppl", "ppl_ratio"]]
+
+
+def _holds_to_end(flags: pd.Series) -> pd.Series:
+    """True where `flags` is True from that position through the last one."""
+    return flags.astype(int).iloc[::-1].cummin().iloc[::-1].astype(bool)
+
+
+def _onset(trajectory: pd.DataFrame, window: int) -> dict[str, float]:
+    """loss_p_start, gap_start and onset_step of one run's step means (sorted by step)."""
+    if len(trajectory) < window:
+        return dict.fromkeys(("loss_p_start", "gap_start", "onset_step"), float("nan"))
+    rolling = trajectory[["loss_p", "gap"]].rolling(window).mean()
+    start = rolling.iloc[window - 1]
+    collapsing = (rolling.loss_p > start.loss_p) & (rolling.gap > start.gap)
+    onset = trajectory.step[_holds_to_end(collapsing)]
+    return {"loss_p_start": float(start.loss_p), "gap_start": float(start.gap),
+            "onset_step": float(onset.iloc[0]) if len(onset) else float("nan")}
+
+
+def collapse(records: pd.DataFrame, perplexity: pd.DataFrame | None = None, *,
+             window: int = 5) -> pd.DataFrame:
+    """Where each run starts to collapse: loss_p rising above its start while the gap widens.
+
+    records: run_id, label, seed, step, loss_p, loss_n, gap (status, diverged_step if present).
+    perplexity: the held-out perplexity table (see perplexity_by_step), or None.
+    Per run, on the per-step means over pairs and their trailing rolling mean over `window` steps:
+    loss_p_start / gap_start = the mean of the first `window` step means; onset_step = the first
+    step s such that at every step from s to the run's last, the rolling loss_p is above
+    loss_p_start and the rolling gap above gap_start (NaN if the last step does not satisfy it, or
+    the run has fewer than `window` steps). A diverged run is judged on the steps it recorded.
+    Returns one row per run: run_id, label, seed, status, diverged, diverged_step, last_step,
+    loss_p_start, gap_start, onset_step, loss_p_end, loss_n_end, gap_end (step means at
+    last_step), ppl_start, ppl_end (perplexity at the run's first and last perplexity steps),
+    ppl_ratio = ppl_end / ppl_start (NaN without `perplexity`).
+    """
+    _require(records, ["run_id", "label", "seed", "step", "loss_p", "loss_n", "gap"], "collapse")
+    if window < 1:
+        raise ValueError(f"collapse: window={window} must be ≥ 1")
+    means = _step_means(records, ["loss_p", "loss_n", "gap"])
+    onsets = pd.DataFrame([{"run_id": run_id, **_onset(trajectory, window)}
+                           for run_id, trajectory in means.groupby("run_id", sort=True)])
+    ends = _final_step_means(records, ["loss_p", "loss_n", "gap"]).rename(
+        columns={"loss_p": "loss_p_end", "loss_n": "loss_n_end", "gap": "gap_end"})
+    out = _runs(records).merge(onsets, on="run_id").merge(ends, on="run_id")
+    if perplexity is not None:
+        ppl = (perplexity_by_step(perplexity).groupby("run_id")
+               .agg(ppl_start=("ppl", _first), ppl_end=("ppl", _last)).reset_index())
+        out = out.merge(ppl, on="run_id", how="left")
+    else:
+        out["ppl_start"] = out["ppl_end"] = float("nan")
+    out["ppl_ratio"] = out.ppl_end / out.ppl_start
+    return out[["run_id", "label", "seed", "status", "diverged", "diverged_step", "last_step",
+                "loss_p_start", "gap_start", "onset_step", "loss_p_end", "loss_n_end", "gap_end",
+                "ppl_start", "ppl_end", "ppl_ratio"]]
+
+
+def _units(text: str, lang) -> list[str]:
+    """Whitespace tokens, or the non-space characters for languages written without spaces."""
+    if isinstance(lang, str) and lang.split("-")[0].lower() in CHARACTER_LANGS:
+        return [c for c in text if not c.isspace()]
+    return text.split()
+
+
+def _ngrams(units: list[str], n: int) -> list[tuple[str, ...]]:
+    return list(zip(*(units[i:] for i in range(n))))
+
+
+def _distinct(texts: list[list[str]], n: int) -> float:
+    """Distinct-n over a set of texts: unique n-grams / all n-grams (Li et al. 2016), pooled."""
+    grams = [g for units in texts for g in _ngrams(units, n)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def _repetition(texts: list[list[str]], n: int = 4) -> float:
+    """Share of n-grams that repeat an earlier n-gram of the same text, pooled over texts."""
+    per_text = [_ngrams(units, n) for units in texts]
+    total = sum(len(grams) for grams in per_text)
+    repeated = sum(len(grams) - len(set(grams)) for grams in per_text)
+    return repeated / total if total else float("nan")
+
+
+def degeneration(generations: pd.DataFrame, perplexity: pd.DataFrame | None = None, *,
+                 by: Sequence[str] = ()) -> pd.DataFrame:
+    """How degenerate the generated samples are, per run and step (and `by`, e.g. ("kind",)).
+
+    generations: run_id, step, text; label, seed, status and lang where present.
+    Texts are split into whitespace tokens, or into characters where lang is Chinese ("zh").
+    Over the texts of a run and step: distinct_1, distinct_2 = unique / all n-grams, pooled over
+    the texts (n-grams do not cross texts; a model that answers every probe alike scores low);
+    repetition = share of 4-grams repeating an earlier 4-gram of the same text; empty_share =
+    share of texts that are empty or whitespace. NaN where the texts have no n-grams.
+    With `perplexity`: ppl and ppl_ratio at that run and step (perplexity_by_step).
+    Returns run_id, label, seed, status, `by`, step, n_texts, distinct_1, distinct_2, repetition,
+    empty_share, ppl, ppl_ratio.
+    """
+    by = list(by)
+    _require(generations, ["run_id", "step", "text", *by], "degeneration")
+    langs = generations["lang"] if "lang" in generations.columns else [None] * len(generations)
+    units = pd.Series([_units(t, lang) for t, lang in zip(generations.text, langs)],
+                      index=generations.index)
+    rows = []
+    for key, group in _groups(generations.assign(_units=units), ["run_id", *by, "step"]):
+        texts = list(group["_units"])
+        rows.append({**key, "n_texts": len(texts), "distinct_1": _distinct(texts, 1),
+                     "distinct_2": _distinct(texts, 2), "repetition": _repetition(texts, 4),
+                     "empty_share": float(np.mean([not t for t in texts]))})
+    out = _runs(generations)[["run_id", "label", "seed", "status"]].merge(pd.DataFrame(rows),
+                                                                         on="run_id")
+    if perplexity is not None:
+        out = out.merge(perplexity_by_step(perplexity), on=["run_id", "step"], how="left")
+    else:
+        out["ppl"] = out["ppl_ratio"] = float("nan")
+    return out[["run_id", "label", "seed", "status", *by, "step", "n_texts", "distinct_1",
+                "distinct_2", "repetition", "empty_share", "ppl", "ppl_ratio"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# C4: displacement of the chosen response
+
+
+def edit_distance(a: str, b: str) -> float:
+    """Normalised character-level edit distance in [0, 1]: 1 − difflib's similarity ratio.
+
+    difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() is 2·M / (len a + len b), M the
+    characters in matching blocks; 0 = identical, 1 = nothing in common. (autojunk off: its
+    heuristic ignores frequent characters in texts over 200 characters.)
+    """
+    return 1.0 - difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def pair_features(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per pair: pair_id, lang, category, len_ratio, edit_distance.
+
+    pairs: `PairSet.to_frame()` (pair_id, chosen, rejected; lang and category where present,
+    else NA). len_ratio = len(rejected) / len(chosen) in characters (> 1: rejected longer);
+    edit_distance: see `edit_distance`.
+    """
+    _require(pairs, ["pair_id", "chosen", "rejected"], "pair_features")
+    out = pairs[["pair_id"]].copy()
+    for column in ("lang", "category"):
+        out[column] = pairs[column] if column in pairs.columns else pd.NA
+    out["len_ratio"] = pairs.rejected.str.len() / pairs.chosen.str.len()
+    out["edit_distance"] = [edit_distance(a, b) for a, b in zip(pairs.chosen, pairs.rejected)]
+    return out.reset_index(drop=True)
+
+
+def _bin_labels(edges: Sequence[float]) -> list[str]:
+    """Interval names of consecutive edges, the first closed: "[0, 0.1]", "(0.1, 0.3]", …"""
+    return [f"{'[' if i == 0 else '('}{lo:g}, {hi:g}]"
+            for i, (lo, hi) in enumerate(pairwise(edges))]
+
+
+def _edit_bins(pair_ids: pd.Series, pairs: pd.DataFrame, edges: Sequence[float]) -> pd.Series:
+    """The edit-distance bin (an ordered categorical of `_bin_labels(edges)`) of each pair id."""
+    labels = _bin_labels(edges)
+    distance = pair_features(pairs).set_index("pair_id").edit_distance
+    unknown = pd.Index(pair_ids.unique()).difference(distance.index)
+    if len(unknown):
+        raise ValueError(f"displacement: {len(unknown)} pair id(s) are not in `pairs`, "
+                         f"e.g. {list(unknown[:3])}")
+    bins = pd.cut(pair_ids.map(distance), list(edges), labels=labels, include_lowest=True)
+    if bins.isna().any():
+        raise ValueError(f"displacement: edit distances fall outside edit_bins={tuple(edges)}")
+    return bins
+
+
+def _pair_changes(df: pd.DataFrame) -> pd.DataFrame:
+    """Per run and pair seen at two or more steps: run_id, pair_id, below_start, below_ref.
+
+    below_start: −nll_sum_p at the pair's last step < at its first; below_ref: −nll_sum_p at its
+    last step < ref_logp_p. 1.0/0.0, NaN where a side is NaN (no reference, non-finite loss).
+    """
+    ordered = df.sort_values(["run_id", "pair_id", "step"], kind="stable")
+    seen = ordered.groupby(["run_id", "pair_id"], sort=False)
+    first = seen.head(1).set_index(["run_id", "pair_id"])
+    last = seen.tail(1).set_index(["run_id", "pair_id"])
+    reference = (last["ref_logp_p"] if "ref_logp_p" in last.columns
+                 else pd.Series(np.nan, index=last.index))
+    out = pd.DataFrame({"below_start": _less(-last.nll_sum_p, -first.nll_sum_p),
+                        "below_ref": _less(-last.nll_sum_p, reference)})
+    out["n_seen"] = seen.step.nunique()
+    return out[out.n_seen > 1].drop(columns="n_seen").reset_index()
+
+
+def _displacement_per_run(df: pd.DataFrame, pairs: pd.DataFrame | None,
+                          edit_bins: Sequence[float]) -> pd.DataFrame:
+    """Per non-diverged run (and edit_bin): run_id, label, [edit_bin], n_pairs, shares."""
+    _require(df, ["run_id", "label", "seed", "step", "pair_id", "nll_sum_p"], "displacement")
+    runs = _runs(df)
+    changes = _pair_changes(df[df.run_id.isin(runs.run_id[~runs.diverged])])
+    keys = ["run_id"]
+    if pairs is not None:
+        changes["edit_bin"] = _edit_bins(changes.pair_id, pairs, edit_bins)
+        keys.append("edit_bin")
+    per_run = changes.groupby(keys, sort=True, observed=True).agg(
+        n_pairs=("pair_id", "size"), share_below_start=("below_start", _mean),
+        share_below_ref=("below_ref", _mean)).reset_index()
+    return runs[["run_id", "label"]].merge(per_run, on="run_id")
+
+
+def displacement(records_or_evals: pd.DataFrame, pairs: pd.DataFrame | None = None, *,
+                 edit_bins: Sequence[float] = (0, .1, .3, 1.0)) -> pd.DataFrame:
+    """How often training lowers the chosen response's log-probability, per label (and bin).
+
+    records_or_evals: run_id, label, seed, step, pair_id, nll_sum_p, optionally ref_logp_p and
+    status / diverged_step. Evals are the natural input: every held-out pair at every evaluation,
+    step 0 before training. In training records a pair counts from the first to the last step it
+    was drawn; pairs seen at one step only are left out.
+    pairs: `PairSet.to_frame()`; when given, rows are per label × edit-distance bin (`edit_bins`
+    edges, the first bin closed on the left; see `edit_distance`).
+    Per run: share_below_start = share of its pairs whose chosen log-prob (−nll_sum_p) at their
+    last step is below its value at their first; share_below_ref = share whose last chosen
+    log-prob is below the reference's (ref_logp_p; NaN without a reference). Diverged runs are
+    left out (their last step is not comparable).
+    Returns label, [edit_bin], n_seeds (runs of the label), n_diverged (left out), n_pairs (run ×
+    pair units counted), share_below_start, share_below_start_lo, share_below_start_hi,
+    share_below_ref, share_below_ref_lo, share_below_ref_hi (across-seed mean, 95% t-interval).
+    """
+    per_run = _displacement_per_run(records_or_evals, pairs, edit_bins)
+    keys = ["label", "edit_bin"] if pairs is not None else ["label"]
+    table = _label_intervals(per_run, ["share_below_start", "share_below_ref"], keys)
+    runs = _runs(records_or_evals).groupby("label").agg(n_seeds=("run_id", "size"),
+                                                        n_diverged=("diverged", "sum"))
+    n_pairs = per_run.groupby(keys, observed=True).n_pairs.sum().rename("n_pairs")
+    table = table.merge(runs, on="label", how="left").merge(n_pairs, on=keys, how="left")
+    return table[[*keys, "n_seeds", "n_diverged", "n_pairs",
+                  *(c for c in table.columns if c.startswith("share_"))]]
+
+
+# ---------------------------------------------------------------------------------------------
+# C5: one table, every headline number with its across-seed interval
+
+
+def _length_r2_per_run(records: pd.DataFrame) -> pd.DataFrame:
+    """Per run: run_id, r2_sum, r2_mean, r2_reference (length_effect of each gap on dlen)."""
+    gaps = gap_normalisations(records, keep=("run_id", "pair_id"))
+    fits = length_effect(gaps, by=("run_id", "normalisation"), n_boot=0)
+    wide = fits.pivot(index="run_id", columns="normalisation", values="r2")
+    wide = wide.reindex(columns=list(NORMALISATIONS)).add_prefix("r2_")
+    return wide.rename_axis(columns=None).reset_index()
+
+
+def _headline_per_run(records: pd.DataFrame, final_source: pd.DataFrame,
+                      perplexity: pd.DataFrame | None, steps: pd.DataFrame | None,
+                      pairs: pd.DataFrame | None) -> pd.DataFrame:
+    """Per run: the run columns of `_runs` and every number summary_table summarises."""
+    per_run = (_runs(records)
+               .merge(_final_step_means(final_source, ["loss_p", "loss_n", "gap"]),
+                      on="run_id", how="left")
+               .merge(_length_r2_per_run(records), on="run_id", how="left")
+               .merge(_noise_per_run(records, steps)[["run_id", "grad_cos", "gns"]],
+                      on="run_id", how="left")
+               .merge(collapse(records, perplexity)[["run_id", "onset_step", "ppl_ratio"]],
+                      on="run_id", how="left"))
+    shares = _displacement_per_run(final_source, None, ()).set_index("run_id")
+    per_run["displacement"] = per_run.run_id.map(shares.share_below_start)
+    if pairs is not None:
+        edges = (0, .1, 1.0)
+        close = _displacement_per_run(final_source, pairs, edges)
+        close = close[close.edit_bin == _bin_labels(edges)[0]].set_index("run_id")
+        per_run["displacement_close"] = per_run.run_id.map(close.share_below_start)
+    return per_run
+
+
+def _seed_shares(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Per label: n_seeds, n_diverged, onset_share and diverged_share with binomial intervals."""
+    rows = []
+    for label, runs in per_run.groupby("label", sort=True):
+        row = {"label": label, "n_seeds": len(runs), "n_diverged": int(runs.diverged.sum())}
+        for name, flags in (("onset_share", runs.onset_step.notna()),
+                            ("diverged_share", runs.diverged)):
+            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = share_interval(flags.sum(),
+                                                                             len(flags))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(records: pd.DataFrame, evals: pd.DataFrame | None = None,
+                  perplexity: pd.DataFrame | None = None, steps: pd.DataFrame | None = None,
+                  pairs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The study's headline numbers, one row per label, each with its across-seed interval.
+
+    records: training records (RECORD_COLUMNS plus label, and status / diverged_step).
+    evals, perplexity, steps: the runs' other tables, or None; pairs: `PairSet.to_frame()`.
+    Columns: label, n_seeds (runs), n_diverged, then `<metric>`, `<metric>_lo`, `<metric>_hi` for
+
+        loss_p, loss_n, gap    final step's mean over pairs: held-out evals if given, else the
+                               last training step's batch
+        r2_sum, r2_mean,       R² of the gap on dlen within each run's own training records
+        r2_reference           (gap_normalisations, length_effect; NaN without a reference)
+        grad_cos, gns          gradient_noise (NaN when gradient statistics were off / no steps)
+        onset_share            share of seeds with a collapse onset (collapse), binomial CI
+        diverged_share         share of seeds that diverged, binomial CI
+        displacement           share_below_start of displacement (evals if given, else records)
+        displacement_close     the same among pairs with edit distance ≤ 0.1 (only with `pairs`)
+        ppl_ratio              held-out perplexity at the end / before training (collapse)
+
+    Means and t-intervals are across seeds. loss_p, loss_n, gap, displacement(_close) and
+    ppl_ratio leave diverged runs out (n_diverged says how many); the others use every run.
+    """
+    _require(records, ["run_id", "label", "seed", "step", "pair_id", "len_p", "len_n", "loss_p",
+                       "loss_n", "gap", "nll_sum_p", "nll_sum_n", "grad_cos", "grad_norm"],
+             "summary_table")
+    final_source = evals if evals is not None else records
+    if evals is not None:
+        _require(evals, ["run_id", "label", "seed", "step", "pair_id", "loss_p", "loss_n", "gap",
+                         "nll_sum_p"], "summary_table(evals=)")
+    per_run = _headline_per_run(records, final_source, perplexity, steps, pairs)
+    displaced = ["displacement", *(["displacement_close"] if pairs is not None else [])]
+    final = ["loss_p", "loss_n", "gap", *displaced, "ppl_ratio"]
+    trajectory = ["r2_sum", "r2_mean", "r2_reference", "grad_cos", "gns"]
+    table = (_seed_shares(per_run)
+             .merge(_label_intervals(per_run[~per_run.diverged], final), on="label", how="left")
+             .merge(_label_intervals(per_run, trajectory), on="label", how="left"))
+    order = ["loss_p", "loss_n", "gap", *trajectory, "onset_share", "diverged_share", *displaced,
+             "ppl_ratio"]
+    return table[["label", "n_seeds", "n_diverged",
+                  *(f"{m}{end}" for m in order for end in ("", "_lo", "_hi"))]]

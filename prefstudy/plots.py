@@ -1,0 +1,587 @@
+"""Figures: a tidy DataFrame in, a seaborn Axes or FacetGrid out, one look across all of them.
+
+Every function follows seaborn's calling convention: the data first, column names as keywords,
+`ax=None` for single-panel figures (draw on the given Axes, else on a new one) and a FacetGrid for
+faceted ones. Statistics are never computed here: a figure calls the diagnostic that owns the
+number (`prefstudy.diagnostics`) and draws what it returns. The one thing drawn from raw records
+is a trajectory (the per-run mean over pairs at each step), with its band across seeds from
+`diagnostics.seed_interval` (seeds are the units, as in every table).
+
+Look: `THEME` is the seaborn theme (context "paper"); every function draws inside it without
+changing global state, and `set_style()` applies it globally for a notebook. Colours: a label
+always gets the colour of its place in the *sorted* list of labels (`label_palette`), so "dpo" is
+the same colour in every figure that shows the same labels; `set_style(labels=...)` pins the
+study's full label list, so that figures showing a subset keep the study's colours.
+
+Nothing here picks a backend or calls `plt.show()`: matplotlib falls back to Agg where there is no
+display, and notebooks show the returned figure themselves. `save` writes files whose bytes do not
+depend on the matplotlib version or the date.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .records import SchemaError
+
+# ---------------------------------------------------------------------------------------------
+# Look
+
+THEME = {"context": "paper", "style": "whitegrid", "font_scale": 1.0,
+         "rc": {"axes.titlesize": "medium", "legend.frameon": False, "savefig.bbox": "tight"}}
+BASE_PALETTE = "colorblind"  # 10 colours; more labels than that use husl (evenly spaced hues)
+DPI = 200  # `save` writes every figure at this resolution
+
+# Axis names for the columns the diagnostics produce; other columns are shown by their own name.
+AXIS_NAMES = {
+    "step": "step", "dlen": "len_n − len_p (tokens)",
+    "dlen_rel": "(len_n − len_p) / (len_n + len_p)",
+    "gap_value": "gap, rejected − chosen (nats)", "gap": "gap = loss_n − loss_p (nats)",
+    "loss_p": "loss_p, chosen (nats/token)", "loss_n": "loss_n, rejected (nats/token)",
+    "grad_cos": "cosine to the batch-mean gradient", "grad_norm": "per-pair gradient norm",
+    "gns": "gradient noise scale tr(Σ)/|G|²", "factor": "rejected lengthened ×",
+}
+QUANTITY_NAMES = {"loss_p": "loss_p (chosen)", "loss_n": "loss_n (rejected)", "gap": "gap"}
+QUANTITY_DASHES = {"loss_p": "", "loss_n": (4, 2), "gap": (1, 1.5)}
+
+_study_palette: dict[str, tuple] | None = None  # pinned by set_style(labels=...)
+
+
+def _theme_rc() -> dict:
+    rc = {**sns.axes_style(THEME["style"]),
+          **sns.plotting_context(THEME["context"], font_scale=THEME["font_scale"]), **THEME["rc"]}
+    rc["axes.prop_cycle"] = mpl.cycler(color=sns.color_palette(BASE_PALETTE))
+    return rc
+
+
+@contextlib.contextmanager
+def _themed():
+    """Draw inside THEME without touching the caller's global matplotlib state."""
+    with mpl.rc_context(_theme_rc()):
+        yield
+
+
+def set_style(labels: Iterable[str] | None = None) -> None:
+    """Apply THEME globally (for notebooks); with `labels`, pin the study's label → colour map.
+
+    Pinning matters when a figure shows a subset of the study's labels: without it the subset is
+    coloured by its own sorted order and "dpo" could change colour between figures.
+    """
+    global _study_palette
+    sns.set_theme(context=THEME["context"], style=THEME["style"], palette=BASE_PALETTE,
+                  font_scale=THEME["font_scale"], rc=THEME["rc"])
+    if labels is not None:
+        _study_palette = label_palette(labels)
+
+
+def label_palette(labels: Iterable[str]) -> dict[str, tuple]:
+    """Label → RGB colour, assigned in sorted label order (the same labels, the same colours)."""
+    names = sorted({str(label) for label in labels})
+    n_base = len(sns.color_palette(BASE_PALETTE))
+    colours = (sns.color_palette(BASE_PALETTE, len(names)) if len(names) <= n_base
+               else sns.color_palette("husl", len(names)))
+    return dict(zip(names, colours))
+
+
+def _colours(order: Sequence, palette: Mapping | None = None, *, labels: bool = True) -> dict:
+    """A colour for each value of `order`, keyed by the values themselves.
+
+    `palette` if given; else, for labels, the pinned study palette if it covers them, or
+    `label_palette(order)`; for anything else (labels=False), the base palette in `order`.
+    """
+    if palette is None and not labels:
+        return dict(zip(order, sns.color_palette(BASE_PALETTE, len(order))))
+    if palette is None:
+        pinned = _study_palette is not None and all(str(v) in _study_palette for v in order)
+        palette = _study_palette if pinned else label_palette(order)
+    colours, missing = {}, []
+    for value in order:
+        if value in palette or str(value) in palette:
+            colours[value] = palette[value] if value in palette else palette[str(value)]
+        else:
+            missing.append(value)
+    if missing:
+        raise ValueError(f"palette has no colour for {missing}")
+    return colours
+
+
+_INTERVAL = re.compile(r"^[\[(]\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*[\])]$")
+
+
+def _interval_key(value) -> tuple[float, float] | None:
+    """(lo, hi) of an interval written as text, "[0, 0.1]" or "(0.1, 0.3]"; None otherwise."""
+    match = _INTERVAL.match(str(value))
+    try:
+        return (float(match[1]), float(match[2])) if match else None
+    except ValueError:
+        return None
+
+
+def _order(values: Iterable, order: Sequence | None = None) -> list:
+    """`order` if given; else a categorical's own category order (e.g. `pd.cut` bins), else the
+    distinct values sorted: intervals written as text ("[0, 0.1]", "(0.1, 0.3]") by their bounds,
+    anything else as itself (labels alphabetically, so panels come in the palette's order)."""
+    if order is not None:
+        return list(order)
+    values = values if isinstance(values, pd.Series) else pd.Series(list(values))
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        present = set(values.dropna())
+        return [c for c in values.cat.categories if c in present]
+    distinct = pd.unique(values.dropna()).tolist()
+    keys = [_interval_key(v) for v in distinct]
+    if distinct and all(k is not None for k in keys):
+        return [v for _, v in sorted(zip(keys, distinct))]
+    try:
+        return sorted(distinct)
+    except TypeError:  # mixed types
+        return sorted(distinct, key=str)
+
+
+def _axis_name(column: str) -> str:
+    return AXIS_NAMES.get(column, column)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and reshaping
+
+
+def _need(df: pd.DataFrame, columns: Iterable[str | None], where: str) -> None:
+    """Raise SchemaError naming the missing columns (None entries are unused options)."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in dict.fromkeys(columns) if c is not None and c not in df.columns]
+    if missing:
+        raise SchemaError(f"{where}: missing column(s) {missing}; columns present: "
+                          f"{list(df.columns)}")
+    if not len(df):
+        raise ValueError(f"{where}: the frame is empty")
+
+
+def _run_step_means(records: pd.DataFrame, *, x: str, values: Sequence[str],
+                    keys: Sequence[str]) -> pd.DataFrame:
+    """Mean over pairs per (keys, run, x), long: keys, run_id, seed, x, quantity, value.
+
+    A step whose pairs include a NaN/inf value gets NaN, never a mean of the finite pairs only;
+    seaborn's lineplot then leaves that run's step out (records end before a divergence, so this
+    only happens in hand-edited or foreign records).
+    """
+    ids = list(dict.fromkeys([*keys, "run_id", "seed", x]))
+    frame = records[ids + list(values)].copy()
+    for v in values:
+        frame[v] = frame[v].astype(float)
+    finite = frame[list(values)].apply(np.isfinite)
+    grouped = frame.groupby(ids, sort=True, dropna=False)
+    means = grouped[list(values)].mean()
+    all_finite = finite.groupby([frame[c] for c in ids], sort=True, dropna=False).all()
+    means = means.where(all_finite.reindex(means.index).to_numpy())
+    long = means.reset_index().melt(id_vars=ids, value_vars=list(values), var_name="quantity",
+                                    value_name="value")
+    return long
+
+
+def _diverged_runs(records: pd.DataFrame, *, x: str, hue: str | None,
+                   onset: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per diverged run: run_id, `hue`, `last` = the last step it has records at.
+
+    As in the diagnostics, a run diverged when its status says so or it has a diverged_step; both
+    come from the records (`records.load_run` adds them), else from `onset` (`collapse` output).
+    """
+    cols = ["run_id"] + ([hue] if hue else [])
+    runs = records.groupby(cols, dropna=False)[x].max().rename("last").reset_index()
+    source = records if {"status", "diverged_step"} & set(records.columns) else onset
+    if source is None or "run_id" not in source.columns:
+        return runs.iloc[:0]
+    per_run = source.drop_duplicates("run_id").set_index("run_id")
+    diverged = pd.Series(False, index=per_run.index)
+    if "status" in per_run.columns:
+        diverged |= per_run["status"].eq("diverged")
+    if "diverged_step" in per_run.columns:
+        diverged |= per_run["diverged_step"].notna()
+    return runs[runs.run_id.map(diverged).fillna(False).astype(bool)].reset_index(drop=True)
+
+
+def _seed_errorbar() -> Callable[[np.ndarray], tuple[float, float]]:
+    """seaborn errorbar: the across-seed 95% t-interval of `diagnostics.seed_interval`."""
+    from .diagnostics import seed_interval
+
+    def interval(values):
+        _, lo, hi = seed_interval(np.asarray(values, dtype=float))
+        return lo, hi
+
+    return interval
+
+
+def _resolve_errorbar(errorbar):
+    return _seed_errorbar() if errorbar == "seed" else errorbar
+
+
+# ---------------------------------------------------------------------------------------------
+# C1: the gap against the length difference, under every normalisation
+
+
+def gap_vs_length(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
+                  col: str | None = "normalisation", hue: str | None = None,
+                  col_order: Sequence | None = None, palette: Mapping | None = None,
+                  n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+                  unit: str | None = "pair_id", max_points: int | None = 4000,
+                  height: float = 2.8, aspect: float = 1.1,
+                  scatter_kws: Mapping | None = None, line_kws: Mapping | None = None,
+                  ) -> sns.FacetGrid:
+    """Per-pair gap against the length difference, one panel per `col`, each with its OLS line.
+
+    frame: the output of `diagnostics.gap_normalisations` (or any frame with `x`, `y`, `col`).
+    The fit (slope, intercept) and the panel title's R² with its CI and Spearman ρ come from
+    `diagnostics.length_effect(frame, x=x, y=y, by=(col,), n_boot=, ci=, seed=, unit=)` on all
+    rows (its bootstrap resamples whole `unit`s, pairs by default); the scatter shows at most
+    `max_points` rows per panel (a seeded sample; None = all). The y axes are not shared: summed
+    gaps are tens of nats, token-mean ones a fraction of one. With `hue`, points are coloured by
+    it (label colours when hue="label"); the line and R² stay the panel's pooled fit.
+    Returns the FacetGrid; `grid.effect` holds the length_effect table it drew.
+    """
+    from .diagnostics import length_effect
+
+    _need(frame, [x, y, col, hue], "gap_vs_length")
+    data = frame.copy()
+    panel = col if col is not None else "_panel"
+    if col is None:
+        data[panel] = ""
+    effect = length_effect(data, x=x, y=y, by=(panel,), n_boot=n_boot, ci=ci, seed=seed,
+                           unit=unit)
+    effect_by_panel = {row[panel]: row for _, row in effect.iterrows()}
+
+    shown = data
+    if max_points is not None:
+        shown = pd.concat([d.sample(min(len(d), max_points), random_state=seed)
+                           for _, d in data.groupby(panel, sort=False)])
+    hue_kws = {}
+    if hue is not None:
+        hue_order = _order(data[hue])
+        hue_kws = {"hue": hue, "hue_order": hue_order,
+                   "palette": _colours(hue_order, palette, labels=hue == "label")}
+    order = _order(data[panel], col_order)
+    with _themed():
+        grid = sns.FacetGrid(shown, col=panel, col_order=order, sharex=True, sharey=False,
+                             height=height, aspect=aspect, despine=False)
+        for name, ax in grid.axes_dict.items():
+            sub = shown[shown[panel] == name]
+            sns.scatterplot(data=sub, x=x, y=y, ax=ax, legend=False,
+                            **{"s": 10, "alpha": 0.35, "linewidth": 0, "color": "0.35",
+                               **hue_kws, **(scatter_kws or {})})
+            row = effect_by_panel.get(name)
+            if row is not None and np.isfinite(row["slope"]):
+                full = data.loc[data[panel] == name, x].astype(float)
+                xs = np.array([full.min(), full.max()])
+                ax.plot(xs, row["intercept"] + row["slope"] * xs,
+                        **{"color": "black", "linewidth": 1.5, **(line_kws or {})})
+            ax.set_title(_effect_title(name if col is not None else "", row))
+            ax.set_xlabel(_axis_name(x))
+            ax.set_ylabel(_axis_name(y))
+        grid.tight_layout()  # room for the two-line titles, before the legend claims its own
+        if hue is not None:
+            grid.add_legend(legend_data={str(k): Line2D([], [], marker="o", linestyle="",
+                                                        color=hue_kws["palette"][k])
+                                         for k in hue_kws["hue_order"]}, title=hue)
+    grid.effect = effect
+    return grid
+
+
+def _effect_title(name, row) -> str:
+    if row is None:
+        return f"{name}\n(no fit)"
+    r2 = f"R² = {row['r2']:.2f}"
+    if np.isfinite(row.get("r2_lo", np.nan)):
+        r2 += f" [{row['r2_lo']:.2f}, {row['r2_hi']:.2f}]"
+    rho = f"ρ = {row['spearman']:.2f}" if "spearman" in row else ""
+    return f"{name}\n{r2}  {rho}".strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# C3: loss trajectories and collapse
+
+
+def loss_trajectories(records: pd.DataFrame, *, x: str = "step", hue: str = "label",
+                      quantities: Sequence[str] = ("loss_p", "loss_n"), row: str | None = None,
+                      onset: pd.DataFrame | None = None, hue_order: Sequence | None = None,
+                      palette: Mapping | None = None, errorbar="seed", height: float = 2.8,
+                      aspect: float = 1.3, sharey: bool = False) -> sns.FacetGrid:
+    """loss_p and loss_n per step: one column per quantity, one line per `hue` (mean across seeds).
+
+    records: per-pair records (or evals) with `x`, `hue`, run_id, seed and the quantities; status
+    and diverged_step (added by `records.load_run`) mark diverged runs. Each run is first averaged
+    over its pairs at each step; the line is the mean of those across runs and the band is
+    `errorbar` across runs: "seed" = `diagnostics.seed_interval`'s 95% t-interval (no band with
+    one seed), or anything seaborn's lineplot takes (None for no band). `row` (e.g. "label")
+    splits further into rows.
+
+    onset: the output of `diagnostics.collapse` (run_id, `hue`, onset_step): each label's median
+    onset across its seeds is a dashed vertical line, the range of its seeds' onsets a shaded band.
+    A diverged run's line ends at its last recorded step, marked "x".
+    Returns the FacetGrid (columns in the order of `quantities`).
+    """
+    _need(records, [x, hue, row, "run_id", "seed", *quantities], "loss_trajectories")
+    keys = [k for k in (hue, row) if k is not None]
+    long = _run_step_means(records, x=x, values=quantities, keys=keys)
+    hue_order = _order(records[hue], hue_order)
+    colours = _colours(hue_order, palette, labels=hue == "label")
+    diverged = _diverged_runs(records, x=x, hue=hue, onset=onset)
+    errorbar = _resolve_errorbar(errorbar)
+    row_order = _order(records[row]) if row else None
+
+    with _themed():
+        grid = sns.FacetGrid(long, col="quantity", col_order=list(quantities), row=row,
+                             row_order=row_order, sharex=True, sharey=sharey, height=height,
+                             aspect=aspect, despine=False)
+        for key, ax in grid.axes_dict.items():
+            quantity, row_value = (key[1], key[0]) if row else (key, None)
+            sub = long[long.quantity == quantity]
+            if row:
+                sub = sub[sub[row] == row_value]
+            sns.lineplot(data=sub, x=x, y="value", hue=hue, hue_order=hue_order, palette=colours,
+                         errorbar=errorbar, ax=ax, legend=False)
+            _mark_onsets(ax, onset, hue=hue, colours=colours,
+                         present=sub[hue].unique() if len(sub) else [])
+            _mark_diverged(ax, sub, diverged, x=x, hue=hue, colours=colours)
+            title = QUANTITY_NAMES.get(quantity, quantity)
+            ax.set_title(f"{row_value} · {title}" if row else title)
+            ax.set_xlabel(_axis_name(x))
+            ax.set_ylabel("nats per token" if quantity in ("loss_p", "loss_n") else quantity)
+        legend = {str(k): Line2D([], [], color=colours[k]) for k in hue_order}
+        if len(diverged):
+            legend["diverged"] = Line2D([], [], color="0.2", marker="x", linestyle="")
+        if onset is not None:
+            legend["collapse onset"] = Line2D([], [], color="0.2", linestyle="--")
+        grid.add_legend(legend_data=legend, title=hue)
+    return grid
+
+
+def _mark_onsets(ax: Axes, onset: pd.DataFrame | None, *, hue: str, colours: Mapping,
+                 present: Iterable) -> None:
+    if onset is None:
+        return
+    _need(onset, ["onset_step", hue], "loss_trajectories(onset=)")
+    present = set(present)
+    for value, runs in onset.groupby(hue, sort=True):
+        steps = runs.onset_step.astype(float).dropna()
+        if value not in present or steps.empty:
+            continue
+        colour = colours.get(value, "0.2")
+        if steps.max() > steps.min():
+            ax.axvspan(steps.min(), steps.max(), color=colour, alpha=0.12, linewidth=0)
+        ax.axvline(steps.median(), color=colour, linestyle="--", linewidth=1.2)
+
+
+def _mark_diverged(ax: Axes, long: pd.DataFrame, diverged: pd.DataFrame, *, x: str,
+                   hue: str | None, colours: Mapping | None = None,
+                   colour: object = None) -> None:
+    """An "x" at the last recorded point of each diverged run's own (seed) trajectory."""
+    for _, run in diverged.iterrows():
+        points = long[(long.run_id == run.run_id) & (long[x] == run["last"])]
+        for value in points.value.dropna():
+            c = colour if colour is not None else colours.get(run[hue], "0.2")
+            ax.plot([run["last"]], [value], marker="x", color=c, markersize=7,
+                    markeredgewidth=1.8, linestyle="", zorder=5)
+
+
+def normalisation_grid(records: pd.DataFrame, *, x: str = "step", col: str = "label",
+                       quantities: Sequence[str] = ("loss_p", "loss_n"),
+                       col_order: Sequence | None = None, col_wrap: int | None = 4,
+                       palette: Mapping | None = None, errorbar="seed", height: float = 2.4,
+                       aspect: float = 1.2) -> sns.FacetGrid:
+    """Every label side by side on the same scales: mean loss_p (solid), loss_n (dashed) per step.
+
+    One panel per `col` value (default: label), x and y shared so that the panels compare at a
+    glance; each panel in its label's colour. Lines and bands as in `loss_trajectories` (mean over
+    pairs per run, then across seeds with `errorbar`). A panel's title says how many of its seeds
+    diverged; each diverged run's last point is marked "x".
+    Returns the FacetGrid.
+    """
+    _need(records, [x, col, "run_id", "seed", *quantities], "normalisation_grid")
+    long = _run_step_means(records, x=x, values=quantities, keys=[col])
+    order = _order(records[col], col_order)
+    colours = _colours(order, palette, labels=col == "label")
+    diverged = _diverged_runs(records, x=x, hue=col)
+    n_seeds = records.groupby(col)["run_id"].nunique()
+    errorbar = _resolve_errorbar(errorbar)
+    wrap = col_wrap if col_wrap and len(order) > col_wrap else None
+
+    with _themed():
+        grid = sns.FacetGrid(long, col=col, col_order=order, col_wrap=wrap, sharex=True,
+                             sharey=True, height=height, aspect=aspect, despine=False)
+        for name, ax in grid.axes_dict.items():
+            sub = long[long[col] == name]
+            colour = colours[name]
+            sns.lineplot(data=sub, x=x, y="value", style="quantity", style_order=list(quantities),
+                         dashes=[QUANTITY_DASHES.get(q, "") for q in quantities], color=colour,
+                         errorbar=errorbar, ax=ax, legend=False)
+            _mark_diverged(ax, sub, diverged[diverged[col] == name], x=x, hue=col, colour=colour)
+            n_div = int((diverged[col] == name).sum())
+            title = str(name)
+            if n_div:
+                title += f"\n{n_div}/{n_seeds[name]} runs diverged"
+            ax.set_title(title)
+            ax.set_xlabel(_axis_name(x))
+            ax.set_ylabel("nats per token")
+        legend = {QUANTITY_NAMES.get(q, q): Line2D([], [], color="0.3",
+                                                    dashes=QUANTITY_DASHES.get(q, ""))
+                  for q in quantities}
+        grid.add_legend(legend_data=legend)
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------
+# C2, C4, C5: intervals and shares per label
+
+
+def noise_comparison(table: pd.DataFrame, *, metric: str = "grad_cos", y: str = "label",
+                     order: Sequence | None = None, palette: Mapping | None = None,
+                     kind: str = "point", refline: float | None = None, ax: Axes | None = None,
+                     **kwargs) -> Axes:
+    """One point (or bar) per label with its interval: `metric` between `metric_lo` and `metric_hi`.
+
+    table: one row per label, from `diagnostics.gradient_noise` or `diagnostics.summary_table`
+    (any metric of either works, e.g. "gns", "ppl_ratio"). Labels are on the y axis (long names
+    stay readable), in `order` or sorted. A NaN interval (one seed) draws the point alone.
+    `refline` draws a vertical reference line (e.g. 0 for grad_cos).
+    Returns the Axes.
+    """
+    if kind not in ("point", "bar"):
+        raise ValueError(f"kind={kind!r}; allowed: 'point', 'bar'")
+    _need(table, [y, metric], "noise_comparison")
+    if table[y].duplicated().any():
+        raise ValueError(f"noise_comparison: several rows per {y!r}; pass one row per {y} "
+                         "(the diagnostics tables have one)")
+    order = _order(table[y], order)
+    colours = _colours(order, palette, labels=y == "label")
+    rows = table.set_index(y).reindex(order)
+    values = rows[metric].astype(float).to_numpy()
+    lo = rows.get(f"{metric}_lo", pd.Series(np.nan, index=rows.index)).astype(float).to_numpy()
+    hi = rows.get(f"{metric}_hi", pd.Series(np.nan, index=rows.index)).astype(float).to_numpy()
+    positions = np.arange(len(order))
+
+    with _themed():
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4.5, 0.45 * len(order) + 1.2))
+        for i, name in enumerate(order):
+            colour = colours[name]
+            if kind == "bar":
+                ax.barh(i, values[i], color=colour, height=0.6, **kwargs)
+            else:
+                ax.plot(values[i], i, marker="o", color=colour, linestyle="", markersize=6,
+                        **kwargs)
+            if np.isfinite(lo[i]) and np.isfinite(hi[i]):
+                ax.plot([lo[i], hi[i]], [i, i], color=colour if kind == "point" else "0.15",
+                        linewidth=1.8, solid_capstyle="butt")
+        if refline is not None:
+            ax.axvline(refline, color="0.4", linewidth=0.8, zorder=0)
+        ax.set_yticks(positions, [str(name) for name in order])
+        ax.set_ylim(len(order) - 0.5, -0.5)
+        ax.set_xlabel(_axis_name(metric))
+        ax.set_ylabel("")
+    return ax
+
+
+def displacement_bars(table: pd.DataFrame, *, y: str = "share_below_start",
+                      x: str | None = "edit_bin", hue: str = "label",
+                      order: Sequence | None = None, hue_order: Sequence | None = None,
+                      palette: Mapping | None = None, ax: Axes | None = None, **kwargs) -> Axes:
+    """Grouped bars of a share (0–1) per `hue` (label) within each `x` group (edit-distance bin).
+
+    table: `diagnostics.displacement` output: one row per (label, edit_bin) when it was given
+    `pairs`, else one per label (x="edit_bin" then falls back to one bar per label, as x=None
+    does). y: "share_below_start" (chosen log-prob fell) or "share_below_ref" (below the
+    reference). Bars are the table's values; `<y>_lo` / `<y>_hi`, where present, are drawn as
+    intervals. Bins keep the table's categorical order. A dotted line at 0.5 marks half the pairs.
+    Returns the Axes.
+    """
+    if x == "edit_bin" and isinstance(table, pd.DataFrame) and x not in table.columns:
+        x = None
+    _need(table, [y, x, hue], "displacement_bars")
+    keys = [k for k in (x, hue) if k is not None]
+    if table.duplicated(keys).any():
+        raise ValueError(f"displacement_bars: several rows per {keys}; pass one row each")
+    hue_order = _order(table[hue], hue_order)
+    colours = _colours(hue_order, palette, labels=hue == "label")
+    groups = _order(table[x], order) if x is not None else [None]
+    width = 0.8 / len(hue_order)
+
+    with _themed():
+        if ax is None:
+            _, ax = plt.subplots(figsize=(1.0 + 0.35 * len(groups) * len(hue_order), 3.0))
+        for j, name in enumerate(hue_order):
+            sel = table[table[hue] == name]
+            if x is not None:
+                sel = sel.set_index(x).reindex(groups)
+            heights = sel[y].astype(float).to_numpy()
+            if x is None and not len(heights):
+                heights = np.array([np.nan])
+            pos = np.arange(len(groups)) + (j - (len(hue_order) - 1) / 2) * width
+            ax.bar(pos, heights, width=width, color=colours[name], label=str(name),
+                   **kwargs)
+            if f"{y}_lo" in sel.columns and f"{y}_hi" in sel.columns:
+                lo = sel[f"{y}_lo"].astype(float).to_numpy()
+                hi = sel[f"{y}_hi"].astype(float).to_numpy()
+                ok = np.isfinite(lo) & np.isfinite(hi)
+                if ok.any():
+                    ax.vlines(pos[ok], lo[ok], hi[ok], color="0.15", linewidth=1.2)
+        ax.axhline(0.5, color="0.4", linewidth=0.8, linestyle=":", zorder=0)
+        ax.set_ylim(0, 1)
+        if x is not None:
+            ax.set_xticks(np.arange(len(groups)), [str(g) for g in groups])
+            ax.set_xlabel(_axis_name(x))
+        else:
+            ax.set_xticks([])
+        ax.set_ylabel(_axis_name(y))
+        ax.legend(title=hue, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _figure(obj) -> Figure:
+    if isinstance(obj, Figure):
+        return obj
+    figure = getattr(obj, "figure", None)  # FacetGrid, Axes
+    if isinstance(figure, Figure):
+        return figure
+    raise TypeError(f"save: expected a Figure, Axes or seaborn grid, got {type(obj).__name__}")
+
+
+# Metadata keys that carry the matplotlib version or the date, per format; None drops them.
+_NO_PROVENANCE = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+    "svg": {"Creator": None, "Date": None},
+}
+
+
+def save(fig_or_grid, path: str | os.PathLike, *, dpi: int = DPI) -> Path:
+    """Write a Figure / Axes / FacetGrid to `path` (PNG, PDF or SVG by suffix) at `dpi`.
+
+    The bytes do not depend on the matplotlib version or the time: version and date metadata are
+    dropped (PNG "Software"; PDF Creator/Producer/CreationDate; SVG Creator/Date, with a fixed
+    hash salt for SVG ids). The folder is created. Returns the path.
+    """
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in _NO_PROVENANCE:
+        raise ValueError(f"save: {path.name!r}: format {fmt!r}; allowed: {sorted(_NO_PROVENANCE)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with mpl.rc_context({"svg.hashsalt": "prefstudy"}):
+        _figure(fig_or_grid).savefig(path, format=fmt, dpi=dpi, bbox_inches="tight",
+                                     metadata=_NO_PROVENANCE[fmt])
+    return path
