@@ -65,6 +65,9 @@ REQUIRED_COLUMNS = ("run_id", "objective", "seed", "step", "pair_id", "len_p", "
                     "loss_p", "loss_n", "gap")
 
 
+COMPACT = "all-s"  # merged shard prefix; "-s" keeps the step parser in `truncate` working
+
+
 class SchemaError(ValueError):
     """A record set of another schema version, or one missing required columns."""
 
@@ -161,12 +164,37 @@ class RunWriter:
         meta.update({"status": status, "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra})
         _atomic_write_json(self.folder / "meta.json", meta)
 
+    def compact(self) -> None:
+        """Merge each table's shards into one file, for a run that has ended.
+
+        The merged file lists the shards it replaces in its metadata and readers skip those, so a
+        kill between writing it and deleting them never counts a row twice.
+        """
+        for table in TABLES:
+            shards = sorted(p for p in (self.folder / table).glob("*.parquet")
+                            if not p.name.startswith(COMPACT))
+            if len(shards) < 2:
+                continue
+            merged = pa.concat_tables([pq.read_table(p) for p in _live_shards(self.folder / table)],
+                                      promote_options="default")
+            names = [p.name for p in _live_shards(self.folder / table)]
+            merged = merged.replace_schema_metadata({
+                **(merged.schema.metadata or {}), b"prefstudy_schema": str(SCHEMA_VERSION).encode(),
+                b"prefstudy_merged": json.dumps(names).encode()})
+            target = self.folder / table / f"{COMPACT}{len(names):07d}.parquet"
+            tmp = target.with_name(target.name + ".tmp")
+            pq.write_table(merged, tmp)
+            os.replace(tmp, target)
+            for p in (self.folder / table).glob("*.parquet"):
+                if p.name in names and p != target:
+                    p.unlink()
+
     def truncate(self, after_step: int) -> int:
         """Remove shards whose first step is past `after_step` (resume from a checkpoint)."""
         removed = 0
         for table in TABLES:
             for shard in (self.folder / table).glob("*.parquet"):
-                if int(shard.stem.split("-s")[1]) > after_step:
+                if not shard.name.startswith(COMPACT) and int(shard.stem.split("-s")[1]) > after_step:
                     shard.unlink()
                     removed += 1
         return removed
@@ -191,12 +219,23 @@ def read_config(run: str | os.PathLike) -> dict[str, Any]:
     return json.loads((Path(run) / "config.json").read_text())
 
 
+def _live_shards(folder: Path) -> list[Path]:
+    """The shards to read: merged files, and the shards that no merged file replaces."""
+    shards = sorted(folder.glob("*.parquet"))
+    replaced = set()
+    for p in shards:
+        if p.name.startswith(COMPACT):
+            meta = pq.read_schema(p).metadata or {}
+            replaced.update(json.loads(meta.get(b"prefstudy_merged", b"[]")))
+    return [p for p in shards if p.name not in replaced]
+
+
 def load_table(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
     """All shards of one table of one run, in step order (an empty frame if none)."""
     if table not in TABLES:
         raise ValueError(f"table={table!r}; allowed: {TABLES}")
     read_meta(run)  # checks the schema version
-    shards = sorted((Path(run) / table).glob("*.parquet"))
+    shards = _live_shards(Path(run) / table)
     if not shards:
         return pd.DataFrame()
     frames = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,34 +152,59 @@ def evaluate_pairs(model, encoded: Encoded, cfg, ref, pad_id, device, step) -> p
 
 
 @torch.no_grad()
-def perplexity(model, tokenizer, texts: pd.DataFrame, device, step) -> pd.DataFrame:
-    """Summed NLL and token count of each held-out passage (perplexity = exp(nll_sum / n))."""
+def perplexity(model, tokenizer, texts: pd.DataFrame, device, step, *,
+               batch_size: int = 16, max_tokens: int = 256) -> pd.DataFrame:
+    """Summed NLL and token count of each held-out passage (perplexity = exp(nll_sum / n)).
+
+    Every token after the first is scored, through the same chunked log-prob path as training.
+    """
+    from .encode import Batch
+
+    texts = texts.reset_index(drop=True)
     rows = []
-    for i, row in texts.reset_index(drop=True).iterrows():
-        ids = tokenizer(row.text, return_tensors="pt")["input_ids"][:, :256].to(device)
-        logits = model(input_ids=ids).logits[0, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum")
-        rows.append({"step": step, "text_id": i, "lang": row.get("lang", ""),
-                     "nll_sum": float(nll), "n_tokens": int(ids.shape[1] - 1)})
+    for start in range(0, len(texts), batch_size):
+        part = texts.iloc[start:start + batch_size]
+        ids = [tokenizer(t)["input_ids"][:max_tokens] for t in part.text]
+        width = max(map(len, ids))
+        input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, seq in enumerate(ids):
+            input_ids[i, :len(seq)] = torch.tensor(seq)
+            attention[i, :len(seq)] = 1
+        scored = attention.bool().clone()
+        scored[:, 0] = False  # the first token has no prediction
+        batch = Batch(input_ids, attention, scored, [str(i) for i in part.index]).to(device)
+        t = token_logps(model, batch)
+        for i, (idx, row) in enumerate(part.iterrows()):
+            rows.append({"step": step, "text_id": int(idx), "lang": row.get("lang", ""),
+                         "nll_sum": -float(t.sum[i]), "n_tokens": int(t.count[i])})
     return pd.DataFrame(rows)
 
 
 @torch.no_grad()
 def generate(model, tokenizer, probes: pd.DataFrame, device, step, max_new_tokens) -> pd.DataFrame:
-    """Greedy continuations of the probe prompts (chat template where the tokenizer has one)."""
+    """Greedy continuations of the probe prompts, in one left-padded batch (chat template where
+    the tokenizer has one)."""
+    probes = probes.reset_index(drop=True)
+    if tokenizer.chat_template:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True)
+                   for p in probes.prompt]
+    else:
+        prompts = list(probes.prompt)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    enc = enc.to(device)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    width = enc["input_ids"].shape[1]
     rows = []
-    for i, row in probes.reset_index(drop=True).iterrows():
-        if tokenizer.chat_template:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": row.prompt}],
-                                                add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True)["input_ids"]
-        else:
-            ids = tokenizer(row.prompt, return_tensors="pt")["input_ids"]
-        ids = ids.to(device)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                             max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, use_cache=True)
-        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    for i, row in probes.iterrows():
+        text = tokenizer.decode(out[i, width:], skip_special_tokens=True)
         rows.append({"step": step, "probe_id": i, "lang": row.get("lang", ""),
                      "kind": row.get("kind", ""), "prompt": row.prompt, "text": text})
     return pd.DataFrame(rows)
@@ -403,6 +429,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             writer.finish(status, **detail)
         bar.close()
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process and status in ("completed", "diverged"):
+        writer.compact()  # one file per table instead of one per step
+        shutil.rmtree(run / "checkpoint", ignore_errors=True)  # an ended run is not resumed
     return run
 
 

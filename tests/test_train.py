@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -148,6 +149,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     a, b = load_run(tmp_path / "killed" / "r"), load_run(tmp_path / "full" / "r")
     assert read_meta(tmp_path / "killed" / "r")["status"] == "completed"
+    assert not (tmp_path / "killed" / "r" / "checkpoint").exists()  # ended runs keep no state
+    assert len(list((tmp_path / "killed" / "r" / "records").glob("*.parquet"))) == 1
     assert len(a) == len(b) == 14 * 4
     pd.testing.assert_frame_equal(a[["step", "pair_id", *LOSSES]], b[["step", "pair_id", *LOSSES]],
                                   atol=1e-5, rtol=1e-5)
@@ -170,8 +173,9 @@ def test_two_processes_record_each_pair_once_and_match_one_process(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = load_run(tmp_path / "two" / "r"), load_run(tmp_path / "one" / "r")
     assert json.loads((tmp_path / "two" / "r" / "config.json").read_text())["num_processes"] == 2
-    assert {p.stem[:3] for p in (tmp_path / "two" / "r" / "records").glob("*.parquet")} == {
-        "r00", "r01"}
+    merged = next((tmp_path / "two" / "r" / "records").glob("all-s*.parquet"))
+    shards = json.loads(pq.read_schema(merged).metadata[b"prefstudy_merged"])
+    assert {name[:3] for name in shards} == {"r00", "r01"}  # both processes wrote records
     assert not a.duplicated(["step", "pair_id"]).any() and len(a) == len(b)
     key = ["step", "pair_id"]
     a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
