@@ -53,10 +53,11 @@ class Study:
     output: Path
 
     def configs(self) -> list[TrainConfig]:
-        """One checked TrainConfig per (run, seed), seeds innermost."""
+        """One checked TrainConfig per (run, seed), seeds outermost: a study stopped early has
+        every configuration with its first seeds rather than some configurations with all."""
         out = []
-        for spec in self.runs:
-            for seed in self.seeds:
+        for seed in self.seeds:
+            for spec in self.runs:
                 values = {**self.shared, "objective": spec.objective, "params": dict(spec.params),
                           "label": spec.label, "seed": seed, "output": str(self.output),
                           "run_id": f"{spec.label}-s{seed}"}

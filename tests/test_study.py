@@ -56,7 +56,7 @@ def tiny_study(tmp_path_factory):
 def test_study_trains_every_label_and_seed(tiny_study):
     study, root = tiny_study
     assert [c.run_id for c in study.configs()] == [
-        "naive-sum-s0", "naive-sum-s1", "dpo-s0", "dpo-s1", "sft-s0", "sft-s1"]
+        "naive-sum-s0", "dpo-s0", "sft-s0", "naive-sum-s1", "dpo-s1", "sft-s1"]
     records = load_runs(root / "runs")
     assert records.groupby("label").run_id.nunique().to_dict() == {
         "naive-sum": 2, "dpo": 2, "sft": 2}
