@@ -27,8 +27,7 @@ def _demo(args) -> int:
                            "display.float_format", "{:.3f}".format):
         print(f"{args.model}: loss = cross-entropy of the response; gap = loss_n − loss_p")
         print(scores[cols].to_string(index=False))
-        print("\nstd of gap across pairs:  summed = {:.2f} nats,  token-mean = {:.3f} nats".format(
-            scores.gap_sum.std(), scores.gap.std()))
+        print(f"\nstd of gap across pairs:  summed = {scores.gap_sum.std():.2f} nats,  token-mean = {scores.gap.std():.3f} nats")
     return 0
 
 

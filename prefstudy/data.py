@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import random
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -368,11 +371,7 @@ def load_probes(path: str | os.PathLike | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- length-controlled variants
-
-import math  # this section's imports, kept with it
-import random
-import re
+# --------------------------------------------------------------------------- length variants
 
 SIDES = ("chosen", "rejected")
 # Sentence ends: ASCII ones count when whitespace or the end follows (so "3.5" and "e.g.x" stay

@@ -22,7 +22,6 @@ from . import plots
 from .data import data_dir, load_pairs
 from .datacard import markdown_table
 from .records import default_runs_dir, load_runs, read_config, read_meta, run_folders
-
 from .study import DOSE_FILE, STUDY_FILE
 
 

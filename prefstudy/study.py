@@ -31,7 +31,6 @@ import torch
 from .config import FIELDS, ConfigError, TrainConfig, from_dict
 from .records import read_meta
 
-
 STUDY_FILE = "study.json"  # the study's name, profile, seeds and label order, beside its runs
 DOSE_FILE = "dose.parquet"
 
@@ -186,4 +185,4 @@ def describe(study: Study) -> str:
             f"{study.shared.get('model', TrainConfig.model)} → {study.output}")
 
 
-__all__ = ["Study", "RunSpec", "load_study", "run_study", "pending", "describe", "dataclasses"]
+__all__ = ["RunSpec", "Study", "dataclasses", "describe", "load_study", "pending", "run_study"]

@@ -455,4 +455,4 @@ def train_many(configs: Sequence[TrainConfig], *, resume: bool = True, progress:
     return out
 
 
-__all__ = ["train", "train_many", "batch_indices", "reference_logps", "EncodedPair"]
+__all__ = ["EncodedPair", "batch_indices", "reference_logps", "train", "train_many"]

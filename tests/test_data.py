@@ -4,7 +4,11 @@ import pandas as pd
 import pytest
 
 from prefstudy.data import (
-    DataError, PreferencePair, SkippedPairsWarning, load_pairs, pairs_from_frame,
+    DataError,
+    PreferencePair,
+    SkippedPairsWarning,
+    load_pairs,
+    pairs_from_frame,
 )
 
 

@@ -6,7 +6,11 @@ import torch
 from prefstudy.data import PreferencePair
 from prefstudy.encode import collate, encode_pairs
 from prefstudy.logprobs import (
-    TokenLogps, plain_token_logps, score_pairs, split_pairs, token_logps,
+    TokenLogps,
+    plain_token_logps,
+    score_pairs,
+    split_pairs,
+    token_logps,
 )
 
 PAIRS = [

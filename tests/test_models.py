@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from prefstudy.models import (
-    PRESETS, load_model, resolve_device, resolve_dtype, set_trainable, smollm2_gguf,
+    PRESETS,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    set_trainable,
+    smollm2_gguf,
 )
 
 

@@ -190,9 +190,9 @@ def _write(path, text):
 
 def test_per_pair_gradients_match_one_backward_per_pair(tiny):
     """The hook-based statistics equal those from an explicit backward per pair."""
+    from prefstudy.data import PreferencePair
     from prefstudy.encode import collate, encode_pairs
     from prefstudy.gradstats import PerPairGradients, noise_scale
-    from prefstudy.data import PreferencePair
     from prefstudy.logprobs import split_pairs, token_logps
     from prefstudy.objectives import PairLogps, compute
 
