@@ -24,6 +24,8 @@ from .datacard import markdown_table
 from .records import default_runs_dir, load_runs, read_config, read_meta, run_folders
 from .study import DOSE_FILE, STUDY_FILE
 
+EARLY_STEPS = 5  # C1 is measured on the steps before any objective has moved the model far
+
 
 @dataclass
 class Tables:
@@ -64,9 +66,14 @@ def load_tables(runs: str | os.PathLike | None = None, data: str | os.PathLike |
 # --------------------------------------------------------------------------- formatting
 
 
+def _num(v: float, digits: int) -> str:
+    """Fixed digits, or 3 significant digits in scientific notation for huge values."""
+    return f"{v:.2e}" if abs(v) >= 1e5 else f"{v:.{digits}f}"
+
+
 def _f(digits: int) -> Callable[[float], str]:
     return lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else \
-        f"{v:.{digits}f}"
+        _num(v, digits)
 
 
 def _with_ci(df: pd.DataFrame, metric: str, digits: int = 2, pct: bool = False) -> pd.Series:
@@ -78,9 +85,11 @@ def _with_ci(df: pd.DataFrame, metric: str, digits: int = 2, pct: bool = False) 
         v, lo, hi = (row.get(metric), row.get(f"{metric}_lo"), row.get(f"{metric}_hi"))
         if v is None or pd.isna(v):
             return "–"
-        text = f"{scale * v:.{digits}f}{unit}"
+        text = f"{_num(scale * v, digits)}{unit}"
         if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
-            text += f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+            if pct:  # a t-interval of a share can leave [0, 1]; a share cannot
+                lo, hi = max(lo, 0.0), min(hi, 1.0)
+            text += f" [{_num(scale * lo, digits)}, {_num(scale * hi, digits)}]"
         return text
 
     return df.apply(cell, axis=1)
@@ -136,6 +145,7 @@ def provenance(tables: Tables) -> str:
 
 def length_section(tables: Tables, out: Path, order: list[str]) -> str:
     gaps = dg.gap_normalisations(tables.records)
+    gaps = gaps[gaps.step <= EARLY_STEPS]  # every run still close to the starting model
     effect = dg.length_effect(gaps, by=("normalisation",), n_boot=500)
     bins = dg.variance_by_length_bin(gaps, by=("normalisation",))
     table = effect.merge(bins[["normalisation", "eta2"]], on="normalisation")
@@ -147,14 +157,14 @@ def length_section(tables: Tables, out: Path, order: list[str]) -> str:
         "slope (nats / token)": _with_ci(table, "slope", 4),
         "variance between Δlen bins": table.eta2.map(lambda v: f"{100 * v:.1f}%"),
     })
-    naive = gaps[gaps.label == "naive-sum"] if (gaps.label == "naive-sum").any() else gaps
-    plots.save(plots.gap_vs_length(naive, n_boot=200), out / "figures" / "gap_vs_length.png")
+    plots.save(plots.gap_vs_length(gaps, n_boot=200), out / "figures" / "gap_vs_length.png")
     text = [
-        "Every training record of every run, before the objective's own update (the loss is "
-        "recorded from the forward pass that produced the gradient). Δlen = len_n − len_p in "
-        "tokens; the gap is loss_n − loss_p under each normalisation (`reference`: the gap in "
-        "log-ratios against the frozen starting model, as DPO sees it). Intervals: bootstrap "
-        "over pairs.",
+        f"The training records of the first {EARLY_STEPS} steps of every run, while every model "
+        "is still close to where it started (each loss is recorded from the forward pass that "
+        "produced the gradient). Δlen = len_n − len_p in tokens; the gap is loss_n − loss_p "
+        "under each normalisation (`reference`: the gap in log-ratios against the frozen "
+        "starting model, as DPO sees it; only runs with a reference). Intervals: bootstrap over "
+        "pairs. The summary table gives the same R² within each run over all its steps.",
         "", markdown_table(view), "",
         "![gap against length difference](figures/gap_vs_length.png)", "",
     ]
