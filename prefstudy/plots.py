@@ -69,9 +69,19 @@ def _theme_rc() -> dict:
 
 @contextlib.contextmanager
 def _themed():
-    """Draw inside THEME without touching the caller's global matplotlib state."""
-    with mpl.rc_context(_theme_rc()):
+    """Draw inside THEME without touching the caller's global matplotlib state.
+
+    Only the theme's own keys are restored afterwards: `mpl.rc_context` restores every key, so
+    a backend first loaded inside it (Jupyter's inline backend on a session's first figure) had
+    its `interactive` setting undone and later figures stopped showing.
+    """
+    rc = _theme_rc()
+    saved = {key: mpl.rcParams[key] for key in rc}
+    try:
+        mpl.rcParams.update(rc)
         yield
+    finally:
+        mpl.rcParams.update(saved)
 
 
 def set_style(labels: Iterable[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Helpers for the browser tests (tests/test_browser.py)."""

@@ -1,0 +1,339 @@
+"""The explorer and the what-if view, driven from Python: set a control, check what it shows."""
+
+import base64
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prefstudy import widgets as W
+from prefstudy.objectives import OBJECTIVES, compute
+from prefstudy.records import SchemaError, load_runs, read_config, run_folders
+
+REPO = Path(__file__).resolve().parent.parent
+COMMITTED = REPO / "reports" / "runs"
+
+
+def _png(output) -> bytes:
+    """The PNG an Output widget shows (exactly one display_data with an image)."""
+    (item,) = output.outputs
+    return base64.b64decode(item["data"]["image/png"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-made records
+
+
+def hand_records() -> pd.DataFrame:
+    """Three pairs whose every objective value is easy to compute by hand."""
+    return pd.DataFrame({
+        "run_id": "r", "label": "dpo", "seed": 0, "step": 1, "pair_id": ["a", "b", "c"],
+        "nll_sum_p": [10.0, 40.0, 6.0], "nll_sum_n": [12.0, 20.0, 9.0],
+        "len_p": [5, 20, 3], "len_n": [4, 10, 3],
+        "ref_logp_p": [-11.0, -38.0, -6.0], "ref_logp_n": [-11.0, -22.0, -10.0],
+    })
+
+
+def study_records(n_pairs: int = 8, labels=("naive-sum", "dpo"), seeds=(0, 1),
+                  steps=(0, 5, 10)) -> pd.DataFrame:
+    """Records of a small fake study: about 2 nats per token, so summed losses grow with length
+    while the token-mean gap (0.05 or 0.15) does not; the reference is the start; each label
+    drifts differently."""
+    rng = np.random.default_rng(0)
+    len_p = rng.integers(3, 30, n_pairs)
+    len_n = rng.integers(3, 30, n_pairs)
+    len_n[0] = len_p[0]  # one pair with equal lengths
+    rows = []
+    for label in labels:
+        for seed in seeds:
+            for step in steps:
+                drift = 0.01 * step * (1 if label == "dpo" else 3) * (1 + seed)
+                for i in range(n_pairs):
+                    loss_p, loss_n = 2.0 + drift, 2.1 + 0.05 * (-1) ** i + 2 * drift
+                    rows.append({
+                        "run_id": f"{label}-s{seed}", "label": label, "objective": label,
+                        "seed": seed, "step": step, "pair_id": f"p{i}",
+                        "len_p": int(len_p[i]), "len_n": int(len_n[i]),
+                        "loss_p": loss_p, "loss_n": loss_n, "gap": loss_n - loss_p,
+                        "nll_sum_p": loss_p * len_p[i], "nll_sum_n": loss_n * len_n[i],
+                        "ref_logp_p": -2.0 * len_p[i] if label == "dpo" else math.nan,
+                        "ref_logp_n": -(2.1 + 0.05 * (-1) ** i) * len_n[i] if label == "dpo" else math.nan,
+                    })
+    return pd.DataFrame(rows)
+
+
+def pair_texts(n_pairs: int = 8) -> pd.DataFrame:
+    return pd.DataFrame({"pair_id": [f"p{i}" for i in range(n_pairs)],
+                         "prompt": [f"Question {i} <about> tags?" for i in range(n_pairs)],
+                         "chosen": [f"good answer {i}" for i in range(n_pairs)],
+                         "rejected": [f"bad answer {i}" for i in range(n_pairs)],
+                         "lang": "en"})
+
+
+# ---------------------------------------------------------------------------------------------
+# What if: recomputing objectives from the logged sums
+
+
+def test_sequence_logps_keeps_the_logged_sums_means_and_counts():
+    records = hand_records()
+    logps = W.sequence_logps(records)
+    assert logps.chosen.sum.tolist() == pytest.approx([-10.0, -40.0, -6.0])
+    assert logps.rejected.mean.tolist() == pytest.approx([-3.0, -2.0, -3.0])
+    assert logps.chosen.count.tolist() == [5, 20, 3]
+    assert logps.ref_rejected.sum.tolist() == pytest.approx([-11.0, -22.0, -10.0])
+    no_ref = W.sequence_logps(records.drop(columns=["ref_logp_p", "ref_logp_n"]))
+    assert no_ref.ref_chosen is None and no_ref.ref_rejected is None
+
+
+def test_sums_suffice_is_checked_against_the_registry():
+    verdict = {name: W.sums_suffice(name) for name in OBJECTIVES}
+    # per-token objectives: log(1 − p_t) per token; position-weighted tokens
+    assert verdict["unlikelihood"] is False and verdict["ld_dpo"] is False
+    for name in ("naive", "sft", "negative_only", "dpo", "ipo", "simpo", "book_dpo", "rpo"):
+        assert verdict[name] is True, name
+
+
+def test_recompute_matches_values_computed_by_hand():
+    records = hand_records()
+    frame = W.recompute(records, ["naive", "dpo", "simpo"], beta=0.5)
+    naive = frame[frame.objective == "naive"]
+    # naive, summed (its default): margin = nll_sum_n − nll_sum_p, loss = −margin
+    assert naive.margin.tolist() == pytest.approx([2.0, -20.0, 3.0])
+    assert naive.loss.tolist() == pytest.approx([-2.0, 20.0, -3.0])
+    # dpo, β = 0.5: h = (πc − rc) − (πr − rr); pair a: (−10 + 11) − (−12 + 11) = 2 → margin 1
+    dpo = frame[frame.objective == "dpo"]
+    assert dpo.margin.iloc[0] == pytest.approx(1.0)
+    assert dpo.loss.iloc[0] == pytest.approx(math.log1p(math.exp(-1.0)))
+    # simpo, β = 0.5, γ = 1 (default): 0.5·(−10/5) − 0.5·(−12/4) − 1 = −0.5
+    simpo = frame[frame.objective == "simpo"]
+    assert simpo.margin.iloc[0] == pytest.approx(-0.5)
+    assert frame.dlen.tolist()[:3] == [-1, -10, 0]
+    mean = W.recompute(records, ["naive"], norm="mean")
+    # token-mean: 12/4 − 10/5 = 1, 20/10 − 40/20 = 0, 9/3 − 6/3 = 1
+    assert mean.margin.tolist() == pytest.approx([1.0, 0.0, 1.0])
+
+
+def test_recompute_refuses_what_the_sums_cannot_give():
+    records = hand_records()
+    with pytest.raises(ValueError, match="unlikelihood.*each token's log-probability"):
+        W.recompute(records, ["unlikelihood"])
+    no_ref = records.assign(ref_logp_p=math.nan, ref_logp_n=math.nan)
+    with pytest.raises(ValueError, match="dpo.*reference log-probs"):
+        W.recompute(no_ref, ["dpo"])
+    with pytest.raises(ValueError, match="unknown objective 'dpoo'"):
+        W.recompute(records, ["dpoo"])
+    with pytest.raises(SchemaError, match="nll_sum_p"):
+        W.sequence_logps(records.drop(columns="nll_sum_p"))
+    table = W.what_if_objectives(no_ref).set_index("objective")
+    assert not table.available["dpo"] and "reference" in table.reason["dpo"]
+    assert table.available["naive"] and table.reason["naive"] == ""
+    assert table.params["simpo"] == ("beta", "gamma")
+
+
+def test_reference_objectives_use_the_rows_that_have_a_reference():
+    records = pd.concat([hand_records(), hand_records().assign(
+        pair_id=["d", "e", "f"], ref_logp_p=math.nan, ref_logp_n=math.nan)], ignore_index=True)
+    frame = W.recompute(records, ["naive", "dpo"])
+    assert (frame.objective == "naive").sum() == 6
+    assert set(frame[frame.objective == "dpo"].pair_id) == {"a", "b", "c"}
+
+
+def test_token_mean_removes_the_length_effect_from_the_margin():
+    records = study_records()
+    records = records[(records.label == "dpo") & (records.step == 0)]
+    summary = W.what_if_summary(W.recompute(records, ["naive"], norm="sum")).iloc[0]
+    mean = W.what_if_summary(W.recompute(records, ["naive"], norm="mean")).iloc[0]
+    assert summary.r2 > 0.5  # summed: the margin follows Δlen
+    assert mean.r2 < 0.2
+    assert summary.n == len(records)
+
+
+def test_what_if_view_recomputes_on_every_change():
+    view = W.what_if(study_records(), objectives=["naive", "dpo", "simpo"])
+    assert list(view.table.objective) == ["naive", "dpo", "simpo"]
+    assert "naive" in view.summary.value and "R² of margin on Δlen" in view.summary.value
+    assert "unlikelihood" in view.note.value and "ld_dpo" in view.note.value
+    first_png, first = _png(view.figure), view.frame.copy()
+    assert first_png.startswith(b"\x89PNG")
+    assert view.beta.disabled  # each objective's own β until the box is unticked
+
+    view.default_beta.value = False
+    view.beta.value = 1.0
+    dpo_now = view.frame[view.frame.objective == "dpo"].margin.to_numpy()
+    dpo_then = first[first.objective == "dpo"].margin.to_numpy()
+    assert dpo_now == pytest.approx(10 * dpo_then)  # β 0.1 → 1 scales DPO's margin tenfold
+    assert "beta = 1" in view.status.value
+
+    view.norm.value = "mean"
+    naive = view.table.set_index("objective").loc["naive"]
+    assert naive.r2 < first.pipe(W.what_if_summary).set_index("objective").loc["naive"].r2
+    assert _png(view.figure) != first_png
+
+    view.objectives.value = ()
+    assert view.frame is None and view.figure.outputs == ()
+    assert "Choose at least one objective" in view.status.value
+
+
+def test_what_if_lists_only_objectives_it_can_compute():
+    view = W.what_if(study_records(labels=("naive-sum",)))
+    assert "dpo" not in view.objectives.options  # no reference log-probs in these records
+    assert "naive" in view.objectives.options and "unlikelihood" not in view.objectives.options
+    assert "reference log-probs" in view.note.value
+
+
+# ---------------------------------------------------------------------------------------------
+# The explorer
+
+
+def test_length_bins_cut_the_pairs_by_length_difference():
+    records = study_records()
+    bins = W.length_bins(records, bins=4)
+    assert set(bins.index) == set(records.pair_id)
+    dlen = records.drop_duplicates("pair_id").set_index("pair_id").eval("len_n - len_p")
+    first = bins.cat.categories[0]
+    assert first.startswith("[") and dlen[bins == first].max() <= dlen[bins != first].min()
+
+
+def test_explorer_data_for_a_pair():
+    records = study_records()
+    data = W.explorer_data(records, ["dpo"], [1], pair_id="p3", pairs=pair_texts())
+    assert set(data.records.label) == {"dpo"} and set(data.records.seed) == {1}
+    assert set(data.focus.pair_id) == {"p3"} and len(data.focus) == 3  # three steps
+    assert data.cloud.focus.sum() == 3 and set(data.cloud.normalisation) == {"sum"}
+    assert data.pair["prompt"] == "Question 3 <about> tags?"
+    expected_dlen = int(records[records.pair_id == "p3"].eval("len_n - len_p").iloc[0])
+    assert data.pair["dlen"] == expected_dlen and f"{expected_dlen:+d}" in data.title
+    reference = W.explorer_data(records, ["dpo"], pair_id="p3", normalisation="reference")
+    assert set(reference.cloud.normalisation) == {"reference"}
+
+
+def test_explorer_data_for_a_length_bin_and_its_errors():
+    records = study_records()
+    bins = W.length_bins(records)
+    chosen = str(bins.cat.categories[-1])
+    data = W.explorer_data(records, length_bin=chosen)
+    assert set(data.focus.pair_id) == set(bins.index[bins == chosen])
+    assert data.pair is None and chosen in data.title
+    with pytest.raises(ValueError, match="not both"):
+        W.explorer_data(records)
+    with pytest.raises(ValueError, match="unknown objectives \\['simpo'\\]"):
+        W.explorer_data(records, ["simpo"], pair_id="p1")
+    with pytest.raises(ValueError, match="at least one"):
+        W.explorer_data(records, [], pair_id="p1")
+    with pytest.raises(ValueError, match="pair 'zz'"):
+        W.explorer_data(records, pair_id="zz")
+
+
+def test_explorer_widget_follows_its_controls():
+    records = study_records()
+    evals = records[records.pair_id.isin(["p0", "p1", "p2", "p3"])]
+    view = W.Explorer({"held-out pairs": evals, "training pairs": records}, pair_texts(),
+                      labels=["naive-sum", "dpo"])
+    assert view.objectives.value == ("naive-sum", "dpo")
+    assert len(view.pair.options) == 4  # the held-out pairs
+    assert "&lt;about&gt;" in view.text.value  # the pair's text, escaped
+    trajectories, cloud = _png(view.trajectories), _png(view.cloud)
+
+    view.objectives.value = ("dpo",)
+    assert set(view.data.records.label) == {"dpo"}
+    assert "objectives: dpo" in view.status.value
+    assert _png(view.trajectories) != trajectories
+
+    view.pair.value = "p1"
+    assert set(view.data.focus.pair_id) == {"p1"} and "Question 1" in view.text.value
+
+    view.normalisation.value = "mean"
+    assert set(view.data.cloud.normalisation) == {"mean"} and _png(view.cloud) != cloud
+
+    view.source.value = "training pairs"
+    assert len(view.pair.options) == 8 and view.data.records.pair_id.nunique() == 8
+
+    view.focus_by.value = "length bin"
+    assert view.pair.disabled and not view.length_bin.disabled
+    assert view.data.pair is None and "pairs" in view.text.value
+    view.length_bin.value = view.length_bin.options[-1]
+    assert view.length_bin.value in view.data.title
+
+    view.objectives.value = ()
+    assert view.data is None and "Nothing to show" in view.status.value
+    assert view.trajectories.outputs == ()
+
+
+def test_explorer_says_when_the_reference_gap_is_missing():
+    records = study_records(labels=("naive-sum",))
+    view = W.Explorer({"training pairs": records})
+    view.normalisation.value = "reference"
+    (item,) = view.cloud.outputs
+    assert "reference" in item["data"]["text/plain"] and "image/png" not in item["data"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs on disk
+
+
+def test_notebook_runs_reads_the_committed_runs_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFSTUDY_RUNS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="RERUN = True"):
+        W.notebook_runs()
+    (tmp_path / "some-run").mkdir()
+    (tmp_path / "some-run" / "meta.json").write_text("{}")
+    assert W.notebook_runs() == tmp_path
+
+
+@pytest.mark.skipif(not COMMITTED.exists(), reason="no committed runs in reports/runs yet")
+def test_logged_losses_are_reproduced_from_the_logged_sums():
+    """Every committed run of an objective that sums suffice for: its own objective, recomputed
+    from the records' sums through the registry, gives the pair_loss and margin it logged."""
+    checked = 0
+    for folder in run_folders(COMMITTED):
+        config = read_config(folder)
+        if not W.sums_suffice(config["objective"]):
+            continue
+        records = load_runs([folder])
+        if records.empty:  # a run that has not reached its first step
+            continue
+        out = compute(config["objective"], W.sequence_logps(records), **config["params"])
+        scale = 1.0 + records.pair_loss.abs().to_numpy()
+        assert np.abs(out.loss.numpy() - records.pair_loss.to_numpy()).max() < 1e-4 * scale.max()
+        assert np.allclose(out.margin.numpy(), records.margin.to_numpy(), rtol=1e-4, atol=1e-4)
+        checked += 1
+    assert checked
+
+
+@pytest.mark.skipif(not COMMITTED.exists(), reason="no committed runs in reports/runs yet")
+def test_explorer_and_what_if_on_the_committed_runs():
+    view = W.explore(objectives=["naive-sum", "dpo"])
+    assert view.objectives.value == ("naive-sum", "dpo")
+    assert view.labels[0] == "naive-sum"  # the study's order
+    assert "prompt" in view.text.value and _png(view.cloud)
+    records = load_runs()
+    what = W.what_if(records[records.label == "dpo"], objectives=["naive", "dpo"])
+    assert set(what.table.objective) == {"naive", "dpo"}
+
+
+@pytest.mark.slow
+def test_notebook_runs_rerun_trains_the_study_into_a_fresh_folder(tmp_path, monkeypatch):
+    import dataclasses
+
+    from prefstudy import study as study_module
+
+    load_study = study_module.load_study
+
+    def first_two(*args, **kwargs):  # the study's first two configurations only: seconds
+        study = load_study(*args, **kwargs)
+        return dataclasses.replace(study, runs=study.runs[:2])
+
+    monkeypatch.setattr(study_module, "load_study", first_two)
+    monkeypatch.setitem(W.TINY_PROFILE, "steps", 2)
+    monkeypatch.setitem(W.TINY_PROFILE, "eval_every", 1)
+    monkeypatch.setitem(W.TINY_PROFILE, "max_pairs", 8)
+    monkeypatch.setitem(W.TINY_PROFILE, "n_probes", 1)
+    monkeypatch.setitem(W.TINY_PROFILE, "n_neutral", 2)
+    runs = W.notebook_runs(rerun=True, output=tmp_path / "runs")
+    assert runs == tmp_path / "runs"
+    records = load_runs(runs)
+    assert W.study_labels(records, runs) == ["naive-sum", "naive-mean"]
+    assert records.groupby("run_id").step.max().eq(2).all()
+    assert (runs / "dose.parquet").exists()
