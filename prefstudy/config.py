@@ -128,16 +128,21 @@ def from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
     return TrainConfig(**values)
 
 
+def read_toml(path: Path, kind: str) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming the file for a missing file or bad TOML."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {kind} file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
 def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     """A TrainConfig from a TOML file (top-level fields, objective parameters under [params]),
     with `overrides` (None values ignored) applied on top."""
     path = Path(path)
-    try:
-        values = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    values = read_toml(path, "config")
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "objective" in overrides and overrides["objective"] and "params" not in overrides:
         values.pop("params", None)  # another objective's parameters would not fit

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .config import FIELDS, ConfigError, TrainConfig, from_dict
+from .config import FIELDS, ConfigError, TrainConfig, from_dict, read_toml
 from .records import read_meta
 
 STUDY_FILE = "study.json"  # the study's name, profile, seeds and label order, beside its runs
@@ -76,12 +75,7 @@ def load_study(path: str | Path, *, profile: str | None = None, seeds: Sequence[
                output: str | Path | None = None) -> Study:
     """Read a study file and apply a profile ("cpu", "gpu"; None → from the hardware)."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such study file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    doc = read_toml(path, "study")
     profiles = doc.pop("profiles", {})
     runs = doc.pop("runs", [])
     name = doc.pop("name", path.stem)
