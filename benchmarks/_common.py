@@ -1,0 +1,172 @@
+"""Shared helpers for the benchmark scripts: where the numbers came from, and how they are timed.
+
+Not part of the library. Every script imports this as `_common` (scripts are run as
+`python benchmarks/<script>.py` from the repository root, so this folder is on sys.path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run from anywhere: the package is importable from the checkout
+    sys.path.insert(0, str(REPO))
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def cpu_model() -> str:
+    """`lscpu`'s model name (platform.processor() is often empty on Linux)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA {torch.version.cuda})"
+    return f"CPU {cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
+
+
+def environment(device: str = "cpu") -> dict:
+    """Machine, versions, commit and date: printed by every script next to its numbers."""
+    import torch
+    import transformers
+
+    from prefstudy.records import git_commit
+
+    try:
+        import trl
+        trl_version = trl.__version__
+    except ImportError:
+        trl_version = None
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "device": device_name(device),
+        "cpu": cpu_model(), "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "trl": trl_version,
+        "prefstudy_commit": git_commit(REPO),
+    }
+
+
+def print_environment(env: dict) -> None:
+    print(f"# date {env['date']}; device: {env['device']}; memory {env['memory_gb']} GiB; "
+          f"1-min load average at start {env['load_avg_1m']}")
+    print(f"# python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
+          f"trl {env['trl']}, prefstudy commit {env['prefstudy_commit']}")
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def timed(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Seconds one call of `fn` takes, the device synchronised before and after."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all its threads)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def busy_fraction(seconds: float = 2.0) -> float:
+    """Share of the machine's CPU time that was busy over `seconds` (from /proc/stat)."""
+    def sample():
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return idle, sum(fields)
+
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_for_idle(threshold: float = 0.15, max_wait: float = 900.0) -> float:
+    """Wait (up to max_wait s) until the machine is idle; returns the seconds waited.
+
+    The machine may be shared (tests run by others): a timing started while it is busy is
+    slower for reasons that have nothing to do with what is measured.
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_wait:
+        if busy_fraction() < threshold:
+            break
+        time.sleep(10)
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- memory (CPU)
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process to its current RSS (Linux ≥ 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def rss_kib(field: str = "VmRSS") -> int:
+    """VmRSS (current) or VmHWM (peak since the last reset) of this process, KiB."""
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", text).group(1))
+
+
+# --------------------------------------------------------------------------- output
+
+
+def table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """A small Markdown table (the same text goes to RESULTS.md)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0])
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def save_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
