@@ -55,6 +55,9 @@ def parse(argv=None):
     p.add_argument("--scopes", default=",".join(SCOPES))
     p.add_argument("--chunks", default=f"{DEFAULT_CHUNK},256",
                    help="chunk_tokens values of token_logps to measure (the first is the goal's)")
+    p.add_argument("--head-grad", action=argparse.BooleanOptionalAction, default=True,
+                   help="the output head's weight is trained (all blocks trainable; SmolLM2 ties "
+                        "it to the embeddings); --no-head-grad: frozen, as with trainable_blocks")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
@@ -110,6 +113,8 @@ def worker(args) -> dict:
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
+    if not args.head_grad:
+        model.get_output_embeddings().weight.requires_grad_(False)
     batch = make_batch(args, tokenizer, device)
     target = model
     if scope == "head":
@@ -148,7 +153,8 @@ def spawn(args, variant: str, scope: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", f"{variant}:{scope}", "--model", args.model,
            "--device", args.device, "--dtype", args.dtype, "--batch-size", str(args.batch_size),
            "--max-length", str(args.max_length), "--max-prompt-length",
-           str(args.max_prompt_length), "--seed", str(args.seed)]
+           str(args.max_prompt_length), "--seed", str(args.seed),
+           "--head-grad" if args.head_grad else "--no-head-grad"]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=C.REPO)
@@ -168,7 +174,8 @@ def main(argv=None):
     method = ("torch.cuda.max_memory_allocated" if args.device.startswith("cuda")
               else "peak RSS (VmHWM reset via /proc/self/clear_refs), MALLOC_MMAP_THRESHOLD_=65536")
     print(f"# model {args.model}, {args.dtype}, batch {args.batch_size} pairs "
-          f"({2 * args.batch_size} rows), max_length {args.max_length}; forward + backward; "
+          f"({2 * args.batch_size} rows), max_length {args.max_length}; forward + backward, head "
+          f"weight {'trained' if args.head_grad else 'frozen'}; "
           f"memory: {method}; median of {args.repeats} fresh processes", flush=True)
     scopes = [s for s in args.scopes.split(",") if s]
     variants = [f"token_logps@{int(c)}" for c in args.chunks.split(",") if c]
