@@ -42,6 +42,6 @@ run gradstats benchmarks/bench_gradstats.py "${SMALL[@]}" --trainable-blocks 4,a
 # 5. Analysis speed on 10 million synthetic records (no model: CPU only).
 if [ "$DEVICE" = cpu ]; then
   "$PY" benchmarks/bench_analysis.py --rows 10000000 --labels 13 --seeds 3 --batch-size 16 \
-      --n-boot 3 --repeats 3 --report-timeout 900 --json "$OUT/analysis.json" \
+      --n-boot 1000 --repeats 3 --report-timeout 900 --json "$OUT/analysis.json" \
       | tee "$OUT/analysis.txt"
 fi

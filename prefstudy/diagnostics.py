@@ -54,20 +54,11 @@ def _require(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
                           f"(columns present: {list(df.columns)})")
 
 
-def _mean(values) -> float:
-    """Mean that keeps NaN/inf: pandas' mean would silently skip NaN."""
-    return float(np.mean(np.asarray(values, dtype=float)))
-
-
-def _sum(values) -> float:
-    """Sum that keeps NaN/inf: pandas' sum would silently skip NaN."""
-    return float(np.sum(np.asarray(values, dtype=float)))
-
-
-def _share_below_zero(values) -> float:
-    """Share of values < 0; NaN if any value is NaN (NaN < 0 would otherwise count as False)."""
-    v = np.asarray(values, dtype=float)
-    return float("nan") if np.isnan(v).any() else float(np.mean(v < 0))
+def _means(frame: pd.DataFrame, by: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
+    """Mean of `values` per group of `by` that keeps NaN/inf (pandas would skip NaN): `by` as
+    the index, one column per value, in float64."""
+    columns = frame[list(values)].astype(float)
+    return columns.groupby([frame[c] for c in by], sort=True).mean(skipna=False)
 
 
 def _first(values: pd.Series):
@@ -114,14 +105,12 @@ def _runs(df: pd.DataFrame) -> pd.DataFrame:
 
 def _step_means(df: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
     """Mean over pairs per (run_id, step), NaN/inf kept: run_id, step, *values."""
-    return (df.groupby(["run_id", "step"], sort=True)
-            .agg(**{v: (v, _mean) for v in values}).reset_index())
+    return _means(df, ["run_id", "step"], values).reset_index()
 
 
-def _final_step_means(df: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
-    """Each run's mean over pairs at its last step: run_id, last_step, *values."""
-    means = _step_means(df, values)
-    last = means.groupby("run_id").tail(1).rename(columns={"step": "last_step"})
+def _last_step(step_means: pd.DataFrame) -> pd.DataFrame:
+    """Each run's last row of `_step_means` output, step renamed last_step."""
+    last = step_means.groupby("run_id").tail(1).rename(columns={"step": "last_step"})
     return last.reset_index(drop=True)
 
 
@@ -148,6 +137,29 @@ def seed_interval(values, confidence: float = 0.95) -> tuple[float, float, float
         return mean, mean, mean
     lo, hi = stats.t.interval(confidence, v.size - 1, loc=mean, scale=sem)
     return mean, float(lo), float(hi)
+
+
+def seed_intervals(frame: pd.DataFrame, by: Sequence[str], value: str,
+                   confidence: float = 0.95) -> pd.DataFrame:
+    """`seed_interval` of `value` for every group of `by` at once (for many groups, e.g. one per
+    label and step of a long run): `by`, n, `value` (the mean), `<value>_lo`, `<value>_hi`.
+
+    The same numbers as calling seed_interval on each group's values, computed with grouped
+    means and standard deviations: NaN bounds with fewer than two values or a non-finite value.
+    """
+    by = list(by)
+    _require(frame, [*by, value], "seed_intervals")
+    values = frame[value].astype(float)
+    grouped = values.groupby([frame[c] for c in by], sort=True, observed=True, dropna=False)
+    out = pd.DataFrame({"n": grouped.size(), value: grouped.mean(skipna=False)})
+    finite = np.isfinite(values).groupby([frame[c] for c in by], sort=True, observed=True,
+                                         dropna=False).all()
+    ok = (out.n >= 2) & finite
+    sem = grouped.std(ddof=1, skipna=False) / np.sqrt(out.n)
+    half = stats.t.ppf((1 + confidence) / 2, (out.n - 1).clip(lower=1)) * sem
+    out[f"{value}_lo"] = (out[value] - half).where(ok)
+    out[f"{value}_hi"] = (out[value] + half).where(ok)
+    return out.reset_index()
 
 
 def share_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float, float]:
@@ -207,36 +219,124 @@ def gap_normalisations(records: pd.DataFrame, *, keep: Sequence[str] = ID_COLUMN
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def _fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """OLS of y on x (scipy.stats.linregress) and Spearman's ρ: r2, spearman, slope, intercept."""
-    if len(x) < 3 or np.ptp(x) == 0:
-        return dict.fromkeys(("r2", "spearman", "slope", "intercept"), float("nan"))
-    line = stats.linregress(x, y)
-    rho = stats.spearmanr(x, y).statistic if np.ptp(y) > 0 else float("nan")
-    return {"r2": line.rvalue ** 2, "spearman": float(rho), "slope": line.slope,
-            "intercept": line.intercept}
+def _ols(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
+    """OLS of y on x from centred sums (the same numbers as scipy.stats.linregress, whose
+    conventions it keeps: NaN with fewer than 3 rows or a constant x, r2 = 0 for a constant y).
 
-
-def _bootstrap_fit(x: np.ndarray, y: np.ndarray, clusters: list[np.ndarray], *, n_boot: int,
-                   ci: float, seed: int) -> dict[str, float]:
-    """Percentile bootstrap CIs of FIT_STATISTICS, resampling whole clusters (lists of rows).
-
-    scipy.stats.bootstrap resamples cluster numbers; the statistic refits on their rows.
+    weights: how many times each row counts (a bootstrap resample), or None. Returns r2, slope,
+    intercept.
     """
-    if n_boot <= 0 or len(clusters) < 3:
-        return {f"{s}{end}": float("nan") for s in FIT_STATISTICS for end in ("_lo", "_hi")}
+    w = np.ones_like(x) if weights is None else weights
+    n = w.sum()
+    if n < 3 or len(x) == 0 or np.ptp(x[w > 0]) == 0:
+        return dict.fromkeys(("r2", "slope", "intercept"), float("nan"))
+    mx, my = (w @ x) / n, (w @ y) / n
+    dx, dy = x - mx, y - my
+    sxx, syy, sxy = w @ (dx * dx), w @ (dy * dy), w @ (dx * dy)
+    slope = sxy / sxx
+    r2 = 0.0 if syy == 0 else min(sxy * sxy / (sxx * syy), 1.0)
+    return {"r2": float(r2), "slope": float(slope), "intercept": float(my - slope * mx)}
 
-    one_row_each = all(len(c) == 1 for c in clusters)
-    flat = np.concatenate(clusters)
 
-    def statistic(sample: np.ndarray) -> np.ndarray:
-        sample = sample.astype(int)
-        rows = flat[sample] if one_row_each else np.concatenate([clusters[i] for i in sample])
-        fit = _fit(x[rows], y[rows])
-        return np.array([fit[s] for s in FIT_STATISTICS])
+def _fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """OLS of y on x (`_ols`) and Spearman's ρ (scipy.stats.spearmanr): r2, spearman, slope,
+    intercept; NaN with fewer than 3 rows or a constant x."""
+    line = _ols(x, y)
+    if np.isnan(line["slope"]):
+        return {**line, "spearman": float("nan")}
+    rho = stats.spearmanr(x, y).statistic if np.ptp(y) > 0 else float("nan")
+    return {**line, "spearman": float(rho)}
 
-    result = stats.bootstrap((np.arange(len(clusters)),), statistic, n_resamples=n_boot,
-                             vectorized=False, confidence_level=ci, method="percentile",
+
+RANK_LEVELS = 1024  # resamples rank each variable on at most this many levels (see _ClusterFits)
+
+
+def _levels(v: np.ndarray, levels: int) -> np.ndarray:
+    """Integer codes in v's order: v's distinct values when there are ≤ `levels` of them (exact),
+    else `levels` quantile bins."""
+    distinct, codes = np.unique(v, return_inverse=True)
+    if len(distinct) <= levels:
+        return codes
+    edges = np.quantile(v, np.linspace(0, 1, levels + 1)[1:-1])
+    return np.searchsorted(edges, v, side="right")
+
+
+def _midranks(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The average rank of each code's rows in the sample where row i occurs weights[i] times
+    (scipy.stats.rankdata's "average" on that sample, with equal codes tied)."""
+    per_level = np.bincount(codes, weights=weights)
+    below = np.cumsum(per_level) - per_level
+    return (below + (per_level + 1) / 2)[codes]
+
+
+def _weighted_corr(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
+    n = w.sum()
+    da, db = a - (w @ a) / n, b - (w @ b) / n
+    saa, sbb = w @ (da * da), w @ (db * db)
+    return float((w @ (da * db)) / np.sqrt(saa * sbb)) if saa > 0 and sbb > 0 else float("nan")
+
+
+class _ClusterFits:
+    """FIT_STATISTICS of resamples of whole clusters, scored without copying rows.
+
+    A resample is a count per cluster. OLS needs only weighted sums, so the rows are reduced
+    once to cells (cluster × level of x × level of y, see `_levels`) carrying their row count
+    and sums of x, y, x², y², xy; a resample then weights the cells by its cluster counts. For
+    Spearman's ρ each resample is ranked again (`_midranks`: average ranks of the resample, ties
+    included). Exact when x and y each have at most RANK_LEVELS distinct values; otherwise ρ is
+    ranked on RANK_LEVELS quantile bins (moving it by about 1/RANK_LEVELS² relative), while r2 and
+    slope stay exact. The cost per resample is the number of cells, not of rows.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, cluster: np.ndarray):
+        self.n_clusters = int(cluster.max()) + 1
+        x_level, y_level = _levels(x, RANK_LEVELS), _levels(y, RANK_LEVELS)
+        key = (cluster.astype(np.int64) * (x_level.max() + 1) + x_level) * (y_level.max() + 1) \
+            + y_level
+        cells, cell_of_row = np.unique(key, return_inverse=True)
+        first = np.zeros(len(cells), dtype=np.int64)
+        first[cell_of_row[::-1]] = np.arange(len(key))[::-1]  # a row of each cell
+        self.cluster, self.x_level, self.y_level = cluster[first], x_level[first], y_level[first]
+        # x and y centred on their means: the sums stay well conditioned
+        xc, yc = x - x.mean(), y - y.mean()
+        sums = [np.ones_like(xc), xc, yc, xc * xc, yc * yc, xc * yc]
+        self.sums = np.stack([np.bincount(cell_of_row, weights=v, minlength=len(cells))
+                              for v in sums], axis=1)  # cells × (n, Σx, Σy, Σx², Σy², Σxy)
+
+    def __call__(self, sample: np.ndarray, axis: int = -1) -> np.ndarray:
+        """scipy.stats.bootstrap's vectorised statistic: sample holds cluster numbers, one
+        resample per row; returns FIT_STATISTICS × resamples (or FIT_STATISTICS for one)."""
+        batch = np.atleast_2d(np.asarray(sample, dtype=np.int64))
+        offsets = self.n_clusters * np.arange(len(batch))[:, None]
+        counts = np.bincount((batch + offsets).ravel(), minlength=len(batch) * self.n_clusters
+                             ).reshape(len(batch), self.n_clusters)
+        out = np.full((len(FIT_STATISTICS), len(batch)), np.nan)
+        for b, count in enumerate(counts):
+            weight = count[self.cluster]
+            n, sx, sy, sxx, syy, sxy = weight @ self.sums
+            vxx, vyy, vxy = sxx - sx * sx / n, syy - sy * sy / n, sxy - sx * sy / n
+            if n >= 3 and vxx > 1e-12 * max(sxx, 1e-300):
+                out[2, b] = vxy / vxx
+                out[0, b] = 0.0 if vyy <= 0 else min(vxy * vxy / (vxx * vyy), 1.0)
+                rows = weight * self.sums[:, 0]
+                out[1, b] = _weighted_corr(_midranks(self.x_level, rows),
+                                           _midranks(self.y_level, rows), rows)
+        return out[:, 0] if np.ndim(sample) == 1 else out
+
+
+def _bootstrap_fit(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, *, n_boot: int,
+                   ci: float, seed: int) -> dict[str, float]:
+    """Percentile bootstrap CIs of FIT_STATISTICS, resampling whole clusters (`cluster[i]`: the
+    cluster number of row i, 0..C−1). scipy.stats.bootstrap draws the resamples of cluster
+    numbers; `_ClusterFits` scores them."""
+    nan = {f"{s}{end}": float("nan") for s in FIT_STATISTICS for end in ("_lo", "_hi")}
+    if n_boot <= 0 or len(x) == 0 or cluster.max() + 1 < 3:
+        return nan
+    fits = _ClusterFits(x, y, cluster)
+    clusters = np.arange(fits.n_clusters)
+    result = stats.bootstrap((clusters,), fits, n_resamples=n_boot, vectorized=True,
+                             batch=max(1, min(n_boot, 2 ** 22 // len(clusters))),
+                             confidence_level=ci, method="percentile",
                              rng=np.random.default_rng(seed))
     low, high = result.confidence_interval
     out = {}
@@ -258,6 +358,8 @@ def length_effect(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
     (default: pairs, since one pair recurs at many steps and its rows are not independent); rows
     are resampled when `unit` is None or the frame has no such column. n_boot=0 skips it (NaN CIs).
     Fewer than 3 rows, or a constant x, gives NaN statistics.
+    Cost: each resample is scored from per-cluster sums (`_ClusterFits`), so it grows with the
+    number of units, not rows: 10 million rows of 460 pairs take seconds.
     """
     by = list(by)
     _require(frame, [*by, x, y], "length_effect")
@@ -265,12 +367,14 @@ def length_effect(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
     for key, group in _groups(frame, by):
         kept = _finite(group, [x, y])
         xs, ys = kept[x].to_numpy(dtype=float), kept[y].to_numpy(dtype=float)
-        if unit is not None and unit in kept.columns:
-            clusters = list(kept.groupby(unit, sort=True).indices.values())
+        if n_boot <= 0:
+            cluster = np.zeros(0, dtype=np.int64)
+        elif unit is not None and unit in kept.columns:
+            cluster = pd.factorize(kept[unit], sort=True)[0]
         else:
-            clusters = [np.array([i]) for i in range(len(kept))]
+            cluster = np.arange(len(kept))
         rows.append({**key, "n": len(kept), "n_dropped": len(group) - len(kept), **_fit(xs, ys),
-                     **_bootstrap_fit(xs, ys, clusters, n_boot=n_boot, ci=ci, seed=seed)})
+                     **_bootstrap_fit(xs, ys, cluster, n_boot=n_boot, ci=ci, seed=seed)})
     columns = [*by, "n", "n_dropped", "r2", "spearman", "slope", "intercept",
                *(f"{s}{end}" for s in FIT_STATISTICS for end in ("_lo", "_hi"))]
     return pd.DataFrame(rows, columns=columns)
@@ -352,14 +456,13 @@ def _log2_slope(factor: np.ndarray, y: np.ndarray, ci: float) -> dict[str, float
 def _noise_per_run(records: pd.DataFrame, steps: pd.DataFrame | None) -> pd.DataFrame:
     """Per run: run_id, label, seed, grad_cos, grad_norm, share_opposed, gns (see gradient_noise)."""
     _require(records, ["run_id", "label", "seed", "grad_cos", "grad_norm"], "gradient_noise")
-    per_run = records.groupby("run_id").agg(
-        grad_cos=("grad_cos", _mean), grad_norm=("grad_norm", _mean),
-        share_opposed=("grad_cos", _share_below_zero)).reset_index()
+    opposed = _less(records.grad_cos.astype(float), pd.Series(0.0, index=records.index))
+    per_run = _means(records.assign(share_opposed=opposed), ["run_id"],
+                     ["grad_cos", "grad_norm", "share_opposed"]).reset_index()
     per_run["gns"] = float("nan")
     if steps is not None:
         _require(steps, ["run_id", "trace_sigma", "grad_sq"], "gradient_noise(steps=)")
-        sums = steps.groupby("run_id").agg(trace_sigma=("trace_sigma", _mean),
-                                           grad_sq=("grad_sq", _mean))
+        sums = _means(steps, ["run_id"], ["trace_sigma", "grad_sq"])
         gns = (sums["trace_sigma"] / sums["grad_sq"]).where(sums["grad_sq"] > 0)
         per_run["gns"] = per_run.run_id.map(gns)
     return _runs(records)[["run_id", "label", "seed"]].merge(per_run, on="run_id")
@@ -397,8 +500,9 @@ def perplexity_by_step(perplexity: pd.DataFrame) -> pd.DataFrame:
     ppl_ratio = ppl / the run's ppl at its first step (step 0, before training, in prefstudy runs).
     """
     _require(perplexity, ["run_id", "step", "nll_sum", "n_tokens"], "perplexity_by_step")
-    totals = (perplexity.groupby(["run_id", "step"], sort=True)
-              .agg(nll=("nll_sum", _sum), tokens=("n_tokens", _sum)).reset_index())
+    sums = perplexity[["nll_sum", "n_tokens"]].astype(float).groupby(
+        [perplexity.run_id, perplexity.step], sort=True).sum(skipna=False)
+    totals = sums.rename(columns={"nll_sum": "nll", "n_tokens": "tokens"}).reset_index()
     with np.errstate(over="ignore"):  # a collapsed model's perplexity may overflow to inf
         totals["ppl"] = np.exp(totals.nll / totals.tokens)
     totals["ppl_ratio"] = totals.ppl / totals.groupby("run_id").ppl.transform(_first)
@@ -444,7 +548,7 @@ def collapse(records: pd.DataFrame, perplexity: pd.DataFrame | None = None, *,
     means = _step_means(records, ["loss_p", "loss_n", "gap"])
     onsets = pd.DataFrame([{"run_id": run_id, **_onset(trajectory, window)}
                            for run_id, trajectory in means.groupby("run_id", sort=True)])
-    ends = _final_step_means(records, ["loss_p", "loss_n", "gap"]).rename(
+    ends = _last_step(means).rename(
         columns={"loss_p": "loss_p_end", "loss_n": "loss_n_end", "gap": "gap_end"})
     out = _runs(records).merge(onsets, on="run_id").merge(ends, on="run_id")
     if perplexity is not None:
@@ -575,16 +679,18 @@ def _pair_changes(df: pd.DataFrame) -> pd.DataFrame:
     below_start: −nll_sum_p at the pair's last step < at its first; below_ref: −nll_sum_p at its
     last step < ref_logp_p. 1.0/0.0, NaN where a side is NaN (no reference, non-finite loss).
     """
-    ordered = df.sort_values(["run_id", "pair_id", "step"], kind="stable")
-    seen = ordered.groupby(["run_id", "pair_id"], sort=False)
-    first = seen.head(1).set_index(["run_id", "pair_id"])
-    last = seen.tail(1).set_index(["run_id", "pair_id"])
+    columns = ["run_id", "pair_id", "step", "nll_sum_p"]
+    df = df[columns + (["ref_logp_p"] if "ref_logp_p" in df.columns else [])]
+    df = df.reset_index(drop=True)
+    seen = df.groupby(["run_id", "pair_id"], sort=True).step
+    first, last = df.loc[seen.idxmin()], df.loc[seen.idxmax()]
+    keys = pd.MultiIndex.from_frame(first[["run_id", "pair_id"]])
+    first, last = first.set_index(keys), last.set_index(keys)
     reference = (last["ref_logp_p"] if "ref_logp_p" in last.columns
                  else pd.Series(np.nan, index=last.index))
     out = pd.DataFrame({"below_start": _less(-last.nll_sum_p, -first.nll_sum_p),
                         "below_ref": _less(-last.nll_sum_p, reference)})
-    out["n_seen"] = seen.step.nunique()
-    return out[out.n_seen > 1].drop(columns="n_seen").reset_index()
+    return out[(last.step > first.step).to_numpy()].reset_index()
 
 
 def _displacement_per_run(df: pd.DataFrame, pairs: pd.DataFrame | None,
@@ -597,9 +703,11 @@ def _displacement_per_run(df: pd.DataFrame, pairs: pd.DataFrame | None,
     if pairs is not None:
         changes["edit_bin"] = _edit_bins(changes.pair_id, pairs, edit_bins)
         keys.append("edit_bin")
-    per_run = changes.groupby(keys, sort=True, observed=True).agg(
-        n_pairs=("pair_id", "size"), share_below_start=("below_start", _mean),
-        share_below_ref=("below_ref", _mean)).reset_index()
+    grouped = changes.groupby(keys, sort=True, observed=True)
+    per_run = grouped[["below_start", "below_ref"]].mean(skipna=False).rename(
+        columns={"below_start": "share_below_start", "below_ref": "share_below_ref"})
+    per_run.insert(0, "n_pairs", grouped.size())
+    per_run = per_run.reset_index()
     return runs[["run_id", "label"]].merge(per_run, on="run_id")
 
 
@@ -650,7 +758,7 @@ def _headline_per_run(records: pd.DataFrame, final_source: pd.DataFrame,
                       pairs: pd.DataFrame | None) -> pd.DataFrame:
     """Per run: the run columns of `_runs` and every number summary_table summarises."""
     per_run = (_runs(records)
-               .merge(_final_step_means(final_source, ["loss_p", "loss_n", "gap"]),
+               .merge(_last_step(_step_means(final_source, ["loss_p", "loss_n", "gap"])),
                       on="run_id", how="left")
                .merge(_length_r2_per_run(records), on="run_id", how="left")
                .merge(_noise_per_run(records, steps)[["run_id", "grad_cos", "gns"]],

@@ -223,19 +223,28 @@ def _diverged_runs(records: pd.DataFrame, *, x: str, hue: str | None,
     return runs[runs.run_id.map(diverged).fillna(False).astype(bool)].reset_index(drop=True)
 
 
-def _seed_errorbar() -> Callable[[np.ndarray], tuple[float, float]]:
-    """seaborn errorbar: the across-seed 95% t-interval of `diagnostics.seed_interval`."""
-    from .diagnostics import seed_interval
+def _lineplot(ax: Axes, long: pd.DataFrame, *, x: str, errorbar, groups: Sequence[str],
+              band_colour: Callable[[dict], object], **line_kwargs) -> None:
+    """seaborn's lineplot of long.value against `x`, one line per group of `groups`.
 
-    def interval(values):
-        _, lo, hi = seed_interval(np.asarray(values, dtype=float))
-        return lo, hi
+    errorbar "seed": the band is `diagnostics.seed_intervals`' 95% t-interval across runs,
+    computed for every group and x at once (seaborn would call a function per point: minutes
+    for runs of thousands of steps); no band where a point has one run. Anything else goes to
+    seaborn's lineplot as its errorbar.
+    """
+    if errorbar != "seed":
+        sns.lineplot(data=long, x=x, y="value", errorbar=errorbar, ax=ax, legend=False,
+                     **line_kwargs)
+        return
+    from .diagnostics import seed_intervals
 
-    return interval
-
-
-def _resolve_errorbar(errorbar):
-    return _seed_errorbar() if errorbar == "seed" else errorbar
+    groups = list(groups)
+    bands = seed_intervals(long.dropna(subset=["value"]), [*groups, x], "value")
+    sns.lineplot(data=bands, x=x, y="value", errorbar=None, ax=ax, legend=False, **line_kwargs)
+    for key, band in bands.groupby(groups, sort=False, observed=True):
+        key = key if isinstance(key, tuple) else (key,)
+        ax.fill_between(band[x], band.value_lo, band.value_hi, linewidth=0, alpha=0.2,
+                        color=band_colour(dict(zip(groups, key))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +356,6 @@ def loss_trajectories(records: pd.DataFrame, *, x: str = "step", hue: str = "lab
     hue_order = _order(records[hue], hue_order)
     colours = _colours(hue_order, palette, labels=hue == "label")
     diverged = _diverged_runs(records, x=x, hue=hue, onset=onset)
-    errorbar = _resolve_errorbar(errorbar)
     row_order = _order(records[row]) if row else None
 
     with _themed():
@@ -359,8 +367,9 @@ def loss_trajectories(records: pd.DataFrame, *, x: str = "step", hue: str = "lab
             sub = long[long.quantity == quantity]
             if row:
                 sub = sub[sub[row] == row_value]
-            sns.lineplot(data=sub, x=x, y="value", hue=hue, hue_order=hue_order, palette=colours,
-                         errorbar=errorbar, ax=ax, legend=False)
+            _lineplot(ax, sub, x=x, errorbar=errorbar, groups=[hue],
+                      band_colour=lambda key: colours[key[hue]], hue=hue, hue_order=hue_order,
+                      palette=colours)
             _mark_onsets(ax, onset, hue=hue, colours=colours,
                          present=sub[hue].unique() if len(sub) else [])
             _mark_diverged(ax, sub, diverged, x=x, hue=hue, colours=colours)
@@ -424,7 +433,6 @@ def normalisation_grid(records: pd.DataFrame, *, x: str = "step", col: str = "la
     colours = _colours(order, palette, labels=col == "label")
     diverged = _diverged_runs(records, x=x, hue=col)
     n_seeds = records.groupby(col)["run_id"].nunique()
-    errorbar = _resolve_errorbar(errorbar)
     wrap = col_wrap if col_wrap and len(order) > col_wrap else None
 
     with _themed():
@@ -433,9 +441,10 @@ def normalisation_grid(records: pd.DataFrame, *, x: str = "step", col: str = "la
         for name, ax in grid.axes_dict.items():
             sub = long[long[col] == name]
             colour = colours[name]
-            sns.lineplot(data=sub, x=x, y="value", style="quantity", style_order=list(quantities),
-                         dashes=[QUANTITY_DASHES.get(q, "") for q in quantities], color=colour,
-                         errorbar=errorbar, ax=ax, legend=False)
+            _lineplot(ax, sub, x=x, errorbar=errorbar, groups=["quantity"],
+                      band_colour=lambda key, colour=colour: colour, style="quantity",
+                      style_order=list(quantities),
+                      dashes=[QUANTITY_DASHES.get(q, "") for q in quantities], color=colour)
             _mark_diverged(ax, sub, diverged[diverged[col] == name], x=x, hue=col, colour=colour)
             n_div = int((diverged[col] == name).sum())
             title = str(name)

@@ -65,6 +65,23 @@ def test_seed_interval_edge_cases():
     assert math.isnan(mean) and math.isnan(lo) and math.isnan(hi)
 
 
+def test_seed_intervals_match_seed_interval_per_group():
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"label": np.repeat(["a", "b", "c", "d", "e"], 4),
+                          "step": np.tile([0, 0, 1, 1], 5), "v": rng.normal(size=20)})
+    frame.loc[frame.label == "b", "v"] = 3.0                       # constant: zero width
+    frame.loc[(frame.label == "c") & (frame.step == 1), "v"] = [1.0, math.nan]
+    frame.loc[(frame.label == "d") & (frame.step == 0), "v"] = [math.inf, 1.0]
+    frame = frame[~((frame.label == "e") & (frame.step == 1) & (frame.index % 2 == 1))]
+    out = dg.seed_intervals(frame, ["label", "step"], "v")
+    assert len(out) == 10
+    for _, row in out.iterrows():
+        values = frame[(frame.label == row.label) & (frame.step == row.step)].v
+        want = dg.seed_interval(values)
+        assert row.n == len(values)
+        np.testing.assert_allclose([row.v, row.v_lo, row.v_hi], want, rtol=1e-12)
+
+
 def test_share_interval_is_clopper_pearson():
     share, lo, hi = dg.share_interval(0, 3)
     assert (share, lo) == (0.0, 0.0)
@@ -144,6 +161,63 @@ def test_length_effect_bootstrap_is_seeded():
     a = dg.length_effect(frame, n_boot=100, seed=3)
     b = dg.length_effect(frame, n_boot=100, seed=3)
     pd.testing.assert_frame_equal(a, b)
+
+
+def _refit_on_rows(x, y, cluster, sample):
+    """A resample scored the slow, obvious way: copy every row of every drawn cluster, refit."""
+    rows = np.concatenate([np.flatnonzero(cluster == c) for c in sample])
+    fit = dg._fit(x[rows], y[rows])
+    return np.array([fit[s] for s in dg.FIT_STATISTICS])
+
+
+def test_cluster_resamples_score_as_a_refit_on_copied_rows():
+    # pairs recur at several steps with different gaps; ties in x (dlen) and in y
+    rng = np.random.default_rng(4)
+    n_pairs, steps = 40, 5
+    cluster = np.tile(np.arange(n_pairs), steps)
+    x = np.tile(rng.integers(-20, 20, n_pairs), steps).astype(float)
+    y = np.round(0.3 * x + rng.normal(size=len(x)), 1)
+    fits = dg._ClusterFits(x, y, cluster)
+    samples = rng.integers(0, n_pairs, (25, n_pairs))
+    got = fits(samples)
+    assert got.shape == (3, 25)
+    for b, sample in enumerate(samples):
+        np.testing.assert_allclose(got[:, b], _refit_on_rows(x, y, cluster, sample), rtol=1e-9,
+                                   atol=1e-12)
+    np.testing.assert_allclose(fits(np.arange(n_pairs)), _refit_on_rows(x, y, cluster,
+                                                                         np.arange(n_pairs)))
+
+
+def test_cluster_resamples_rank_many_distinct_values_on_bins_closely():
+    # more distinct gaps than RANK_LEVELS: ρ is ranked on quantile bins, r2 and slope stay exact
+    rng = np.random.default_rng(5)
+    n_pairs, steps = 300, 40
+    cluster = np.tile(np.arange(n_pairs), steps)
+    x = np.tile(rng.integers(-60, 60, n_pairs), steps).astype(float)
+    y = 0.05 * x + rng.standard_t(3, size=len(x))
+    assert len(np.unique(y)) > dg.RANK_LEVELS
+    fits = dg._ClusterFits(x, y, cluster)
+    for sample in rng.integers(0, n_pairs, (5, n_pairs)):
+        want = _refit_on_rows(x, y, cluster, sample)
+        got = fits(sample[None, :])[:, 0]
+        np.testing.assert_allclose(got[[0, 2]], want[[0, 2]], rtol=1e-9)
+        assert got[1] == pytest.approx(want[1], abs=1e-4)
+
+
+def test_length_effect_intervals_cover_the_estimate_on_many_rows():
+    rng = np.random.default_rng(6)
+    n_pairs, steps = 200, 50
+    frame = linear_frame(n_pairs=n_pairs, steps=steps)
+    frame["dlen"] = np.tile(rng.integers(-40, 40, n_pairs), steps).astype(float)
+    frame["gap_value"] = 2.0 * frame.dlen + np.tile(rng.normal(0, 30, n_pairs), steps) \
+        + rng.normal(0, 5, len(frame))
+    row = dg.length_effect(frame, n_boot=300).iloc[0]
+    for stat in dg.FIT_STATISTICS:
+        assert row[f"{stat}_lo"] < row[stat] < row[f"{stat}_hi"]
+    assert row.slope_lo < 2.0 < row.slope_hi
+    # resampling rows instead of pairs ignores that a pair recurs: a narrower slope interval
+    by_row = dg.length_effect(frame, n_boot=300, unit=None).iloc[0]
+    assert by_row.slope_hi - by_row.slope_lo < 0.5 * (row.slope_hi - row.slope_lo)
 
 
 def test_summed_gap_tracks_length_and_mean_gap_does_not():
