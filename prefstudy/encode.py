@@ -151,13 +151,21 @@ def collate(items: Sequence[EncodedPair], pad_id: int) -> Batch:
     seqs = [(e.prompt_ids, e.chosen_ids) for e in items] + [
         (e.prompt_ids, e.rejected_ids) for e in items
     ]
+    return collate_sequences(seqs, pad_id, [e.pair_id for e in items])
+
+
+def collate_sequences(seqs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int,
+                      pair_ids: Sequence[str] = ()) -> Batch:
+    """One row per (prompt ids, response ids), right-padded to the longest; the response tokens
+    are the scored ones. `collate` puts a batch of pairs this way; alone it batches sequences that
+    need not come in pairs (pair_ids then names nothing)."""
     width = max(len(p) + len(r) for p, r in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(seqs), width), dtype=torch.long)
     response = torch.zeros((len(seqs), width), dtype=torch.bool)
     for row, (p, r) in enumerate(seqs):
         n = len(p) + len(r)
-        input_ids[row, :n] = torch.tensor(p + r, dtype=torch.long)
+        input_ids[row, :n] = torch.tensor(tuple(p) + tuple(r), dtype=torch.long)
         attention[row, :n] = 1
         response[row, len(p):n] = True
-    return Batch(input_ids, attention, response, [e.pair_id for e in items])
+    return Batch(input_ids, attention, response, list(pair_ids))

@@ -106,3 +106,28 @@ def test_score_pairs_columns_and_identities(tiny):
     # batch size does not change the numbers
     df1 = score_pairs(model, tok, PAIRS, batch_size=1)
     assert (df1.loss_p - df.loss_p).abs().max() < 1e-5
+
+
+def test_score_pairs_scores_shared_responses_once_and_equals_the_pair_batches(tiny):
+    # length-controlled variants share their chosen response: scored once, same numbers as a
+    # plain forward over each pair's own chosen/rejected batch
+    model, tok = tiny
+    base = PAIRS[1]
+    variants = [base, PreferencePair(base.prompt, base.chosen, base.rejected + " Truly."),
+                PreferencePair(base.prompt, base.chosen, "No."), PAIRS[0], PAIRS[2]]
+    calls = []
+    hook = model.base_model.register_forward_hook(lambda m, args, out: calls.append(1))
+    try:
+        df = score_pairs(model, tok, variants, batch_size=4)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # 8 distinct sequences (of 10) fit one batch of 2 × 4 rows
+    enc = encode_pairs(variants, tok)
+    for e, row in zip(enc.items, df.itertuples()):
+        with torch.no_grad():
+            c, r = split_pairs(token_logps(model, collate([e], tok.pad_token_id)))
+        assert row.pair_id == e.pair_id
+        assert (row.len_p, row.len_n) == (int(c.count[0]), int(r.count[0]))
+        assert row.nll_sum_p == pytest.approx(-float(c.sum[0]), abs=1e-4)
+        assert row.nll_sum_n == pytest.approx(-float(r.sum[0]), abs=1e-4)
+        assert row.loss_n == pytest.approx(-float(r.mean[0]), abs=1e-5)
