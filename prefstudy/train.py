@@ -3,7 +3,8 @@
 `train(config)` runs on `accelerate`: one process by default, several under `accelerate launch`
 or `torchrun` (each process takes an equal share of every batch, gradients are averaged, and each
 process records its own pairs, so every pair is recorded exactly once per step). Reference
-log-probs are computed once per pair with the frozen starting model and cached on disk. A
+log-probs are computed once per pair with the frozen starting model and cached on disk, and so
+are the starting model's step-0 evaluations, which every run of a study shares. A
 non-finite loss stops the run cleanly and marks it `diverged`: a diverging run is data.
 """
 
@@ -106,8 +107,20 @@ class Forward:
     margin: torch.Tensor  # (B,)
 
 
-def forward(model, batch, cfg: TrainConfig, ref: dict | None) -> Forward:
-    chosen, rejected = split_pairs(token_logps(model, batch))
+def forward(model, batch, cfg: TrainConfig, ref: dict | None, *,
+            start: dict | None = None) -> Forward:
+    """Per-token log-probs of the batch, and the objective's loss and margin per pair.
+
+    start: per-token log-probs of the untrained starting model (`reference_logps`' output, for
+    these pairs), standing in for the model's forward pass when the model is that model.
+    """
+    if start is None:
+        chosen, rejected = split_pairs(token_logps(model, batch))
+    else:
+        mask = batch.response_mask[:, 1:]
+        like = split_pairs(TokenLogps(torch.zeros(mask.shape, device=mask.device), mask))
+        chosen = _scatter(like[0], [start[p][0] for p in batch.pair_ids])
+        rejected = _scatter(like[1], [start[p][1] for p in batch.pair_ids])
     ref_c = ref_r = None
     if ref is not None:
         ref_c = _scatter(chosen, [ref[p][0] for p in batch.pair_ids])
@@ -143,17 +156,42 @@ def pair_rows(fw: Forward, batch, cfg: TrainConfig, step: int, lr: float) -> lis
 
 
 @torch.no_grad()
-def evaluate_pairs(model, encoded: Encoded, cfg, ref, pad_id, device, step) -> pd.DataFrame:
+def evaluate_pairs(model, encoded: Encoded, cfg, ref, pad_id, device, step, *,
+                   start: dict | None = None) -> pd.DataFrame:
+    """Records of the held-out pairs (no gradient statistics); `start`: see `forward`."""
     rows = []
-    for start in range(0, len(encoded.items), 8):
-        batch = collate(encoded.items[start:start + 8], pad_id).to(device)
-        rows += pair_rows(forward(model, batch, cfg, ref), batch, cfg, step, math.nan)
+    for i in range(0, len(encoded.items), 8):
+        batch = collate(encoded.items[i:i + 8], pad_id).to(device)
+        rows += pair_rows(forward(model, batch, cfg, ref, start=start), batch, cfg, step,
+                          math.nan)
     return pd.DataFrame(rows)
+
+
+def _cached_at_start(kind: str, cfg: TrainConfig, device, inputs: dict, compute) -> pd.DataFrame:
+    """`compute()` of the untrained starting model, cached on disk like the reference log-probs:
+    every run of a study starts from the same model, so its step-0 perplexity and generations
+    are computed once. The key covers the model, its dtype, the device type and `inputs`."""
+    ident = {"kind": kind, "model": cfg.model,
+             "model_seed": cfg.model_seed if cfg.model == "tiny" else None, "dtype": cfg.dtype,
+             "device": torch.device(device).type, "inputs": inputs}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+    path = cache_dir() / "start" / f"{kind}-{key[:20]}.parquet"
+    if path.exists():
+        return pd.read_parquet(path)
+    df = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return df
+
+
+PPL_MAX_TOKENS = 256  # a held-out passage is scored on its first this-many tokens
 
 
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: pd.DataFrame, device, step, *,
-               batch_size: int = 16, max_tokens: int = 256) -> pd.DataFrame:
+               batch_size: int = 16, max_tokens: int = PPL_MAX_TOKENS) -> pd.DataFrame:
     """Summed NLL and token count of each held-out passage (perplexity = exp(nll_sum / n)).
 
     Every token after the first is scored, through the same chunked log-prob path as training.
@@ -286,17 +324,29 @@ def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
 
 
 def _evaluate(writer, model, tokenizer, inputs: Inputs, cfg, ref_held, device, step) -> None:
+    """Held-out records, perplexity and generations at `step`. At step 0 the model is the
+    untrained starting model, whose numbers every run shares: they come from disk caches."""
     model.eval()
     pad = tokenizer.pad_token_id
+    at_start = step == 0
     if inputs.heldout is not None and len(inputs.heldout):
+        start = reference_logps(model, inputs.heldout, cfg, pad, device) if at_start else None
         writer.append("evals", evaluate_pairs(model, inputs.heldout, cfg, ref_held, pad, device,
-                                              step), step=step)
+                                              step, start=start), step=step)
     if inputs.neutral is not None and len(inputs.neutral):
-        writer.append("perplexity", perplexity(model, tokenizer, inputs.neutral, device, step),
-                      step=step)
+        def ppl():
+            return perplexity(model, tokenizer, inputs.neutral, device, step)
+        texts = {"texts": inputs.neutral.reset_index(drop=True).to_dict("records"),
+                 "max_tokens": PPL_MAX_TOKENS}
+        writer.append("perplexity", _cached_at_start("perplexity", cfg, device, texts, ppl)
+                      if at_start else ppl(), step=step)
     if inputs.probes is not None and len(inputs.probes):
-        writer.append("generations", generate(model, tokenizer, inputs.probes, device, step,
-                                              cfg.gen_max_new_tokens), step=step)
+        def gen():
+            return generate(model, tokenizer, inputs.probes, device, step, cfg.gen_max_new_tokens)
+        probes = inputs.probes.reset_index(drop=True).to_dict("records")
+        writer.append("generations", _cached_at_start(
+            "generations", cfg, device, {"probes": probes, "tokens": cfg.gen_max_new_tokens},
+            gen) if at_start else gen(), step=step)
     model.train()
 
 

@@ -227,3 +227,45 @@ def test_per_pair_gradients_match_one_backward_per_pair(tiny):
     assert out.step_stats["gns"] == pytest.approx(want["gns"], rel=1e-3)
     # tr(Σ) by hand: the unbiased variance of the per-pair gradients, summed over coordinates
     assert want["trace_sigma"] == pytest.approx(float(explicit.var(0).sum()), rel=1e-4)
+
+
+def test_start_evaluations_are_cached_and_equal_a_fresh_computation(tmp_path, monkeypatch):
+    import prefstudy.train as tr
+    from prefstudy.models import load_model
+
+    monkeypatch.setattr(tr, "cache_dir", lambda: tmp_path / "cache")  # empty caches
+    first = train(tiny(tmp_path / "a", objective="dpo", params={}), progress=False)
+    assert len(list((tmp_path / "cache" / "start").glob("*.parquet"))) == 2
+
+    def never(*args, **kwargs):
+        raise AssertionError("the untrained model was evaluated again")
+
+    # a second run starts from the same model: its step-0 numbers come from the caches
+    with monkeypatch.context() as m:
+        m.setattr(tr, "perplexity", never)
+        m.setattr(tr, "generate", never)
+        m.setattr(tr, "token_logps", never)  # held-out log-probs: the reference cache
+        with pytest.raises(AssertionError, match="evaluated again"):
+            train(tiny(tmp_path / "b", objective="sft", params={}, steps=1), progress=False)
+    cfg = tiny(tmp_path / "c", objective="sft", params={}).resolved()
+    second = train(cfg, progress=False)
+
+    model, tok = load_model(cfg.model, device="cpu", seed=cfg.model_seed)
+    inputs = tr.prepare_inputs(cfg, tok)
+    fresh_evals = tr.evaluate_pairs(model, inputs.heldout, cfg, None, tok.pad_token_id, "cpu",
+                                    0).set_index("pair_id")
+    fresh_ppl = tr.perplexity(model, tok, inputs.neutral, "cpu", 0).set_index("text_id")
+    fresh_gen = tr.generate(model, tok, inputs.probes, "cpu", 0,
+                            cfg.gen_max_new_tokens).set_index("probe_id")
+    for run in (first, second):
+        evals = load_table(run, "evals").query("step == 0").set_index("pair_id")
+        assert sorted(evals.index) == sorted(fresh_evals.index)
+        for column in ("nll_sum_p", "nll_sum_n", "len_p", "len_n"):
+            assert (evals[column] - fresh_evals[column]).abs().max() < 1e-5
+        ppl = load_table(run, "perplexity").query("step == 0").set_index("text_id")
+        assert len(ppl) == len(fresh_ppl) == cfg.n_neutral
+        assert (ppl.nll_sum - fresh_ppl.nll_sum).abs().max() < 1e-4
+        gen = load_table(run, "generations").query("step == 0").set_index("probe_id")
+        assert gen.text.sort_index().tolist() == fresh_gen.text.sort_index().tolist()
+    sft = load_table(second, "evals").query("step == 0")
+    assert (sft.pair_loss - sft.loss_p).abs().max() < 1e-5  # its own objective (token-mean NLL)
