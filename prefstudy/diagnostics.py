@@ -238,70 +238,101 @@ def _ols(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> dic
     return {"r2": float(r2), "slope": float(slope), "intercept": float(my - slope * mx)}
 
 
-def _fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """OLS of y on x (`_ols`) and Spearman's ρ (scipy.stats.spearmanr): r2, spearman, slope,
-    intercept; NaN with fewer than 3 rows or a constant x."""
+def _fit(x: np.ndarray, y: np.ndarray, *, spearman: bool = True,
+         ranks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """OLS of y on x (`_ols`) and Spearman's ρ: r2, spearman, slope, intercept; NaN with fewer
+    than 3 rows or a constant x (ρ also when spearman=False, and for a constant y).
+
+    ρ is Pearson's r of the average ranks (scipy.stats.spearmanr's definition); `ranks` passes
+    the ranks of x and y when they are already known (`_ranks`).
+    """
     line = _ols(x, y)
-    if np.isnan(line["slope"]):
+    if np.isnan(line["slope"]) or not spearman or np.ptp(y) == 0:
         return {**line, "spearman": float("nan")}
-    rho = stats.spearmanr(x, y).statistic if np.ptp(y) > 0 else float("nan")
-    return {**line, "spearman": float(rho)}
+    rank_x, rank_y = ranks if ranks is not None else (stats.rankdata(x), stats.rankdata(y))
+    return {**line, "spearman": float(stats.pearsonr(rank_x, rank_y).statistic)}
 
 
-RANK_LEVELS = 1024  # resamples rank each variable on at most this many levels (see _ClusterFits)
+EXACT_RANK_ROWS = 100_000  # up to this many rows, resamples are ranked exactly (_ClusterFits)
+RANK_LEVELS = 256  # beyond it, on at most this many levels per variable
 
 
-def _levels(v: np.ndarray, levels: int) -> np.ndarray:
-    """Integer codes in v's order: v's distinct values when there are ≤ `levels` of them (exact),
-    else `levels` quantile bins."""
-    distinct, codes = np.unique(v, return_inverse=True)
-    if len(distinct) <= levels:
-        return codes
-    edges = np.quantile(v, np.linspace(0, 1, levels + 1)[1:-1])
-    return np.searchsorted(edges, v, side="right")
+def _ranks(v: np.ndarray, levels: int | None = RANK_LEVELS) -> tuple[np.ndarray, np.ndarray]:
+    """(average ranks of v as scipy.stats.rankdata gives them, integer codes 0..L−1 in v's order
+    with v's ties): one code per distinct value of v when there are at most `levels` of them or
+    levels is None (exact), else `levels` equal-count bins of the ranks."""
+    low = v.min() if len(v) else 0.0
+    if len(v) and np.ptp(v) <= 4 * len(v) and (v == np.round(v)).all():
+        # whole numbers in a short range (token counts): rankdata's average ranks by counting,
+        # without sorting
+        counts = np.bincount((v - low).astype(np.int64))
+        below = np.cumsum(counts) - counts
+        ranks = (below + (counts + 1) / 2)[(v - low).astype(np.int64)]
+    else:
+        ranks = stats.rankdata(v)
+    doubled = (2 * ranks - 2).astype(np.int64)  # average ranks are whole or halves
+    present = np.bincount(doubled) > 0
+    if levels is None or present.sum() <= levels:
+        return ranks, (np.cumsum(present) - 1)[doubled]
+    return ranks, ((ranks - 1) * levels // len(v)).astype(np.int64)
 
 
 def _midranks(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The average rank of each code's rows in the sample where row i occurs weights[i] times
-    (scipy.stats.rankdata's "average" on that sample, with equal codes tied)."""
-    per_level = np.bincount(codes, weights=weights)
-    below = np.cumsum(per_level) - per_level
-    return (below + (per_level + 1) / 2)[codes]
+    """Average ranks in the samples where item j occurs weights[b, j] times (one sample per row
+    b of `weights`; items with equal `codes` tie): scipy.stats.rankdata's "average" of each."""
+    batch, levels = len(weights), int(codes.max()) + 1
+    flat = (codes[None, :] + levels * np.arange(batch)[:, None]).ravel()
+    per_level = np.bincount(flat, weights=weights.ravel(), minlength=batch * levels)
+    per_level = per_level.reshape(batch, levels)
+    below = np.cumsum(per_level, axis=1) - per_level
+    return np.take_along_axis(below + (per_level + 1) / 2, np.broadcast_to(codes, weights.shape),
+                              axis=1)
 
 
-def _weighted_corr(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
-    n = w.sum()
-    da, db = a - (w @ a) / n, b - (w @ b) / n
-    saa, sbb = w @ (da * da), w @ (db * db)
-    return float((w @ (da * db)) / np.sqrt(saa * sbb)) if saa > 0 and sbb > 0 else float("nan")
+def _weighted_corr(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Pearson's r of a and b with row weights w, along the last axis (NaN for a constant)."""
+    n = w.sum(axis=-1, keepdims=True)
+    da = a - (w * a).sum(axis=-1, keepdims=True) / n
+    db = b - (w * b).sum(axis=-1, keepdims=True) / n
+    saa, sbb, sab = ((w * da * da).sum(-1), (w * db * db).sum(-1), (w * da * db).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((saa > 0) & (sbb > 0), sab / np.sqrt(saa * sbb), np.nan)
 
 
 class _ClusterFits:
     """FIT_STATISTICS of resamples of whole clusters, scored without copying rows.
 
-    A resample is a count per cluster. OLS needs only weighted sums, so the rows are reduced
-    once to cells (cluster × level of x × level of y, see `_levels`) carrying their row count
-    and sums of x, y, x², y², xy; a resample then weights the cells by its cluster counts. For
-    Spearman's ρ each resample is ranked again (`_midranks`: average ranks of the resample, ties
-    included). Exact when x and y each have at most RANK_LEVELS distinct values; otherwise ρ is
-    ranked on RANK_LEVELS quantile bins (moving it by about 1/RANK_LEVELS² relative), while r2 and
-    slope stay exact. The cost per resample is the number of cells, not of rows.
+    A resample is a count per cluster. OLS needs only sums, so each cluster's row count and sums
+    of x, y, x², y², xy are taken once, and a resample's fit is its counts times them. Spearman's
+    ρ ranks each resample again (`_midranks`: the resample's average ranks, ties included) over
+    cells (cluster × level of x × level of y, see `_ranks`) weighted by their cluster's count:
+    exact up to EXACT_RANK_ROWS rows, and beyond when x and y each have at most RANK_LEVELS
+    distinct values; otherwise ranked on RANK_LEVELS equal-count bins of each variable (moving ρ
+    by about 1/RANK_LEVELS² relative, far below the bootstrap's own error). The cost of a resample
+    grows with the clusters and cells, not the rows.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, cluster: np.ndarray):
+    def __init__(self, x: np.ndarray, y: np.ndarray, cluster: np.ndarray, *,
+                 spearman: bool = True, codes: tuple[np.ndarray, np.ndarray] | None = None):
         self.n_clusters = int(cluster.max()) + 1
-        x_level, y_level = _levels(x, RANK_LEVELS), _levels(y, RANK_LEVELS)
-        key = (cluster.astype(np.int64) * (x_level.max() + 1) + x_level) * (y_level.max() + 1) \
-            + y_level
-        cells, cell_of_row = np.unique(key, return_inverse=True)
-        first = np.zeros(len(cells), dtype=np.int64)
-        first[cell_of_row[::-1]] = np.arange(len(key))[::-1]  # a row of each cell
-        self.cluster, self.x_level, self.y_level = cluster[first], x_level[first], y_level[first]
-        # x and y centred on their means: the sums stay well conditioned
-        xc, yc = x - x.mean(), y - y.mean()
-        sums = [np.ones_like(xc), xc, yc, xc * xc, yc * yc, xc * yc]
-        self.sums = np.stack([np.bincount(cell_of_row, weights=v, minlength=len(cells))
-                              for v in sums], axis=1)  # cells × (n, Σx, Σy, Σx², Σy², Σxy)
+        xc, yc = x - x.mean(), y - y.mean()  # centred: the sums stay well conditioned
+        self.sums = np.stack([np.bincount(cluster, weights=v, minlength=self.n_clusters)
+                              for v in (np.ones_like(xc), xc, yc, xc * xc, yc * yc, xc * yc)],
+                             axis=1)  # clusters × (n, Σx, Σy, Σx², Σy², Σxy)
+        self.spearman = spearman
+        self.cells = 0
+        if spearman:
+            if codes is None:
+                levels = None if len(x) <= EXACT_RANK_ROWS else RANK_LEVELS
+                codes = _ranks(x, levels)[1], _ranks(y, levels)[1]
+            x_level, y_level = codes
+            nx, ny = int(x_level.max()) + 1, int(y_level.max()) + 1
+            key = (cluster.astype(np.int64) * nx + x_level) * ny + y_level
+            cell_of_row, cells = pd.factorize(key)  # hashing: no sort of the rows
+            self.cells = len(cells)
+            self.cell_rows = np.bincount(cell_of_row, minlength=len(cells)).astype(float)
+            self.cell_cluster, self.x_level, self.y_level = (cells // (nx * ny),
+                                                             cells // ny % nx, cells % ny)
 
     def __call__(self, sample: np.ndarray, axis: int = -1) -> np.ndarray:
         """scipy.stats.bootstrap's vectorised statistic: sample holds cluster numbers, one
@@ -309,34 +340,37 @@ class _ClusterFits:
         batch = np.atleast_2d(np.asarray(sample, dtype=np.int64))
         offsets = self.n_clusters * np.arange(len(batch))[:, None]
         counts = np.bincount((batch + offsets).ravel(), minlength=len(batch) * self.n_clusters
-                             ).reshape(len(batch), self.n_clusters)
+                             ).reshape(len(batch), self.n_clusters).astype(float)
+        n, sx, sy, sxx, syy, sxy = (counts @ self.sums).T
+        vxx, vyy, vxy = sxx - sx * sx / n, syy - sy * sy / n, sxy - sx * sy / n
+        ok = (n >= 3) & (vxx > 1e-12 * np.maximum(sxx, 1e-300))
         out = np.full((len(FIT_STATISTICS), len(batch)), np.nan)
-        for b, count in enumerate(counts):
-            weight = count[self.cluster]
-            n, sx, sy, sxx, syy, sxy = weight @ self.sums
-            vxx, vyy, vxy = sxx - sx * sx / n, syy - sy * sy / n, sxy - sx * sy / n
-            if n >= 3 and vxx > 1e-12 * max(sxx, 1e-300):
-                out[2, b] = vxy / vxx
-                out[0, b] = 0.0 if vyy <= 0 else min(vxy * vxy / (vxx * vyy), 1.0)
-                rows = weight * self.sums[:, 0]
-                out[1, b] = _weighted_corr(_midranks(self.x_level, rows),
-                                           _midranks(self.y_level, rows), rows)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[2] = np.where(ok, vxy / vxx, np.nan)
+            out[0] = np.where(ok, np.where(vyy > 0, np.minimum(vxy * vxy / (vxx * vyy), 1.0),
+                                           0.0), np.nan)
+        if self.spearman:
+            weight = counts[:, self.cell_cluster] * self.cell_rows
+            rho = _weighted_corr(_midranks(self.x_level, weight),
+                                 _midranks(self.y_level, weight), weight)
+            out[1] = np.where(ok, rho, np.nan)
         return out[:, 0] if np.ndim(sample) == 1 else out
 
 
 def _bootstrap_fit(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, *, n_boot: int,
-                   ci: float, seed: int) -> dict[str, float]:
+                   ci: float, seed: int, spearman: bool = True,
+                   codes: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """Percentile bootstrap CIs of FIT_STATISTICS, resampling whole clusters (`cluster[i]`: the
     cluster number of row i, 0..C−1). scipy.stats.bootstrap draws the resamples of cluster
-    numbers; `_ClusterFits` scores them."""
+    numbers; `_ClusterFits` scores them, a batch at a time."""
     nan = {f"{s}{end}": float("nan") for s in FIT_STATISTICS for end in ("_lo", "_hi")}
     if n_boot <= 0 or len(x) == 0 or cluster.max() + 1 < 3:
         return nan
-    fits = _ClusterFits(x, y, cluster)
+    fits = _ClusterFits(x, y, cluster, spearman=spearman, codes=codes)
     clusters = np.arange(fits.n_clusters)
+    batch = max(1, min(n_boot, 2 ** 22 // max(fits.n_clusters, fits.cells)))
     result = stats.bootstrap((clusters,), fits, n_resamples=n_boot, vectorized=True,
-                             batch=max(1, min(n_boot, 2 ** 22 // len(clusters))),
-                             confidence_level=ci, method="percentile",
+                             batch=batch, confidence_level=ci, method="percentile",
                              rng=np.random.default_rng(seed))
     low, high = result.confidence_interval
     out = {}
@@ -347,7 +381,8 @@ def _bootstrap_fit(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, *, n_boot:
 
 def length_effect(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
                   by: Sequence[str] = ("normalisation",), n_boot: int = 1000, ci: float = 0.95,
-                  seed: int = 0, unit: str | None = "pair_id") -> pd.DataFrame:
+                  seed: int = 0, unit: str | None = "pair_id",
+                  spearman: bool = True) -> pd.DataFrame:
     """How much of `y` the length difference `x` explains, one row per group of `by`.
 
     frame: e.g. `gap_normalisations(records)`; needs `by`, `x`, `y` (and `unit` if resampling by
@@ -358,13 +393,16 @@ def length_effect(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
     (default: pairs, since one pair recurs at many steps and its rows are not independent); rows
     are resampled when `unit` is None or the frame has no such column. n_boot=0 skips it (NaN CIs).
     Fewer than 3 rows, or a constant x, gives NaN statistics.
+    spearman=False leaves ρ and its interval out (NaN): ranking is the costly part of a fit on
+    millions of rows.
     Cost: each resample is scored from per-cluster sums (`_ClusterFits`), so it grows with the
     number of units, not rows: 10 million rows of 460 pairs take seconds.
     """
     by = list(by)
     _require(frame, [*by, x, y], "length_effect")
+    use = [*by, x, y, *([unit] if unit is not None and unit in frame.columns else [])]
     rows = []
-    for key, group in _groups(frame, by):
+    for key, group in _groups(frame[list(dict.fromkeys(use))], by):
         kept = _finite(group, [x, y])
         xs, ys = kept[x].to_numpy(dtype=float), kept[y].to_numpy(dtype=float)
         if n_boot <= 0:
@@ -373,8 +411,15 @@ def length_effect(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
             cluster = pd.factorize(kept[unit], sort=True)[0]
         else:
             cluster = np.arange(len(kept))
-        rows.append({**key, "n": len(kept), "n_dropped": len(group) - len(kept), **_fit(xs, ys),
-                     **_bootstrap_fit(xs, ys, cluster, n_boot=n_boot, ci=ci, seed=seed)})
+        ranks = codes = None
+        if spearman and len(kept):  # one ranking of each variable serves the fit and resamples
+            levels = None if len(kept) <= EXACT_RANK_ROWS else RANK_LEVELS
+            (rank_x, code_x), (rank_y, code_y) = _ranks(xs, levels), _ranks(ys, levels)
+            ranks, codes = (rank_x, rank_y), (code_x, code_y)
+        rows.append({**key, "n": len(kept), "n_dropped": len(group) - len(kept),
+                     **_fit(xs, ys, spearman=spearman, ranks=ranks),
+                     **_bootstrap_fit(xs, ys, cluster, n_boot=n_boot, ci=ci, seed=seed,
+                                      spearman=spearman, codes=codes)})
     columns = [*by, "n", "n_dropped", "r2", "spearman", "slope", "intercept",
                *(f"{s}{end}" for s in FIT_STATISTICS for end in ("_lo", "_hi"))]
     return pd.DataFrame(rows, columns=columns)
@@ -747,7 +792,7 @@ def displacement(records_or_evals: pd.DataFrame, pairs: pd.DataFrame | None = No
 def _length_r2_per_run(records: pd.DataFrame) -> pd.DataFrame:
     """Per run: run_id, r2_sum, r2_mean, r2_reference (length_effect of each gap on dlen)."""
     gaps = gap_normalisations(records, keep=("run_id", "pair_id"))
-    fits = length_effect(gaps, by=("run_id", "normalisation"), n_boot=0)
+    fits = length_effect(gaps, by=("run_id", "normalisation"), n_boot=0, spearman=False)
     wide = fits.pivot(index="run_id", columns="normalisation", values="r2")
     wide = wide.reindex(columns=list(NORMALISATIONS)).add_prefix("r2_")
     return wide.rename_axis(columns=None).reset_index()

@@ -98,7 +98,7 @@ def _with_ci(df: pd.DataFrame, metric: str, digits: int = 2, pct: bool = False) 
 def _label_order(tables: Tables) -> list[str]:
     """Labels in the order the study file lists them, else in the order of the run folders."""
     study = tables.folders[0].parent / STUDY_FILE
-    present = set(tables.records.label)
+    present = set(tables.records.label.unique())
     if study.exists():
         return [label for label in json.loads(study.read_text())["labels"] if label in present]
     seen = []

@@ -170,6 +170,29 @@ def _refit_on_rows(x, y, cluster, sample):
     return np.array([fit[s] for s in dg.FIT_STATISTICS])
 
 
+@pytest.mark.parametrize("values", [
+    np.array([3.0, -1.0, 3.0, 7.0, -1.0, 0.0, 3.0]),        # whole numbers: counted
+    np.array([0.5, 0.25, 0.5, 2.0, -3.5]),                  # fractions: scipy's rankdata
+    np.random.default_rng(8).integers(-50, 50, 1000).astype(float),
+    np.random.default_rng(9).normal(size=2000),             # > RANK_LEVELS values: binned codes
+])
+def test_ranks_are_scipys_average_ranks_with_order_keeping_codes(values):
+    from scipy import stats
+
+    ranks, codes = dg._ranks(values)
+    np.testing.assert_array_equal(ranks, stats.rankdata(values))
+    exact = dg._ranks(values, None)[1]
+    assert len(np.unique(exact)) == len(np.unique(values))  # levels=None: always exact
+    assert codes.min() == 0 and codes.max() < dg.RANK_LEVELS
+    order = np.argsort(values, kind="stable")
+    assert (np.diff(codes[order]) >= 0).all()  # codes follow the values' order
+    distinct = len(np.unique(values))
+    tied = pd.Series(codes).groupby(values).nunique()
+    assert (tied == 1).all()  # a tie keeps one code
+    if distinct <= dg.RANK_LEVELS:
+        assert len(np.unique(codes)) == distinct  # exact: one code per value
+
+
 def test_cluster_resamples_score_as_a_refit_on_copied_rows():
     # pairs recur at several steps with different gaps; ties in x (dlen) and in y
     rng = np.random.default_rng(4)
@@ -189,17 +212,21 @@ def test_cluster_resamples_score_as_a_refit_on_copied_rows():
 
 
 def test_cluster_resamples_rank_many_distinct_values_on_bins_closely():
-    # more distinct gaps than RANK_LEVELS: ρ is ranked on quantile bins, r2 and slope stay exact
+    # more rows than EXACT_RANK_ROWS and more distinct gaps than RANK_LEVELS: ρ is ranked on
+    # equal-count bins, r2 and slope stay exact
     rng = np.random.default_rng(5)
     n_pairs, steps = 300, 40
     cluster = np.tile(np.arange(n_pairs), steps)
     x = np.tile(rng.integers(-60, 60, n_pairs), steps).astype(float)
     y = 0.05 * x + rng.standard_t(3, size=len(x))
     assert len(np.unique(y)) > dg.RANK_LEVELS
-    fits = dg._ClusterFits(x, y, cluster)
+    binned = dg._ClusterFits(x, y, cluster, codes=(dg._ranks(x)[1], dg._ranks(y)[1]))
+    exact = dg._ClusterFits(x, y, cluster)  # 12,000 rows ≤ EXACT_RANK_ROWS: exact ranks
+    assert binned.cells < exact.cells
     for sample in rng.integers(0, n_pairs, (5, n_pairs)):
         want = _refit_on_rows(x, y, cluster, sample)
-        got = fits(sample[None, :])[:, 0]
+        np.testing.assert_allclose(exact(sample[None, :])[:, 0], want, rtol=1e-9)
+        got = binned(sample[None, :])[:, 0]
         np.testing.assert_allclose(got[[0, 2]], want[[0, 2]], rtol=1e-9)
         assert got[1] == pytest.approx(want[1], abs=1e-4)
 
