@@ -2,8 +2,9 @@
 chunked gather − logsumexp, each chunk recomputed in backward) against plain_token_logps (full
 logits, full float32 log_softmax, gather) on the same batch, gradients on, forward + backward.
 
-token_logps is measured at its default chunk size (chunk_tokens=2048, what train() uses: the
-goal's number) and at smaller chunks (`--chunks`), since the chunk bounds its peak.
+token_logps is measured at its default chunk size ("auto": CHUNK_LOGITS logits per chunk, what
+train() uses: the goal's number) and at other chunk sizes (`--chunks`), since the chunk bounds its
+peak.
 
 Two scopes:
 - head:  the log-prob computation alone. The transformer's last hidden states are computed once
@@ -41,7 +42,7 @@ from types import SimpleNamespace
 import _common as C
 
 SCOPES = ("head", "step")
-DEFAULT_CHUNK = 2048  # token_logps's default chunk_tokens
+DEFAULT_CHUNK = "auto"  # token_logps's default chunk_tokens (None: from the vocabulary)
 
 
 def parse(argv=None):
@@ -54,7 +55,8 @@ def parse(argv=None):
     p.add_argument("--max-prompt-length", type=int, default=64)
     p.add_argument("--scopes", default=",".join(SCOPES))
     p.add_argument("--chunks", default=f"{DEFAULT_CHUNK},256",
-                   help="chunk_tokens values of token_logps to measure (the first is the goal's)")
+                   help="chunk_tokens values of token_logps to measure, 'auto' for its default "
+                        "(the first is the goal's)")
     p.add_argument("--head-grad", action=argparse.BooleanOptionalAction, default=True,
                    help="the output head's weight is trained (all blocks trainable; SmolLM2 ties "
                         "it to the embeddings); --no-head-grad: frozen, as with trainable_blocks")
@@ -103,7 +105,7 @@ def worker(args) -> dict:
     if variant == "plain_token_logps":
         fn = plain_token_logps
     else:  # token_logps@<chunk_tokens>
-        chunk = int(variant.split("@")[1])
+        chunk = None if variant.endswith("@auto") else int(variant.split("@")[1])
 
         def fn(model, batch):
             return token_logps(model, batch, chunk_tokens=chunk)
@@ -178,7 +180,8 @@ def main(argv=None):
           f"weight {'trained' if args.head_grad else 'frozen'}; "
           f"memory: {method}; median of {args.repeats} fresh processes", flush=True)
     scopes = [s for s in args.scopes.split(",") if s]
-    variants = [f"token_logps@{int(c)}" for c in args.chunks.split(",") if c]
+    variants = [f"token_logps@{c if c == 'auto' else int(c)}" for c in args.chunks.split(",")
+                if c]
     variants.append("plain_token_logps")
     raw = {(v, s): [] for s in scopes for v in variants}
     for r in range(args.repeats):

@@ -29,12 +29,12 @@ run record-overhead benchmarks/bench_record_overhead.py "${SMALL[@]}" --warmup 2
     --steps "$OVERHEAD_STEPS" --repeats 3
 
 # 3. Peak memory of the log-prob computation: token_logps against plain_token_logps.
-run logprob-memory benchmarks/bench_logprob_memory.py "${SMALL[@]}" --chunks 2048,256 --repeats 3
+run logprob-memory benchmarks/bench_logprob_memory.py "${SMALL[@]}" --chunks auto,2048,256 --repeats 3
 run logprob-memory-frozen-head benchmarks/bench_logprob_memory.py "${SMALL[@]}" --scopes head \
-    --no-head-grad --chunks 2048,256 --repeats 3
+    --no-head-grad --chunks auto,2048,256 --repeats 3
 run logprob-memory-b16-l256 benchmarks/bench_logprob_memory.py --device "$DEVICE" \
     --dtype float32 --batch-size 16 --max-length 256 --max-prompt-length 96 --scopes head \
-    --chunks 2048,512 --repeats 3
+    --chunks auto,2048,512 --repeats 3
 
 # 4. Per-pair gradient statistics against a plain backward and one backward per pair.
 run gradstats benchmarks/bench_gradstats.py "${SMALL[@]}" --trainable-blocks 4,all --repeats 3

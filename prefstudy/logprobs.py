@@ -61,6 +61,54 @@ def _chunk_logps(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor |
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
+class _HeadLogps(torch.autograd.Function):
+    """log p(target) of rows of hidden states through a linear output head, `chunk` rows at a
+    time, keeping no logits between forward and backward.
+
+    The backward recomputes each chunk's logits once and turns them in place into the gradient
+    of log p(target) with respect to them (one-hot(target) − softmax, times the incoming
+    gradient), so a chunk costs one logits-sized buffer; the head's weight gradient is
+    accumulated across chunks in one buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, targets, weight, bias, chunk):
+        out = torch.cat([_chunk_logps(hidden[i:i + chunk], targets[i:i + chunk], weight, bias)
+                         for i in range(0, hidden.shape[0], chunk)])
+        ctx.save_for_backward(hidden, targets, weight, bias)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, targets, weight, bias = ctx.saved_tensors
+        need_hidden, _, need_weight, need_bias, _ = ctx.needs_input_grad
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        wide = torch.promote_types(weight.dtype, torch.float32)  # softmax and sums: ≥ float32
+        grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device) \
+            if need_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=wide, device=bias.device) if need_bias else None
+        for i in range(0, hidden.shape[0], ctx.chunk):
+            rows = slice(i, i + ctx.chunk)
+            h, t, g = hidden[rows], targets[rows, None], grad_out[rows]
+            grad = torch.nn.functional.linear(h, weight, bias).to(wide)
+            grad = grad.sub_(grad.logsumexp(-1, keepdim=True)).exp_()  # softmax, in place
+            g = g.to(wide)[:, None]
+            grad = grad.mul_(-g).scatter_(1, t, grad.gather(1, t) + g)  # + g · one-hot(target)
+            if need_hidden:
+                grad_hidden[rows] = grad.to(weight.dtype) @ weight
+            if need_weight:
+                if weight.dtype == wide:
+                    grad_weight.addmm_(grad.t(), h)
+                else:  # half precision: the product in the weight's dtype, summed wide
+                    grad_weight += (grad.to(weight.dtype).t() @ h).to(wide)
+            if need_bias:
+                grad_bias += grad.sum(0)
+        return (grad_hidden, None,
+                grad_weight.to(weight.dtype) if need_weight else None,
+                grad_bias.to(bias.dtype) if need_bias else None, None)
+
+
 def _head_is_plain(model) -> bool:
     """Whether logits are exactly lm_head(hidden): no soft-capping or scaling after the head."""
     cfg = model.config
@@ -69,14 +117,18 @@ def _head_is_plain(model) -> bool:
             and getattr(cfg, "logit_scale", 1.0) in (None, 1.0))
 
 
-def token_logps(model, batch, *, chunk_tokens: int = 2048) -> TokenLogps:
+CHUNK_LOGITS = 2 ** 23  # logits per chunk by default: 32 MiB in float32
+
+
+def token_logps(model, batch, *, chunk_tokens: int | None = None) -> TokenLogps:
     """Per-token log-probs of the response tokens of every row of `batch` (an encode.Batch).
 
     Only positions that predict a response token go through the output head, `chunk_tokens` at
-    a time, so neither the logits nor a log-softmax of the whole batch exist at once. While
-    gradients are on, each chunk is recomputed in the backward pass (activation checkpointing)
-    so its logits are not kept either. Models whose logits are not a plain linear head fall back
-    to `plain_token_logps`.
+    a time (default: as many as give CHUNK_LOGITS logits, e.g. 170 with SmolLM2's 49,152-token
+    vocabulary), so neither the logits nor a log-softmax of the whole batch exist at once; the
+    backward pass recomputes each chunk's logits and keeps one such buffer at a time
+    (`_HeadLogps`).
+    Models whose logits are not a plain linear head fall back to `plain_token_logps`.
     Returns a TokenLogps of shape (rows, L − 1): position t scores token t + 1.
     """
     if not _head_is_plain(model):
@@ -86,17 +138,9 @@ def token_logps(model, batch, *, chunk_tokens: int = 2048) -> TokenLogps:
     mask = batch.response_mask[:, 1:]
     h, targets = hidden[:, :-1][mask], batch.input_ids[:, 1:][mask]
     head = model.get_output_embeddings()
-    checkpoint = torch.is_grad_enabled() and h.requires_grad
-    pieces = []
-    for start in range(0, h.shape[0], chunk_tokens):
-        args = (h[start:start + chunk_tokens], targets[start:start + chunk_tokens],
-                head.weight, head.bias)
-        if checkpoint:
-            pieces.append(torch.utils.checkpoint.checkpoint(_chunk_logps, *args,
-                                                            use_reentrant=False))
-        else:
-            pieces.append(_chunk_logps(*args))
-    flat = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
+    chunk_tokens = chunk_tokens or max(16, CHUNK_LOGITS // head.weight.shape[0])
+    flat = (_HeadLogps.apply(h, targets, head.weight, head.bias, chunk_tokens) if len(h)
+            else h.new_zeros(0, dtype=torch.float32))
     logps = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     logps = logps.masked_scatter(mask, flat)
     return TokenLogps(logps, mask)

@@ -131,3 +131,38 @@ def test_score_pairs_scores_shared_responses_once_and_equals_the_pair_batches(ti
         assert row.nll_sum_p == pytest.approx(-float(c.sum[0]), abs=1e-4)
         assert row.nll_sum_n == pytest.approx(-float(r.sum[0]), abs=1e-4)
         assert row.loss_n == pytest.approx(-float(r.mean[0]), abs=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_head_logps_values_and_gradients_equal_log_softmax(chunk, with_bias):
+    # the chunked head with its own backward against autograd through a full log_softmax, in
+    # float64 so that any difference is the method, not rounding
+    from prefstudy.logprobs import _HeadLogps
+
+    gen = torch.Generator().manual_seed(chunk)
+    hidden = torch.randn(10, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(50, dtype=torch.float64, generator=gen).requires_grad_() if with_bias \
+        else None
+    targets = torch.randint(0, 50, (10,), generator=gen)
+    upstream = torch.randn(10, dtype=torch.float64, generator=gen)
+
+    def grads(logps):
+        inputs = [hidden, weight] + ([bias] if with_bias else [])
+        return logps, torch.autograd.grad((logps * upstream).sum(), inputs)
+
+    plain = torch.log_softmax(torch.nn.functional.linear(hidden, weight, bias), -1)
+    want, want_grads = grads(plain.gather(-1, targets[:, None]).squeeze(-1))
+    got, got_grads = grads(_HeadLogps.apply(hidden, targets, weight, bias, chunk))
+    assert got.dtype == torch.float32  # log-probs are float32 whatever the model's dtype
+    torch.testing.assert_close(got, want.float())
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+    # a frozen head: only the hidden states get a gradient
+    frozen = _HeadLogps.apply(hidden, targets, weight.detach(), None, chunk)
+    (g_hidden,) = torch.autograd.grad((frozen * upstream).sum(), [hidden])
+    plain = torch.log_softmax(torch.nn.functional.linear(hidden, weight.detach()), -1)
+    (w_hidden,) = torch.autograd.grad((plain.gather(-1, targets[:, None]).squeeze(-1)
+                                       * upstream).sum(), [hidden])
+    torch.testing.assert_close(g_hidden, w_hidden, rtol=1e-6, atol=1e-6)
