@@ -219,35 +219,19 @@ def gap_normalisations(records: pd.DataFrame, *, keep: Sequence[str] = ID_COLUMN
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def _ols(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
-    """OLS of y on x from centred sums (the same numbers as scipy.stats.linregress, whose
-    conventions it keeps: NaN with fewer than 3 rows or a constant x, r2 = 0 for a constant y).
-
-    weights: how many times each row counts (a bootstrap resample), or None. Returns r2, slope,
-    intercept.
-    """
-    w = np.ones_like(x) if weights is None else weights
-    n = w.sum()
-    if n < 3 or len(x) == 0 or np.ptp(x[w > 0]) == 0:
-        return dict.fromkeys(("r2", "slope", "intercept"), float("nan"))
-    mx, my = (w @ x) / n, (w @ y) / n
-    dx, dy = x - mx, y - my
-    sxx, syy, sxy = w @ (dx * dx), w @ (dy * dy), w @ (dx * dy)
-    slope = sxy / sxx
-    r2 = 0.0 if syy == 0 else min(sxy * sxy / (sxx * syy), 1.0)
-    return {"r2": float(r2), "slope": float(slope), "intercept": float(my - slope * mx)}
-
-
 def _fit(x: np.ndarray, y: np.ndarray, *, spearman: bool = True,
          ranks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
-    """OLS of y on x (`_ols`) and Spearman's ρ: r2, spearman, slope, intercept; NaN with fewer
-    than 3 rows or a constant x (ρ also when spearman=False, and for a constant y).
+    """OLS of y on x (scipy.stats.linregress) and Spearman's ρ: r2, spearman, slope, intercept;
+    NaN with fewer than 3 rows or a constant x (ρ also when spearman=False, and for a constant y).
 
     ρ is Pearson's r of the average ranks (scipy.stats.spearmanr's definition); `ranks` passes
     the ranks of x and y when they are already known (`_ranks`).
     """
-    line = _ols(x, y)
-    if np.isnan(line["slope"]) or not spearman or np.ptp(y) == 0:
+    if len(x) < 3 or np.ptp(x) == 0:
+        return dict.fromkeys(("r2", "spearman", "slope", "intercept"), float("nan"))
+    fit = stats.linregress(x, y)
+    line = {"r2": fit.rvalue ** 2, "slope": fit.slope, "intercept": fit.intercept}
+    if not spearman or np.ptp(y) == 0:
         return {**line, "spearman": float("nan")}
     rank_x, rank_y = ranks if ranks is not None else (stats.rankdata(x), stats.rankdata(y))
     return {**line, "spearman": float(stats.pearsonr(rank_x, rank_y).statistic)}
