@@ -76,6 +76,40 @@ def print_environment(env: dict) -> None:
           f"trl {env['trl']}, prefstudy commit {env['prefstudy_commit']}")
 
 
+# --------------------------------------------------------------------------- options and workers
+
+MODEL_OPTIONS = ("model", "device", "dtype", "batch_size", "max_length", "max_prompt_length")
+
+
+def add_model_args(p) -> None:
+    """The model and batch options every model benchmark shares (same defaults everywhere)."""
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch-size", type=int, default=4, help="pairs per step (2× rows)")
+    p.add_argument("--max-length", type=int, default=128, help="prompt + response tokens per side")
+    p.add_argument("--max-prompt-length", type=int, default=64)
+
+
+def model_argv(args) -> list[str]:
+    """`add_model_args`' options of `args` as command-line arguments, for a worker process."""
+    return [arg for name in MODEL_OPTIONS
+            for arg in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+
+
+def run_worker(script: str, argv: Sequence[str], what: str, env: dict | None = None) -> dict:
+    """Run `python script argv` from the repository root, offline, in a fresh process, and
+    return the JSON object its last output line holds; its stderr tail is shown if it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TRANSFORMERS_VERBOSITY": "error", **(env or {})}
+    done = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True,
+                          env=env, cwd=REPO)
+    if done.returncode:
+        sys.stderr.write(done.stderr[-4000:])
+        raise RuntimeError(f"worker {what} failed ({done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 # --------------------------------------------------------------------------- timing
 
 

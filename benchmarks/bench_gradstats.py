@@ -27,12 +27,7 @@ import _common as C
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--max-prompt-length", type=int, default=64)
+    C.add_model_args(p)
     p.add_argument("--trainable-blocks", default="4,all",
                    help="comma-separated: top-k block counts, 'all' for every block")
     p.add_argument("--variants", default="plain,gradstats,naive,per-pair")

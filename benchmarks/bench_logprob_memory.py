@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
@@ -47,12 +44,7 @@ DEFAULT_CHUNK = "auto"  # token_logps's default chunk_tokens (None: from the voc
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--batch-size", type=int, default=4, help="pairs (2× rows)")
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--max-prompt-length", type=int, default=64)
+    C.add_model_args(p)
     p.add_argument("--scopes", default=",".join(SCOPES))
     p.add_argument("--chunks", default=f"{DEFAULT_CHUNK},256",
                    help="chunk_tokens values of token_logps to measure, 'auto' for its default "
@@ -152,18 +144,9 @@ def worker(args) -> dict:
 
 
 def spawn(args, variant: str, scope: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", f"{variant}:{scope}", "--model", args.model,
-           "--device", args.device, "--dtype", args.dtype, "--batch-size", str(args.batch_size),
-           "--max-length", str(args.max_length), "--max-prompt-length",
-           str(args.max_prompt_length), "--seed", str(args.seed),
-           "--head-grad" if args.head_grad else "--no-head-grad"]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=C.REPO)
-    if done.returncode:
-        sys.stderr.write(done.stderr[-4000:])
-        raise RuntimeError(f"worker {variant}:{scope} failed")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    argv = ["--worker", f"{variant}:{scope}", *C.model_argv(args), "--seed", str(args.seed),
+            "--head-grad" if args.head_grad else "--no-head-grad"]
+    return C.run_worker(__file__, argv, f"{variant}:{scope}", {"MALLOC_MMAP_THRESHOLD_": "65536"})
 
 
 def main(argv=None):

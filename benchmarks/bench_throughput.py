@@ -39,9 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,12 +60,7 @@ DEFAULT_VARIANTS = ["prefstudy", "trl-default", "trl-precompute", "trl-default-n
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--batch-size", type=int, default=4, help="pairs per optimiser step")
-    p.add_argument("--max-length", type=int, default=128, help="prompt + response tokens per side")
-    p.add_argument("--max-prompt-length", type=int, default=64)
+    C.add_model_args(p)
     p.add_argument("--trainable-blocks", type=int, default=None, help="top k blocks; default all")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first, in every process")
     p.add_argument("--steps", type=int, default=8, help="timed steps per process")
@@ -222,20 +214,12 @@ def worker(args) -> dict:
 
 
 def spawn(args, name: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--model", args.model,
-           "--device", args.device, "--dtype", args.dtype, "--batch-size", str(args.batch_size),
-           "--max-length", str(args.max_length), "--max-prompt-length",
-           str(args.max_prompt_length), "--warmup", str(args.warmup), "--steps", str(args.steps),
-           "--lr", str(args.lr), "--seed", str(args.seed)]
+    argv = ["--worker", name, *C.model_argv(args), "--warmup", str(args.warmup),
+            "--steps", str(args.steps), "--lr", str(args.lr), "--seed", str(args.seed)]
     if args.trainable_blocks is not None:
-        cmd += ["--trainable-blocks", str(args.trainable_blocks)]
-    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=C.REPO)
-    if done.returncode:
-        sys.stderr.write(done.stderr[-4000:])
-        raise RuntimeError(f"worker {name} failed ({done.returncode})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        argv += ["--trainable-blocks", str(args.trainable_blocks)]
+    return C.run_worker(__file__, argv, name,
+                        {"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"})
 
 
 def main(argv=None):
