@@ -18,6 +18,7 @@ a duplicate) is skipped, counted in `PairSet.skipped` with its line, and announc
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -339,6 +340,17 @@ def _is_missing(value: Any) -> bool:
 
 
 # --------------------------------------------------------------------------- bundled data
+
+
+def edit_distance(a: str, b: str) -> float:
+    """Normalised character-level edit distance in [0, 1]: 1 − difflib's similarity ratio.
+
+    difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() is 2·M / (len a + len b), M the
+    characters in matching blocks; 0 = identical, 1 = nothing in common. autojunk is off: its
+    heuristic treats frequent characters of texts over 200 characters as junk, which would make
+    the distance of long texts depend on their letter frequencies.
+    """
+    return 1.0 - difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
 def data_dir() -> Path:

@@ -16,13 +16,12 @@ Definitions used throughout (characters unless the unit says tokens):
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
-from .data import PairSet, data_dir, load_pairs, load_probes, load_texts
+from .data import PairSet, data_dir, edit_distance, load_pairs, load_probes, load_texts
 
 SPLITS = {"train": "pairs", "heldout": "heldout"}  # split name → folder of pairs
 TEXTS = {"neutral": "neutral", "filler": "filler"}  # source name → folder of {"text"} records
@@ -31,15 +30,6 @@ CLOSE = 1.1  # "within 10% of each other": length ratio ≤ 1.1
 LOW_EDIT = 0.25  # "low edit distance": normalised edit distance ≤ 0.25
 QUANTILES = {"min": 0.0, "p10": 0.1, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p90": 0.9, "max": 1.0}
 START, END = "<!-- stats:start -->", "<!-- stats:end -->"
-
-
-def edit_distance(a: str, b: str) -> float:
-    """1 − difflib's similarity ratio on characters: 0 identical … 1 nothing in common.
-
-    autojunk=False: difflib's default treats frequent characters of texts over 200 characters as
-    junk, which makes the distance of long texts depend on their letter frequencies.
-    """
-    return 1.0 - difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
 def _token_counter(tokenizer) -> Callable[[list[str]], list[int]]:

@@ -23,7 +23,6 @@ Conventions, shared by every function:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator, Sequence
 from itertools import pairwise
 
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .data import edit_distance
 from .records import SchemaError
 
 NORMALISATIONS = ("sum", "mean", "reference")
@@ -654,16 +654,6 @@ def degeneration(generations: pd.DataFrame, perplexity: pd.DataFrame | None = No
 
 # ---------------------------------------------------------------------------------------------
 # C4: displacement of the chosen response
-
-
-def edit_distance(a: str, b: str) -> float:
-    """Normalised character-level edit distance in [0, 1]: 1 − difflib's similarity ratio.
-
-    difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() is 2·M / (len a + len b), M the
-    characters in matching blocks; 0 = identical, 1 = nothing in common. (autojunk off: its
-    heuristic ignores frequent characters in texts over 200 characters.)
-    """
-    return 1.0 - difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
 def pair_features(pairs: pd.DataFrame) -> pd.DataFrame:

@@ -321,6 +321,22 @@ def runs_summary(runs: str | os.PathLike | Iterable | None = None) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def require_columns(df: pd.DataFrame, columns: Iterable[str | None], where: str, *,
+                    nonempty: bool = False) -> None:
+    """Raise SchemaError naming the columns of `columns` that `df` lacks (None entries are
+    unused options and ignored); TypeError if `df` is not a DataFrame; with `nonempty`,
+    ValueError for a frame without rows. The one column check every module uses."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
+    wanted = [c for c in dict.fromkeys(columns) if c is not None]
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{where}: missing column(s) {missing}; it needs {wanted} "
+                          f"(columns present: {list(df.columns)})")
+    if nonempty and not len(df):
+        raise ValueError(f"{where}: the frame is empty")
+
+
 def check_records(df: pd.DataFrame, where: str = "records") -> pd.DataFrame:
     """Raise SchemaError naming the missing columns if `df` cannot serve as per-pair records."""
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
