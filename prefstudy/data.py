@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 ROLES = ("system", "user", "assistant")
@@ -353,6 +354,15 @@ def edit_distance(a: str, b: str) -> float:
     return 1.0 - difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
+def length_ratio(a, b):
+    """The length ratio of two responses: longer / shorter (≥ 1), for numbers or Series.
+
+    The one definition the data card and the diagnostics share; which side is longer is a
+    separate question (`len_n − len_p`, or the card's chosen/rejected-over-2× shares).
+    """
+    return np.maximum(a, b) / np.minimum(a, b)
+
+
 def data_dir() -> Path:
     """The bundled data folder (`$PREFSTUDY_DATA` overrides it)."""
     env = os.environ.get("PREFSTUDY_DATA")
@@ -494,7 +504,7 @@ def length_variants(
     factor = 1: the pair unchanged (the control).
 
     Returns a PairSet with, for each pair, one pair per factor in the given order; meta is the
-    original meta plus `variant_of` (the original pair_id), `factor`, `side` and `length_ratio`
+    original meta plus `variant_of` (the original pair_id), `factor`, `side` and `achieved_ratio`
     (length achieved / original length, in characters). A variant whose response would equal the
     other side is skipped, listed in `PairSet.skipped` and announced in a `SkippedPairsWarning`.
     """
@@ -524,7 +534,7 @@ def length_variants(
                                        f"factor {factor:g}: {side} would equal the other side"))
                 continue
             meta = {**pair.meta, "variant_of": pair.pair_id, "factor": factor, "side": side,
-                    "length_ratio": len(text) / len(original)}
+                    "achieved_ratio": len(text) / len(original)}
             sides = {"chosen": pair.chosen, "rejected": pair.rejected, side: text}
             out.append(PreferencePair(pair.prompt, sides["chosen"], sides["rejected"], meta))
     if skipped:

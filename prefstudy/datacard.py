@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import PairSet, data_dir, edit_distance, load_pairs, load_probes, load_texts
+from .data import (
+    PairSet,
+    data_dir,
+    edit_distance,
+    length_ratio,
+    load_pairs,
+    load_probes,
+    load_texts,
+)
 
 SPLITS = {"train": "pairs", "heldout": "heldout"}  # split name → folder of pairs
 TEXTS = {"neutral": "neutral", "filler": "filler"}  # source name → folder of {"text"} records
@@ -58,7 +66,7 @@ def pair_table(pairs: PairSet, tokenizer=None) -> pd.DataFrame:
     return df
 
 
-def _units(df: pd.DataFrame) -> list[str]:
+def _length_units(df: pd.DataFrame) -> list[str]:
     return [u for u in ("chars", "tokens") if f"{u}_chosen" in df.columns]
 
 
@@ -86,7 +94,7 @@ def _counts(df: pd.DataFrame, column: str) -> pd.DataFrame:
 def _lengths(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for split, lang, g in _by_lang(df):
-        for unit in _units(df):
+        for unit in _length_units(df):
             for side in ("chosen", "rejected"):
                 v = g[f"{unit}_{side}"]
                 rows.append({"split": split, "lang": lang, "unit": unit, "side": side,
@@ -95,21 +103,20 @@ def _lengths(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ratio(g: pd.DataFrame, unit: str) -> pd.Series:
-    c, r = g[f"{unit}_chosen"], g[f"{unit}_rejected"]
-    return pd.concat([c, r], axis=1).max(axis=1) / pd.concat([c, r], axis=1).min(axis=1)
+    return length_ratio(g[f"{unit}_chosen"], g[f"{unit}_rejected"])
 
 
 def _ratios(df: pd.DataFrame) -> pd.DataFrame:
     rows = [{"split": split, "lang": lang, "unit": unit, **_quantiles(_ratio(g, unit))}
-            for split, lang, g in _by_lang(df) for unit in _units(df)]
+            for split, lang, g in _by_lang(df) for unit in _length_units(df)]
     return pd.DataFrame(rows)
 
 
-def _spread(df: pd.DataFrame) -> pd.DataFrame:
+def _spread_shares(df: pd.DataFrame) -> pd.DataFrame:
     """The shares the data's spread requirements name, per split × language and unit."""
     rows = []
     for split, lang, g in _by_lang(df):
-        for unit in _units(df):
+        for unit in _length_units(df):
             c, r = g[f"{unit}_chosen"], g[f"{unit}_rejected"]
             rows.append({"split": split, "lang": lang, "unit": unit, "pairs": len(g),
                          "chosen_over_2x": float((c > LONG * r).mean()),
@@ -213,7 +220,7 @@ def data_stats(root: str | Path | None = None, tokenizer=None) -> dict[str, pd.D
         "length_kinds": _counts(df, "length_kind"),
         "lengths": _lengths(df),
         "ratios": _ratios(df),
-        "spread": _spread(df),
+        "spread": _spread_shares(df),
         "edit": _edit(df),
         "kinds": _length_kinds(df),
         "overlap": _overlap(pairs),

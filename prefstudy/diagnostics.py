@@ -14,6 +14,8 @@ Conventions, shared by every function:
   skip NaN): one non-finite pair makes its step's or run's number NaN/inf. The fits over rows
   (`length_effect`, `variance_by_length_bin`, `dose_response`) leave out rows whose x or y is not
   finite and say how many in `n_dropped`.
+- Optional tables (perplexity, steps, evals, pairs) may be None or empty: both mean "not
+  there", and the numbers that need them are NaN. Every function returns a DataFrame, never None.
 - Diverged runs. Training stops at the first non-finite step, so records end before
   `diverged_step`. Trajectory numbers (collapse onset, length R², gradient agreement) use a
   diverged run's records up to that point. Final-value numbers (final losses, displacement,
@@ -30,8 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .data import edit_distance
-from .records import SchemaError
+from .data import edit_distance, length_ratio
+from .records import require_columns
 
 NORMALISATIONS = ("sum", "mean", "reference")
 ID_COLUMNS = ("run_id", "label", "seed", "step", "pair_id")
@@ -44,14 +46,9 @@ FIT_STATISTICS = ("r2", "spearman", "slope")  # the statistics length_effect boo
 # Shared helpers
 
 
-def _require(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
-    """Raise SchemaError naming the columns of `columns` that `df` lacks."""
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in dict.fromkeys(columns) if c not in df.columns]
-    if missing:
-        raise SchemaError(f"{where}: missing column(s) {missing}; it needs {list(columns)} "
-                          f"(columns present: {list(df.columns)})")
+def _given(df: pd.DataFrame | None) -> pd.DataFrame | None:
+    """An optional input table: None when it is absent or has no rows (callers pass either)."""
+    return None if df is None or not len(df) else df
 
 
 def _means(frame: pd.DataFrame, by: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
@@ -148,7 +145,7 @@ def seed_intervals(frame: pd.DataFrame, by: Sequence[str], value: str,
     means and standard deviations: NaN bounds with fewer than two values or a non-finite value.
     """
     by = list(by)
-    _require(frame, [*by, value], "seed_intervals")
+    require_columns(frame, [*by, value], "seed_intervals")
     values = frame[value].astype(float)
     grouped = values.groupby([frame[c] for c in by], sort=True, observed=True, dropna=False)
     out = pd.DataFrame({"n": grouped.size(), value: grouped.mean(skipna=False)})
@@ -204,7 +201,7 @@ def gap_normalisations(records: pd.DataFrame, *, keep: Sequence[str] = ID_COLUMN
     dlen = len_n − len_p (tokens), dlen_rel = dlen / (len_n + len_p).
     """
     keep = list(keep)
-    _require(records, [*keep, "len_p", "len_n", "loss_p", "loss_n", "nll_sum_p", "nll_sum_n"],
+    require_columns(records, [*keep, "len_p", "len_n", "loss_p", "loss_n", "nll_sum_p", "nll_sum_n"],
              "gap_normalisations")
     dlen = records.len_n - records.len_p
     base = records[keep].assign(dlen=dlen, dlen_rel=dlen / (records.len_n + records.len_p))
@@ -383,7 +380,7 @@ def length_effect(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
     number of units, not rows: 10 million rows of 460 pairs take seconds.
     """
     by = list(by)
-    _require(frame, [*by, x, y], "length_effect")
+    require_columns(frame, [*by, x, y], "length_effect")
     use = [*by, x, y, *([unit] if unit is not None and unit in frame.columns else [])]
     rows = []
     for key, group in _groups(frame[list(dict.fromkeys(use))], by):
@@ -420,7 +417,7 @@ def variance_by_length_bin(frame: pd.DataFrame, *, x: str = "dlen", y: str = "ga
     (= 1 − eta2). NaN when y is constant.
     """
     by = list(by)
-    _require(frame, [*by, x, y], "variance_by_length_bin")
+    require_columns(frame, [*by, x, y], "variance_by_length_bin")
     rows = []
     for key, group in _groups(frame, by):
         kept = _finite(group, [x, y])
@@ -453,7 +450,7 @@ def dose_response(frame: pd.DataFrame, *, factor: str = "factor", y: str = "gap_
     error; NaN with fewer than 3 rows or a single factor) and n_dropped.
     """
     by = list(by)
-    _require(frame, [*by, factor, y], "dose_response")
+    require_columns(frame, [*by, factor, y], "dose_response")
     rows = []
     for key, group in _groups(frame, by):
         kept = _finite(group, [factor, y])
@@ -484,13 +481,14 @@ def _log2_slope(factor: np.ndarray, y: np.ndarray, ci: float) -> dict[str, float
 
 def _noise_per_run(records: pd.DataFrame, steps: pd.DataFrame | None) -> pd.DataFrame:
     """Per run: run_id, label, seed, grad_cos, grad_norm, share_opposed, gns (see gradient_noise)."""
-    _require(records, ["run_id", "label", "seed", "grad_cos", "grad_norm"], "gradient_noise")
+    require_columns(records, ["run_id", "label", "seed", "grad_cos", "grad_norm"], "gradient_noise")
     opposed = _less(records.grad_cos.astype(float), pd.Series(0.0, index=records.index))
     per_run = _means(records.assign(share_opposed=opposed), ["run_id"],
                      ["grad_cos", "grad_norm", "share_opposed"]).reset_index()
     per_run["gns"] = float("nan")
+    steps = _given(steps)
     if steps is not None:
-        _require(steps, ["run_id", "trace_sigma", "grad_sq"], "gradient_noise(steps=)")
+        require_columns(steps, ["run_id", "trace_sigma", "grad_sq"], "gradient_noise(steps=)")
         sums = _means(steps, ["run_id"], ["trace_sigma", "grad_sq"])
         gns = (sums["trace_sigma"] / sums["grad_sq"]).where(sums["grad_sq"] > 0)
         per_run["gns"] = per_run.run_id.map(gns)
@@ -528,7 +526,7 @@ def perplexity_by_step(perplexity: pd.DataFrame) -> pd.DataFrame:
     ppl = exp(Σ nll_sum / Σ n_tokens) over the step's texts (a NaN text makes it NaN);
     ppl_ratio = ppl / the run's ppl at its first step (step 0, before training, in prefstudy runs).
     """
-    _require(perplexity, ["run_id", "step", "nll_sum", "n_tokens"], "perplexity_by_step")
+    require_columns(perplexity, ["run_id", "step", "nll_sum", "n_tokens"], "perplexity_by_step")
     sums = perplexity[["nll_sum", "n_tokens"]].astype(float).groupby(
         [perplexity.run_id, perplexity.step], sort=True).sum(skipna=False)
     totals = sums.rename(columns={"nll_sum": "nll", "n_tokens": "tokens"}).reset_index()
@@ -571,7 +569,7 @@ def collapse(records: pd.DataFrame, perplexity: pd.DataFrame | None = None, *,
     last_step), ppl_start, ppl_end (perplexity at the run's first and last perplexity steps),
     ppl_ratio = ppl_end / ppl_start (NaN without `perplexity`).
     """
-    _require(records, ["run_id", "label", "seed", "step", "loss_p", "loss_n", "gap"], "collapse")
+    require_columns(records, ["run_id", "label", "seed", "step", "loss_p", "loss_n", "gap"], "collapse")
     if window < 1:
         raise ValueError(f"collapse: window={window} must be ≥ 1")
     means = _step_means(records, ["loss_p", "loss_n", "gap"])
@@ -580,6 +578,7 @@ def collapse(records: pd.DataFrame, perplexity: pd.DataFrame | None = None, *,
     ends = _last_step(means).rename(
         columns={"loss_p": "loss_p_end", "loss_n": "loss_n_end", "gap": "gap_end"})
     out = _runs(records).merge(onsets, on="run_id").merge(ends, on="run_id")
+    perplexity = _given(perplexity)
     if perplexity is not None:
         ppl = (perplexity_by_step(perplexity).groupby("run_id")
                .agg(ppl_start=("ppl", _first), ppl_end=("ppl", _last)).reset_index())
@@ -592,7 +591,7 @@ def collapse(records: pd.DataFrame, perplexity: pd.DataFrame | None = None, *,
                 "ppl_start", "ppl_end", "ppl_ratio"]]
 
 
-def _units(text: str, lang) -> list[str]:
+def _words(text: str, lang) -> list[str]:
     """Whitespace tokens, or the non-space characters for languages written without spaces."""
     if isinstance(lang, str) and lang.split("-")[0].lower() in CHARACTER_LANGS:
         return [c for c in text if not c.isspace()]
@@ -632,9 +631,9 @@ def degeneration(generations: pd.DataFrame, perplexity: pd.DataFrame | None = No
     empty_share, ppl, ppl_ratio.
     """
     by = list(by)
-    _require(generations, ["run_id", "step", "text", *by], "degeneration")
+    require_columns(generations, ["run_id", "step", "text", *by], "degeneration")
     langs = generations["lang"] if "lang" in generations.columns else [None] * len(generations)
-    units = pd.Series([_units(t, lang) for t, lang in zip(generations.text, langs)],
+    units = pd.Series([_words(t, lang) for t, lang in zip(generations.text, langs)],
                       index=generations.index)
     rows = []
     for key, group in _groups(generations.assign(_units=units), ["run_id", *by, "step"]):
@@ -644,6 +643,7 @@ def degeneration(generations: pd.DataFrame, perplexity: pd.DataFrame | None = No
                      "empty_share": float(np.mean([not t for t in texts]))})
     out = _runs(generations)[["run_id", "label", "seed", "status"]].merge(pd.DataFrame(rows),
                                                                          on="run_id")
+    perplexity = _given(perplexity)
     if perplexity is not None:
         out = out.merge(perplexity_by_step(perplexity), on=["run_id", "step"], how="left")
     else:
@@ -660,14 +660,14 @@ def pair_features(pairs: pd.DataFrame) -> pd.DataFrame:
     """Per pair: pair_id, lang, category, len_ratio, edit_distance.
 
     pairs: `PairSet.to_frame()` (pair_id, chosen, rejected; lang and category where present,
-    else NA). len_ratio = len(rejected) / len(chosen) in characters (> 1: rejected longer);
+    else NA). len_ratio = longer / shorter response in characters (`data.length_ratio`, ≥ 1);
     edit_distance: see `edit_distance`.
     """
-    _require(pairs, ["pair_id", "chosen", "rejected"], "pair_features")
+    require_columns(pairs, ["pair_id", "chosen", "rejected"], "pair_features")
     out = pairs[["pair_id"]].copy()
     for column in ("lang", "category"):
         out[column] = pairs[column] if column in pairs.columns else pd.NA
-    out["len_ratio"] = pairs.rejected.str.len() / pairs.chosen.str.len()
+    out["len_ratio"] = length_ratio(pairs.chosen.str.len(), pairs.rejected.str.len())
     out["edit_distance"] = [edit_distance(a, b) for a, b in zip(pairs.chosen, pairs.rejected)]
     return out.reset_index(drop=True)
 
@@ -715,7 +715,7 @@ def _pair_changes(df: pd.DataFrame) -> pd.DataFrame:
 def _displacement_per_run(df: pd.DataFrame, pairs: pd.DataFrame | None,
                           edit_bins: Sequence[float]) -> pd.DataFrame:
     """Per non-diverged run (and edit_bin): run_id, label, [edit_bin], n_pairs, shares."""
-    _require(df, ["run_id", "label", "seed", "step", "pair_id", "nll_sum_p"], "displacement")
+    require_columns(df, ["run_id", "label", "seed", "step", "pair_id", "nll_sum_p"], "displacement")
     runs = _runs(df)
     changes = _pair_changes(df[df.run_id.isin(runs.run_id[~runs.diverged])])
     keys = ["run_id"]
@@ -748,6 +748,7 @@ def displacement(records_or_evals: pd.DataFrame, pairs: pd.DataFrame | None = No
     pair units counted), share_below_start, share_below_start_lo, share_below_start_hi,
     share_below_ref, share_below_ref_lo, share_below_ref_hi (across-seed mean, 95% t-interval).
     """
+    pairs = _given(pairs)
     per_run = _displacement_per_run(records_or_evals, pairs, edit_bins)
     keys = ["label", "edit_bin"] if pairs is not None else ["label"]
     table = _label_intervals(per_run, ["share_below_start", "share_below_ref"], keys)
@@ -830,12 +831,13 @@ def summary_table(records: pd.DataFrame, evals: pd.DataFrame | None = None,
     Means and t-intervals are across seeds. loss_p, loss_n, gap, displacement(_close) and
     ppl_ratio leave diverged runs out (n_diverged says how many); the others use every run.
     """
-    _require(records, ["run_id", "label", "seed", "step", "pair_id", "len_p", "len_n", "loss_p",
+    require_columns(records, ["run_id", "label", "seed", "step", "pair_id", "len_p", "len_n", "loss_p",
                        "loss_n", "gap", "nll_sum_p", "nll_sum_n", "grad_cos", "grad_norm"],
              "summary_table")
+    evals, perplexity, steps, pairs = map(_given, (evals, perplexity, steps, pairs))
     final_source = evals if evals is not None else records
     if evals is not None:
-        _require(evals, ["run_id", "label", "seed", "step", "pair_id", "loss_p", "loss_n", "gap",
+        require_columns(evals, ["run_id", "label", "seed", "step", "pair_id", "loss_p", "loss_n", "gap",
                          "nll_sum_p"], "summary_table(evals=)")
     per_run = _headline_per_run(records, final_source, perplexity, steps, pairs)
     displaced = ["displacement", *(["displacement_close"] if pairs is not None else [])]

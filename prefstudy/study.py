@@ -145,7 +145,7 @@ def score_dose(study: Study, *, factors=(0.5, 1.0, 2.0, 4.0), n_pairs: int | Non
     Only the rejected response changes length (`prefstudy.data.length_variants`), so the change
     in the gap across factors is the effect of length alone: claim C1's dose-response. Written
     to `<study output>/dose.parquet`, one row per (pair, factor), with the columns of
-    `logprobs.score_pairs` plus factor and length_ratio.
+    `logprobs.score_pairs` plus factor and achieved_ratio.
     """
     from .config import resolve_path
     from .data import length_variants, load_pairs
@@ -163,7 +163,7 @@ def score_dose(study: Study, *, factors=(0.5, 1.0, 2.0, 4.0), n_pairs: int | Non
     scores = score_pairs(model, tokenizer, variants, max_length=cfg.max_length,
                          max_prompt_length=cfg.max_prompt_length)
     meta = pd.DataFrame([{"pair_id": v.pair_id, "variant_of": v.meta["variant_of"],
-                          "factor": v.meta["factor"], "length_ratio": v.meta["length_ratio"]}
+                          "factor": v.meta["factor"], "achieved_ratio": v.meta["achieved_ratio"]}
                          for v in variants])
     out = scores.merge(meta, on="pair_id")
     path = study.output / DOSE_FILE

@@ -164,7 +164,7 @@ def test_lengthening_appends_filler_of_the_language(pair):
     for factor, variant in v.items():
         assert len(variant.rejected) >= factor * len(pair.rejected)
         assert variant.rejected.startswith(pair.rejected) and variant.chosen == pair.chosen
-        assert variant.meta["length_ratio"] == len(variant.rejected) / len(pair.rejected)
+        assert variant.meta["achieved_ratio"] == len(variant.rejected) / len(pair.rejected)
         added = variant.rejected[len(pair.rejected):]
         assert (added.isascii() if pair.meta["lang"] == "en" else not any(
             c.isascii() and c.isalpha() for c in added))
@@ -175,7 +175,7 @@ def test_lengthening_appends_filler_of_the_language(pair):
 def test_shortening_keeps_leading_sentences(pair):
     half = _by_factor(length_variants([pair], (0.5,)))[0.5]
     assert pair.rejected.startswith(half.rejected) and half.rejected
-    assert 0.35 <= half.meta["length_ratio"] <= 0.65
+    assert 0.35 <= half.meta["achieved_ratio"] <= 0.65
     assert half.rejected[-1] in ".。"  # whole sentences
     assert half.chosen == pair.chosen
 
@@ -199,7 +199,7 @@ def test_meta_records_variant_and_keeps_labels():
         assert p.meta["variant_of"] == original.pair_id and p.meta["side"] == "chosen"
         assert p.meta["category"] == "helpfulness"
         assert p.rejected == original.rejected and p.chosen != p.rejected
-        assert p.meta["length_ratio"] == pytest.approx(len(p.chosen) / len(original.chosen))
+        assert p.meta["achieved_ratio"] == pytest.approx(len(p.chosen) / len(original.chosen))
     assert _by_factor(variants[:3])[1.0] == EN  # factor 1 is the unchanged control
 
 
@@ -242,5 +242,5 @@ def test_variants_of_the_bundled_pairs_stay_valid():
         variants = length_variants(pairs, (0.5, 2))
     assert len(variants) == 2 * len(pairs)
     assert all(p.chosen and p.rejected and p.chosen != p.rejected for p in variants)
-    doubled = [p.meta["length_ratio"] for p in variants if p.meta["factor"] == 2]
+    doubled = [p.meta["achieved_ratio"] for p in variants if p.meta["factor"] == 2]
     assert min(doubled) >= 2

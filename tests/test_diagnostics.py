@@ -549,6 +549,17 @@ def test_summary_table():
     assert out.loc["dpo", "displacement_close"] == 0.0  # d0's p0 rose (5 → 4 nats)
 
 
+def test_an_empty_optional_table_means_the_same_as_none():
+    loss_p, gap = rising_from(k=4, n_steps=6)
+    rec = trajectory(loss_p, gap, run_id="n0", label="naive", seed=0)
+    empty = pd.DataFrame()
+    pd.testing.assert_frame_equal(dg.summary_table(rec, empty, empty, empty, empty),
+                                  dg.summary_table(rec))
+    pd.testing.assert_frame_equal(dg.collapse(rec, empty), dg.collapse(rec))
+    pd.testing.assert_frame_equal(dg.gradient_noise(rec, empty), dg.gradient_noise(rec))
+    assert math.isnan(dg.collapse(rec, empty).ppl_ratio.iloc[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # Input checks
 
