@@ -5,16 +5,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .models import DTYPES
+from .errors import PrefstudyError
+from .models import DTYPES, PRESETS
 from .objectives import OBJECTIVES, get_objective, resolve_params
 
 
-class ConfigError(ValueError):
+class ConfigError(PrefstudyError):
     """A configuration that cannot run; the message names the field and what is allowed."""
 
 
@@ -87,38 +90,71 @@ def default_run_id(cfg: TrainConfig) -> str:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def _positive(cfg, name, allow_zero=False, allow_none=False):
-    value = getattr(cfg, name)
-    if value is None and allow_none:
+KINDS = {"int": int, "float": float, "str": str, "bool": bool, "dict[str, Any]": dict}
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+POSITIVE = ("steps", "batch_size", "lr", "max_length", "max_prompt_length", "gen_max_new_tokens",
+            "checkpoint_every", "max_grad_norm", "max_pairs")  # > 0 (or None where allowed)
+
+
+def _kind(annotation: str) -> tuple[type, bool]:
+    """(the field's type, whether None is allowed) from its annotation string."""
+    base, _, none = annotation.partition(" | ")
+    return KINDS[base], none == "None"
+
+
+def _check_type(name: str, value: Any) -> None:
+    kind, nullable = _kind(FIELDS[name].type)
+    if value is None:
+        if not nullable:
+            raise ConfigError(f"config field {name!r} = None: a value is required")
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        extra = " or None" if allow_none else ""
-        raise ConfigError(f"config field {name!r} = {value!r}: must be a number {bound}{extra}")
+    wanted = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+              dict: "a table of objective parameters"}[kind]
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"config field {name!r} = {value!r}: must be finite")
+    else:
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"config field {name!r} = {value!r}: must be {wanted}"
+                          f"{' or None' if nullable else ''}, got {type(value).__name__}")
+
+
+def _check_range(name: str, value: Any) -> None:
+    if value is None or isinstance(value, (str, bool, dict)):
+        return
+    if value < 0 or (value == 0 and name in POSITIVE):
+        raise ConfigError(f"config field {name!r} = {value!r}: must be "
+                          f"{'> 0' if name in POSITIVE else '>= 0'}")
 
 
 def check(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the field for anything that cannot run. Loads nothing."""
+    for name in FIELDS:
+        _check_type(name, getattr(cfg, name))
+        _check_range(name, getattr(cfg, name))
     try:
         get_objective(cfg.objective)
         resolve_params(cfg.objective, cfg.params)
     except ValueError as e:
         raise ConfigError(f"config field 'objective'/'params': {e}") from None
-    for name in ("steps", "batch_size", "lr", "max_length", "max_prompt_length",
-                 "gen_max_new_tokens", "checkpoint_every"):
-        _positive(cfg, name)
-    for name in ("weight_decay", "warmup_steps", "eval_every", "n_heldout", "n_neutral",
-                 "n_probes", "seed", "model_seed"):
-        _positive(cfg, name, allow_zero=True)
-    for name in ("max_grad_norm", "trainable_blocks", "max_pairs"):
-        _positive(cfg, name, allow_zero=name == "trainable_blocks", allow_none=True)
     if cfg.max_prompt_length >= cfg.max_length:
         raise ConfigError(f"config field 'max_prompt_length' = {cfg.max_prompt_length} must be "
                           f"below 'max_length' = {cfg.max_length}")
     if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
         raise ConfigError(f"config field 'dtype' = {cfg.dtype!r}; allowed: 'auto', "
                           f"{', '.join(map(repr, DTYPES))}")
+    if not DEVICE.match(cfg.device):
+        raise ConfigError(f"config field 'device' = {cfg.device!r}; allowed: 'auto', 'cpu', "
+                          "'cuda', 'cuda:N' (N a GPU index) or 'mps'")
+    if cfg.run_id is not None and (not cfg.run_id.strip() or cfg.run_id in (".", "..")
+                                   or any(c in cfg.run_id for c in "/\\\0")):
+        raise ConfigError(f"config field 'run_id' = {cfg.run_id!r}: must be a plain folder name "
+                          "(no path separators)")
+    if not cfg.model.strip():
+        raise ConfigError(f"config field 'model' = {cfg.model!r}: name a preset "
+                          f"({', '.join(PRESETS)}) or a Hugging Face id / local path")
 
 
 def from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:

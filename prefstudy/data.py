@@ -1,6 +1,7 @@
 """Preference pairs: the `PreferencePair` type and the loaders that build it.
 
-Formats read (one JSON object per line; a folder means every `*.jsonl` in it, in name order):
+Formats read (one JSON object per line, in UTF-8 with or without a byte-order mark, plain or
+gzip-compressed; a folder means every `*.jsonl` and `*.jsonl.gz` file in it, in name order):
 
 - plain:          {"prompt": str, "chosen": str, "rejected": str, "meta"?: {...}}
 - conversational: {"prompt"?: [msg], "chosen": [msg], "rejected": [msg]}, msg = {"role", "content"};
@@ -9,11 +10,13 @@ Formats read (one JSON object per line; a folder means every `*.jsonl` in it, in
                   "\\n\\nAssistant:" turns; everything up to the last assistant turn is the prompt
 - a pandas DataFrame with prompt / chosen / rejected columns (other columns become meta)
 
-A record that is malformed (invalid JSON, a missing or non-string field, bytes that are not
-UTF-8) raises `DataError` naming the file, the line and the field. A record that parses but cannot
-serve (an empty response, HH transcripts that do not share a prompt, chosen identical to rejected,
-a duplicate) is skipped, counted in `PairSet.skipped` with its line, and announced in one
-`SkippedPairsWarning`; `strict=True` raises instead.
+A record that is malformed (invalid JSON, JSON nested too deeply to read, a missing or
+non-string field, bytes that are not UTF-8) raises `DataError` naming the file, the line and the
+field; so does a path that holds no records at all. A record that parses but cannot serve (an
+empty response, an HH transcript without an assistant turn or whose two sides do not share a
+prompt, text with a lone surrogate escape that no encoder can write, chosen identical to rejected,
+a duplicate) and an empty file in a folder are skipped, counted in `PairSet.skipped` with their
+line, and announced in one `SkippedPairsWarning`; `strict=True` raises instead.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import PrefstudyError
+
 ROLES = ("system", "user", "assistant")
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 
@@ -41,7 +46,7 @@ Message = Mapping[str, str]
 Prompt = str | tuple[Message, ...]
 
 
-class DataError(ValueError):
+class DataError(PrefstudyError):
     """A record that cannot be read; the message names the source, the line and the field."""
 
 
@@ -158,13 +163,16 @@ def _messages(value: list, name: str, where: str) -> tuple[dict[str, str], ...]:
     return tuple(out)
 
 
-class _Unusable(Exception):
+class UnusableRecord(Exception):
     """A record that parsed but cannot serve as a pair (skipped unless strict)."""
+
+
+_Unusable = UnusableRecord  # the name other modules imported before it was public
 
 
 def _last_reply(messages: tuple[dict[str, str], ...], name: str) -> str:
     if not messages or messages[-1]["role"] != "assistant":
-        raise _Unusable(f"{name} does not end with an assistant message")
+        raise UnusableRecord(f"{name} does not end with an assistant message")
     return messages[-1]["content"]
 
 
@@ -176,9 +184,9 @@ def _from_messages(record: Mapping, where: str) -> tuple[Prompt, str, str]:
     else:  # implicit prompt: the messages both sides share, before their final replies
         prompt, shared = chosen[:-1], rejected[:-1]
         if prompt != shared:
-            raise _Unusable("chosen and rejected conversations do not share a prompt")
+            raise UnusableRecord("chosen and rejected conversations do not share a prompt")
     if not prompt:
-        raise _Unusable("empty prompt")
+        raise UnusableRecord("empty prompt")
     return prompt, _last_reply(chosen, "chosen"), _last_reply(rejected, "rejected")
 
 
@@ -203,13 +211,13 @@ def _from_hh(record: Mapping, where: str) -> tuple[Prompt, str, str]:
     rejected = _field(record, "rejected", where)
     cut_c, cut_r = chosen.rfind(HH_ASSISTANT), rejected.rfind(HH_ASSISTANT)
     if cut_c < 0 or cut_r < 0:
-        raise _Unusable("an HH transcript has no '\\n\\nAssistant:' turn")
+        raise UnusableRecord("an HH transcript has no '\\n\\nAssistant:' turn")
     head = len(HH_ASSISTANT)
     if chosen[: cut_c + head] != rejected[: cut_r + head]:
-        raise _Unusable("chosen and rejected HH transcripts do not share a prompt")
+        raise UnusableRecord("chosen and rejected HH transcripts do not share a prompt")
     prompt = _hh_turns(chosen[:cut_c])
     if not prompt:
-        raise _Unusable("HH transcript has no human turn before the last assistant turn")
+        raise UnusableRecord("HH transcript has no human turn before the last assistant turn")
     return prompt, chosen[cut_c + head:].strip(), rejected[cut_r + head:].strip()
 
 
@@ -221,16 +229,30 @@ def _from_plain(record: Mapping, where: str) -> tuple[Prompt, str, str]:
 def _detect(record: Mapping) -> str:
     if isinstance(record.get("chosen"), list):
         return "messages"
-    if "prompt" not in record and HH_ASSISTANT in str(record.get("chosen", "")):
+    sides = f"{record.get('chosen', '')}{record.get('rejected', '')}"
+    if "prompt" not in record and (HH_ASSISTANT in sides or HH_HUMAN in sides):
         return "hh"
     return "plain"
+
+
+def _check_encodable(prompt: Prompt, chosen: str, rejected: str, meta: Mapping) -> None:
+    """UnusableRecord for text that no UTF-8 writer accepts (a lone surrogate from a "\\ud800"
+    escape): JSON allows it, but tokenizers, parquet and the report cannot store it."""
+    for name, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected),
+                        ("meta", meta)):
+        try:
+            json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = e.object[e.start:e.end].encode("utf-8", "backslashreplace").decode()
+            raise UnusableRecord(f"field {name!r} holds {bad}, a lone surrogate that is not "
+                                 "valid Unicode text") from None
 
 
 PARSERS = {"plain": _from_plain, "messages": _from_messages, "hh": _from_hh}
 
 
 def parse_record(record: Any, where: str, fmt: str = "auto") -> PreferencePair:
-    """One JSON record → a pair. Raises DataError (malformed) or _Unusable (skippable)."""
+    """One JSON record → a pair. Raises DataError (malformed) or UnusableRecord (skippable)."""
     if not isinstance(record, Mapping):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     fmt = _detect(record) if fmt == "auto" else fmt
@@ -239,43 +261,85 @@ def parse_record(record: Any, where: str, fmt: str = "auto") -> PreferencePair:
     if not isinstance(meta, Mapping):
         raise DataError(f"{where}: field 'meta' must be an object, got {type(meta).__name__}")
     if not chosen.strip() or not rejected.strip():
-        raise _Unusable(f"empty {'chosen' if not chosen.strip() else 'rejected'} response")
+        raise UnusableRecord(f"empty {'chosen' if not chosen.strip() else 'rejected'} response")
     if isinstance(prompt, str) and not prompt.strip():
-        raise _Unusable("empty prompt")
+        raise UnusableRecord("empty prompt")
     if chosen == rejected:
-        raise _Unusable("chosen is identical to rejected")
+        raise UnusableRecord("chosen is identical to rejected")
+    _check_encodable(prompt, chosen, rejected, meta)
     return PreferencePair(prompt, chosen, rejected, dict(meta))
 
 
 # --------------------------------------------------------------------------- loaders
 
 
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _jsonl_files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.name.endswith(JSONL_SUFFIXES))
         if not files:
-            raise DataError(f"{path}: folder holds no *.jsonl file")
+            raise DataError(f"{path}: folder holds no *.jsonl or *.jsonl.gz file")
         return files
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
     return [path]
 
 
-def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
-    """(source, line number, parsed JSON) for each non-blank line."""
+def _open_lines(path: Path):
+    """The file's lines as bytes, through gzip when it starts with gzip's magic bytes."""
+    import gzip
+
     with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{n}: bytes that are not UTF-8 at column {e.start + 1} "
-                                f"({raw[e.start:e.start + 4]!r})") from None
-            if not text.strip():
-                continue
-            try:
-                yield str(path), n, json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: invalid JSON at column {e.colno}: {e.msg}") from None
+        gzipped = f.read(2) == GZIP_MAGIC
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+def _decode(raw: bytes, where: str, first: bool) -> str:
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")  # a byte-order mark is accepted
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: bytes that are not UTF-8 at column {e.start + 1} "
+                        f"({raw[e.start:e.start + 4]!r})") from None
+
+
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON at column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read") from None
+
+
+def _records(path: Path) -> Iterator[tuple[str, int | None, Any]]:
+    """(source, line number, parsed JSON) for each non-blank line; (source, None, EMPTY) for a
+    file without any."""
+    import gzip
+    import zlib
+
+    empty = True
+    try:
+        with _open_lines(path) as f:
+            for n, raw in enumerate(f, start=1):
+                text = _decode(raw, f"{path}:{n}", first=n == 1)
+                if text.strip():
+                    empty = False
+                    yield str(path), n, _parse_json(text, f"{path}:{n}")
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: damaged gzip file ({e or 'truncated'})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if empty:
+        yield str(path), None, EMPTY
+
+
+EMPTY = object()  # what `_records` yields for a file without records
 
 
 def _collect(items: Iterable[tuple[str, int | None, Any]], fmt: str, strict: bool) -> PairSet:
@@ -283,22 +347,30 @@ def _collect(items: Iterable[tuple[str, int | None, Any]], fmt: str, strict: boo
     for source, line, record in items:
         where = f"{source}:{line}" if line is not None else source
         try:
+            if record is EMPTY:
+                raise UnusableRecord("empty file: no records")
             pair = parse_record(record, where, fmt)
             if pair.pair_id in seen:
-                raise _Unusable(f"duplicate of {seen[pair.pair_id]}")
-        except _Unusable as e:
+                raise UnusableRecord(f"duplicate of {seen[pair.pair_id]}")
+        except UnusableRecord as e:
             if strict:
                 raise DataError(f"{where}: {e}") from None
             skipped.append(Skipped(source, line, str(e)))
             continue
         seen[pair.pair_id] = where
         pairs.append(pair)
+    return PairSet(tuple(pairs), tuple(skipped))
+
+
+def _announce(pairs: PairSet) -> PairSet:
+    """One SkippedPairsWarning listing what a load skipped (the first ten, and a count)."""
+    skipped = pairs.skipped
     if skipped:
         shown = "; ".join(str(s) for s in skipped[:10])
         more = f" (and {len(skipped) - 10} more)" if len(skipped) > 10 else ""
         warnings.warn(f"skipped {len(skipped)} of {len(skipped) + len(pairs)} records: "
                       f"{shown}{more}", SkippedPairsWarning, stacklevel=3)
-    return PairSet(tuple(pairs), tuple(skipped))
+    return pairs
 
 
 def load_pairs(path: str | os.PathLike, *, format: str = "auto", strict: bool = False) -> PairSet:
@@ -312,7 +384,10 @@ def load_pairs(path: str | os.PathLike, *, format: str = "auto", strict: bool = 
         raise ValueError(f"format={format!r}; allowed: 'auto', {', '.join(map(repr, PARSERS))}")
     files = _jsonl_files(Path(path))
     items = (item for f in files for item in _records(f))
-    return _collect(items, format, strict)
+    pairs = _collect(items, format, strict)
+    if not pairs and all(s.reason == "empty file: no records" for s in pairs.skipped):
+        raise DataError(f"{path}: empty: no records")
+    return _announce(pairs)
 
 
 def pairs_from_frame(df: pd.DataFrame, *, strict: bool = False, source: str = "DataFrame") -> PairSet:
@@ -333,7 +408,7 @@ def pairs_from_frame(df: pd.DataFrame, *, strict: bool = False, source: str = "D
             record["meta"] = meta
             yield f"{source} row", label, record
 
-    return _collect(items(), "auto", strict)
+    return _announce(_collect(items(), "auto", strict))
 
 
 def _is_missing(value: Any) -> bool:

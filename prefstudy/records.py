@@ -33,6 +33,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import PrefstudyError
+
 SCHEMA_VERSION = 1
 TABLES = ("records", "evals", "perplexity", "generations", "steps")
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
@@ -68,7 +70,7 @@ REQUIRED_COLUMNS = ("run_id", "objective", "seed", "step", "pair_id", "len_p", "
 COMPACT = "all-s"  # merged shard prefix; "-s" keeps the step parser in `truncate` working
 
 
-class SchemaError(ValueError):
+class SchemaError(PrefstudyError):
     """A record set of another schema version, or one missing required columns."""
 
 
