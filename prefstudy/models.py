@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .cache import write_atomic
 from .errors import PrefstudyError
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -107,11 +108,12 @@ def _dequantised_smollm2() -> Path:
             delattr(model.config, attr)
     if hasattr(model, "hf_quantizer"):
         model.hf_quantizer = None
-    tmp = target.with_name(target.name + ".partial")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(target)  # atomic: a killed conversion never leaves a half-written cache
-    return target
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return write_atomic(target, save)  # a killed conversion never leaves a half-written cache
 
 
 def _offline() -> bool:

@@ -9,22 +9,28 @@ A run folder:
     <run>/perplexity/*.parquet   held-out text: step, text_id, lang, nll_sum, n_tokens
     <run>/generations/*.parquet  step, probe_id, lang, kind, prompt, text
     <run>/steps/*.parquet        per-step gradient statistics (gradient noise scale), when on
-    <run>/checkpoint/            the latest resumable state (train owns it)
+    <run>/checkpoint/            the latest resumable state (prefstudy.checkpoint owns it)
 
 Each shard is written to a temporary name and renamed into place, so a run killed at any moment
 leaves only complete shards behind: what was written stays readable and at most the step in
-progress is lost. Shards are named by process rank and first step, so several processes append
-side by side without ever writing the same file.
+progress is lost. A shard is named `r<rank>-s<first step>.parquet` (`shard_name`), so several
+processes append side by side without ever writing the same file; a run that has ended has its
+shards merged into one `all-s<number of shards merged>.parquet` per table (`RunWriter.compact`).
+
+Every record row is built by `pair_records` (training, held-out evaluation, the integrations)
+or completed by `as_records` (records from anywhere else), so a column is added in one place.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .cache import write_atomic
 from .errors import PrefstudyError
 
 SCHEMA_VERSION = 1
@@ -65,13 +72,98 @@ RECORD_COLUMNS = {
 }
 REQUIRED_COLUMNS = ("run_id", "objective", "seed", "step", "pair_id", "len_p", "len_n",
                     "loss_p", "loss_n", "gap")
+# The columns whose value a run gives all rows of a step alike; the others are measured per pair.
+RUN_COLUMNS = ("run_id", "objective", "norm", "seed", "step", "lr")
 
-
-COMPACT = "all-s"  # merged shard prefix; "-s" keeps the step parser in `truncate` working
+SHARD = re.compile(r"r(?P<rank>\d+)-s(?P<step>\d+)\.parquet")  # one append: rank, first step
+MERGED = re.compile(r"all-s(?P<shards>\d+)\.parquet")  # one compaction: shards merged
 
 
 class SchemaError(PrefstudyError):
     """A record set of another schema version, or one missing required columns."""
+
+
+# --------------------------------------------------------------------------- record rows
+
+
+def run_label(objective: str | None, norm: str = "", label: str | None = None) -> str | None:
+    """The name figures and tables give a run: its own `label`, else `objective[-norm]`."""
+    return label or (f"{objective}-{norm}" if norm else objective)
+
+
+def _values(per_pair, n: int) -> list:
+    """A per-pair sequence (list, array, 1-D tensor) as a list; None → n NaNs."""
+    if per_pair is None:
+        return [math.nan] * n
+    return per_pair.tolist() if hasattr(per_pair, "tolist") else list(per_pair)
+
+
+def _derive(out: pd.DataFrame) -> None:
+    """Fill in, where missing and derivable: loss_* = nll_sum_* / len_*, nll_sum_* = loss_* ·
+    len_*, gap = loss_n − loss_p."""
+    for side in ("p", "n"):
+        nll, loss, n = f"nll_sum_{side}", f"loss_{side}", f"len_{side}"
+        if loss not in out.columns and {nll, n} <= set(out.columns):
+            out[loss] = out[nll] / out[n]
+        if nll not in out.columns and {loss, n} <= set(out.columns):
+            out[nll] = out[loss] * out[n]
+    if "gap" not in out.columns and {"loss_p", "loss_n"} <= set(out.columns):
+        out["gap"] = out.loss_n - out.loss_p
+
+
+def pair_records(pair_ids: Sequence[str], *, logp_p=None, logp_n=None, len_p=None, len_n=None,
+                 ref_logp_p=None, ref_logp_n=None, margin=None, pair_loss=None,
+                 grad_norm=None, grad_cos=None, **constants: Any) -> pd.DataFrame:
+    """One record per pair, in RECORD_COLUMNS order: the one builder of record rows.
+
+    Per-pair values are sequences (lists, 1-D tensors), Shape: (pairs,); one not given is NaN.
+    logp_p, logp_n: the policy's summed log π(response | prompt); len_p, len_n: response tokens.
+        They give nll_sum_* (= −logp_*), loss_* (= nll_sum_* / len_*) and gap.
+    constants: the RUN_COLUMNS values every row shares (run_id, objective, norm, seed, step, lr).
+        Run columns not given are left out, for `as_records` to fill in.
+    """
+    unknown = sorted(set(constants) - set(RUN_COLUMNS))
+    if unknown:
+        raise TypeError(f"pair_records: unknown column(s) {unknown}; the shared columns are "
+                        f"{list(RUN_COLUMNS)}")
+    n = len(pair_ids)
+    out = pd.DataFrame({"pair_id": list(pair_ids)})
+    for column, value in constants.items():
+        out[column] = value
+    out["len_p"], out["len_n"] = _values(len_p, n), _values(len_n, n)
+    out["nll_sum_p"] = [-v for v in _values(logp_p, n)]
+    out["nll_sum_n"] = [-v for v in _values(logp_n, n)]
+    _derive(out)
+    for column, per_pair in (("ref_logp_p", ref_logp_p), ("ref_logp_n", ref_logp_n),
+                             ("margin", margin), ("pair_loss", pair_loss),
+                             ("grad_norm", grad_norm), ("grad_cos", grad_cos)):
+        out[column] = _values(per_pair, n)
+    return out[[c for c in RECORD_COLUMNS if c in out.columns]]
+
+
+def as_records(df: pd.DataFrame, **constants: Any) -> pd.DataFrame:
+    """Any per-pair DataFrame as prefstudy records (RECORD_COLUMNS first, other columns kept).
+
+    constants: values for columns the frame lacks, e.g. run_id="x", objective="dpo", seed=0.
+    Derived where missing: loss_p = nll_sum_p / len_p (and _n), gap = loss_n − loss_p, the sums
+    from the means and lengths. Optional columns still missing are NaN ('' for norm), and
+    `label` is `run_label(objective, norm)` as `load_run` gives it. Raises SchemaError naming
+    the required columns that are still missing.
+    """
+    out = df.copy()
+    for key, value in constants.items():
+        if key not in out.columns:
+            out[key] = value
+    _derive(out)
+    check_records(out, "as_records")
+    for column in RECORD_COLUMNS:
+        if column not in out.columns:
+            out[column] = "" if column == "norm" else math.nan
+    if "label" not in out.columns:
+        norms = out.norm.fillna("").astype(str)
+        out["label"] = [run_label(str(o), norm) for o, norm in zip(out.objective, norms)]
+    rest = [c for c in out.columns if c not in RECORD_COLUMNS]
+    return out[list(RECORD_COLUMNS) + rest]
 
 
 # --------------------------------------------------------------------------- provenance
@@ -115,9 +207,34 @@ def environment() -> dict[str, Any]:
 
 
 def _atomic_write_json(path: Path, obj: Mapping) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def _write_parquet(path: Path, table: pa.Table, *, merged: list[str] | None = None) -> Path:
+    """`table` at `path`; its metadata states the record schema version and, for a merged file,
+    the shards it replaces."""
+    metadata = {**(table.schema.metadata or {}), b"prefstudy_schema": str(SCHEMA_VERSION).encode()}
+    if merged is not None:
+        metadata[b"prefstudy_merged"] = json.dumps(merged).encode()
+    table = table.replace_schema_metadata(metadata)
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def shard_name(rank: int, step: int) -> str:
+    """The file one append writes: `r<rank>-s<first step>.parquet` (matches SHARD)."""
+    return f"r{rank:02d}-s{step:07d}.parquet"
+
+
+def merged_name(n_shards: int) -> str:
+    """The file one compaction writes: `all-s<number of shards merged>.parquet` (matches MERGED)."""
+    return f"all-s{n_shards:07d}.parquet"
+
+
+def _first_step(shard: Path) -> int | None:
+    """The first step of an appended shard; None for a merged file."""
+    match = SHARD.fullmatch(shard.name)
+    return int(match["step"]) if match else None
 
 
 @dataclass
@@ -147,16 +264,8 @@ class RunWriter:
         if table not in TABLES:
             raise ValueError(f"table={table!r}; allowed: {TABLES}")
         df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-        folder = self.folder / table
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"r{self.rank:02d}-s{step:07d}.parquet"
-        arrow = pa.Table.from_pandas(df, preserve_index=False)
-        arrow = arrow.replace_schema_metadata({
-            **(arrow.schema.metadata or {}), b"prefstudy_schema": str(SCHEMA_VERSION).encode()})
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(arrow, tmp)
-        os.replace(tmp, path)
-        return path
+        path = self.folder / table / shard_name(self.rank, step)
+        return _write_parquet(path, pa.Table.from_pandas(df, preserve_index=False))
 
     def finish(self, status: str, **extra: Any) -> None:
         """Mark the run's end: status, end time and any detail (step, reason)."""
@@ -173,21 +282,15 @@ class RunWriter:
         kill between writing it and deleting them never counts a row twice.
         """
         for table in TABLES:
-            shards = sorted(p for p in (self.folder / table).glob("*.parquet")
-                            if not p.name.startswith(COMPACT))
-            if len(shards) < 2:
+            folder = self.folder / table
+            appended = [p for p in folder.glob("*.parquet") if _first_step(p) is not None]
+            if len(appended) < 2:
                 continue
-            merged = pa.concat_tables([pq.read_table(p) for p in _live_shards(self.folder / table)],
-                                      promote_options="default")
-            names = [p.name for p in _live_shards(self.folder / table)]
-            merged = merged.replace_schema_metadata({
-                **(merged.schema.metadata or {}), b"prefstudy_schema": str(SCHEMA_VERSION).encode(),
-                b"prefstudy_merged": json.dumps(names).encode()})
-            target = self.folder / table / f"{COMPACT}{len(names):07d}.parquet"
-            tmp = target.with_name(target.name + ".tmp")
-            pq.write_table(merged, tmp)
-            os.replace(tmp, target)
-            for p in (self.folder / table).glob("*.parquet"):
+            live = _live_shards(folder)
+            names = [p.name for p in live]
+            merged = pa.concat_tables([pq.read_table(p) for p in live], promote_options="default")
+            target = _write_parquet(folder / merged_name(len(names)), merged, merged=names)
+            for p in folder.glob("*.parquet"):
                 if p.name in names and p != target:
                     p.unlink()
 
@@ -196,7 +299,8 @@ class RunWriter:
         removed = 0
         for table in TABLES:
             for shard in (self.folder / table).glob("*.parquet"):
-                if not shard.name.startswith(COMPACT) and int(shard.stem.split("-s")[1]) > after_step:
+                step = _first_step(shard)
+                if step is not None and step > after_step:
                     shard.unlink()
                     removed += 1
         return removed
@@ -226,7 +330,7 @@ def _live_shards(folder: Path) -> list[Path]:
     shards = sorted(folder.glob("*.parquet"))
     replaced = set()
     for p in shards:
-        if p.name.startswith(COMPACT):
+        if MERGED.fullmatch(p.name):
             meta = pq.read_schema(p).metadata or {}
             replaced.update(json.loads(meta.get(b"prefstudy_merged", b"[]")))
     return [p for p in shards if p.name not in replaced]
@@ -262,7 +366,7 @@ def load_run(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
     meta = read_meta(run)
     cfg = read_config(run)
     norm = (cfg.get("params") or {}).get("norm", "")
-    label = cfg.get("label") or (f"{cfg.get('objective')}-{norm}" if norm else cfg.get("objective"))
+    label = run_label(cfg.get("objective"), norm, cfg.get("label"))
     for key, value in (("run_id", cfg.get("run_id")), ("objective", cfg.get("objective")),
                        ("norm", norm), ("seed", cfg.get("seed")), ("label", label)):
         if key not in df.columns:
