@@ -10,8 +10,8 @@ def _demo(args) -> int:
     import pandas as pd
 
     from .data import data_dir, load_pairs
-    from .logprobs import score_pairs
     from .models import load_model
+    from .scoring import score_pairs
 
     pairs = load_pairs(args.data or data_dir() / "pairs")
     per_lang = {}

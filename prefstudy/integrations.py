@@ -15,11 +15,12 @@ work on the run unchanged:
 
 `PerPairDPOTrainer` supports TRL 1.16 (`SUPPORTED_TRL`, the `trl` extra pins it). It reads the
 per-token log-probabilities inside TRL's DPO loss (the fused LM head TRL 1.15 introduced), which
-other versions compute differently or may change, so any other version fails when the class is
-first used, with a message naming the supported range. (TRL 1.15's loss code is the same, but its
-DPOTrainer runs only where Triton does, so it was never tested here and is not admitted.) Nothing is computed twice: the policy's and the reference's per-token
-log-probs are taken from TRL's own forward passes (forward hooks, only inside a training step's
-`compute_loss`), or from the batch when TRL precomputed the reference. What is recorded:
+other versions compute differently or may change, so with any other version building a trainer
+fails, with a message naming the supported range. (TRL 1.15's loss code is the same, but its
+DPOTrainer runs only where Triton does, so it was never tested here and is not admitted.) Nothing
+is computed twice: the policy's and the reference's per-token log-probs are taken from TRL's own
+forward passes (forward hooks, only inside a training step's `compute_loss`), or from the batch
+when TRL precomputed the reference. What is recorded:
 
 - step: the optimiser step (trainer.state.global_step + 1), the same for every micro-batch of a
   gradient-accumulation step; rows of step s are computed with the weights before update s.
@@ -43,15 +44,15 @@ function returning one loss per example (and, optionally, the chosen and rejecte
 back-propagates the batch mean and records what the function returned. Columns it was not given
 are NaN, and the diagnostics that need them (length, collapse) have nothing to work on.
 
-Records from anywhere else: `as_records(df, ...)` turns any per-pair DataFrame with the required
-columns (prefstudy.records.REQUIRED_COLUMNS, or nll_sum_*/len_* from which loss_* and gap are
-derived) into the full record schema; the diagnostics take such a frame as they take `load_run`'s.
+Records from anywhere else: `as_records(df, ...)` (prefstudy.records.as_records) turns any per-pair
+DataFrame with the required columns (prefstudy.records.REQUIRED_COLUMNS, or nll_sum_*/len_* from
+which loss_* and gap are derived) into the full record schema; the diagnostics take such a frame as
+they take `load_run`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import inspect
 import json
@@ -67,48 +68,14 @@ import torch
 from torch import Tensor
 from transformers import Trainer, TrainerCallback
 
-from .data import DataError, _Unusable, parse_record
+from .data import DataError, UnusableRecord, parse_record
 from .logprobs import TokenLogps, split_pairs
 from .objectives import PairLogps, compute, resolve_params
-from .records import RECORD_COLUMNS, RunWriter, check_records
+from .records import RunWriter, as_records, pair_records
 
 SUPPORTED_TRL = ">=1.16,<1.17"  # the TRL versions whose DPOTrainer internals this module reads
 TRL_INSTALL = f"pip install 'trl{SUPPORTED_TRL}'"
-
-# --------------------------------------------------------------------------- records from elsewhere
-
-
-def as_records(df: pd.DataFrame, **constants: Any) -> pd.DataFrame:
-    """Any per-pair DataFrame as prefstudy records (RECORD_COLUMNS first, other columns kept).
-
-    constants: values for columns the frame lacks, e.g. run_id="x", objective="dpo", seed=0.
-    Derived where missing: loss_p = nll_sum_p / len_p (and _n), gap = loss_n − loss_p, the sums
-    from the means and lengths. Optional columns still missing are NaN ('' for norm), and
-    `label` is objective[-norm] as `load_run` gives it. Raises
-    prefstudy.records.SchemaError naming the required columns that are still missing.
-    """
-    out = df.copy()
-    for key, value in constants.items():
-        if key not in out.columns:
-            out[key] = value
-    for side in ("p", "n"):
-        nll, loss, n = f"nll_sum_{side}", f"loss_{side}", f"len_{side}"
-        if loss not in out.columns and {nll, n} <= set(out.columns):
-            out[loss] = out[nll] / out[n]
-        if nll not in out.columns and {loss, n} <= set(out.columns):
-            out[nll] = out[loss] * out[n]
-    if "gap" not in out.columns and {"loss_p", "loss_n"} <= set(out.columns):
-        out["gap"] = out.loss_n - out.loss_p
-    check_records(out, "as_records")
-    for column in RECORD_COLUMNS:
-        if column not in out.columns:
-            out[column] = "" if column == "norm" else math.nan
-    if "label" not in out.columns:  # as load_run names a run: objective[-norm]
-        norm = out.norm.fillna("").astype(str)
-        out["label"] = out.objective.astype(str) + norm.where(norm == "", "-" + norm)
-    rest = [c for c in out.columns if c not in RECORD_COLUMNS]
-    return out[list(RECORD_COLUMNS) + rest]
-
+EXTRA_INSTALL = "pip install -e '.[trl]'"  # the `trl` extra, from a prefstudy checkout
 
 # --------------------------------------------------------------------------- pair ids
 
@@ -128,8 +95,8 @@ def text_pair_id(example: Mapping) -> str:
     fields = {k: example[k] for k in ("prompt", "chosen", "rejected") if k in example}
     try:
         return parse_record(fields, "dataset row").pair_id
-    except (DataError, _Unusable):  # a row prefstudy would not read as a pair: still a stable id
-        return _digest(fields)
+    except (DataError, UnusableRecord):  # a row prefstudy would not read as a pair:
+        return _digest(fields)  # still a stable id
 
 
 def token_pair_id(example: Mapping) -> str:
@@ -189,8 +156,13 @@ class PairIdCollator:
 # --------------------------------------------------------------------------- per-pair rows
 
 
-def _per_token(total: float, n: float) -> float:
-    return total / n if n else math.nan
+def _floats(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach().float()
+
+
+def _side(t: TokenLogps | None) -> tuple[Tensor | None, Tensor | None]:
+    """(summed log-probs, response tokens) of one side of the pairs; (None, None) without it."""
+    return (None, None) if t is None else (_floats(t.sum), t.mask.sum(-1))
 
 
 @dataclass
@@ -219,36 +191,18 @@ class PerExample:
                    None if logps.ref_chosen is None else logps.ref_chosen.sum,
                    None if logps.ref_rejected is None else logps.ref_rejected.sum, out.margin)
 
-    def rows(self, pair_ids: Sequence[str], **constants: Any) -> list[dict[str, Any]]:
-        """One record per example: `constants` (run_id, objective, norm, seed, step, lr) + values."""
+    def rows(self, pair_ids: Sequence[str], **constants: Any) -> pd.DataFrame:
+        """One record per example (prefstudy.records.pair_records): `constants` (run_id,
+        objective, norm, seed, step, lr) and what this holds; NaN for what it does not."""
         n = len(pair_ids)
         if self.loss.shape != (n,):
             raise ValueError(f"expected one loss per example, Shape: ({n},); got a loss of shape "
                              f"{tuple(self.loss.shape)}")
-        nan = [math.nan] * n
-
-        def values(t: Tensor | None) -> list[float]:
-            return nan if t is None else t.detach().float().cpu().tolist()
-
-        def lengths(side: TokenLogps | None) -> list:
-            return nan if side is None else [int(k) for k in side.mask.sum(-1).tolist()]
-
-        c, r = self.chosen, self.rejected
-        len_p, len_n = lengths(c), lengths(r)
-        sum_p, sum_n = values(None if c is None else c.sum), values(None if r is None else r.sum)
-        ref_p, ref_n = values(self.ref_chosen), values(self.ref_rejected)
-        loss, margin = values(self.loss), values(self.margin)
-        rows = []
-        for i, pid in enumerate(pair_ids):
-            loss_p, loss_n = _per_token(-sum_p[i], len_p[i]), _per_token(-sum_n[i], len_n[i])
-            rows.append({
-                **constants, "pair_id": pid,
-                "len_p": len_p[i], "len_n": len_n[i], "loss_p": loss_p, "loss_n": loss_n,
-                "nll_sum_p": -sum_p[i], "nll_sum_n": -sum_n[i], "gap": loss_n - loss_p,
-                "ref_logp_p": ref_p[i], "ref_logp_n": ref_n[i], "margin": margin[i],
-                "pair_loss": loss[i], "grad_norm": math.nan, "grad_cos": math.nan,
-            })
-        return rows
+        (logp_p, len_p), (logp_n, len_n) = _side(self.chosen), _side(self.rejected)
+        return pair_records(
+            pair_ids, logp_p=logp_p, logp_n=logp_n, len_p=len_p, len_n=len_n,
+            ref_logp_p=_floats(self.ref_chosen), ref_logp_n=_floats(self.ref_rejected),
+            margin=_floats(self.margin), pair_loss=_floats(self.loss), **constants)
 
     def finite(self) -> bool:
         parts = [self.loss] + [s.sum for s in (self.chosen, self.rejected) if s is not None]
@@ -264,7 +218,7 @@ class _Recorder:
     def __init__(self, folder: Path, rank: int, is_main: bool, config: dict[str, Any]):
         self.writer = RunWriter(folder, rank=rank)
         self.is_main, self.config = is_main, config
-        self.rows: list[dict[str, Any]] = []
+        self.pending: list[pd.DataFrame] = []  # records of the optimiser step in progress
         self.nonfinite_step: int | None = None
         self.started = False
 
@@ -277,18 +231,19 @@ class _Recorder:
             self.writer.truncate(after_step=global_step)  # steps after the checkpoint are redone
         self.writer.start(self.config, resume=resume)
 
-    def add(self, rows: list[dict[str, Any]], finite: bool) -> None:
-        self.rows += rows
-        if not finite and self.nonfinite_step is None and rows:
-            self.nonfinite_step = rows[0]["step"]
+    def add(self, records: pd.DataFrame, finite: bool) -> None:
+        self.pending.append(records)
+        if not finite and self.nonfinite_step is None and len(records):
+            self.nonfinite_step = int(records.step.iloc[0])
 
     def flush(self, step: int) -> None:
-        rows, self.rows = [r for r in self.rows if r["step"] == step], []
-        if rows:
-            self.writer.append("records", rows, step=step)
+        frames, self.pending = [f[f.step == step] for f in self.pending], []
+        frames = [f for f in frames if len(f)]
+        if frames:
+            self.writer.append("records", pd.concat(frames, ignore_index=True), step=step)
 
     def finish(self, status: str, **detail: Any) -> None:
-        self.rows = []  # a step that never reached the optimiser is not recorded
+        self.pending = []  # a step that never reached the optimiser is not recorded
         if not (self.is_main and self.started):  # failed before training began: no run folder
             return
         if status == "completed" and self.nonfinite_step is not None:
@@ -364,8 +319,8 @@ class _Recording:
             raise RuntimeError("the batch has no pair ids: the trainer's data collator must be "
                                "the PairIdCollator this trainer installs")
         step = self.state.global_step + 1
-        rows = out.rows(pair_ids, **self._constants, step=step, lr=self._get_learning_rate())
-        self._recorder.add(rows, out.finite())
+        records = out.rows(pair_ids, **self._constants, step=step, lr=self._get_learning_rate())
+        self._recorder.add(records, out.finite())
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if not resume_from_checkpoint and (self.records_dir / "meta.json").exists():
@@ -432,13 +387,19 @@ class PerExampleLossTrainer(_Recording, Trainer):
 
 # --------------------------------------------------------------------------- TRL
 
+try:  # TRL is an optional extra; without it, PerPairDPOTrainer says how to install it
+    from trl import DPOTrainer as _DPOTrainer
+except ImportError:
+    class _DPOTrainer:
+        """Stands in for TRL's DPOTrainer where TRL is not installed."""
+
 
 def check_trl() -> str:
     """TRL's version if it is one `PerPairDPOTrainer` supports; ImportError saying what to do."""
     try:
         import trl
     except ImportError:
-        raise ImportError(f"PerPairDPOTrainer needs TRL: pip install 'prefstudy[trl]' (or "
+        raise ImportError(f"PerPairDPOTrainer needs TRL, the `trl` extra: {EXTRA_INSTALL} (or "
                           f"{TRL_INSTALL})") from None
     from packaging.specifiers import SpecifierSet
 
@@ -535,91 +496,81 @@ def _token_logps(output, mask: Tensor) -> TokenLogps:
     return TokenLogps(logps * mask, mask)
 
 
-@functools.cache
-def _dpo_trainer_class():
-    from trl import DPOTrainer
+class PerPairDPOTrainer(_Recording, _DPOTrainer):
+    """TRL's DPOTrainer, also writing prefstudy's per-pair records (see the module docstring).
 
-    class PerPairDPOTrainer(_Recording, DPOTrainer):
-        """TRL's DPOTrainer, also writing prefstudy's per-pair records (see the module docstring).
+    Takes everything DPOTrainer takes, plus `records_dir`, `run_id` and `label`. Without TRL, or
+    with a version other than SUPPORTED_TRL, building one raises ImportError saying what to
+    install.
+    """
 
-        Takes everything DPOTrainer takes, plus `records_dir`, `run_id` and `label`.
-        """
-
-        def _objective(self, args) -> tuple[str, dict[str, Any]]:
-            return trl_objective(args)
-
-        def _provenance(self) -> dict[str, Any]:
-            import trl
-
-            return {**super()._provenance(), "trl": trl.__version__}
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            pair_ids = inputs.pop("pair_id", None)
-            if not self.model.training:  # evaluation: not recorded
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            with _outputs_of(policy=self.model, ref=self.ref_model) as seen:
-                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            out = self._per_pair(inputs, seen)
-            self._check_loss(out, result[0] if return_outputs else result)
-            self._record(out, pair_ids)
-            return result
-
-        def _per_pair(self, inputs, seen) -> PerExample:
-            """The objective's view of the batch, from the log-probs TRL just computed."""
-            if not seen["policy"]:
-                raise RuntimeError("the policy's forward pass was not seen (a wrapper that calls "
-                                   "the model without running its module hooks?); PerPairDPO"
-                                   "Trainer cannot record this run")
-            mask = inputs["completion_mask"][:, 1:].bool()
-            chosen, rejected = split_pairs(_token_logps(seen["policy"][0], mask))
-            if self.precompute_ref_logps:
-                ref_c = _sums_on_mask(inputs["ref_chosen_logps"], chosen.mask)
-                ref_r = _sums_on_mask(inputs["ref_rejected_logps"], rejected.mask)
-            else:  # a separate reference model, or (PEFT) the policy's second call
-                ref_out = seen["ref"][0] if self.ref_model is not None else seen["policy"][1]
-                ref_c, ref_r = split_pairs(_token_logps(ref_out, mask))
-            name, params = self._constants["objective"], self._recorder.config["params"]
-            return PerExample.from_objective(name, PairLogps(chosen, rejected, ref_c, ref_r),
-                                             **params)
-
-        def _check_loss(self, out: PerExample, loss: Tensor) -> None:
-            """Stop if the recorded per-pair losses do not average to the loss TRL optimises."""
-            if self.aux_loss_enabled:  # TRL adds a batch-level router loss
-                return
-            ours, theirs = float(out.loss.mean()), float(loss.detach())
-            if not (math.isfinite(ours) and math.isfinite(theirs)):  # recorded as diverged
-                return
-            tol = max(torch.finfo(loss.dtype).eps ** 0.5, 1e-4) * (1.0 + abs(theirs))
-            if not abs(ours - theirs) <= tol:
-                raise RuntimeError(
-                    f"prefstudy's {self._constants['objective']} per-pair losses average "
-                    f"{ours:.6g}, but this DPOTrainer's loss is {theirs:.6g}: the trainer "
-                    f"computes another loss than the one prefstudy maps loss_type="
-                    f"{_loss_types(self.args)} to (a subclass changing the loss, or a TRL "
-                    f"version outside {SUPPORTED_TRL}). The records would be wrong, so training "
-                    "stops.")
-
-        def compute_ref_log_probs(self, model, inputs):
-            inputs = {k: v for k, v in inputs.items() if k != "pair_id"}
-            return super().compute_ref_log_probs(model, inputs)
-
-        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-            inputs = {k: v for k, v in inputs.items() if k != "pair_id"}
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-
-    PerPairDPOTrainer.__module__, PerPairDPOTrainer.__qualname__ = __name__, "PerPairDPOTrainer"
-    return PerPairDPOTrainer
-
-
-def __getattr__(name: str):
-    # TRL is an optional extra: the class is built, after a version check, on first use.
-    if name == "PerPairDPOTrainer":
+    def __init__(self, *args, **kwargs):
         check_trl()
-        return _dpo_trainer_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        super().__init__(*args, **kwargs)
+
+    def _objective(self, args) -> tuple[str, dict[str, Any]]:
+        return trl_objective(args)
+
+    def _provenance(self) -> dict[str, Any]:
+        import trl
+
+        return {**super()._provenance(), "trl": trl.__version__}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pair_ids = inputs.pop("pair_id", None)
+        if not self.model.training:  # evaluation: not recorded
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with _outputs_of(policy=self.model, ref=self.ref_model) as seen:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        out = self._per_pair(inputs, seen)
+        self._check_loss(out, result[0] if return_outputs else result)
+        self._record(out, pair_ids)
+        return result
+
+    def _per_pair(self, inputs, seen) -> PerExample:
+        """The objective's view of the batch, from the log-probs TRL just computed."""
+        if not seen["policy"]:
+            raise RuntimeError("the policy's forward pass was not seen (a wrapper that calls "
+                               "the model without running its module hooks?); PerPairDPO"
+                               "Trainer cannot record this run")
+        mask = inputs["completion_mask"][:, 1:].bool()
+        chosen, rejected = split_pairs(_token_logps(seen["policy"][0], mask))
+        if self.precompute_ref_logps:
+            ref_c = _sums_on_mask(inputs["ref_chosen_logps"], chosen.mask)
+            ref_r = _sums_on_mask(inputs["ref_rejected_logps"], rejected.mask)
+        else:  # a separate reference model, or (PEFT) the policy's second call
+            ref_out = seen["ref"][0] if self.ref_model is not None else seen["policy"][1]
+            ref_c, ref_r = split_pairs(_token_logps(ref_out, mask))
+        name, params = self._constants["objective"], self._recorder.config["params"]
+        return PerExample.from_objective(name, PairLogps(chosen, rejected, ref_c, ref_r),
+                                         **params)
+
+    def _check_loss(self, out: PerExample, loss: Tensor) -> None:
+        """Stop if the recorded per-pair losses do not average to the loss TRL optimises."""
+        if self.aux_loss_enabled:  # TRL adds a batch-level router loss
+            return
+        ours, theirs = float(out.loss.mean()), float(loss.detach())
+        if not (math.isfinite(ours) and math.isfinite(theirs)):  # recorded as diverged
+            return
+        tol = max(torch.finfo(loss.dtype).eps ** 0.5, 1e-4) * (1.0 + abs(theirs))
+        if not abs(ours - theirs) <= tol:
+            raise RuntimeError(
+                f"prefstudy's {self._constants['objective']} per-pair losses average "
+                f"{ours:.6g}, but this DPOTrainer's loss is {theirs:.6g}: the trainer "
+                f"computes another loss than the one prefstudy maps loss_type="
+                f"{_loss_types(self.args)} to (a subclass changing the loss, or a TRL "
+                f"version outside {SUPPORTED_TRL}). The records would be wrong, so training "
+                "stops.")
+
+    def compute_ref_log_probs(self, model, inputs):
+        inputs = {k: v for k, v in inputs.items() if k != "pair_id"}
+        return super().compute_ref_log_probs(model, inputs)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = {k: v for k, v in inputs.items() if k != "pair_id"}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
 
-# PerPairDPOTrainer is left out: `import *` must not need TRL.
 __all__ = ["SUPPORTED_TRL", "TRL_OBJECTIVES", "PairIdCollator", "PerExample",
-           "PerExampleLossTrainer", "RecordsCallback", "as_records", "check_trl", "text_pair_id",
-           "token_pair_id", "trl_objective", "with_pair_ids"]
+           "PerExampleLossTrainer", "PerPairDPOTrainer", "RecordsCallback", "as_records",
+           "check_trl", "text_pair_id", "token_pair_id", "trl_objective", "with_pair_ids"]

@@ -145,12 +145,12 @@ def score_dose(study: Study, *, factors=(0.5, 1.0, 2.0, 4.0), n_pairs: int | Non
     Only the rejected response changes length (`prefstudy.data.length_variants`), so the change
     in the gap across factors is the effect of length alone: claim C1's dose-response. Written
     to `<study output>/dose.parquet`, one row per (pair, factor), with the columns of
-    `logprobs.score_pairs` plus factor and achieved_ratio.
+    `scoring.score_pairs` plus factor and achieved_ratio.
     """
     from .config import resolve_path
     from .data import length_variants, load_pairs
-    from .logprobs import score_pairs
     from .models import load_model
+    from .scoring import score_pairs
 
     cfg = study.configs()[0]
     pairs = load_pairs(resolve_path(cfg.data))

@@ -5,13 +5,8 @@ import torch
 
 from prefstudy.data import PreferencePair
 from prefstudy.encode import collate, encode_pairs
-from prefstudy.logprobs import (
-    TokenLogps,
-    plain_token_logps,
-    score_pairs,
-    split_pairs,
-    token_logps,
-)
+from prefstudy.logprobs import TokenLogps, plain_token_logps, split_pairs, token_logps
+from prefstudy.scoring import score_pairs
 
 PAIRS = [
     PreferencePair("我最近很郁闷，能告诉我该怎么办吗",

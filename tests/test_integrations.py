@@ -7,6 +7,9 @@ step alignment (step s = the weights before update s) and the pair ids at once.
 
 import copy
 import math
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pandas as pd
@@ -18,10 +21,11 @@ from transformers import TrainerCallback, TrainingArguments
 from prefstudy.data import PreferencePair
 from prefstudy.encode import EncodedPair, collate, encode_pairs
 from prefstudy.integrations import PerExample, PerExampleLossTrainer, as_records, trl_objective
-from prefstudy.logprobs import score_pairs, split_pairs, token_logps
+from prefstudy.logprobs import split_pairs, token_logps
 from prefstudy.models import load_model
 from prefstudy.objectives import PairLogps
 from prefstudy.records import RECORD_COLUMNS, SchemaError, check_records, load_run, read_meta
+from prefstudy.scoring import score_pairs
 
 PAIRS = [
     PreferencePair("What is 2 + 2?", " 2 + 2 = 4.", " It is 5, obviously, as everybody knows."),
@@ -63,7 +67,7 @@ def recompute(model, weights, items, pad_id) -> pd.DataFrame:
 @pytest.fixture
 def trl():
     return pytest.importorskip(
-        "trl", reason="the TRL integration needs the trl extra: pip install 'prefstudy[trl]'")
+        "trl", reason="the TRL integration needs the trl extra: pip install -e '.[trl]'")
 
 
 def dpo_args(tmp_path, **overrides):
@@ -193,17 +197,32 @@ def test_configurations_without_a_counterpart_are_refused_before_loading(trl, tm
                           train_dataset=[{"prompt": "a", "chosen": "b", "rejected": "c"}])
 
 
-def test_unsupported_trl_versions_fail_with_the_supported_range(trl, monkeypatch):
-    from prefstudy import integrations
+def test_unsupported_trl_versions_fail_with_the_supported_range(trl, tmp_path, monkeypatch):
+    from prefstudy.integrations import PerPairDPOTrainer, check_trl
+
+    def build():
+        PerPairDPOTrainer(model="never-loaded", args=dpo_args(tmp_path),
+                          train_dataset=[{"prompt": "a", "chosen": "b", "rejected": "c"}])
 
     monkeypatch.setattr(trl, "__version__", "1.15.0")
     with pytest.raises(ImportError, match=r"supports TRL >=1\.16,<1\.17; trl 1\.15\.0"):
-        _ = integrations.PerPairDPOTrainer
+        build()
     monkeypatch.setattr(trl, "__version__", "1.17.0")
     with pytest.raises(ImportError, match=r"pip install 'trl>=1\.16,<1\.17'"):
-        _ = integrations.PerPairDPOTrainer
+        build()
     monkeypatch.setattr(trl, "__version__", "1.16.0")
-    assert integrations.PerPairDPOTrainer.__name__ == "PerPairDPOTrainer"
+    assert check_trl() == "1.16.0"
+
+
+def test_without_trl_the_module_imports_and_the_trainer_names_the_extra():
+    code = ("import sys; sys.modules['trl'] = None\n"  # as if TRL were not installed
+            "from prefstudy.integrations import *\n"
+            "try:\n    PerPairDPOTrainer(model='never-loaded')\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pip install -e '.[trl]'" in out.stdout
 
 
 # --------------------------------------------------------------------------- plain Trainer
