@@ -2,7 +2,7 @@
 backward pass, and against getting per-pair gradients the naive way.
 
 Per training batch (B pairs, the DPO loss with cached reference log-probs, as train() runs it):
-- plain        forward (prefstudy.train.forward) + backward of the batch-mean loss;
+- plain        forward (prefstudy.step.forward) + backward of the batch-mean loss;
 - gradstats    capture() + the same forward + backward + finish(): per-pair gradient norms,
                cosines to the batch-mean gradient and the gradient noise scale, from the one
                backward pass (what train() does with grad_stats=True);
@@ -46,8 +46,9 @@ def main(argv=None):
     from prefstudy.config import TrainConfig
     from prefstudy.encode import collate
     from prefstudy.gradstats import PerPairGradients
+    from prefstudy.inputs import batch_indices, prepare_inputs
     from prefstudy.models import load_model, set_trainable
-    from prefstudy.train import batch_indices, forward, prepare_inputs, reference_logps
+    from prefstudy.step import forward, reference_logps
 
     env = C.environment(args.device)
     C.print_environment(env)

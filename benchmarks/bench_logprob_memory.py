@@ -62,7 +62,7 @@ def parse(argv=None):
 def make_batch(args, tokenizer, device):
     from prefstudy.data import load_pairs
     from prefstudy.encode import collate, encode_pairs
-    from prefstudy.train import batch_indices
+    from prefstudy.inputs import batch_indices
 
     encoded = encode_pairs(load_pairs(C.REPO / "data" / "pairs"), tokenizer,
                            max_length=args.max_length, max_prompt_length=args.max_prompt_length)

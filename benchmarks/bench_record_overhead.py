@@ -1,19 +1,19 @@
 """Overhead of the per-pair records: the training step with recording on against the same step off.
 
-The loop is train()'s step, written out here so that recording can be switched off (train()
-always records): collate → forward (prefstudy.train.forward) → finiteness check → backward →
-[pair_rows] → clipping → AdamW step → scheduler → [RunWriter.append("records")]. The bracketed
-parts are the recording; everything else is identical. Steps with recording on and off are
-interleaved in an ABBA pattern in one process (same model, same warm caches), so drift of the
+The loop is train()'s step, written out here so that recording can be switched off (train() always
+records): collate → forward (prefstudy.step.forward) → finiteness check → backward →
+[forward_records] → clipping → AdamW step → scheduler → [RunWriter.append("records")]. The
+bracketed parts are the recording; everything else is identical. Steps with recording on and off
+are interleaved in an ABBA pattern in one process (same model, same warm caches), so drift of the
 machine's speed falls on both alike. By default every step trains on the same batch (step 1's), so
 steps with and without records do identical compute and their difference is the recording alone;
 `--no-same-batch` uses the loop's batch order instead.
 
 Two numbers, per repeat (a run of `--steps` steps), and their median over repeats:
 - overhead (difference): median step time with records / median step time without − 1;
-- overhead (direct): median time of the recording work itself (pair_rows + append, timed around
-  just those calls, device synchronised) / median step time without records. The direct figure is
-  the precise one: the difference of two step times is noisy when the overhead is small.
+- overhead (direct): median time of the recording work itself (forward_records + append, timed
+  around just those calls, device synchronised) / median step time without records. The direct
+  figure is the precise one: the difference of two step times is noisy when the overhead is small.
 
     python benchmarks/bench_record_overhead.py --device cpu --repeats 3
 """
@@ -50,10 +50,11 @@ def main(argv=None):
 
     from prefstudy.config import TrainConfig
     from prefstudy.encode import collate
+    from prefstudy.inputs import batch_indices, prepare_inputs
     from prefstudy.models import load_model, set_trainable
     from prefstudy.objectives import get_objective
     from prefstudy.records import RunWriter
-    from prefstudy.train import batch_indices, forward, pair_rows, prepare_inputs, reference_logps
+    from prefstudy.step import forward, forward_records, reference_logps
 
     env = C.environment(args.device)
     C.print_environment(env)
@@ -96,7 +97,7 @@ def main(argv=None):
         if record:
             C.sync(args.device)
             t0 = time.perf_counter()
-            rows = pair_rows(fw, batch, cfg, s, lr)
+            rows = forward_records(fw, batch, cfg, s, lr)
             recording += time.perf_counter() - t0
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()

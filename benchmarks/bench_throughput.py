@@ -93,7 +93,7 @@ def train_config(args, output: str):
 
 def batches(args, tokenizer):
     """The encoded pairs of every step, in the order prefstudy's loop draws them."""
-    from prefstudy.train import batch_indices, prepare_inputs
+    from prefstudy.inputs import batch_indices, prepare_inputs
 
     items = prepare_inputs(train_config(args, "unused").resolved(), tokenizer).train.items
     n = len(items)

@@ -47,9 +47,10 @@ def profile_prefstudy(args) -> None:
 
     from prefstudy.config import TrainConfig
     from prefstudy.encode import collate
+    from prefstudy.inputs import batch_indices, prepare_inputs
     from prefstudy.models import load_model, set_trainable
     from prefstudy.records import RunWriter
-    from prefstudy.train import batch_indices, forward, pair_rows, prepare_inputs, reference_logps
+    from prefstudy.step import forward, forward_records, reference_logps
 
     torch.use_deterministic_algorithms(args.deterministic == "on", warn_only=True)
     total = args.warmup + args.steps + (2 if args.ops else 0)
@@ -91,8 +92,8 @@ def profile_prefstudy(args) -> None:
         optimizer.zero_grad(set_to_none=True)
         fw.loss.mean().backward()
         mark("backward")
-        rows = pair_rows(fw, batch, cfg, s, 1e-5)
-        mark("pair_rows")
+        rows = forward_records(fw, batch, cfg, s, 1e-5)
+        mark("forward_records")
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         mark("clip_grad_norm_")
         optimizer.step()

@@ -68,9 +68,9 @@ def test_batches_cover_every_pair_once_per_epoch():
 
 
 def test_diverging_run_stops_cleanly_and_keeps_records(tmp_path, monkeypatch):
-    import prefstudy.train as tr
+    import prefstudy.step as step
 
-    real = tr.compute
+    real = step.compute
 
     def blows_up_at_step_4(name, logps, **params):
         out = real(name, logps, **params)
@@ -80,7 +80,7 @@ def test_diverging_run_stops_cleanly_and_keeps_records(tmp_path, monkeypatch):
         return out
 
     blows_up_at_step_4.calls = 0
-    monkeypatch.setattr(tr, "compute", blows_up_at_step_4)
+    monkeypatch.setattr(step, "compute", blows_up_at_step_4)
     cfg = tiny(tmp_path, n_heldout=0)  # no held-out forward passes: call 4 is step 4
     run = train(cfg, progress=False)
     meta = read_meta(run)
@@ -230,10 +230,13 @@ def test_per_pair_gradients_match_one_backward_per_pair(tiny):
 
 
 def test_start_evaluations_are_cached_and_equal_a_fresh_computation(tmp_path, monkeypatch):
-    import prefstudy.train as tr
+    import prefstudy.evaluate as ev
+    import prefstudy.step as step
+    from prefstudy.inputs import prepare_inputs
     from prefstudy.models import load_model
 
-    monkeypatch.setattr(tr, "cache_dir", lambda: tmp_path / "cache")  # empty caches
+    for module in (ev, step):  # empty caches
+        monkeypatch.setattr(module, "cache_dir", lambda: tmp_path / "cache")
     first = train(tiny(tmp_path / "a", objective="dpo", params={}), progress=False)
     assert len(list((tmp_path / "cache" / "start").glob("*.parquet"))) == 2
 
@@ -242,20 +245,20 @@ def test_start_evaluations_are_cached_and_equal_a_fresh_computation(tmp_path, mo
 
     # a second run starts from the same model: its step-0 numbers come from the caches
     with monkeypatch.context() as m:
-        m.setattr(tr, "perplexity", never)
-        m.setattr(tr, "generate", never)
-        m.setattr(tr, "token_logps", never)  # held-out log-probs: the reference cache
+        m.setattr(ev, "perplexity", never)
+        m.setattr(ev, "generate", never)
+        m.setattr(step, "token_logps", never)  # held-out log-probs: the reference cache
         with pytest.raises(AssertionError, match="evaluated again"):
             train(tiny(tmp_path / "b", objective="sft", params={}, steps=1), progress=False)
     cfg = tiny(tmp_path / "c", objective="sft", params={}).resolved()
     second = train(cfg, progress=False)
 
     model, tok = load_model(cfg.model, device="cpu", seed=cfg.model_seed)
-    inputs = tr.prepare_inputs(cfg, tok)
-    fresh_evals = tr.evaluate_pairs(model, inputs.heldout, cfg, None, tok.pad_token_id, "cpu",
+    inputs = prepare_inputs(cfg, tok)
+    fresh_evals = ev.evaluate_pairs(model, inputs.heldout, cfg, None, tok.pad_token_id, "cpu",
                                     0).set_index("pair_id")
-    fresh_ppl = tr.perplexity(model, tok, inputs.neutral, "cpu", 0).set_index("text_id")
-    fresh_gen = tr.generate(model, tok, inputs.probes, "cpu", 0,
+    fresh_ppl = ev.perplexity(model, tok, inputs.neutral, "cpu", 0).set_index("text_id")
+    fresh_gen = ev.generate(model, tok, inputs.probes, "cpu", 0,
                             cfg.gen_max_new_tokens).set_index("probe_id")
     for run in (first, second):
         evals = load_table(run, "evals").query("step == 0").set_index("pair_id")
@@ -269,3 +272,68 @@ def test_start_evaluations_are_cached_and_equal_a_fresh_computation(tmp_path, mo
         assert gen.text.sort_index().tolist() == fresh_gen.text.sort_index().tolist()
     sft = load_table(second, "evals").query("step == 0")
     assert (sft.pair_loss - sft.loss_p).abs().max() < 1e-5  # its own objective (token-mean NLL)
+
+
+def test_pair_records_is_the_schema_in_order_and_derives_the_losses():
+    from prefstudy.records import RECORD_COLUMNS, pair_records, run_label
+
+    df = pair_records(["a", "b"], logp_p=torch.tensor([-3.0, -4.0]), logp_n=[-10.0, -2.0],
+                      len_p=torch.tensor([2, 4]), len_n=[5, 1], run_id="r", objective="dpo",
+                      norm="", seed=0, step=1, lr=1e-5)
+    assert list(df.columns) == list(RECORD_COLUMNS)
+    assert df.loss_p.tolist() == [1.5, 1.0] and df.gap.tolist() == [0.5, 1.0]
+    assert df.len_p.dtype == "int64" and df.step.dtype == "int64" and df.margin.isna().all()
+    bare = pair_records(["a"], pair_loss=[0.5], step=3)  # run columns not given are left out
+    assert "run_id" not in bare.columns and bare.loss_p.isna().all()
+    with pytest.raises(TypeError, match="unknown column"):
+        pair_records(["a"], label="x")
+    assert run_label("naive", "sum") == "naive-sum" and run_label("dpo", "") == "dpo"
+    assert run_label("naive", "sum", "mine") == "mine"
+
+
+def test_committed_compacted_runs_are_read_and_survive_truncation(tmp_path):
+    import shutil
+
+    from prefstudy.records import MERGED, RunWriter, default_runs_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(default_runs_dir() / "dpo-s0", run)
+    before = load_table(run)
+    assert all(MERGED.fullmatch(p.name) for p in (run / "records").glob("*.parquet"))
+    writer = RunWriter(run)
+    writer.append("records", before[before.step == 1], step=1)  # an appended shard beside it
+    assert writer.truncate(after_step=0) == 1  # only the appended shard is past step 0
+    pd.testing.assert_frame_equal(load_table(run), before)
+
+
+def test_write_atomic_leaves_the_old_file_or_the_new_one_and_no_temporary(tmp_path):
+    from prefstudy.cache import cached, write_atomic
+
+    path = tmp_path / "sub" / "x.txt"
+    write_atomic(path, lambda tmp: tmp.write_text("old"))
+
+    def fails(tmp):
+        tmp.write_text("half")
+        raise OSError("killed")
+
+    with pytest.raises(OSError):
+        write_atomic(path, fails)
+    assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["x.txt"]
+    calls = []
+    for _ in range(2):
+        value = cached(tmp_path / "c.json", lambda: calls.append(1) or {"v": 1},
+                       save=lambda v, p: p.write_text(json.dumps(v)),
+                       load=lambda p: json.loads(p.read_text()))
+    assert value == {"v": 1} and calls == [1]
+
+
+def test_perplexity_of_a_batch_equals_each_passage_alone(tiny):
+    from prefstudy.evaluate import perplexity
+
+    model, tok = tiny
+    texts = pd.DataFrame({"text": ["A short one.", "A somewhat longer passage of plain text.",
+                                   "Mid length text here."], "lang": ["en"] * 3})
+    batched = perplexity(model, tok, texts, "cpu", 0, batch_size=3)
+    alone = pd.concat([perplexity(model, tok, texts.iloc[[i]], "cpu", 0) for i in range(3)])
+    assert batched.n_tokens.tolist() == [len(tok(t)["input_ids"]) - 1 for t in texts.text]
+    assert batched.nll_sum.tolist() == pytest.approx(alone.nll_sum.tolist(), abs=1e-4)

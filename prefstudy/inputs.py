@@ -1,0 +1,80 @@
+"""What a run trains and evaluates on, and the order it sees its training pairs in.
+
+`prepare_inputs` loads and encodes the training pairs and the held-out material a config names
+(held-out pairs, neutral text for perplexity, probe prompts for generations), each sample taken
+round-robin over languages; `batch_indices` is the batch order, a pure function of the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from .config import TrainConfig, resolve_path
+from .data import PairSet, load_pairs, load_probes, load_texts
+from .encode import Encoded, encode_pairs
+
+
+def batch_indices(n_pairs: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The pairs of optimiser step `step` (1-based): a fresh seeded permutation every epoch.
+
+    A pure function of its arguments, so a resumed run sees the batches it would have seen.
+    """
+    start = (step - 1) * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n_pairs)
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(n_pairs, generator=g).tolist()
+        out.extend(perm[offset:offset + batch_size - len(out)])
+    return out
+
+
+def round_robin(df: pd.DataFrame, n: int, by: str = "lang") -> pd.DataFrame:
+    """n rows taken round-robin over the values of `by`, so every language is represented."""
+    if by not in df.columns or n >= len(df):
+        return df.head(n)
+    df = df.assign(_rank=df.groupby(by).cumcount())
+    return df.sort_values(["_rank", by], kind="stable").head(n).drop(columns="_rank")
+
+
+@dataclass
+class Inputs:
+    train: Encoded
+    heldout: Encoded | None  # held-out pairs, evaluated, never trained on
+    neutral: pd.DataFrame | None  # held-out text for perplexity
+    probes: pd.DataFrame | None  # prompts for greedy generations
+    dropped: int  # training pairs truncation would have emptied (or left identical)
+
+
+def _load_pairs(path, cfg: TrainConfig) -> PairSet:
+    pairs = load_pairs(resolve_path(path))
+    return pairs.filter(lang=cfg.lang) if cfg.lang else pairs
+
+
+def _sample(df: pd.DataFrame, cfg: TrainConfig, n: int) -> pd.DataFrame:
+    """n rows of `df` in the config's language (all languages without one), round-robin."""
+    return round_robin(df[df.lang == cfg.lang] if cfg.lang else df, n)
+
+
+def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
+    pairs = _load_pairs(cfg.data, cfg)
+    if cfg.max_pairs:
+        pairs = pairs[: cfg.max_pairs]
+    enc = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
+    train = encode_pairs(pairs, tokenizer, **enc)
+    if len(train) < cfg.batch_size:
+        raise ValueError(f"{cfg.data}: {len(train)} usable pairs, fewer than batch_size="
+                         f"{cfg.batch_size}")
+    heldout = neutral = probes = None
+    if cfg.heldout and cfg.n_heldout:
+        held = _load_pairs(cfg.heldout, cfg)
+        held = [held[i] for i in round_robin(held.to_frame(), cfg.n_heldout).index]
+        heldout = encode_pairs(held, tokenizer, **enc)
+    if cfg.neutral_text and cfg.n_neutral:
+        neutral = _sample(load_texts(resolve_path(cfg.neutral_text)), cfg, cfg.n_neutral)
+    if cfg.probes and cfg.n_probes:
+        probes = _sample(load_probes(resolve_path(cfg.probes)), cfg, cfg.n_probes)
+    return Inputs(train, heldout, neutral, probes, len(train.dropped))

@@ -1,0 +1,215 @@
+"""One optimiser step: forward, objective, backward, gradients averaged over processes, update.
+
+`train_step` is what the loop in prefstudy.train calls once per step; `forward` is also what
+held-out evaluation runs. Reference log-probs come from the frozen starting model, computed once
+per pair and kept on disk (`reference_logps`). A step whose loss, log-probs or gradient norm is
+not finite on any process updates nothing and says why: the loop then ends the run as diverged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from .cache import cached, save_torch
+from .config import TrainConfig
+from .encode import Batch, Encoded, collate
+from .gradstats import PerPairGradients
+from .logprobs import TokenLogps, split_pairs, token_logps
+from .models import cache_dir
+from .objectives import PairLogps, compute
+from .records import pair_records
+
+# --------------------------------------------------------------------------- reference log-probs
+
+
+def _reference_key(cfg: TrainConfig, encoded: Encoded) -> str:
+    ident = {"model": cfg.model, "model_seed": cfg.model_seed if cfg.model == "tiny" else None,
+             "dtype": cfg.dtype, "encoding": encoded.settings,
+             "pairs": [(e.pair_id, e.prompt_ids, e.chosen_ids, e.rejected_ids)
+                       for e in encoded.items]}
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:20]
+
+
+@torch.no_grad()
+def _per_pair_logps(model, encoded: Encoded, pad_id: int, device,
+                    batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    was_training = model.training
+    model.eval()
+    out = {}
+    for start in range(0, len(encoded.items), batch_size):
+        items = encoded.items[start:start + batch_size]
+        chosen, rejected = split_pairs(token_logps(model, collate(items, pad_id).to(device)))
+        for i, e in enumerate(items):
+            out[e.pair_id] = (chosen.logps[i][chosen.mask[i]].cpu(),
+                              rejected.logps[i][rejected.mask[i]].cpu())
+    model.train(was_training)
+    return out
+
+
+def reference_logps(model, encoded: Encoded, cfg: TrainConfig, pad_id: int, device,
+                    *, batch_size: int = 8) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """pair_id → (chosen, rejected) per-token reference log-probs, cached on disk.
+
+    The cache key covers the model, its dtype, the encoding settings and every token, so a
+    change to any of them computes afresh.
+    """
+    path = cache_dir() / "reference" / f"{_reference_key(cfg, encoded)}.pt"
+    return cached(path, lambda: _per_pair_logps(model, encoded, pad_id, device, batch_size),
+                  save=save_torch, load=torch.load)
+
+
+def _scatter(like: TokenLogps, per_pair: Sequence[torch.Tensor]) -> TokenLogps:
+    """Per-pair token vectors placed on the mask of `like`."""
+    flat = torch.cat(list(per_pair)).to(like.logps.device)
+    return TokenLogps(torch.zeros_like(like.logps).masked_scatter(like.mask, flat), like.mask)
+
+
+# --------------------------------------------------------------------------- one forward
+
+
+@dataclass
+class Forward:
+    """What one forward pass over a batch produced, per pair."""
+
+    logps: PairLogps
+    loss: torch.Tensor  # (B,) objective loss
+    margin: torch.Tensor  # (B,)
+
+
+def forward(model, batch: Batch, cfg: TrainConfig, ref: dict | None, *,
+            start: dict | None = None) -> Forward:
+    """Per-token log-probs of the batch, and the objective's loss and margin per pair.
+
+    start: per-token log-probs of the untrained starting model (`reference_logps`' output, for
+    these pairs), standing in for the model's forward pass when the model is that model.
+    """
+    if start is None:
+        chosen, rejected = split_pairs(token_logps(model, batch))
+    else:
+        mask = batch.response_mask[:, 1:]
+        like = split_pairs(TokenLogps(torch.zeros(mask.shape, device=mask.device), mask))
+        chosen = _scatter(like[0], [start[p][0] for p in batch.pair_ids])
+        rejected = _scatter(like[1], [start[p][1] for p in batch.pair_ids])
+    ref_c = ref_r = None
+    if ref is not None:
+        ref_c = _scatter(chosen, [ref[p][0] for p in batch.pair_ids])
+        ref_r = _scatter(rejected, [ref[p][1] for p in batch.pair_ids])
+    logps = PairLogps(chosen, rejected, ref_c, ref_r)
+    out = compute(cfg.objective, logps, **cfg.params)
+    return Forward(logps, out.loss, out.margin)
+
+
+def forward_records(fw: Forward, batch: Batch, cfg: TrainConfig, step: int, lr: float,
+                    **per_pair) -> pd.DataFrame:
+    """The records of the batch's pairs (prefstudy.records.RECORD_COLUMNS); `per_pair`: the
+    gradient statistics, where measured."""
+    c, r = fw.logps.chosen.detach(), fw.logps.rejected.detach()
+    ref_c, ref_r = fw.logps.ref_chosen, fw.logps.ref_rejected
+    return pair_records(
+        batch.pair_ids, logp_p=c.sum, logp_n=r.sum, len_p=c.mask.sum(-1), len_n=r.mask.sum(-1),
+        ref_logp_p=None if ref_c is None else ref_c.sum,
+        ref_logp_n=None if ref_r is None else ref_r.sum,
+        margin=fw.margin.detach(), pair_loss=fw.loss.detach(), **per_pair,
+        run_id=cfg.run_id, objective=cfg.objective, norm=cfg.norm, seed=cfg.seed, step=step,
+        lr=lr)
+
+
+# --------------------------------------------------------------------------- one update
+
+
+@dataclass
+class Optimisation:
+    """What updates the weights: the trainable parameters, AdamW and its warm-up schedule."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    max_grad_norm: float | None
+
+    @classmethod
+    def create(cls, model, cfg: TrainConfig) -> Optimisation:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = max(cfg.warmup_steps, 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        return cls(params, optimizer, scheduler, cfg.max_grad_norm)
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def update(self) -> bool:
+        """Clip, step the optimiser and the schedule; False (nothing updated) if the gradient
+        norm is not finite."""
+        if self.max_grad_norm:
+            total = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            if not torch.isfinite(total):
+                return False
+        self.optimizer.step()
+        self.scheduler.step()
+        return True
+
+
+def _all_finite(accelerator, *tensors) -> bool:
+    """Whether every tensor is finite on every process."""
+    ok = torch.tensor([float(all(torch.isfinite(t).all() for t in tensors))],
+                      device=accelerator.device)
+    return bool(accelerator.reduce(ok, reduction="sum").item() == accelerator.num_processes)
+
+
+def _why(fw: Forward) -> str:
+    parts = []
+    for name, t in (("pair loss", fw.loss), ("chosen log-probs", fw.logps.chosen.logps),
+                    ("rejected log-probs", fw.logps.rejected.logps)):
+        if not torch.isfinite(t).all():
+            parts.append(f"non-finite {name}")
+    return ", ".join(parts) or "non-finite values on another process"
+
+
+def _average_gradients(params, accelerator) -> None:
+    """Each process holds an equal share of the batch: the batch gradient is their mean."""
+    if accelerator.num_processes > 1:
+        for p in params:
+            if p.grad is not None:
+                p.grad = accelerator.reduce(p.grad, reduction="mean")
+
+
+@dataclass
+class StepResult:
+    """What one step recorded, or why it stopped the run."""
+
+    records: pd.DataFrame | None  # one row per pair of this process; None if it diverged
+    stats: dict = field(default_factory=dict)  # the step's row of the `steps` table, if measured
+    diverged: str | None = None  # the reason, if the step updated nothing
+
+
+def train_step(model, batch: Batch, cfg: TrainConfig, ref: dict | None, opt: Optimisation,
+               accelerator, step: int, grads: PerPairGradients | None = None) -> StepResult:
+    """Forward, objective, backward of the batch-mean loss, gradients averaged over processes,
+    per-pair gradient statistics (with `grads`), clipping and the update."""
+    lr = opt.lr
+    if grads is not None:
+        grads.capture()
+    fw = forward(model, batch, cfg, ref)
+    if not _all_finite(accelerator, fw.loss, fw.logps.chosen.logps, fw.logps.rejected.logps):
+        return StepResult(None, diverged=_why(fw))
+    opt.optimizer.zero_grad(set_to_none=True)
+    fw.loss.mean().backward()
+    _average_gradients(opt.params, accelerator)
+    per_pair, stats = {}, {}
+    if grads is not None:
+        out = grads.finish(batch.size, accelerator.num_processes,
+                           lambda t: accelerator.reduce(t.to(accelerator.device), "sum").cpu())
+        per_pair = {"grad_norm": out.norm, "grad_cos": out.cos}
+        stats = {"step": step, **out.step_stats, "lr": lr}
+    records = forward_records(fw, batch, cfg, step, lr, **per_pair)
+    if not opt.update():
+        return StepResult(None, diverged="non-finite gradient norm")
+    return StepResult(records, stats)
