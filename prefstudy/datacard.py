@@ -30,6 +30,7 @@ from .data import (
     load_probes,
     load_texts,
 )
+from .formatting import markdown_table, percent, whole
 
 SPLITS = {"train": "pairs", "heldout": "heldout"}  # split name → folder of pairs
 TEXTS = {"neutral": "neutral", "filler": "filler"}  # source name → folder of {"text"} records
@@ -231,32 +232,6 @@ def data_stats(root: str | Path | None = None, tokenizer=None) -> dict[str, pd.D
 # --------------------------------------------------------------------------- Markdown
 
 
-def _cell(value) -> str:
-    text = f"{value:.2f}" if isinstance(value, float) else str(value)
-    return text.replace("|", "\\|")
-
-
-def markdown_table(df: pd.DataFrame, formats: dict[str, Callable] | None = None) -> str:
-    """A GitHub Markdown table of `df` (index dropped); `formats` maps column → value → str."""
-    formats = formats or {}
-    header = [str(c) for c in df.columns]
-    body = [[formats.get(c, _cell)(v) for c, v in zip(df.columns, row)]
-            for row in df.itertuples(index=False)]
-    right = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines)
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
-def _num(value: float) -> str:
-    return f"{value:.0f}"
-
-
 def _wide(counts: pd.DataFrame, column: str) -> pd.DataFrame:
     """split × lang rows, one column per value of `column`, and a total."""
     wide = counts.pivot_table(index=["split", "lang"], columns=column, values="pairs",
@@ -286,22 +261,22 @@ SHARES = ("chosen_over_2x", "rejected_over_2x", "either_over_2x", "within_10pct"
 def render_card(stats: dict[str, pd.DataFrame]) -> str:
     """The statistics section of the data card, as Markdown (without the markers)."""
     units = sorted(stats["lengths"].unit.unique())
-    whole = {c: _num for c in ["mean", *QUANTILES]}
-    means = {c: _num for c in stats["texts"].columns if c.endswith("_mean")}
+    in_units = {c: whole for c in ["mean", *QUANTILES]}
+    means = {c: whole for c in stats["texts"].columns if c.endswith("_mean")}
     parts = [
         _intro(units),
         _section("Pairs by split, language and category",
                  markdown_table(_wide(stats["categories"], "category"))),
         _section("Pairs by length kind", markdown_table(_wide(stats["length_kinds"], "length_kind"))),
-        _section("Spread", markdown_table(stats["spread"], dict.fromkeys(SHARES, _pct)),
+        _section("Spread", markdown_table(stats["spread"], dict.fromkeys(SHARES, percent)),
                  f"chosen_over_2x: chosen more than {LONG:g}× as long as rejected; "
                  f"rejected_over_2x: the reverse; within_10pct: length ratio ≤ {CLOSE}; "
                  f"low_edit: edit distance ≤ {LOW_EDIT}."),
         _section("What the length kinds measure",
-                 markdown_table(stats["kinds"], {"chosen_longer": _pct}),
+                 markdown_table(stats["kinds"], {"chosen_longer": percent}),
                  "All splits, characters; chosen_longer is the share of pairs whose chosen "
                  "response is the longer one."),
-        _section("Response lengths", markdown_table(stats["lengths"], whole)),
+        _section("Response lengths", markdown_table(stats["lengths"], in_units)),
         _section("Length ratio (longer / shorter)", markdown_table(stats["ratios"])),
         _section("Edit distance", markdown_table(stats["edit"])),
         _section("Held-out split", markdown_table(stats["overlap"]),

@@ -18,6 +18,7 @@ from prefstudy.data import (
     load_texts,
     split_sentences,
 )
+from prefstudy.formatting import markdown_table
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +135,27 @@ def test_stats_of_another_data_root(tmp_path):
 def test_markdown_table_escapes_pipes():
     import pandas as pd
 
-    table = datacard.markdown_table(pd.DataFrame({"a": ["x|y"], "n": [1.5]}))
+    table = markdown_table(pd.DataFrame({"a": ["x|y"], "n": [1.5]}))
     assert table.splitlines() == ["| a | n |", "|---|---:|", "| x\\|y | 1.50 |"]
+
+
+def test_numbers_have_one_meaning_per_name():
+    import math
+
+    import pandas as pd
+
+    from prefstudy.formatting import interval_column, interval_label, number, percent, whole
+
+    assert number(0.876, 2) == "0.88" and number(3891.4, 2) == "3891.40"
+    assert number(123456.0, 2) == "1.23e+05" and number(math.nan) == "–" and number(None) == "–"
+    assert whole(26.6) == "27" and percent(0.36) == "36.0%" and percent(0.364, 0) == "36%"
+    assert interval_label(0.88, 0.79, 0.94) == "0.88 [0.79, 0.94]"
+    assert interval_label(0.88, math.nan, math.nan) == "0.88"  # one seed: no interval
+    assert interval_label(math.nan, 0.1, 0.2) == "–"
+    assert interval_label(0.5, -0.2, 1.3, digits=0, share=True) == "50% [0, 100]"  # clipped to a share
+    table = pd.DataFrame({"r2": [0.5, math.nan], "r2_lo": [0.4, 0.1], "r2_hi": [0.6, 0.2]})
+    assert interval_column(table, "r2", 1).tolist() == ["0.5 [0.4, 0.6]", "–"]
+    assert interval_column(table[["r2"]], "r2", 1).tolist() == ["0.5", "–"]  # no bound columns
 
 
 # --------------------------------------------------------------------------- length variants
