@@ -850,3 +850,54 @@ def summary_table(records: pd.DataFrame, evals: pd.DataFrame | None = None,
              "ppl_ratio"]
     return table[["label", "n_seeds", "n_diverged",
                   *(f"{m}{end}" for m in order for end in ("", "_lo", "_hi"))]]
+
+
+# === Added for the figures and views (prefstudy.plots, prefstudy.explorer) ===================
+# Per-run numbers a figure draws and the explorer's length bins, so that neither derives a
+# statistic of its own.
+
+
+def run_step_means(records: pd.DataFrame, values: Sequence[str], *, by: Sequence[str] = (),
+                   x: str = "step") -> pd.DataFrame:
+    """Each run's mean over its pairs at each `x` (per group of `by` too), NaN/inf kept: `by`,
+    run_id, seed, `x`, *values, sorted by those keys. What a trajectory is drawn from."""
+    keys = list(dict.fromkeys([*by, "run_id", "seed", x]))
+    require_columns(records, [*keys, *values], "run_step_means")
+    return _means(records, keys, values).reset_index()
+
+
+def run_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of `df`: run_id, label, seed, status, diverged_step and diverged (bool:
+    its status says so or it has a diverged_step; NaN columns where `df` lacks them)."""
+    require_columns(df, ["run_id"], "run_table")
+    return _runs(df)
+
+
+def length_bins(records: pd.DataFrame, bins: int = 5) -> pd.Series:
+    """Each pair's length-difference bin: pair_id → bin of dlen = len_n − len_p.
+
+    Quantile bins over the distinct pairs (tied edges merge bins; one length difference gives
+    one bin), named as every bin here is ("[lo, hi]" first, "(lo, hi]" after it), as an ordered
+    categorical named length_bin.
+    """
+    require_columns(records, ["pair_id", "len_p", "len_n"], "length_bins")
+    per_pair = records.drop_duplicates("pair_id").set_index("pair_id")
+    dlen = (per_pair.len_n - per_pair.len_p).astype(float)
+    edges = np.unique(np.quantile(dlen, np.linspace(0, 1, bins + 1))) if len(dlen) else []
+    if len(edges) < 2:  # one length difference (or none): one bin
+        value = float(dlen.iloc[0]) if len(dlen) else 0.0
+        labels = _bin_labels([value, value])
+        return pd.Series(pd.Categorical(labels * len(dlen), categories=labels, ordered=True),
+                         index=dlen.index, name="length_bin")
+    return pd.cut(dlen, edges, labels=_bin_labels(edges), include_lowest=True).rename(
+        "length_bin")
+
+
+def dose_gap_response(dose: pd.DataFrame) -> pd.DataFrame:
+    """`dose_response` of the gap under summed and token-mean cross-entropy in a study's dose
+    table (`study.score_dose`: one row per pair and length factor, all scored by the starting
+    model, so no reference gap): normalisation, factor, n, mean, mean_lo, mean_hi, slope,
+    slope_lo, slope_hi, n_dropped."""
+    scored = dose.assign(label="start", run_id="start", seed=0, step=0)
+    gaps = gap_normalisations(scored, keep=(*ID_COLUMNS, "factor"))
+    return dose_response(gaps[gaps.normalisation != "reference"])

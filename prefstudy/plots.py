@@ -1,11 +1,20 @@
 """Figures: a tidy DataFrame in, a seaborn Axes or FacetGrid out, one look across all of them.
 
-Every function follows seaborn's calling convention: the data first, column names as keywords,
-`ax=None` for single-panel figures (draw on the given Axes, else on a new one) and a FacetGrid for
-faceted ones. Statistics are never computed here: a figure calls the diagnostic that owns the
-number (`prefstudy.diagnostics`) and draws what it returns. The one thing drawn from raw records
-is a trajectory (the per-run mean over pairs at each step), with its band across seeds from
-`diagnostics.seed_interval` (seeds are the units, as in every table).
+Every function follows seaborn's calling convention: `data` first, column names as keywords
+(`x=`, `y=`, `hue=`, `col=`, `row=`), orders as seaborn names them (`order`, `hue_order`,
+`col_order`, `row_order`), `ax=None` for single-panel figures (draw on the given Axes, else on a
+new one, and return it) and a FacetGrid for faceted ones. Statistics are never computed here: a
+figure draws a table a diagnostic returned (`prefstudy.diagnostics`), passed in (`effect=`,
+`onset=`) or asked for: a trajectory is `diagnostics.run_step_means` with its band across seeds
+from `diagnostics.seed_intervals` (seeds are the units, as in every table), divergence is
+`diagnostics.run_table`'s.
+
+    gap_vs_length        C1: per-pair gap against Δlen, one panel per normalisation, OLS line
+    loss_trajectories    C3: loss_p and loss_n per step, one line per label, collapse onsets
+    normalisation_grid   every label in its own panel on shared axes
+    interval_plot        one point (or bar) with its interval per label: C2, C5 (noise_comparison
+                         is its former name)
+    displacement_bars    C4: shares of displaced pairs per label and edit-distance bin
 
 Look: `THEME` is the seaborn theme (context "paper"); every function draws inside it without
 changing global state, and `set_style()` applies it globally for a notebook. Colours: a label
@@ -35,7 +44,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .records import SchemaError
+from . import diagnostics as dg
+from .formatting import interval_label
+from .records import require_columns
 
 # ---------------------------------------------------------------------------------------------
 # Look
@@ -168,58 +179,34 @@ def _axis_name(column: str) -> str:
 # Checks and reshaping
 
 
-def _need(df: pd.DataFrame, columns: Iterable[str | None], where: str) -> None:
-    """Raise SchemaError naming the missing columns (None entries are unused options)."""
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in dict.fromkeys(columns) if c is not None and c not in df.columns]
-    if missing:
-        raise SchemaError(f"{where}: missing column(s) {missing}; columns present: "
-                          f"{list(df.columns)}")
-    if not len(df):
-        raise ValueError(f"{where}: the frame is empty")
-
-
-def _run_step_means(records: pd.DataFrame, *, x: str, values: Sequence[str],
+def _run_step_means(data: pd.DataFrame, *, x: str, values: Sequence[str],
                     keys: Sequence[str]) -> pd.DataFrame:
-    """Mean over pairs per (keys, run, x), long: keys, run_id, seed, x, quantity, value.
+    """`diagnostics.run_step_means` long: keys, run_id, seed, x, quantity, value.
 
     A step whose pairs include a NaN/inf value gets NaN, never a mean of the finite pairs only;
     seaborn's lineplot then leaves that run's step out (records end before a divergence, so this
     only happens in hand-edited or foreign records).
     """
-    ids = list(dict.fromkeys([*keys, "run_id", "seed", x]))
-    frame = records[ids + list(values)].copy()
-    for v in values:
-        frame[v] = frame[v].astype(float)
-    finite = frame[list(values)].apply(np.isfinite)
-    grouped = frame.groupby(ids, sort=True, dropna=False)
-    means = grouped[list(values)].mean()
-    all_finite = finite.groupby([frame[c] for c in ids], sort=True, dropna=False).all()
-    means = means.where(all_finite.reindex(means.index).to_numpy())
-    long = means.reset_index().melt(id_vars=ids, value_vars=list(values), var_name="quantity",
-                                    value_name="value")
-    return long
+    means = dg.run_step_means(data, values, by=keys, x=x)
+    ids = [c for c in means.columns if c not in values]
+    means[list(values)] = means[list(values)].where(np.isfinite(means[list(values)]))
+    return means.melt(id_vars=ids, value_vars=list(values), var_name="quantity",
+                      value_name="value")
 
 
-def _diverged_runs(records: pd.DataFrame, *, x: str, hue: str | None,
+def _diverged_runs(data: pd.DataFrame, *, x: str, hue: str | None,
                    onset: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per diverged run: run_id, `hue`, `last` = the last step it has records at.
 
-    As in the diagnostics, a run diverged when its status says so or it has a diverged_step; both
-    come from the records (`records.load_run` adds them), else from `onset` (`collapse` output).
+    Which runs diverged is `diagnostics.run_table`'s verdict, from the records' status and
+    diverged_step (`records.load_run` adds them), else from `onset` (`collapse` output).
     """
     cols = ["run_id"] + ([hue] if hue else [])
-    runs = records.groupby(cols, dropna=False)[x].max().rename("last").reset_index()
-    source = records if {"status", "diverged_step"} & set(records.columns) else onset
+    runs = data.groupby(cols, dropna=False)[x].max().rename("last").reset_index()
+    source = data if {"status", "diverged_step"} & set(data.columns) else onset
     if source is None or "run_id" not in source.columns:
         return runs.iloc[:0]
-    per_run = source.drop_duplicates("run_id").set_index("run_id")
-    diverged = pd.Series(False, index=per_run.index)
-    if "status" in per_run.columns:
-        diverged |= per_run["status"].eq("diverged")
-    if "diverged_step" in per_run.columns:
-        diverged |= per_run["diverged_step"].notna()
+    diverged = dg.run_table(source).set_index("run_id").diverged
     return runs[runs.run_id.map(diverged).fillna(False).astype(bool)].reset_index(drop=True)
 
 
@@ -236,10 +223,8 @@ def _lineplot(ax: Axes, long: pd.DataFrame, *, x: str, errorbar, groups: Sequenc
         sns.lineplot(data=long, x=x, y="value", errorbar=errorbar, ax=ax, legend=False,
                      **line_kwargs)
         return
-    from .diagnostics import seed_intervals
-
     groups = list(groups)
-    bands = seed_intervals(long.dropna(subset=["value"]), [*groups, x], "value")
+    bands = dg.seed_intervals(long.dropna(subset=["value"]), [*groups, x], "value")
     sns.lineplot(data=bands, x=x, y="value", errorbar=None, ax=ax, legend=False, **line_kwargs)
     for key, band in bands.groupby(groups, sort=False, observed=True):
         key = key if isinstance(key, tuple) else (key,)
@@ -251,57 +236,56 @@ def _lineplot(ax: Axes, long: pd.DataFrame, *, x: str, errorbar, groups: Sequenc
 # C1: the gap against the length difference, under every normalisation
 
 
-def gap_vs_length(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
+def gap_vs_length(data: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
                   col: str | None = "normalisation", hue: str | None = None,
-                  col_order: Sequence | None = None, palette: Mapping | None = None,
-                  n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
-                  unit: str | None = "pair_id", max_points: int | None = 4000,
-                  height: float = 2.8, aspect: float = 1.1,
-                  scatter_kws: Mapping | None = None, line_kws: Mapping | None = None,
-                  ) -> sns.FacetGrid:
+                  col_order: Sequence | None = None, hue_order: Sequence | None = None,
+                  palette: Mapping | None = None, effect: pd.DataFrame | None = None,
+                  max_points: int | None = 4000, seed: int = 0, height: float = 2.8,
+                  aspect: float = 1.1, scatter_kws: Mapping | None = None,
+                  line_kws: Mapping | None = None) -> sns.FacetGrid:
     """Per-pair gap against the length difference, one panel per `col`, each with its OLS line.
 
-    frame: the output of `diagnostics.gap_normalisations` (or any frame with `x`, `y`, `col`).
-    The fit (slope, intercept) and the panel title's R² with its CI and Spearman ρ come from
-    `diagnostics.length_effect(frame, x=x, y=y, by=(col,), n_boot=, ci=, seed=, unit=)` on all
-    rows (its bootstrap resamples whole `unit`s, pairs by default); the scatter shows at most
-    `max_points` rows per panel (a seeded sample; None = all). The y axes are not shared: summed
+    data: the output of `diagnostics.gap_normalisations` (or any frame with `x`, `y`, `col`).
+    effect: the fit to draw, `diagnostics.length_effect(data, x=x, y=y, by=(col,))` (by=() when
+    col is None): each panel's line (slope, intercept) and its title's R², with the interval
+    where the table has one (pass one computed with n_boot > 0), and Spearman ρ. None: the point
+    fit alone (length_effect with n_boot=0, no interval). The scatter shows at most `max_points`
+    rows per panel (a sample seeded by `seed`; None = all). The y axes are not shared: summed
     gaps are tens of nats, token-mean ones a fraction of one. With `hue`, points are coloured by
     it (label colours when hue="label"); the line and R² stay the panel's pooled fit.
     Returns the FacetGrid; `grid.effect` holds the length_effect table it drew.
     """
-    from .diagnostics import length_effect
-
-    _need(frame, [x, y, col, hue], "gap_vs_length")
-    data = frame.copy()
+    require_columns(data, [x, y, col, hue], "gap_vs_length", nonempty=True)
+    frame = data.copy()
     panel = col if col is not None else "_panel"
     if col is None:
-        data[panel] = ""
-    effect = length_effect(data, x=x, y=y, by=(panel,), n_boot=n_boot, ci=ci, seed=seed,
-                           unit=unit)
+        frame[panel] = ""
+    if effect is None:
+        effect = dg.length_effect(frame, x=x, y=y, by=(panel,), n_boot=0)
+    elif col is None:
+        effect = effect.assign(**{panel: ""})
     effect_by_panel = {row[panel]: row for _, row in effect.iterrows()}
 
-    shown = data
+    shown = frame
     if max_points is not None:
         shown = pd.concat([d.sample(min(len(d), max_points), random_state=seed)
-                           for _, d in data.groupby(panel, sort=False)])
+                           for _, d in frame.groupby(panel, sort=False)])
     hue_kws = {}
     if hue is not None:
-        hue_order = _order(data[hue])
+        hue_order = _order(frame[hue], hue_order)
         hue_kws = {"hue": hue, "hue_order": hue_order,
                    "palette": _colours(hue_order, palette, labels=hue == "label")}
-    order = _order(data[panel], col_order)
     with _themed():
-        grid = sns.FacetGrid(shown, col=panel, col_order=order, sharex=True, sharey=False,
-                             height=height, aspect=aspect, despine=False)
+        grid = sns.FacetGrid(shown, col=panel, col_order=_order(frame[panel], col_order),
+                             sharex=True, sharey=False, height=height, aspect=aspect,
+                             despine=False)
         for name, ax in grid.axes_dict.items():
-            sub = shown[shown[panel] == name]
-            sns.scatterplot(data=sub, x=x, y=y, ax=ax, legend=False,
+            sns.scatterplot(data=shown[shown[panel] == name], x=x, y=y, ax=ax, legend=False,
                             **{"s": 10, "alpha": 0.35, "linewidth": 0, "color": "0.35",
                                **hue_kws, **(scatter_kws or {})})
             row = effect_by_panel.get(name)
             if row is not None and np.isfinite(row["slope"]):
-                full = data.loc[data[panel] == name, x].astype(float)
+                full = frame.loc[frame[panel] == name, x].astype(float)
                 xs = np.array([full.min(), full.max()])
                 ax.plot(xs, row["intercept"] + row["slope"] * xs,
                         **{"color": "black", "linewidth": 1.5, **(line_kws or {})})
@@ -313,16 +297,14 @@ def gap_vs_length(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
             grid.add_legend(legend_data={str(k): Line2D([], [], marker="o", linestyle="",
                                                         color=hue_kws["palette"][k])
                                          for k in hue_kws["hue_order"]}, title=hue)
-    grid.effect = effect
+    grid.effect = effect.drop(columns="_panel", errors="ignore")
     return grid
 
 
 def _effect_title(name, row) -> str:
     if row is None:
         return f"{name}\n(no fit)"
-    r2 = f"R² = {row['r2']:.2f}"
-    if np.isfinite(row.get("r2_lo", np.nan)):
-        r2 += f" [{row['r2_lo']:.2f}, {row['r2_hi']:.2f}]"
+    r2 = f"R² = {interval_label(row['r2'], row.get('r2_lo'), row.get('r2_hi'))}"
     rho = f"ρ = {row['spearman']:.2f}" if "spearman" in row else ""
     return f"{name}\n{r2}  {rho}".strip()
 
@@ -331,32 +313,34 @@ def _effect_title(name, row) -> str:
 # C3: loss trajectories and collapse
 
 
-def loss_trajectories(records: pd.DataFrame, *, x: str = "step", hue: str = "label",
+def loss_trajectories(data: pd.DataFrame, *, x: str = "step", hue: str = "label",
                       quantities: Sequence[str] = ("loss_p", "loss_n"), row: str | None = None,
                       onset: pd.DataFrame | None = None, hue_order: Sequence | None = None,
-                      palette: Mapping | None = None, errorbar="seed", height: float = 2.8,
-                      aspect: float = 1.3, sharey: bool = False) -> sns.FacetGrid:
+                      row_order: Sequence | None = None, palette: Mapping | None = None,
+                      errorbar="seed", height: float = 2.8, aspect: float = 1.3,
+                      sharey: bool = False) -> sns.FacetGrid:
     """loss_p and loss_n per step: one column per quantity, one line per `hue` (mean across seeds).
 
-    records: per-pair records (or evals) with `x`, `hue`, run_id, seed and the quantities; status
+    data: per-pair records (or evals) with `x`, `hue`, run_id, seed and the quantities; status
     and diverged_step (added by `records.load_run`) mark diverged runs. Each run is first averaged
-    over its pairs at each step; the line is the mean of those across runs and the band is
-    `errorbar` across runs: "seed" = `diagnostics.seed_interval`'s 95% t-interval (no band with
-    one seed), or anything seaborn's lineplot takes (None for no band). `row` (e.g. "label")
-    splits further into rows.
+    over its pairs at each step (`diagnostics.run_step_means`); the line is the mean of those
+    across runs and the band is `errorbar` across runs: "seed" = `diagnostics.seed_interval`'s
+    95% t-interval (no band with one seed), or anything seaborn's lineplot takes (None for no
+    band). `row` (e.g. "label") splits further into rows, in `row_order` (default: sorted).
 
     onset: the output of `diagnostics.collapse` (run_id, `hue`, onset_step): each label's median
     onset across its seeds is a dashed vertical line, the range of its seeds' onsets a shaded band.
     A diverged run's line ends at its last recorded step, marked "x".
     Returns the FacetGrid (columns in the order of `quantities`).
     """
-    _need(records, [x, hue, row, "run_id", "seed", *quantities], "loss_trajectories")
+    require_columns(data, [x, hue, row, "run_id", "seed", *quantities], "loss_trajectories",
+                    nonempty=True)
     keys = [k for k in (hue, row) if k is not None]
-    long = _run_step_means(records, x=x, values=quantities, keys=keys)
-    hue_order = _order(records[hue], hue_order)
+    long = _run_step_means(data, x=x, values=quantities, keys=keys)
+    hue_order = _order(data[hue], hue_order)
     colours = _colours(hue_order, palette, labels=hue == "label")
-    diverged = _diverged_runs(records, x=x, hue=hue, onset=onset)
-    row_order = _order(records[row]) if row else None
+    diverged = _diverged_runs(data, x=x, hue=hue, onset=onset)
+    row_order = _order(data[row], row_order) if row else None
 
     with _themed():
         grid = sns.FacetGrid(long, col="quantity", col_order=list(quantities), row=row,
@@ -390,7 +374,7 @@ def _mark_onsets(ax: Axes, onset: pd.DataFrame | None, *, hue: str, colours: Map
                  present: Iterable) -> None:
     if onset is None:
         return
-    _need(onset, ["onset_step", hue], "loss_trajectories(onset=)")
+    require_columns(onset, ["onset_step", hue], "loss_trajectories(onset=)", nonempty=True)
     present = set(present)
     for value, runs in onset.groupby(hue, sort=True):
         steps = runs.onset_step.astype(float).dropna()
@@ -414,7 +398,7 @@ def _mark_diverged(ax: Axes, long: pd.DataFrame, diverged: pd.DataFrame, *, x: s
                     markeredgewidth=1.8, linestyle="", zorder=5)
 
 
-def normalisation_grid(records: pd.DataFrame, *, x: str = "step", col: str = "label",
+def normalisation_grid(data: pd.DataFrame, *, x: str = "step", col: str = "label",
                        quantities: Sequence[str] = ("loss_p", "loss_n"),
                        col_order: Sequence | None = None, col_wrap: int | None = 4,
                        palette: Mapping | None = None, errorbar="seed", height: float = 2.4,
@@ -427,12 +411,13 @@ def normalisation_grid(records: pd.DataFrame, *, x: str = "step", col: str = "la
     diverged; each diverged run's last point is marked "x".
     Returns the FacetGrid.
     """
-    _need(records, [x, col, "run_id", "seed", *quantities], "normalisation_grid")
-    long = _run_step_means(records, x=x, values=quantities, keys=[col])
-    order = _order(records[col], col_order)
+    require_columns(data, [x, col, "run_id", "seed", *quantities], "normalisation_grid",
+                    nonempty=True)
+    long = _run_step_means(data, x=x, values=quantities, keys=[col])
+    order = _order(data[col], col_order)
     colours = _colours(order, palette, labels=col == "label")
-    diverged = _diverged_runs(records, x=x, hue=col)
-    n_seeds = records.groupby(col)["run_id"].nunique()
+    diverged = _diverged_runs(data, x=x, hue=col)
+    n_seeds = data.groupby(col)["run_id"].nunique()
     wrap = col_wrap if col_wrap and len(order) > col_wrap else None
 
     with _themed():
@@ -464,30 +449,31 @@ def normalisation_grid(records: pd.DataFrame, *, x: str = "step", col: str = "la
 # C2, C4, C5: intervals and shares per label
 
 
-def noise_comparison(table: pd.DataFrame, *, metric: str = "grad_cos", y: str = "label",
-                     order: Sequence | None = None, palette: Mapping | None = None,
-                     kind: str = "point", refline: float | None = None, ax: Axes | None = None,
-                     **kwargs) -> Axes:
-    """One point (or bar) per label with its interval: `metric` between `metric_lo` and `metric_hi`.
+def interval_plot(data: pd.DataFrame, *, x: str = "grad_cos", y: str = "label",
+                  order: Sequence | None = None, palette: Mapping | None = None,
+                  kind: str = "point", refline: float | None = None, ax: Axes | None = None,
+                  **kwargs) -> Axes:
+    """One point (or bar) per `y` value with its interval: `x` between `<x>_lo` and `<x>_hi`.
 
-    table: one row per label, from `diagnostics.gradient_noise` or `diagnostics.summary_table`
-    (any metric of either works, e.g. "gns", "ppl_ratio"). Labels are on the y axis (long names
-    stay readable), in `order` or sorted. A NaN interval (one seed) draws the point alone.
-    `refline` draws a vertical reference line (e.g. 0 for grad_cos).
+    data: one row per label, e.g. from `diagnostics.gradient_noise` or
+    `diagnostics.summary_table` (any metric of either works, e.g. x="gns", "ppl_ratio"), or one
+    row per factor of `diagnostics.dose_response` (y="factor"). The `y` values are on the y axis
+    (long names stay readable), in `order` or sorted. A NaN interval (one seed) draws the point
+    alone. `refline` draws a vertical reference line (e.g. 0 for grad_cos).
     Returns the Axes.
     """
     if kind not in ("point", "bar"):
         raise ValueError(f"kind={kind!r}; allowed: 'point', 'bar'")
-    _need(table, [y, metric], "noise_comparison")
-    if table[y].duplicated().any():
-        raise ValueError(f"noise_comparison: several rows per {y!r}; pass one row per {y} "
+    require_columns(data, [y, x], "interval_plot", nonempty=True)
+    if data[y].duplicated().any():
+        raise ValueError(f"interval_plot: several rows per {y!r}; pass one row per {y} "
                          "(the diagnostics tables have one)")
-    order = _order(table[y], order)
+    order = _order(data[y], order)
     colours = _colours(order, palette, labels=y == "label")
-    rows = table.set_index(y).reindex(order)
-    values = rows[metric].astype(float).to_numpy()
-    lo = rows.get(f"{metric}_lo", pd.Series(np.nan, index=rows.index)).astype(float).to_numpy()
-    hi = rows.get(f"{metric}_hi", pd.Series(np.nan, index=rows.index)).astype(float).to_numpy()
+    rows = data.set_index(y).reindex(order)
+    values = rows[x].astype(float).to_numpy()
+    lo = rows.get(f"{x}_lo", pd.Series(np.nan, index=rows.index)).astype(float).to_numpy()
+    hi = rows.get(f"{x}_hi", pd.Series(np.nan, index=rows.index)).astype(float).to_numpy()
     positions = np.arange(len(order))
 
     with _themed():
@@ -507,40 +493,45 @@ def noise_comparison(table: pd.DataFrame, *, metric: str = "grad_cos", y: str = 
             ax.axvline(refline, color="0.4", linewidth=0.8, zorder=0)
         ax.set_yticks(positions, [str(name) for name in order])
         ax.set_ylim(len(order) - 0.5, -0.5)
-        ax.set_xlabel(_axis_name(metric))
+        ax.set_xlabel(_axis_name(x))
         ax.set_ylabel("")
     return ax
 
 
-def displacement_bars(table: pd.DataFrame, *, y: str = "share_below_start",
+def noise_comparison(data: pd.DataFrame, *, metric: str = "grad_cos", **kwargs) -> Axes:
+    """The former name of `interval_plot` (its `metric` is interval_plot's `x`)."""
+    return interval_plot(data, x=metric, **kwargs)
+
+
+def displacement_bars(data: pd.DataFrame, *, y: str = "share_below_start",
                       x: str | None = "edit_bin", hue: str = "label",
                       order: Sequence | None = None, hue_order: Sequence | None = None,
                       palette: Mapping | None = None, ax: Axes | None = None, **kwargs) -> Axes:
     """Grouped bars of a share (0–1) per `hue` (label) within each `x` group (edit-distance bin).
 
-    table: `diagnostics.displacement` output: one row per (label, edit_bin) when it was given
+    data: `diagnostics.displacement` output: one row per (label, edit_bin) when it was given
     `pairs`, else one per label (x="edit_bin" then falls back to one bar per label, as x=None
     does). y: "share_below_start" (chosen log-prob fell) or "share_below_ref" (below the
     reference). Bars are the table's values; `<y>_lo` / `<y>_hi`, where present, are drawn as
     intervals. Bins keep the table's categorical order. A dotted line at 0.5 marks half the pairs.
     Returns the Axes.
     """
-    if x == "edit_bin" and isinstance(table, pd.DataFrame) and x not in table.columns:
+    if x == "edit_bin" and isinstance(data, pd.DataFrame) and x not in data.columns:
         x = None
-    _need(table, [y, x, hue], "displacement_bars")
+    require_columns(data, [y, x, hue], "displacement_bars", nonempty=True)
     keys = [k for k in (x, hue) if k is not None]
-    if table.duplicated(keys).any():
+    if data.duplicated(keys).any():
         raise ValueError(f"displacement_bars: several rows per {keys}; pass one row each")
-    hue_order = _order(table[hue], hue_order)
+    hue_order = _order(data[hue], hue_order)
     colours = _colours(hue_order, palette, labels=hue == "label")
-    groups = _order(table[x], order) if x is not None else [None]
+    groups = _order(data[x], order) if x is not None else [None]
     width = 0.8 / len(hue_order)
 
     with _themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(1.0 + 0.35 * len(groups) * len(hue_order), 3.0))
         for j, name in enumerate(hue_order):
-            sel = table[table[hue] == name]
+            sel = data[data[hue] == name]
             if x is not None:
                 sel = sel.set_index(x).reindex(groups)
             heights = sel[y].astype(float).to_numpy()

@@ -157,7 +157,9 @@ def length_section(tables: Tables, out: Path, order: list[str]) -> str:
         "slope (nats / token)": _with_ci(table, "slope", 4),
         "variance between Δlen bins": table.eta2.map(lambda v: f"{100 * v:.1f}%"),
     })
-    plots.save(plots.gap_vs_length(gaps, n_boot=200), out / "figures" / "gap_vs_length.png")
+    figure = plots.gap_vs_length(gaps, effect=dg.length_effect(gaps, by=("normalisation",),
+                                                               n_boot=200))
+    plots.save(figure, out / "figures" / "gap_vs_length.png")
     text = [
         f"The training records of the first {EARLY_STEPS} steps of every run, while every model "
         "is still close to where it started (each loss is recorded from the forward pass that "
@@ -189,7 +191,7 @@ def noise_section(tables: Tables, out: Path, order: list[str]) -> str:
         return "Gradient statistics were off in these runs.\n"
     noise = _ordered(dg.gradient_noise(tables.records, tables.steps if len(tables.steps)
                                        else None), order)
-    ax = plots.noise_comparison(noise, metric="grad_cos", order=order, refline=0)
+    ax = plots.interval_plot(noise, x="grad_cos", order=order, refline=0)
     plots.save(ax, out / "figures" / "gradient_agreement.png")
     view = pd.DataFrame({
         "objective": noise.label, "seeds": noise.n_seeds,

@@ -320,7 +320,7 @@ def draw_cloud(data: ExplorerData, *, palette: Mapping | None = None):
     if data.cloud.empty:
         raise ValueError(f"no {data.normalisation} gap for these records (the reference gap "
                          "needs runs with a reference model, e.g. dpo)")
-    grid = plots.gap_vs_length(data.cloud, col=None, hue="label", palette=palette, n_boot=0,
+    grid = plots.gap_vs_length(data.cloud, col=None, hue="label", palette=palette,
                                height=3.0, aspect=1.15, scatter_kws={"s": 12, "alpha": 0.4})
     ax = grid.ax
     focus = data.cloud[data.cloud.focus]
@@ -689,8 +689,7 @@ def draw_what_if(frame: pd.DataFrame, *, order: Sequence[str] | None = None, max
     (`plots.gap_vs_length`: its OLS line and R² in each title)."""
     order = [o for o in (order or dict.fromkeys(frame.objective)) if o in set(frame.objective)]
     return plots.gap_vs_length(frame, x="dlen", y="margin", col="objective", col_order=order,
-                               n_boot=0, max_points=max_points, height=2.5, aspect=1.0,
-                               unit="pair_id" if "pair_id" in frame else None)
+                               max_points=max_points, height=2.5, aspect=1.0)
 
 
 class WhatIf(widgets.VBox):

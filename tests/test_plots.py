@@ -96,18 +96,18 @@ def test_set_style_pins_the_study_palette_for_subsets(monkeypatch):
         assert mpl.rcParams["axes.labelsize"] == paper["axes.labelsize"]
     pinned = plots.label_palette(study)
     table = pd.DataFrame({"label": ["dpop", "simpo"], "grad_cos": [0.1, 0.2]})
-    ax = plots.noise_comparison(table)
+    ax = plots.interval_plot(table)
     colours = [to_rgb(line.get_color()) for line in ax.get_lines()]
     assert colours == [to_rgb(pinned["dpop"]), to_rgb(pinned["simpo"])]
     # without the pin, the subset is coloured by its own sorted order
     monkeypatch.setattr(plots, "_study_palette", None)
-    ax = plots.noise_comparison(table)
+    ax = plots.interval_plot(table)
     assert to_rgb(ax.get_lines()[0].get_color()) == to_rgb(plots.label_palette(["dpop"])["dpop"])
 
 
 def test_figures_do_not_change_global_style():
     before = dict(mpl.rcParams)
-    plots.noise_comparison(pd.DataFrame({"label": ["dpo"], "grad_cos": [0.1]}))
+    plots.interval_plot(pd.DataFrame({"label": ["dpo"], "grad_cos": [0.1]}))
     assert {k: v for k, v in mpl.rcParams.items() if before[k] != v} == {}
 
 
@@ -118,7 +118,8 @@ def test_gap_vs_length_panels_lines_and_r2_titles():
     from prefstudy.diagnostics import length_effect
 
     frame = make_gap_frame()
-    grid = plots.gap_vs_length(frame, n_boot=200)
+    effect = length_effect(frame, by=("normalisation",), n_boot=200)
+    grid = plots.gap_vs_length(frame, effect=effect)
     axes = grid.axes.flat
     assert len(axes) == 3
     titles = [ax.get_title() for ax in axes]
@@ -126,8 +127,7 @@ def test_gap_vs_length_panels_lines_and_r2_titles():
     assert all("R² = " in t for t in titles)
     assert "R² = 1.00" in titles[2]  # the exactly linear summed gap
     assert "R² = 0.0" in titles[0]  # the shuffled noise
-
-    effect = length_effect(frame, by=("normalisation",), n_boot=200)
+    assert "R² = 1.00 [1.00, 1.00]" in titles[2]  # the interval of the effect passed in
     pd.testing.assert_frame_equal(grid.effect.reset_index(drop=True),
                                   effect.reset_index(drop=True))
     # one fitted line per panel, from length_effect's slope and intercept, over the data's range
@@ -141,9 +141,12 @@ def test_gap_vs_length_panels_lines_and_r2_titles():
 
 
 def test_gap_vs_length_subsamples_points_not_statistics():
+    from prefstudy.diagnostics import length_effect
+
     frame = make_gap_frame(n=201)
-    full = plots.gap_vs_length(frame, n_boot=50, max_points=None)
-    thin = plots.gap_vs_length(frame, n_boot=50, max_points=30)
+    effect = length_effect(frame, by=("normalisation",), n_boot=50)
+    full = plots.gap_vs_length(frame, effect=effect, max_points=None)
+    thin = plots.gap_vs_length(frame, effect=effect, max_points=30)
     for ax_full, ax_thin in zip(full.axes.flat, thin.axes.flat):
         assert len(ax_full.collections[0].get_offsets()) == 201
         assert len(ax_thin.collections[0].get_offsets()) == 30
@@ -156,17 +159,26 @@ def test_gap_vs_length_on_gap_normalisations_output():
     from prefstudy.diagnostics import gap_normalisations
 
     frame = gap_normalisations(make_records())
-    grid = plots.gap_vs_length(frame, hue="label", n_boot=50)
+    grid = plots.gap_vs_length(frame, hue="label")
     assert sorted(ax.get_title().splitlines()[0] for ax in grid.axes.flat) == sorted(
         frame.normalisation.unique())
-    assert grid.legend is not None
+    assert [t.get_text() for t in grid.legend.texts] == ["dpo", "naive-sum"]
+    grid = plots.gap_vs_length(frame, hue="label", hue_order=["naive-sum", "dpo"])
+    assert [t.get_text() for t in grid.legend.texts] == ["naive-sum", "dpo"]
 
 
 def test_gap_vs_length_single_panel():
+    from prefstudy.diagnostics import length_effect
+
     frame = make_gap_frame()
-    grid = plots.gap_vs_length(frame[frame.normalisation == "sum"], col=None, n_boot=0)
+    summed = frame[frame.normalisation == "sum"]
+    grid = plots.gap_vs_length(summed, col=None)
     (ax,) = grid.axes.flat
-    assert ax.get_title().startswith("R² = 1.00")  # n_boot=0: no interval
+    assert ax.get_title().startswith("R² = 1.00  ")  # the point fit alone: no interval
+    assert np.isnan(grid.effect.r2_lo).all() and "_panel" not in grid.effect
+    with_ci = plots.gap_vs_length(summed, col=None, effect=length_effect(summed, by=(),
+                                                                        n_boot=50))
+    assert with_ci.axes.flat[0].get_title().startswith("R² = 1.00 [")
 
 
 def test_gap_vs_length_names_missing_columns():
@@ -263,6 +275,9 @@ def test_loss_trajectories_rows_per_label_and_plain_errorbar():
     assert grid.axes[1, 0].get_title() == "naive-sum · loss_p (chosen)"
     assert all(len(ax.collections) == 0 for ax in grid.axes.flat)  # no band
     assert len(data_lines(grid.axes[0, 1])) == 1
+    flipped = plots.loss_trajectories(records, row="label", row_order=["naive-sum", "dpo"],
+                                      errorbar=None)
+    assert flipped.axes[0, 0].get_title() == "naive-sum · loss_p (chosen)"
 
 
 def test_loss_trajectories_never_average_a_nonfinite_pair_away():
@@ -309,10 +324,10 @@ def test_normalisation_grid_shares_axes_across_labels():
 # ------------------------------------------------------------------------- intervals and shares
 
 
-def test_noise_comparison_points_and_intervals():
+def test_interval_plot_points_and_intervals():
     table = pd.DataFrame({"label": ["simpo", "dpo", "naive-sum"], "grad_cos": [0.3, 0.5, -0.1],
                           "grad_cos_lo": [0.2, 0.4, np.nan], "grad_cos_hi": [0.4, 0.6, np.nan]})
-    ax = plots.noise_comparison(table, refline=0.0)
+    ax = plots.interval_plot(table, refline=0.0)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["dpo", "naive-sum", "simpo"]
     points = [line for line in ax.get_lines() if line.get_marker() == "o"]
     assert [line.get_xdata()[0] for line in points] == [0.5, -0.1, 0.3]
@@ -325,29 +340,37 @@ def test_noise_comparison_points_and_intervals():
     assert any(list(line.get_xdata()) == [0.0, 0.0] for line in ax.get_lines())  # refline
 
 
-def test_noise_comparison_bars_on_a_given_axes():
+def test_interval_plot_bars_on_a_given_axes():
     import matplotlib.pyplot as plt
 
     _, given = plt.subplots()
     table = pd.DataFrame({"label": ["a", "b"], "gns": [2.0, 5.0]})
-    ax = plots.noise_comparison(table, metric="gns", kind="bar", ax=given)
+    ax = plots.interval_plot(table, x="gns", kind="bar", ax=given)
     assert ax is given
     assert [p.get_width() for p in ax.patches] == [2.0, 5.0]
     with pytest.raises(ValueError, match="kind"):
-        plots.noise_comparison(table, metric="gns", kind="violin")
+        plots.interval_plot(table, x="gns", kind="violin")
     with pytest.raises(ValueError, match="several rows"):
-        plots.noise_comparison(pd.concat([table, table]), metric="gns")
+        plots.interval_plot(pd.concat([table, table]), x="gns")
     with pytest.raises(ValueError, match="grad_cos"):
-        plots.noise_comparison(table)
+        plots.interval_plot(table)
 
 
-def test_noise_comparison_on_gradient_noise_output():
+def test_noise_comparison_is_interval_plot_under_its_former_name():
+    table = pd.DataFrame({"label": ["a", "b"], "gns": [2.0, 5.0]})
+    old = plots.noise_comparison(table, metric="gns", kind="bar")
+    new = plots.interval_plot(table, x="gns", kind="bar")
+    assert [p.get_width() for p in old.patches] == [p.get_width() for p in new.patches]
+    assert old.get_xlabel() == new.get_xlabel()
+
+
+def test_interval_plot_on_gradient_noise_output():
     from prefstudy.diagnostics import gradient_noise
 
     records = make_records(diverged=())
     records["grad_cos"] += 0.01 * records.seed  # seeds differ: a non-zero interval
     table = gradient_noise(records)
-    ax = plots.noise_comparison(table, metric="grad_cos", refline=0)
+    ax = plots.interval_plot(table, x="grad_cos", refline=0)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["dpo", "naive-sum"]
     points = [line.get_xdata()[0] for line in ax.get_lines() if line.get_marker() == "o"]
     np.testing.assert_allclose(points, table.set_index("label").grad_cos[["dpo", "naive-sum"]])
@@ -435,7 +458,7 @@ def test_save_is_byte_for_byte_repeatable(tmp_path, suffix):
 def test_save_png_dpi_and_errors(tmp_path):
     from PIL import Image
 
-    ax = plots.noise_comparison(pd.DataFrame({"label": ["dpo"], "grad_cos": [0.1]}))
+    ax = plots.interval_plot(pd.DataFrame({"label": ["dpo"], "grad_cos": [0.1]}))
     path = plots.save(ax, tmp_path / "fig.png", dpi=100)
     with Image.open(path) as image:
         assert round(image.info["dpi"][0]) == 100
