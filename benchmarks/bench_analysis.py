@@ -145,7 +145,8 @@ def synthesize(root: Path, args) -> dict:
                           "label": label, "model": "synthetic", "trainable_blocks": None,
                           "steps": steps, "batch_size": b, "lr": 5e-6, "max_grad_norm": 1.0,
                           "max_length": 256, "dtype": "float32", "pairs_train": n_pairs,
-                          "data": "data/pairs", "n_heldout": len(held_ids),
+                          "data": "data/pairs", "heldout": "data/heldout",
+                          "n_heldout": len(held_ids),
                           "n_neutral": len(texts), "n_probes": len(probes)})
             for table, frame in (("records", records), ("steps", step_stats),
                                  ("evals", evals), ("perplexity", ppl), ("generations", gen)):
@@ -196,7 +197,7 @@ def report_worker(runs_dir: str, out_dir: str) -> None:
         return value
 
     tables = timed("load_tables", lambda: report.load_tables(runs_dir))
-    order = report._label_order(tables)
+    order = tables.labels
     plots.set_style(order)
     timed("provenance", lambda: report.provenance(tables))
     timed("summary_section", lambda: report.summary_section(tables, order))

@@ -112,32 +112,32 @@ def _derive(out: pd.DataFrame) -> None:
 
 
 def pair_records(pair_ids: Sequence[str], *, logp_p=None, logp_n=None, len_p=None, len_n=None,
-                 ref_logp_p=None, ref_logp_n=None, margin=None, pair_loss=None,
-                 grad_norm=None, grad_cos=None, **constants: Any) -> pd.DataFrame:
+                 **columns: Any) -> pd.DataFrame:
     """One record per pair, in RECORD_COLUMNS order: the one builder of record rows.
 
-    Per-pair values are sequences (lists, 1-D tensors), Shape: (pairs,); one not given is NaN.
-    logp_p, logp_n: the policy's summed log π(response | prompt); len_p, len_n: response tokens.
-        They give nll_sum_* (= −logp_*), loss_* (= nll_sum_* / len_*) and gap.
-    constants: the RUN_COLUMNS values every row shares (run_id, objective, norm, seed, step, lr).
-        Run columns not given are left out, for `as_records` to fill in.
+    logp_p, logp_n: the policy's summed log π(response | prompt) per pair; len_p, len_n: response
+        tokens per pair. They give nll_sum_* (= −logp_*), loss_* (= nll_sum_* / len_*) and gap.
+    columns: any other column of RECORD_COLUMNS, as one value per pair (a sequence or 1-D
+        tensor, Shape: (pairs,)) or one value for every row (run_id, step, lr, ...). Columns not
+        given (or None) are NaN, except the RUN_COLUMNS, left out for `as_records` to fill in.
     """
-    unknown = sorted(set(constants) - set(RUN_COLUMNS))
+    built = ("pair_id", "len_p", "len_n", "nll_sum_p", "nll_sum_n", "loss_p", "loss_n", "gap")
+    unknown = sorted(set(columns) - set(RECORD_COLUMNS).difference(built))
     if unknown:
-        raise TypeError(f"pair_records: unknown column(s) {unknown}; the shared columns are "
-                        f"{list(RUN_COLUMNS)}")
+        raise TypeError(f"pair_records: unknown column(s) {unknown}; it takes "
+                        f"{[c for c in RECORD_COLUMNS if c not in built]}")
     n = len(pair_ids)
     out = pd.DataFrame({"pair_id": list(pair_ids)})
-    for column, value in constants.items():
-        out[column] = value
+    for column, value in columns.items():
+        if value is not None:
+            out[column] = value.tolist() if hasattr(value, "tolist") else value
     out["len_p"], out["len_n"] = _values(len_p, n), _values(len_n, n)
     out["nll_sum_p"] = [-v for v in _values(logp_p, n)]
     out["nll_sum_n"] = [-v for v in _values(logp_n, n)]
     _derive(out)
-    for column, per_pair in (("ref_logp_p", ref_logp_p), ("ref_logp_n", ref_logp_n),
-                             ("margin", margin), ("pair_loss", pair_loss),
-                             ("grad_norm", grad_norm), ("grad_cos", grad_cos)):
-        out[column] = _values(per_pair, n)
+    for column in RECORD_COLUMNS:
+        if column not in out.columns and column not in RUN_COLUMNS:
+            out[column] = math.nan
     return out[[c for c in RECORD_COLUMNS if c in out.columns]]
 
 

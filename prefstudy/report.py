@@ -8,105 +8,19 @@ Nothing here trains or loads a model; numbers come from records, never typed by 
 
 from __future__ import annotations
 
-import json
-import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
 from . import diagnostics as dg
 from . import plots
-from .data import data_dir, load_pairs
-from .datacard import markdown_table
-from .records import default_runs_dir, load_runs, read_config, read_meta, run_folders
-from .study import DOSE_FILE, STUDY_FILE
+from .formatting import interval_column, markdown_table, number, percent
+from .records import read_config, read_meta
+from .tables import Tables, load_tables
 
 EARLY_STEPS = 5  # C1 is measured on the steps before any objective has moved the model far
-
-
-@dataclass
-class Tables:
-    """Everything the report reads, loaded once."""
-
-    records: pd.DataFrame
-    evals: pd.DataFrame
-    perplexity: pd.DataFrame
-    generations: pd.DataFrame
-    steps: pd.DataFrame
-    pairs: pd.DataFrame
-    dose: pd.DataFrame | None
-    folders: list[Path]
-
-
-def _table(folders, name) -> pd.DataFrame:
-    try:
-        return load_runs(folders, name)
-    except FileNotFoundError:
-        return pd.DataFrame()
-
-
-def load_tables(runs: str | os.PathLike | None = None, data: str | os.PathLike | None = None):
-    """The runs' tables and the pairs they were trained and evaluated on."""
-    root = Path(runs) if runs else default_runs_dir()
-    folders = run_folders(root)
-    if not folders:
-        raise FileNotFoundError(f"{root}: no runs (run `prefstudy study` first)")
-    data = Path(data) if data else data_dir()
-    pairs = pd.concat([load_pairs(data / "pairs").to_frame(),
-                       load_pairs(data / "heldout").to_frame()], ignore_index=True)
-    dose = pd.read_parquet(root / DOSE_FILE) if (root / DOSE_FILE).exists() else None
-    return Tables(_table(folders, "records"), _table(folders, "evals"),
-                  _table(folders, "perplexity"), _table(folders, "generations"),
-                  _table(folders, "steps"), pairs, dose, folders)
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def _num(v: float, digits: int) -> str:
-    """Fixed digits, or 3 significant digits in scientific notation for huge values."""
-    return f"{v:.2e}" if abs(v) >= 1e5 else f"{v:.{digits}f}"
-
-
-def _f(digits: int) -> Callable[[float], str]:
-    return lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else \
-        _num(v, digits)
-
-
-def _with_ci(df: pd.DataFrame, metric: str, digits: int = 2, pct: bool = False) -> pd.Series:
-    """'value [lo, hi]' strings; the interval is left out where it is unknown (one seed)."""
-    scale = 100 if pct else 1
-    unit = "%" if pct else ""
-
-    def cell(row):
-        v, lo, hi = (row.get(metric), row.get(f"{metric}_lo"), row.get(f"{metric}_hi"))
-        if v is None or pd.isna(v):
-            return "–"
-        text = f"{_num(scale * v, digits)}{unit}"
-        if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
-            if pct:  # a t-interval of a share can leave [0, 1]; a share cannot
-                lo, hi = max(lo, 0.0), min(hi, 1.0)
-            text += f" [{_num(scale * lo, digits)}, {_num(scale * hi, digits)}]"
-        return text
-
-    return df.apply(cell, axis=1)
-
-
-def _label_order(tables: Tables) -> list[str]:
-    """Labels in the order the study file lists them, else in the order of the run folders."""
-    study = tables.folders[0].parent / STUDY_FILE
-    present = set(tables.records.label.unique())
-    if study.exists():
-        return [label for label in json.loads(study.read_text())["labels"] if label in present]
-    seen = []
-    for folder in tables.folders:
-        label = read_config(folder).get("label")
-        if label and label not in seen:
-            seen.append(label)
-    return seen
 
 
 def _ordered(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
@@ -129,7 +43,7 @@ def provenance(tables: Tables) -> str:
                  else f"the top {cfg['trainable_blocks']} blocks")
     return "\n".join([
         f"- Runs: {len(tables.folders)} ({', '.join(f'{v} {k}' for k, v in statuses.items())}), "
-        f"{len(_label_order(tables))} configurations × seeds {seeds}.",
+        f"{len(tables.labels)} configurations × seeds {seeds}.",
         f"- Model: `{cfg['model']}`, {trainable} trainable, {cfg['steps']} steps of "
         f"{cfg['batch_size']} pairs, AdamW lr {cfg['lr']:g}, gradient clipping "
         f"{cfg.get('max_grad_norm')}, sequences up to {cfg['max_length']} tokens, dtype "
@@ -152,10 +66,10 @@ def length_section(tables: Tables, out: Path, order: list[str]) -> str:
     view = pd.DataFrame({
         "gap normalised by": table.normalisation,
         "pairs×steps": table.n,
-        "R² of gap on Δlen": _with_ci(table, "r2", 3),
-        "Spearman ρ": _with_ci(table, "spearman", 3),
-        "slope (nats / token)": _with_ci(table, "slope", 4),
-        "variance between Δlen bins": table.eta2.map(lambda v: f"{100 * v:.1f}%"),
+        "R² of gap on Δlen": interval_column(table, "r2", 3),
+        "Spearman ρ": interval_column(table, "spearman", 3),
+        "slope (nats / token)": interval_column(table, "slope", 4),
+        "variance between Δlen bins": table.eta2.map(percent),
     })
     figure = plots.gap_vs_length(gaps, effect=dg.length_effect(gaps, by=("normalisation",),
                                                                n_boot=200))
@@ -170,15 +84,11 @@ def length_section(tables: Tables, out: Path, order: list[str]) -> str:
         "", markdown_table(view), "",
         "![gap against length difference](figures/gap_vs_length.png)", "",
     ]
-    if tables.dose is not None and len(tables.dose):
-        dose = dg.gap_normalisations(tables.dose.assign(label="start", run_id="start", seed=0,
-                                                        step=0),
-                                     keep=("run_id", "label", "seed", "step", "pair_id",
-                                           "factor"))
-        dr = dg.dose_response(dose[dose.normalisation != "reference"])
+    if len(tables.dose):
+        dr = dg.dose_gap_response(tables.dose)
         view = pd.DataFrame({"gap normalised by": dr.normalisation, "rejected × factor": dr.factor,
-                             "pairs": dr.n, "mean gap": _with_ci(dr, "mean", 2),
-                             "slope per doubling": _with_ci(dr, "slope", 2)})
+                             "pairs": dr.n, "mean gap": interval_column(dr, "mean", 2),
+                             "slope per doubling": interval_column(dr, "slope", 2)})
         text += ["Dose-response: the same pairs with only the rejected response lengthened "
                  "(neutral filler) or shortened (trailing sentences dropped), scored by the "
                  "starting model (`prefstudy.data.length_variants`).", "",
@@ -189,15 +99,14 @@ def length_section(tables: Tables, out: Path, order: list[str]) -> str:
 def noise_section(tables: Tables, out: Path, order: list[str]) -> str:
     if tables.records.grad_cos.isna().all():
         return "Gradient statistics were off in these runs.\n"
-    noise = _ordered(dg.gradient_noise(tables.records, tables.steps if len(tables.steps)
-                                       else None), order)
+    noise = _ordered(dg.gradient_noise(tables.records, tables.steps), order)
     ax = plots.interval_plot(noise, x="grad_cos", order=order, refline=0)
     plots.save(ax, out / "figures" / "gradient_agreement.png")
     view = pd.DataFrame({
         "objective": noise.label, "seeds": noise.n_seeds,
-        "cos(pair grad, batch grad)": _with_ci(noise, "grad_cos", 3),
-        "pairs pulling against the batch": _with_ci(noise, "share_opposed", 1, pct=True),
-        "gradient noise scale B_simple": _with_ci(noise, "gns", 1),
+        "cos(pair grad, batch grad)": interval_column(noise, "grad_cos", 3),
+        "pairs pulling against the batch": interval_column(noise, "share_opposed", 1, share=True),
+        "gradient noise scale B_simple": interval_column(noise, "gns", 1),
     })
     return "\n".join([
         "Each pair's own gradient against the batch-mean gradient (linear weights of the "
@@ -208,7 +117,7 @@ def noise_section(tables: Tables, out: Path, order: list[str]) -> str:
 
 
 def collapse_section(tables: Tables, out: Path, order: list[str]) -> str:
-    col = dg.collapse(tables.records, tables.perplexity if len(tables.perplexity) else None)
+    col = dg.collapse(tables.records, tables.perplexity)
     grid = plots.loss_trajectories(tables.evals if _has_trajectory(tables.evals)
                                    else tables.records, onset=col, hue_order=order)
     plots.save(grid, out / "figures" / "loss_trajectories.png")
@@ -227,8 +136,8 @@ def collapse_section(tables: Tables, out: Path, order: list[str]) -> str:
         "diverged": per_label.diverged.astype(int),
         "loss_p start → end": [f"{a:.2f} → {b:.2f}" for a, b in
                                zip(per_label.loss_p_start, per_label.loss_p_end)],
-        "loss_n end": per_label.loss_n_end.map(_f(2)),
-        "held-out perplexity end / start": per_label.ppl_ratio.map(_f(2)),
+        "loss_n end": per_label.loss_n_end.map(partial(number, digits=2)),
+        "held-out perplexity end / start": per_label.ppl_ratio.map(partial(number, digits=2)),
     })
     return "\n".join([
         "A collapse onset is the first step from which the rolling mean of loss_p stays above "
@@ -244,15 +153,15 @@ def _has_trajectory(evals: pd.DataFrame) -> bool:
 
 
 def displacement_section(tables: Tables, out: Path, order: list[str]) -> str:
-    source = tables.evals if len(tables.evals) else tables.records
+    source = tables.heldout_or_records
     table = _ordered(dg.displacement(source, tables.pairs), order)
     overall = _ordered(dg.displacement(source), order)
     plots.save(plots.displacement_bars(table, hue_order=order),
                out / "figures" / "displacement.png")
     view = pd.DataFrame({
         "objective": overall.label, "pairs × seeds": overall.n_pairs,
-        "chosen log-prob fell": _with_ci(overall, "share_below_start", 1, pct=True),
-        "chosen below the reference": _with_ci(overall, "share_below_ref", 1, pct=True),
+        "chosen log-prob fell": interval_column(overall, "share_below_start", 1, share=True),
+        "chosen below the reference": interval_column(overall, "share_below_ref", 1, share=True),
     })
     return "\n".join([
         "Held-out pairs: the share whose chosen log-probability at the end is below its value "
@@ -262,21 +171,18 @@ def displacement_section(tables: Tables, out: Path, order: list[str]) -> str:
 
 
 def summary_section(tables: Tables, order: list[str]) -> str:
-    summary = _ordered(dg.summary_table(tables.records, tables.evals if len(tables.evals)
-                                        else None,
-                                        tables.perplexity if len(tables.perplexity) else None,
-                                        tables.steps if len(tables.steps) else None,
-                                        tables.pairs), order)
+    summary = _ordered(dg.summary_table(tables.records, tables.evals, tables.perplexity,
+                                        tables.steps, tables.pairs), order)
     view = pd.DataFrame({
         "objective": summary.label, "seeds": summary.n_seeds, "diverged": summary.n_diverged,
-        "held-out loss_p": _with_ci(summary, "loss_p"),
-        "held-out loss_n": _with_ci(summary, "loss_n"),
-        "held-out gap": _with_ci(summary, "gap"),
-        "R² (sum)": _with_ci(summary, "r2_sum"), "R² (mean)": _with_ci(summary, "r2_mean"),
-        "grad cos": _with_ci(summary, "grad_cos"),
-        "collapse onsets": _with_ci(summary, "onset_share", 0, pct=True),
-        "displaced": _with_ci(summary, "displacement", 0, pct=True),
-        "ppl end/start": _with_ci(summary, "ppl_ratio"),
+        "held-out loss_p": interval_column(summary, "loss_p"),
+        "held-out loss_n": interval_column(summary, "loss_n"),
+        "held-out gap": interval_column(summary, "gap"),
+        "R² (sum)": interval_column(summary, "r2_sum"), "R² (mean)": interval_column(summary, "r2_mean"),
+        "grad cos": interval_column(summary, "grad_cos"),
+        "collapse onsets": interval_column(summary, "onset_share", 0, share=True),
+        "displaced": interval_column(summary, "displacement", 0, share=True),
+        "ppl end/start": interval_column(summary, "ppl_ratio"),
     })
     return markdown_table(view) + "\n"
 
@@ -312,13 +218,14 @@ def _quote(text: str) -> str:
 # --------------------------------------------------------------------------- the page
 
 
-def build_report(runs: str | os.PathLike | None = None, out: str | os.PathLike = "reports",
-                 data: str | os.PathLike | None = None) -> Path:
-    """Regenerate `out/README.md` and `out/figures/` from the runs. Returns the page's path."""
-    tables = load_tables(runs, data)
+def build_report(runs: str | os.PathLike | None = None,
+                 out: str | os.PathLike = "reports") -> Path:
+    """Regenerate `out/README.md` and `out/figures/` from the runs (a folder of runs, or None for
+    the committed study: see `prefstudy.tables`). Returns the page's path."""
+    tables = load_tables(runs)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    order = _label_order(tables)
+    order = tables.labels
     plots.set_style(order)
     sections = [
         "# prefstudy report: how stable are preference objectives?", "",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .config import FIELDS, ConfigError, TrainConfig, from_dict, read_toml
-from .records import read_meta
+from .config import FIELDS, ConfigError, TrainConfig, from_dict, read_toml, resolve_path
+from .records import default_runs_dir, read_meta, run_folders
+from .tables import DOSE_FILE, STUDY_FILE
 
-STUDY_FILE = "study.json"  # the study's name, profile, seeds and label order, beside its runs
-DOSE_FILE = "dose.parquet"
+DEFAULT_STUDY = "configs/study.toml"  # relative to the working directory, else the repository
 
 
 @dataclass(frozen=True)
@@ -179,4 +180,27 @@ def describe(study: Study) -> str:
             f"{study.shared.get('model', TrainConfig.model)} → {study.output}")
 
 
-__all__ = ["RunSpec", "Study", "dataclasses", "describe", "load_study", "pending", "run_study"]
+def notebook_runs(rerun: bool = False, *, profile: str = "tiny",
+                  output: str | Path | None = None, progress: bool = False) -> Path:
+    """The folder of runs a notebook reads: the notebooks' one switch.
+
+    rerun=False: the committed study runs (`records.default_runs_dir()`, i.e. reports/runs or
+    `$PREFSTUDY_RUNS`). rerun=True: train the default study (configs/study.toml) afresh into
+    `output` (default: a new temporary folder) and return that folder. profile: one of the study
+    file's profiles; "tiny" is the study on the random tiny model, one seed, a few minutes on two
+    cores; "cpu" takes tens of minutes on two cores.
+    """
+    if not rerun:
+        root = default_runs_dir()
+        if not run_folders(root):
+            raise FileNotFoundError(f"{root}: no committed runs. Set RERUN = True to train a "
+                                    "tiny study, or run `prefstudy study`.")
+        return root
+    output = Path(output) if output else Path(tempfile.mkdtemp(prefix="prefstudy-runs-"))
+    run_study(load_study(resolve_path(DEFAULT_STUDY), profile=profile, output=output),
+              progress=progress)
+    return output
+
+
+__all__ = ["DEFAULT_STUDY", "RunSpec", "Study", "dataclasses", "describe", "load_study",
+           "notebook_runs", "pending", "run_study"]

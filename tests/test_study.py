@@ -8,6 +8,7 @@ from prefstudy.config import ConfigError
 from prefstudy.records import load_runs, read_meta
 from prefstudy.report import build_report
 from prefstudy.study import load_study, pending, run_study
+from prefstudy.tables import load_tables, study_dir, study_labels
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,6 +65,28 @@ def test_study_trains_every_label_and_seed(tiny_study):
     assert (root / "runs" / "dose.parquet").exists()
     assert json.loads((root / "runs" / "study.json").read_text())["labels"] == [
         "naive-sum", "dpo", "sft"]
+
+
+def test_load_tables_reads_every_table_the_study_names(tiny_study):
+    _, root = tiny_study
+    tables = load_tables(root / "runs")
+    assert len(tables.folders) == 6 and tables.labels == ["naive-sum", "dpo", "sft"]
+    for name in ("records", "evals", "perplexity", "generations", "steps", "dose"):
+        assert len(getattr(tables, name)), name
+    # the pairs the runs' configs name, train and held-out, cover every pair they recorded
+    assert set(tables.pairs.split) == {"train", "heldout"}
+    assert set(tables.records.pair_id) | set(tables.evals.pair_id) <= set(tables.pairs.pair_id)
+    assert tables.heldout_or_records is tables.evals
+    # a list of run folders, or one run folder, reads the study.json beside them
+    some = load_tables([root / "runs" / "sft-s0", root / "runs" / "dpo-s1"])
+    assert some.labels == ["dpo", "sft"] and len(some.dose)
+    assert load_tables(root / "runs" / "sft-s1").labels == ["sft"]
+    # labels the study does not list come last, in the order they first appear
+    records = tables.records.assign(label=tables.records.label.replace({"dpo": "dpo-2"}))
+    assert study_labels(records, root / "runs") == ["naive-sum", "sft", "dpo-2"]
+    assert study_dir(root / "runs") == root / "runs"
+    with pytest.raises(FileNotFoundError, match="no runs"):
+        load_tables(root / "empty")
 
 
 def test_report_is_regenerated_identically(tiny_study):

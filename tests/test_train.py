@@ -283,10 +283,12 @@ def test_pair_records_is_the_schema_in_order_and_derives_the_losses():
     assert list(df.columns) == list(RECORD_COLUMNS)
     assert df.loss_p.tolist() == [1.5, 1.0] and df.gap.tolist() == [0.5, 1.0]
     assert df.len_p.dtype == "int64" and df.step.dtype == "int64" and df.margin.isna().all()
-    bare = pair_records(["a"], pair_loss=[0.5], step=3)  # run columns not given are left out
-    assert "run_id" not in bare.columns and bare.loss_p.isna().all()
-    with pytest.raises(TypeError, match="unknown column"):
-        pair_records(["a"], label="x")
+    bare = pair_records(["a"], pair_loss=[0.5], margin=None, step=3)
+    assert "run_id" not in bare.columns and "step" in bare.columns  # run columns: where given
+    assert bare.loss_p.isna().all() and bare.margin.dtype == "float64" and bare.margin.isna().all()
+    for wrong in ({"label": "x"}, {"loss_p": [1.0]}):  # not a column, or one it derives
+        with pytest.raises(TypeError, match="unknown column"):
+            pair_records(["a"], **wrong)
     assert run_label("naive", "sum") == "naive-sum" and run_label("dpo", "") == "dpo"
     assert run_label("naive", "sum", "mine") == "mine"
 

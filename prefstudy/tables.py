@@ -1,0 +1,136 @@
+"""A study's runs and every table they hold, loaded once: what the report, the widgets and the
+notebooks read.
+
+A study folder (what `prefstudy study` writes; reports/runs is the committed one):
+
+    <study>/study.json      the study's name, profile, seeds and label order (STUDY_FILE)
+    <study>/dose.parquet    length-controlled variants scored by the starting model (DOSE_FILE)
+    <study>/<run>/          one folder per run (see `prefstudy.records`)
+
+`load_tables(runs)` returns a `Tables`: the runs' records, evals, perplexity, generations and
+steps (`records.load_runs`), the texts of the pairs their configs name (`run_pairs`), the dose
+table and the study's label order (`study_labels`). `runs` is, everywhere here, a folder of run
+folders, one run folder, a list of run folders, or None for the committed study
+(`records.default_runs_dir()`, i.e. reports/runs or `$PREFSTUDY_RUNS`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .config import resolve_path
+from .data import load_pairs
+from .records import default_runs_dir, load_runs, read_config, run_folders
+
+STUDY_FILE = "study.json"  # the study's name, profile, seeds and label order, beside its runs
+DOSE_FILE = "dose.parquet"  # the length-controlled variants, beside the runs
+PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "split"]  # at least, in `run_pairs`
+
+Runs = str | os.PathLike | Iterable | None
+
+
+def run_list(runs: Runs = None) -> list[Path]:
+    """The run folders `runs` names: those under a folder (or the folder itself when it is one
+    run), a list of run folders as given, or the committed study's runs for None."""
+    if runs is None or isinstance(runs, (str, os.PathLike)):
+        return run_folders(runs)
+    return [Path(r) for r in runs]
+
+
+def study_dir(runs: Runs = None) -> Path | None:
+    """The folder the runs sit in, where their study.json and dose.parquet are; None when the
+    runs do not share one (or there are none)."""
+    parents = {folder.parent for folder in run_list(runs)}
+    return parents.pop() if len(parents) == 1 else None
+
+
+@dataclass
+class Tables:
+    """Everything the analysis reads, loaded once. Every table is a DataFrame: empty where the
+    runs have none (the diagnostics take an empty optional table as "not there").
+
+    records, evals, perplexity, generations, steps: `records.load_runs` of each table.
+    pairs:  `run_pairs`, the texts of the training and held-out pairs the runs name.
+    dose:   the study's dose.parquet (`study.score_dose`), empty if it has none.
+    labels: the labels present, in the study's order (`study_labels`).
+    folders: the run folders.
+    """
+
+    records: pd.DataFrame
+    evals: pd.DataFrame
+    perplexity: pd.DataFrame
+    generations: pd.DataFrame
+    steps: pd.DataFrame
+    pairs: pd.DataFrame
+    dose: pd.DataFrame
+    labels: list[str]
+    folders: list[Path]
+
+    @property
+    def heldout_or_records(self) -> pd.DataFrame:
+        """The pairs final-state numbers are measured on: the held-out evals where the runs have
+        them, else the training records (as `diagnostics.summary_table` chooses)."""
+        return self.evals if len(self.evals) else self.records
+
+
+def load_tables(runs: Runs = None) -> Tables:
+    """Every table of the runs `runs` names (see the module docstring); FileNotFoundError when
+    there are no runs."""
+    folders = run_list(runs)
+    if not folders:
+        raise FileNotFoundError(f"{runs or default_runs_dir()}: no runs (run `prefstudy study` "
+                                "first)")
+    loaded = {name: load_runs(folders, name)
+              for name in ("records", "evals", "perplexity", "generations", "steps")}
+    root = study_dir(folders)
+    dose = root / DOSE_FILE if root is not None else None
+    present = pd.concat([df[["label"]] for df in (loaded["records"], loaded["evals"])
+                         if "label" in df.columns], ignore_index=True)
+    labels = study_labels(present, folders) if len(present) else []
+    return Tables(**loaded, pairs=run_pairs(folders),
+                  dose=pd.read_parquet(dose) if dose and dose.exists() else pd.DataFrame(),
+                  labels=labels, folders=folders)
+
+
+def study_labels(records: pd.DataFrame, runs: Runs = None) -> list[str]:
+    """The labels present in `records`, in the order the study lists them (the study.json beside
+    the runs), then any it does not list in the order they first appear."""
+    present = list(dict.fromkeys(records["label"]))
+    root = study_dir(runs)
+    study = root / STUDY_FILE if root is not None else None
+    if study is None or not study.exists():
+        return present
+    listed = [lab for lab in json.loads(study.read_text()).get("labels", []) if lab in present]
+    return listed + [lab for lab in present if lab not in listed]
+
+
+def run_pairs(runs: Runs = None) -> pd.DataFrame:
+    """The texts of the pairs the runs trained and were evaluated on, from their configs' `data`
+    and `heldout` paths: pair_id, prompt, chosen, rejected, the meta columns (lang, category…)
+    and split ("train" / "heldout"). One row per pair id."""
+    sources = {}
+    for folder in run_list(runs):
+        cfg = read_config(folder)
+        for split, key in (("train", "data"), ("heldout", "heldout")):
+            if cfg.get(key):
+                sources.setdefault(str(resolve_path(cfg[key])), split)
+    frames = []
+    for path, split in sources.items():
+        if Path(path).exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # skipped records are the loader's business
+                frames.append(load_pairs(path).to_frame().assign(split=split))
+    if not frames:
+        return pd.DataFrame(columns=PAIR_COLUMNS)
+    return pd.concat(frames, ignore_index=True).drop_duplicates("pair_id").reset_index(drop=True)
+
+
+__all__ = ["DOSE_FILE", "STUDY_FILE", "Tables", "load_tables", "run_list", "run_pairs",
+           "study_dir", "study_labels"]
