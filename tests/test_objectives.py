@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -21,11 +24,16 @@ from prefstudy.objectives import (
     ObjectiveOutput,
     PairLogps,
     Param,
+    cannot_recompute,
     compute,
     get_objective,
+    has_reference_logps,
     register,
     resolve_params,
+    sequence_logps,
+    sums_suffice,
 )
+from prefstudy.records import load_runs, read_config, run_folders
 
 
 class Pair(NamedTuple):
@@ -543,3 +551,68 @@ def test_register_refuses_duplicates_and_mismatched_signatures():
         register("test_only", needs_reference=False, source="x",
                  beta=Param(-1.0, above=0.0, help="β"))(bad_default)
     assert OBJECTIVES == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Recomputing an objective from logged sums (the what-if view's formulas)
+
+COMMITTED = Path(__file__).resolve().parent.parent / "reports" / "runs"
+
+
+def hand_records():
+    """Three per-pair records whose logged sums are easy to check by hand."""
+    return pd.DataFrame({
+        "run_id": "r", "label": "dpo", "seed": 0, "step": 1, "pair_id": ["a", "b", "c"],
+        "nll_sum_p": [10.0, 40.0, 6.0], "nll_sum_n": [12.0, 20.0, 9.0],
+        "len_p": [5, 20, 3], "len_n": [4, 10, 3],
+        "ref_logp_p": [-11.0, -38.0, -6.0], "ref_logp_n": [-11.0, -22.0, -10.0],
+    })
+
+
+def test_sequence_logps_keeps_the_logged_sums_means_and_counts():
+    records = hand_records()
+    logps = sequence_logps(records)
+    assert logps.chosen.sum.tolist() == pytest.approx([-10.0, -40.0, -6.0])
+    assert logps.rejected.mean.tolist() == pytest.approx([-3.0, -2.0, -3.0])
+    assert logps.chosen.count.tolist() == [5, 20, 3]
+    assert logps.ref_rejected.sum.tolist() == pytest.approx([-11.0, -22.0, -10.0])
+    no_ref = sequence_logps(records.drop(columns=["ref_logp_p", "ref_logp_n"]))
+    assert no_ref.ref_chosen is None and no_ref.ref_rejected is None
+
+
+def test_sums_suffice_is_checked_against_the_registry():
+    verdict = {name: sums_suffice(name) for name in OBJECTIVES}
+    # per-token objectives: log(1 − p_t) per token; position-weighted tokens
+    assert verdict["unlikelihood"] is False and verdict["ld_dpo"] is False
+    for name in ("naive", "sft", "negative_only", "dpo", "ipo", "simpo", "book_dpo", "rpo"):
+        assert verdict[name] is True, name
+
+
+def test_cannot_recompute_says_why():
+    assert cannot_recompute("naive", has_reference=False) == ""
+    assert "each token's log-probability" in cannot_recompute("unlikelihood", has_reference=True)
+    assert "reference log-probs" in cannot_recompute("dpo", has_reference=False)
+    assert cannot_recompute("dpo", has_reference=True) == ""
+    records = hand_records()
+    assert has_reference_logps(records).tolist() == [True, True, True]
+    assert not has_reference_logps(records.drop(columns="ref_logp_n")).any()
+
+
+@pytest.mark.skipif(not COMMITTED.exists(), reason="no committed runs in reports/runs yet")
+def test_logged_losses_are_reproduced_from_the_logged_sums():
+    """Every committed run of an objective that sums suffice for: its own objective, recomputed
+    from the records' sums through the registry, gives the pair_loss and margin it logged."""
+    checked = 0
+    for folder in run_folders(COMMITTED):
+        config = read_config(folder)
+        if not sums_suffice(config["objective"]):
+            continue
+        records = load_runs([folder])
+        if records.empty:  # a run that has not reached its first step
+            continue
+        out = compute(config["objective"], sequence_logps(records), **config["params"])
+        scale = 1.0 + records.pair_loss.abs().to_numpy()
+        assert np.abs(out.loss.numpy() - records.pair_loss.to_numpy()).max() < 1e-4 * scale.max()
+        assert np.allclose(out.margin.numpy(), records.margin.to_numpy(), rtol=1e-4, atol=1e-4)
+        checked += 1
+    assert checked
