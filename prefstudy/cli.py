@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.set_defaults(func=_demo)
 
+    from .config import resolve_path
     from .objectives import OBJECTIVES
+    from .study import DEFAULT_STUDY
 
     train = sub.add_parser("train", help="train one run, writing per-pair records",
                            description="Train under a config (TOML); flags override its fields.")
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="train every objective of a study, then the report",
                            description="Train what is missing of a study (a killed study "
                            "resumes), then regenerate its report.")
-    study.add_argument("--config", default=str(_repo_file("configs/study.toml")))
+    study.add_argument("--config", default=str(resolve_path(DEFAULT_STUDY)))
     study.add_argument("--profile", choices=["cpu", "gpu"],
                        help="default: gpu when CUDA is available, else cpu")
     study.add_argument("--seeds", help="comma-separated, overriding the profile's")
@@ -167,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="regenerate every figure and the report page")
     report.add_argument("--runs", help="folder of runs (default: the committed runs, reports/runs)")
-    report.add_argument("--out", default=str(_repo_file("reports")), help="default: reports/")
+    report.add_argument("--out", default=str(resolve_path("reports")), help="default: reports/")
     report.set_defaults(func=_report)
 
     data = sub.add_parser("data", help="the bundled data").add_subparsers(dest="data_command",
@@ -177,15 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--tokens", action="store_true", help="also count SmolLM2 tokens")
     stats.set_defaults(func=_data_stats)
     return parser
-
-
-def _repo_file(path: str):
-    """A path inside the repository when run from elsewhere, else relative to here."""
-    from pathlib import Path
-
-    here = Path(path)
-    repo = Path(__file__).resolve().parent.parent / path
-    return here if here.exists() or not repo.exists() else repo
 
 
 def main(argv: list[str] | None = None) -> int:
