@@ -5,6 +5,7 @@ import torch
 
 from prefstudy.models import (
     PRESETS,
+    ModelError,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -51,7 +52,8 @@ def test_set_trainable_top_blocks(tiny):
 
 def test_offline_hub_path_fails_clearly(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError):
+    with pytest.raises(ModelError, match="'HuggingFaceTB/definitely-not-cached-model': not a "
+                                         "preset"):
         load_model("HuggingFaceTB/definitely-not-cached-model", device="cpu")
 
 
