@@ -31,7 +31,7 @@ from .records import default_runs_dir, load_runs, read_config, run_folders
 
 STUDY_FILE = "study.json"  # the study's name, profile, seeds and label order, beside its runs
 DOSE_FILE = "dose.parquet"  # the length-controlled variants, beside the runs
-PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "split"]  # at least, in `run_pairs`
+PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "split"]  # run_pairs, beside meta
 
 Runs = str | os.PathLike | Iterable | None
 
