@@ -1,4 +1,8 @@
-"""The `prefstudy` command. Each subcommand has --help."""
+"""The `prefstudy` command. Each subcommand has --help.
+
+Bad input of any kind (data, config, schema, a value out of range, an unwritable or missing
+file) is one line on stderr and exit status 2; `--debug` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -32,23 +36,18 @@ def _demo(args) -> int:
 
 
 def _train(args) -> int:
-    from .config import ConfigError, TrainConfig, load_config
+    from .config import TrainConfig, load_config
     from .records import read_meta
     from .train import train
 
     overrides = {"objective": args.objective, "seed": args.seed, "device": args.device,
                  "steps": args.steps, "output": args.output, "run_id": args.run_id}
-    try:
-        if args.config:
-            cfg = load_config(args.config, **overrides)
-        else:
-            cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
-        if args.param:
-            cfg.params = {**cfg.params, **dict(_param(p) for p in args.param)}
-        cfg = cfg.resolved()
-    except ConfigError as e:
-        print(f"prefstudy train: {e}", file=sys.stderr)
-        return 2
+    if args.config:
+        cfg = load_config(args.config, **overrides)
+    else:
+        cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if args.param:
+        cfg.params = {**cfg.params, **dict(_param(p) for p in args.param)}
     run = train(cfg, resume=args.resume, progress=not args.quiet)
     meta = read_meta(run)
     print(f"{run}: {meta['status']}" + (f" at step {meta['diverged_step']} ({meta['reason']})"
@@ -94,16 +93,11 @@ def _data_stats(args) -> int:
 def _study(args) -> int:
     import time
 
-    from .config import ConfigError
     from .report import build_report
     from .study import describe, load_study, run_study
 
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    try:
-        study = load_study(args.config, profile=args.profile, seeds=seeds, output=args.output)
-    except ConfigError as e:
-        print(f"prefstudy study: {e}", file=sys.stderr)
-        return 2
+    study = load_study(args.config, profile=args.profile, seeds=seeds, output=args.output)
     print(describe(study), flush=True)
     started = time.time()
     run_study(study, progress=not args.quiet)
@@ -121,6 +115,8 @@ def _report(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefstudy", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="score a few bundled pairs with the real model")
@@ -181,9 +177,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"prefstudy: {category.__name__}: {' '.join(str(message).split())}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if not args.debug:
+        warnings.formatwarning = _warning_line
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:  # every PrefstudyError is a ValueError
+        if args.debug:
+            raise
+        print(f"prefstudy {args.command}: {_one_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

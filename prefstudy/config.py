@@ -15,6 +15,7 @@ from typing import Any
 from .errors import PrefstudyError
 from .models import DTYPES, PRESETS
 from .objectives import OBJECTIVES, get_objective, resolve_params
+from .paths import in_repo
 
 
 class ConfigError(PrefstudyError):
@@ -196,5 +197,5 @@ def resolve_path(path: str | None) -> Path | None:
     p = Path(path)
     if p.exists() or p.is_absolute():
         return p
-    repo = Path(__file__).resolve().parent.parent / p
+    repo = in_repo(str(p))
     return repo if repo.exists() else p

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import PrefstudyError
+from .paths import in_repo
 
 ROLES = ("system", "user", "assistant")
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -116,8 +117,8 @@ class PairSet(Sequence[PreferencePair]):
         return len(self.pairs)
 
     def __getitem__(self, i):
-        if isinstance(i, slice):
-            return PairSet(self.pairs[i])
+        if isinstance(i, slice):  # a sample of the pairs; what the load skipped stays listed
+            return PairSet(self.pairs[i], self.skipped)
         return self.pairs[i]
 
     def __iter__(self) -> Iterator[PreferencePair]:
@@ -441,7 +442,7 @@ def length_ratio(a, b):
 def data_dir() -> Path:
     """The bundled data folder (`$PREFSTUDY_DATA` overrides it)."""
     env = os.environ.get("PREFSTUDY_DATA")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+    return Path(env) if env else in_repo("data")
 
 
 def load_texts(path: str | os.PathLike) -> pd.DataFrame:

@@ -7,13 +7,13 @@ round-robin over languages; `batch_indices` is the batch order, a pure function 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 
 from .config import TrainConfig, resolve_path
-from .data import PairSet, load_pairs, load_probes, load_texts
+from .data import DataError, PairSet, load_pairs, load_probes, load_texts
 from .encode import Encoded, encode_pairs
 
 
@@ -47,6 +47,7 @@ class Inputs:
     neutral: pd.DataFrame | None  # held-out text for perplexity
     probes: pd.DataFrame | None  # prompts for greedy generations
     dropped: int  # training pairs truncation would have emptied (or left identical)
+    counts: dict = field(default_factory=dict)  # what loading and truncation left out or cut
 
 
 def _load_pairs(path, cfg: TrainConfig) -> PairSet:
@@ -66,15 +67,25 @@ def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
     enc = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
     train = encode_pairs(pairs, tokenizer, **enc)
     if len(train) < cfg.batch_size:
-        raise ValueError(f"{cfg.data}: {len(train)} usable pairs, fewer than batch_size="
-                         f"{cfg.batch_size}")
+        raise DataError(f"{cfg.data}: {len(train)} usable pairs, fewer than batch_size="
+                        f"{cfg.batch_size}")
     heldout = neutral = probes = None
     if cfg.heldout and cfg.n_heldout:
         held = _load_pairs(cfg.heldout, cfg)
-        held = [held[i] for i in round_robin(held.to_frame(), cfg.n_heldout).index]
+        held = PairSet(tuple(held[i] for i in round_robin(held.to_frame(), cfg.n_heldout).index),
+                       held.skipped)
         heldout = encode_pairs(held, tokenizer, **enc)
     if cfg.neutral_text and cfg.n_neutral:
         neutral = _sample(load_texts(resolve_path(cfg.neutral_text)), cfg, cfg.n_neutral)
     if cfg.probes and cfg.n_probes:
         probes = _sample(load_probes(resolve_path(cfg.probes)), cfg, cfg.n_probes)
-    return Inputs(train, heldout, neutral, probes, len(train.dropped))
+    counts = {**_counts("", pairs, train), **(_counts("heldout_", held, heldout) if heldout else {})}
+    return Inputs(train, heldout, neutral, probes, len(train.dropped), counts)
+
+
+def _counts(prefix: str, pairs: PairSet | list, encoded: Encoded) -> dict[str, int]:
+    """What a run's config records of its pairs: records the loader skipped, pairs truncation
+    dropped, and kept pairs whose prompt or a response it cut."""
+    return {f"{prefix}records_skipped": len(getattr(pairs, "skipped", ())),
+            f"{prefix}pairs_dropped_by_truncation": len(encoded.dropped),
+            f"{prefix}pairs_truncated": encoded.n_truncated}

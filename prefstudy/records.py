@@ -30,6 +30,7 @@ import platform
 import re
 import subprocess
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ import pyarrow.parquet as pq
 
 from .cache import write_atomic
 from .errors import PrefstudyError
+from .paths import in_repo
 
 SCHEMA_VERSION = 1
 TABLES = ("records", "evals", "perplexity", "generations", "steps")
@@ -309,11 +311,39 @@ class RunWriter:
 # --------------------------------------------------------------------------- reading
 
 
+class RunError(PrefstudyError):
+    """A run folder whose files cannot be read; the message names the file and the run."""
+
+
+class RunsLeftOutWarning(UserWarning):
+    """A folder among the runs that looks like a run but cannot be read as one (no meta.json)."""
+
+
+# Columns each table must have to be read at all (records and evals: the per-pair record).
+TABLE_COLUMNS = {"records": REQUIRED_COLUMNS, "evals": REQUIRED_COLUMNS,
+                 "perplexity": ("step", "text_id", "nll_sum", "n_tokens"),
+                 "generations": ("step", "probe_id", "text"), "steps": ("step",)}
+
+
+def _read_json(run: str | os.PathLike, name: str) -> dict[str, Any]:
+    path = Path(run) / name
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; {run} is not a complete run folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: damaged {name} of run {Path(run).name} ({e})") from None
+    except OSError as e:
+        raise RunError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path}: damaged {name} of run {Path(run).name} (not a JSON object)")
+    return value
+
+
 def read_meta(run: str | os.PathLike) -> dict[str, Any]:
-    path = Path(run) / "meta.json"
-    if not path.exists():
+    if not (Path(run) / "meta.json").exists():
         raise FileNotFoundError(f"{run}: not a run folder (no meta.json)")
-    meta = json.loads(path.read_text())
+    meta = _read_json(run, "meta.json")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise SchemaError(f"{run}: record schema version {meta.get('schema_version')!r}; this "
                           f"prefstudy reads version {SCHEMA_VERSION}. Re-run it, or read it "
@@ -322,18 +352,41 @@ def read_meta(run: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_config(run: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((Path(run) / "config.json").read_text())
+    return _read_json(run, "config.json")
+
+
+def _shard_metadata(shard: Path) -> dict[bytes, bytes]:
+    try:
+        return pq.read_schema(shard).metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        raise RunError(f"{shard}: damaged parquet shard of run {shard.parent.parent.name} "
+                       f"({e})") from None
 
 
 def _live_shards(folder: Path) -> list[Path]:
     """The shards to read: merged files, and the shards that no merged file replaces."""
-    shards = sorted(folder.glob("*.parquet"))
+    shards = sorted(p for p in folder.glob("*.parquet") if p.is_file())
     replaced = set()
     for p in shards:
         if MERGED.fullmatch(p.name):
-            meta = pq.read_schema(p).metadata or {}
-            replaced.update(json.loads(meta.get(b"prefstudy_merged", b"[]")))
+            replaced.update(json.loads(_shard_metadata(p).get(b"prefstudy_merged", b"[]")))
     return [p for p in shards if p.name not in replaced]
+
+
+def _read_shard(shard: Path, table: str) -> pd.DataFrame:
+    """One shard, checked: its schema version and the columns its table needs."""
+    version = _shard_metadata(shard).get(b"prefstudy_schema", b"?").decode(errors="replace")
+    if version != str(SCHEMA_VERSION):
+        raise SchemaError(f"{shard}: record schema version {version}; expected {SCHEMA_VERSION}")
+    try:
+        df = pd.read_parquet(shard)
+    except (pa.ArrowException, OSError) as e:
+        raise RunError(f"{shard}: damaged parquet shard of run {shard.parent.parent.name} "
+                       f"({e})") from None
+    missing = [c for c in TABLE_COLUMNS[table] if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{shard}: a {table} shard without the required column(s) {missing}")
+    return df
 
 
 def load_table(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
@@ -344,13 +397,7 @@ def load_table(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
     shards = _live_shards(Path(run) / table)
     if not shards:
         return pd.DataFrame()
-    frames = []
-    for shard in shards:
-        version = (pq.read_schema(shard).metadata or {}).get(b"prefstudy_schema", b"?").decode()
-        if version != str(SCHEMA_VERSION):
-            raise SchemaError(f"{shard}: record schema version {version}; expected {SCHEMA_VERSION}")
-        frames.append(pd.read_parquet(shard))
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.concat([_read_shard(shard, table) for shard in shards], ignore_index=True)
     order = [c for c in ("step", "pair_id", "text_id", "probe_id") if c in df.columns]
     return df.sort_values(order, kind="stable").reset_index(drop=True) if order else df
 
@@ -379,15 +426,40 @@ def load_run(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
 def default_runs_dir() -> Path:
     """The committed study runs (`$PREFSTUDY_RUNS` overrides)."""
     env = os.environ.get("PREFSTUDY_RUNS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "reports" / "runs"
+    return Path(env) if env else in_repo("reports", "runs")
+
+
+def _looks_like_a_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in ("config.json", "checkpoint", *TABLES))
 
 
 def run_folders(root: str | os.PathLike | None = None) -> list[Path]:
-    """Run folders directly under `root` (default: the committed study runs), by name."""
+    """Run folders directly under `root` (default: the committed study runs), by name.
+
+    A folder that looks like a run (a config.json, a checkpoint or a table folder) but has no
+    meta.json is left out with a RunsLeftOutWarning naming it, never silently.
+    """
     root = Path(root) if root else default_runs_dir()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder of runs")
     if (root / "meta.json").exists():
         return [root]
-    return sorted(p.parent for p in root.glob("*/meta.json"))
+    folders = sorted(p.parent for p in root.glob("*/meta.json"))
+    left_out = sorted(p for p in root.glob("*") if p.is_dir() and p not in folders
+                      and not p.name.startswith(".") and _looks_like_a_run(p))
+    if left_out:
+        warnings.warn(f"{root}: left out {len(left_out)} folder(s) without meta.json, not "
+                      f"readable as runs: {', '.join(p.name for p in left_out)}",
+                      RunsLeftOutWarning, stacklevel=2)
+    return folders
+
+
+def run_list(runs: str | os.PathLike | Iterable | None = None) -> list[Path]:
+    """The run folders `runs` names: those under a folder (or the folder itself when it is one
+    run), a list of run folders as given, or the committed study's runs for None."""
+    if runs is None or isinstance(runs, (str, os.PathLike)):
+        return run_folders(runs)
+    return [Path(r) for r in runs]
 
 
 def load_runs(runs: str | os.PathLike | Iterable | None = None,
@@ -396,8 +468,7 @@ def load_runs(runs: str | os.PathLike | Iterable | None = None,
 
     runs: a folder of run folders, a list of run folders, or None for the committed study runs.
     """
-    folders = (run_folders(runs) if runs is None or isinstance(runs, (str, os.PathLike))
-               else [Path(r) for r in runs])
+    folders = run_list(runs)
     if not folders:
         raise FileNotFoundError(f"no runs found in {runs or default_runs_dir()}")
     frames = [load_run(f, table) for f in folders]
@@ -405,26 +476,37 @@ def load_runs(runs: str | os.PathLike | Iterable | None = None,
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+# What `runs_summary` shows of each run's config and meta besides its losses.
+SUMMARY_COUNTS = ("records_skipped", "pairs_dropped_by_truncation", "pairs_truncated")
+
+
+def _summary_row(folder: Path) -> dict[str, Any]:
+    meta, cfg = read_meta(folder), read_config(folder)
+    rec = load_table(folder)
+    by_step = rec.groupby("step")[["loss_p", "loss_n"]].mean() if len(rec) else None
+
+    def at(column: str, i: int) -> float:
+        return float(by_step[column].iloc[i]) if by_step is not None else float("nan")
+
+    return {
+        "run_id": cfg.get("run_id", folder.name), "objective": cfg.get("objective"),
+        "seed": cfg.get("seed"), "status": meta.get("status"),
+        "steps": int(rec.step.max()) if len(rec) else 0,
+        "loss_p_first": at("loss_p", 0), "loss_p_final": at("loss_p", -1),
+        "loss_n_first": at("loss_n", 0), "loss_n_final": at("loss_n", -1),
+        "above_uniform_step": meta.get("above_uniform_step", float("nan")),
+        **{k: cfg.get(k, float("nan")) for k in SUMMARY_COUNTS},
+        "error": (f"{meta.get('error_type')} at step {meta.get('failed_step')}: "
+                  f"{meta.get('error')}" if meta.get("status") == "failed" else ""),
+        "path": str(folder),
+    }
+
+
 def runs_summary(runs: str | os.PathLike | Iterable | None = None) -> pd.DataFrame:
-    """One row per run: run_id, objective, seed, status, steps, first and final loss_p / loss_n."""
-    folders = (run_folders(runs) if runs is None or isinstance(runs, (str, os.PathLike))
-               else [Path(r) for r in runs])
-    rows = []
-    for folder in folders:
-        meta, cfg = read_meta(folder), read_config(folder)
-        rec = load_table(folder)
-        by_step = rec.groupby("step")[["loss_p", "loss_n"]].mean() if len(rec) else None
-        rows.append({
-            "run_id": cfg.get("run_id", folder.name), "objective": cfg.get("objective"),
-            "seed": cfg.get("seed"), "status": meta.get("status"),
-            "steps": int(rec.step.max()) if len(rec) else 0,
-            "loss_p_first": by_step.loss_p.iloc[0] if by_step is not None else float("nan"),
-            "loss_p_final": by_step.loss_p.iloc[-1] if by_step is not None else float("nan"),
-            "loss_n_first": by_step.loss_n.iloc[0] if by_step is not None else float("nan"),
-            "loss_n_final": by_step.loss_n.iloc[-1] if by_step is not None else float("nan"),
-            "path": str(folder),
-        })
-    return pd.DataFrame(rows)
+    """One row per run: run_id, objective, seed, status, steps, first and final step-mean loss_p
+    and loss_n, above_uniform_step (first step a per-token loss passed ln|V|, NaN if none),
+    what loading and truncation left out (SUMMARY_COUNTS), the error of a failed run, path."""
+    return pd.DataFrame([_summary_row(folder) for folder in run_list(runs)])
 
 
 def require_columns(df: pd.DataFrame, columns: Iterable[str | None], where: str, *,

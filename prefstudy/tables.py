@@ -27,21 +27,13 @@ import pandas as pd
 
 from .config import resolve_path
 from .data import load_pairs
-from .records import default_runs_dir, load_runs, read_config, run_folders
+from .records import default_runs_dir, load_runs, read_config, run_list
 
 STUDY_FILE = "study.json"  # the study's name, profile, seeds and label order, beside its runs
 DOSE_FILE = "dose.parquet"  # the length-controlled variants, beside the runs
 PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "split"]  # run_pairs, beside meta
 
 Runs = str | os.PathLike | Iterable | None
-
-
-def run_list(runs: Runs = None) -> list[Path]:
-    """The run folders `runs` names: those under a folder (or the folder itself when it is one
-    run), a list of run folders as given, or the committed study's runs for None."""
-    if runs is None or isinstance(runs, (str, os.PathLike)):
-        return run_folders(runs)
-    return [Path(r) for r in runs]
 
 
 def study_dir(runs: Runs = None) -> Path | None:

@@ -5,7 +5,14 @@ or `torchrun` (each process takes an equal share of every batch, gradients are a
 process records its own pairs, so every pair is recorded exactly once per step). Reference
 log-probs are computed once per pair with the frozen starting model and cached on disk, and so
 are the starting model's step-0 evaluations, which every run of a study shares. A
-non-finite loss stops the run cleanly and marks it `diverged`: a diverging run is data.
+non-finite loss stops the run cleanly and marks it `diverged`: a diverging run is data, and so is
+one whose per-token losses pass ln|V|, the loss of a uniform guess, by more than a nat
+(`meta.json` flags it with `above_uniform_step`). Any
+other exception marks the run `failed` with the step, the exception's type and its message.
+
+One writer per run folder: the main process holds an exclusive lock (`.<run_id>.lock` beside the
+folder) while it trains, and a second process is refused. Resuming a run that ended does nothing
+and says so; resuming with a configuration that changes results is refused, naming the fields.
 
 What the loop calls lives in its own module: the inputs and the batch order in
 prefstudy.inputs, one step (forward, objective, backward, update) in prefstudy.step, evaluation
@@ -15,10 +22,14 @@ prefstudy.records.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import shutil
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +37,24 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .encode import Batch, collate
 from .evaluate import evaluate
 from .gradstats import PerPairGradients
 from .inputs import Inputs, batch_indices, prepare_inputs
 from .models import load_model, set_trainable
 from .objectives import get_objective
-from .records import RunWriter, load_table, read_meta
+from .records import RunError, RunWriter, load_table, read_config, read_meta
 from .step import Optimisation, StepResult, reference_logps, train_step
 
 ENDED = ("completed", "diverged")  # statuses of a run that is evaluated, compacted, not resumed
+# Config fields that may differ when a run is resumed: where it is written, what figures call it,
+# which device runs it and how often it saves state. Every other field changes its results.
+RESUMABLE_CHANGES = ("output", "label", "device", "checkpoint_every")
+# A run is flagged when a pair's per-token loss passes ln|V| by more than this (nats): worse than
+# a uniform guess by a factor e per token. The margin keeps a random starting model, whose losses
+# hover around ln|V|, from being flagged at its first step.
+UNIFORM_MARGIN = 1.0
 
 
 @dataclass
@@ -54,6 +72,8 @@ class Run:
     opt: Optimisation
     writer: RunWriter
     start: int = 0  # the last step already done (a resumed run)
+    step: int = 0  # the step in progress
+    above_uniform: dict = field(default_factory=dict)  # first step and largest loss past ln|V|
 
     @property
     def is_main(self) -> bool:
@@ -71,20 +91,10 @@ class Run:
                  self.accelerator.device, step)
 
 
-def _open(cfg: TrainConfig, resume: bool) -> Run:
-    """Check the config, then load the model and inputs and compute the reference log-probs."""
-    from accelerate import Accelerator
+def _open(cfg: TrainConfig, folder: Path, accelerator) -> Run:
+    """Load the model and inputs and compute the reference log-probs."""
     from accelerate.utils import set_seed
 
-    cfg = cfg.resolved()  # fails on a bad config before anything is loaded
-    accelerator = Accelerator(cpu=cfg.device == "cpu")
-    world = accelerator.num_processes
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {world} processes")
-    folder = Path(cfg.output) / cfg.run_id
-    if (folder / "meta.json").exists() and not resume:
-        raise FileExistsError(f"{folder} exists; pass resume=True (--resume) or choose another "
-                              "run_id")
     set_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -103,6 +113,46 @@ def _open(cfg: TrainConfig, resume: bool) -> Run:
                Optimisation.create(model, cfg), RunWriter(folder, rank=accelerator.process_index))
 
 
+def _accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=cfg.device == "cpu")
+    world = accelerator.num_processes
+    if cfg.batch_size % world:
+        raise ConfigError(f"config field 'batch_size' = {cfg.batch_size} must be a multiple of "
+                          f"the {world} processes")
+    return accelerator
+
+
+def _comparable(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def resume_changes(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The fields, as `name: saved → new`, in which `cfg` would change a saved run's results."""
+    new = cfg.to_dict()
+    return [f"{k}: {saved.get(k)!r} → {new[k]!r}" for k in new
+            if k not in RESUMABLE_CHANGES and _comparable(saved.get(k)) != _comparable(new[k])]
+
+
+def _ended_already(folder: Path, cfg: TrainConfig, resume: bool) -> str | None:
+    """The status of a run that has ended (resume is then a no-op), None if it is to train.
+
+    Refuses a run folder that exists when `resume` is off, and a resume whose config changes
+    results, naming the fields that differ."""
+    if not (folder / "meta.json").exists():
+        return None
+    if not resume:
+        raise RunError(f"{folder}: the run exists; pass resume=True (--resume) or choose another "
+                       "run_id")
+    status = read_meta(folder).get("status")
+    changes = resume_changes(read_config(folder), cfg)
+    if changes:
+        raise ConfigError(f"{folder}: cannot resume with a configuration that changes results; "
+                          f"it differs in {'; '.join(changes)}")
+    return status if status in ENDED else None
+
+
 def _begin(run: Run, resume: bool) -> None:
     """Resume from the checkpoint if asked, write config and meta, and evaluate at step 0."""
     if resume and (run.folder / "meta.json").exists():
@@ -113,7 +163,7 @@ def _begin(run: Run, resume: bool) -> None:
     run.accelerator.wait_for_everyone()
     if run.is_main:
         config = {**run.cfg.to_dict(), "pairs_train": len(run.inputs.train),
-                  "pairs_dropped_by_truncation": run.inputs.dropped,
+                  "pairs_dropped_by_truncation": run.inputs.dropped, **run.inputs.counts,
                   "num_processes": run.accelerator.num_processes}
         run.writer.start(config, resume=resume and run.start > 0)
         if run.start == 0:
@@ -125,6 +175,7 @@ def _after_step(run: Run, step: int, out: StepResult, bar: tqdm | None) -> None:
     """Write the step's records, show progress, evaluate and checkpoint when due."""
     cfg = run.cfg
     run.writer.append("records", out.records, step=step)
+    _watch_uniform(run, step, out.records)
     if run.is_main:
         if out.stats:
             run.writer.append("steps", [out.stats], step=step)
@@ -139,18 +190,46 @@ def _after_step(run: Run, step: int, out: StepResult, bar: tqdm | None) -> None:
     run.accelerator.wait_for_everyone()
 
 
+def uniform_loss(model) -> float:
+    """ln|V|: the per-token cross-entropy of a uniform guess over the model's vocabulary."""
+    return math.log(model.get_output_embeddings().weight.shape[0])
+
+
+def _watch_uniform(run: Run, step: int, records) -> None:
+    """Note the first step at which a pair's per-token loss passed ln|V| by more than
+    UNIFORM_MARGIN, and the largest such loss."""
+    worst = float(records[["loss_p", "loss_n"]].max().max())
+    if math.isfinite(worst) and worst > uniform_loss(run.model) + UNIFORM_MARGIN:
+        seen = run.above_uniform
+        seen.setdefault("above_uniform_step", step)
+        seen["above_uniform_max_loss"] = max(worst, seen.get("above_uniform_max_loss", worst))
+
+
+def _failure(step: int, error: BaseException, where: str = "") -> dict:
+    return {"failed_step": step, "error_type": type(error).__name__,
+            "error": (f"{where}: " if where else "") + str(error)[:2000]}
+
+
 def _finish(run: Run, status: str, detail: dict) -> None:
-    """The final evaluation of a run that ended (at its last good step), and its status."""
-    if run.is_main:
-        if status in ENDED:
-            run.evaluate(detail.get("diverged_step", run.cfg.steps + 1) - 1)
-        run.writer.finish(status, **detail)
+    """The final evaluation of a run that ended (at its last good step), and its status; a
+    final evaluation that fails leaves the run failed."""
+    if not run.is_main:
+        return
+    error = None
+    if status in ENDED:
+        last = detail.get("diverged_step", run.cfg.steps + 1) - 1
+        try:
+            run.evaluate(last)
+        except Exception as e:  # noqa: BLE001 - recorded, then raised
+            status, detail, error = "failed", _failure(last, e, "final evaluation"), e
+    flags = {"uniform_loss": uniform_loss(run.model), **run.above_uniform}
+    run.writer.finish(status, **detail, **flags)
+    if error is not None:
+        raise error
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train under `cfg` and return the run folder. See the module docstring."""
-    run = _open(cfg, resume)
-    _begin(run, resume)
+def _loop(run: Run, progress: bool) -> str:
+    """Train the remaining steps; returns the run's status (exceptions mark it failed)."""
     grads = PerPairGradients(run.model) if run.cfg.grad_stats else None
     run.model.train()
     show = progress and run.is_main
@@ -158,26 +237,72 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                disable=not show, desc=run.cfg.run_id)
     status, detail = "completed", {}
     try:
-        for step in bar:
-            out = train_step(run.model, run.batch(step), run.cfg, run.ref, run.opt,
-                             run.accelerator, step, grads)
+        for run.step in bar:
+            out = train_step(run.model, run.batch(run.step), run.cfg, run.ref, run.opt,
+                             run.accelerator, run.step, grads)
             if out.diverged:
-                status, detail = "diverged", {"diverged_step": step, "reason": out.diverged}
+                status, detail = "diverged", {"diverged_step": run.step, "reason": out.diverged}
                 break
-            _after_step(run, step, out, bar if show else None)
+            _after_step(run, run.step, out, bar if show else None)
     except KeyboardInterrupt:
         status = "interrupted"
+        raise
+    except Exception as e:
+        status, detail = "failed", _failure(run.step, e)
         raise
     finally:
         if grads is not None:
             grads.remove()
-        _finish(run, status, detail)
         bar.close()
-    run.accelerator.wait_for_everyone()
-    if run.is_main and status in ENDED:
-        run.writer.compact()  # one file per table instead of one per step
-        shutil.rmtree(run.folder / "checkpoint", ignore_errors=True)  # an ended run is not resumed
-    return run.folder
+        _finish(run, status, detail)
+    return status
+
+
+@contextlib.contextmanager
+def _lock(folder: Path, is_main: bool):
+    """The exclusive lock of a run folder, held by its main process while it trains."""
+    from filelock import FileLock, Timeout
+
+    if not is_main:
+        yield
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder.parent / f".{folder.name}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunError(f"{folder}: another process is training into this run folder; wait for "
+                       "it to end, or choose another run_id") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train under `cfg` and return the run folder. See the module docstring."""
+    cfg = cfg.resolved()  # fails on a bad config before anything is loaded
+    folder = Path(cfg.output) / cfg.run_id
+    accelerator = _accelerator(cfg)
+    with _lock(folder, accelerator.is_main_process):
+        ended = _ended_already(folder, cfg, resume)
+        if ended:
+            if progress and accelerator.is_main_process:
+                print(f"{folder}: already {ended}; nothing to resume", file=sys.stderr)
+            return folder
+        run = _open(cfg, folder, accelerator)
+        try:
+            _begin(run, resume)
+        except Exception as e:
+            if run.is_main and (folder / "meta.json").exists():
+                run.writer.finish("failed", **_failure(run.start, e, "start"))
+            raise
+        status = _loop(run, progress)
+        run.accelerator.wait_for_everyone()
+        if run.is_main and status in ENDED:
+            run.writer.compact()  # one file per table instead of one per step
+            shutil.rmtree(folder / "checkpoint", ignore_errors=True)  # an ended run is not resumed
+    return folder
 
 
 def completed_steps(run: Path) -> int:

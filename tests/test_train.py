@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prefstudy.config import ConfigError, TrainConfig, load_config
-from prefstudy.records import SchemaError, load_run, load_table, read_meta, runs_summary
+from prefstudy.records import RunError, SchemaError, load_run, load_table, read_meta, runs_summary
 from prefstudy.train import batch_indices, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,7 +118,7 @@ def test_other_schema_version_is_refused(tmp_path):
 def test_existing_run_is_not_overwritten(tmp_path):
     cfg = tiny(tmp_path, steps=1, n_heldout=0, n_neutral=0, n_probes=0)
     train(cfg, progress=False)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunError, match="the run exists; pass resume=True \\(--resume\\)"):
         train(cfg, progress=False)
 
 

@@ -1,0 +1,16 @@
+"""Where the repository's own files are: the one definition of the repository root.
+
+Bundled data (`data/`), configs (`configs/`) and the committed study runs (`reports/runs/`) are
+found relative to it when a path given relative to the working directory does not exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def in_repo(*parts: str) -> Path:
+    """A path inside the repository, e.g. `in_repo("reports", "runs")`."""
+    return REPO.joinpath(*parts)

@@ -1,0 +1,264 @@
+"""A run's status and records can be trusted: failures are recorded, resumes are checked, one
+writer per run folder, damaged run folders are named, finite explosions are flagged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from prefstudy.config import ConfigError, load_config
+from prefstudy.records import (
+    RunError,
+    RunsLeftOutWarning,
+    RunWriter,
+    SchemaError,
+    load_run,
+    load_runs,
+    load_table,
+    read_config,
+    read_meta,
+    runs_summary,
+)
+from prefstudy.train import train
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "tiny.toml"
+QUICK = dict(steps=3, n_heldout=2, n_neutral=2, n_probes=1, eval_every=0, checkpoint_every=1)
+
+
+def tiny(tmp_path, **overrides):
+    return load_config(TINY, output=str(tmp_path), **{"run_id": "r", **QUICK, **overrides})
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_an_exception_in_a_step_leaves_the_run_failed_with_step_type_and_message(
+        tmp_path, monkeypatch):
+    import prefstudy.train as tr
+
+    real = tr.train_step
+
+    def breaks_at_step_2(*args):
+        if args[6] == 2:  # (model, batch, cfg, ref, opt, accelerator, step, grads)
+            raise RuntimeError("the objective broke")
+        return real(*args)
+
+    monkeypatch.setattr(tr, "train_step", breaks_at_step_2)
+    with pytest.raises(RuntimeError, match="the objective broke"):
+        train(tiny(tmp_path), progress=False)
+    meta = read_meta(tmp_path / "r")
+    assert meta["status"] == "failed"
+    assert (meta["failed_step"], meta["error_type"]) == (2, "RuntimeError")
+    assert meta["error"] == "the objective broke"
+    assert load_table(tmp_path / "r").step.max() == 1  # what was written stays
+    summary = runs_summary(tmp_path)
+    assert summary.status.tolist() == ["failed"]
+    assert summary.error[0] == "RuntimeError at step 2: the objective broke"
+
+
+def test_a_write_failure_leaves_the_run_failed(tmp_path, monkeypatch):
+    real = RunWriter.append
+
+    def disk_full_at_step_2(self, table, rows, *, step):
+        if table == "records" and step == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, table, rows, step=step)
+
+    monkeypatch.setattr(RunWriter, "append", disk_full_at_step_2)
+    with pytest.raises(OSError, match="No space left"):
+        train(tiny(tmp_path), progress=False)
+    meta = read_meta(tmp_path / "r")
+    assert (meta["status"], meta["failed_step"], meta["error_type"]) == ("failed", 2, "OSError")
+
+
+def test_a_failing_final_evaluation_leaves_the_run_failed(tmp_path, monkeypatch):
+    import prefstudy.train as tr
+
+    real = tr.evaluate
+
+    def breaks_at_the_end(writer, model, tokenizer, inputs, cfg, ref_held, device, step):
+        if step == cfg.steps:
+            raise RuntimeError("evaluation broke")
+        return real(writer, model, tokenizer, inputs, cfg, ref_held, device, step)
+
+    monkeypatch.setattr(tr, "evaluate", breaks_at_the_end)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        train(tiny(tmp_path), progress=False)
+    meta = read_meta(tmp_path / "r")
+    assert meta["status"] == "failed" and meta["error"] == "final evaluation: evaluation broke"
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resuming_a_completed_run_is_a_no_op_that_says_so(tmp_path, capsys):
+    cfg = tiny(tmp_path)
+    train(cfg, progress=False)
+    before = load_run(tmp_path / "r")
+    evals = load_table(tmp_path / "r", "evals")
+    train(cfg, resume=True, progress=True)
+    assert "already completed; nothing to resume" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(load_run(tmp_path / "r"), before)
+    pd.testing.assert_frame_equal(load_table(tmp_path / "r", "evals"), evals)
+    assert not before.duplicated(["step", "pair_id"]).any()
+
+
+def test_resuming_with_a_config_that_changes_results_is_refused_naming_the_fields(tmp_path):
+    train(tiny(tmp_path), progress=False)
+    with pytest.raises(ConfigError, match=r"objective: 'naive' → 'dpo'.*"):
+        train(tiny(tmp_path, objective="dpo"), resume=True, progress=False)
+    with pytest.raises(ConfigError, match=r"batch_size: 4 → 2; .*trainable_blocks: None → 1"):
+        train(tiny(tmp_path, trainable_blocks=1, batch_size=2), resume=True, progress=False)
+    # where it is written and what figures call it do not change results
+    train(tiny(tmp_path, label="another name"), resume=True, progress=False)
+
+
+def test_prefstudy_study_retrains_a_failed_run(tmp_path):
+    from prefstudy.study import load_study, pending
+
+    study = load_study(REPO / "configs" / "study.toml", profile="tiny", seeds=[0],
+                       output=tmp_path)
+    cfg = study.configs()[0].resolved()
+    folder = tmp_path / cfg.run_id
+    RunWriter(folder).start(cfg.to_dict())
+    RunWriter(folder).finish("failed", failed_step=1, error_type="OSError", error="disk")
+    assert cfg.run_id in [c.resolved().run_id for c in pending(study)]
+
+
+# --------------------------------------------------------------------------- one writer
+
+
+def test_a_second_writer_is_refused_while_another_process_holds_the_run(tmp_path):
+    lock = tmp_path / ".r.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+         f"l = FileLock({str(lock)!r}); l.acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError, match="another process is training into this run folder"):
+            train(tiny(tmp_path), progress=False)
+        assert not (tmp_path / "r").exists()  # the refused writer wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    train(tiny(tmp_path), progress=False)  # the lock is free again: the run trains
+    assert read_meta(tmp_path / "r")["status"] == "completed"
+
+
+def test_two_training_processes_on_one_run_folder_one_is_refused(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, "-m", "prefstudy.cli", "train", "--config", str(TINY), "--steps",
+            "30", "--quiet", "--run-id", "r", "--output", str(tmp_path)]
+    first = subprocess.Popen(args, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list((tmp_path / "r" / "records").glob("*.parquet")):
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()
+            time.sleep(0.05)
+        second = subprocess.run(args + ["--resume"], env=env, cwd=REPO, capture_output=True,
+                                text=True, timeout=120)
+        assert second.returncode == 2
+        assert "another process is training into this run folder" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+# --------------------------------------------------------------------------- finite explosions
+
+
+def test_a_run_past_the_uniform_loss_is_flagged_not_failed(tmp_path):
+    run = train(tiny(tmp_path, lr=1.0, steps=4), progress=False)
+    meta = read_meta(run)
+    assert meta["status"] == "completed"
+    assert meta["above_uniform_step"] >= 1
+    assert meta["above_uniform_max_loss"] > meta["uniform_loss"] + 1
+    assert runs_summary(tmp_path).above_uniform_step[0] == meta["above_uniform_step"]
+    calm = train(tiny(tmp_path, run_id="calm", lr=1e-4), progress=False)
+    assert "above_uniform_step" not in read_meta(calm)
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def test_skipped_dropped_and_truncated_pairs_are_stored_with_the_run(tmp_path):
+    good = [{"prompt": f"Question {i}?", "chosen": f"A careful answer number {i}. " * (8 + i % 3),
+             "rejected": f"No {i}."} for i in range(6)]
+    lines = [json.dumps(r) for r in good] + [json.dumps(good[0]),  # a duplicate: skipped
+                                             json.dumps({**good[1], "rejected": good[1]["chosen"]})]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="skipped 2"):
+        run = train(tiny(tmp_path / "runs", data=str(data), heldout=None, max_pairs=None,
+                         max_length=60, max_prompt_length=40, batch_size=2), progress=False)
+    cfg = read_config(run)
+    assert cfg["records_skipped"] == 2
+    assert cfg["pairs_truncated"] >= 1 and cfg["pairs_dropped_by_truncation"] == 0
+    assert runs_summary(tmp_path / "runs").records_skipped[0] == 2
+
+
+# --------------------------------------------------------------------------- damaged run folders
+
+
+@pytest.fixture(scope="module")
+def a_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return train(load_config(TINY, output=str(out), run_id="r", **QUICK), progress=False)
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "copy" / run.name))
+
+
+@pytest.mark.parametrize("name", ["meta.json", "config.json"])
+def test_a_damaged_json_file_names_the_file_and_the_run(a_run, tmp_path, name):
+    run = _copy(a_run, tmp_path)
+    (run / name).write_text('{"status": "compl')
+    with pytest.raises(RunError, match=rf"{name}: damaged {name} of run r"):
+        load_runs(run.parent)
+
+
+def test_a_damaged_shard_names_the_shard_and_the_run(a_run, tmp_path):
+    run = _copy(a_run, tmp_path)
+    shard = next((run / "records").glob("*.parquet"))
+    shard.write_bytes(shard.read_bytes()[: len(shard.read_bytes()) // 2])
+    with pytest.raises(RunError, match=rf"{shard.name}: damaged parquet shard of run r"):
+        load_run(run)
+
+
+def test_a_shard_without_a_required_column_is_a_schema_error_naming_it(a_run, tmp_path):
+    run = _copy(a_run, tmp_path)
+    shard = next((run / "records").glob("*.parquet"))
+    df = pd.read_parquet(shard).drop(columns=["loss_p"])
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    metadata = pq.read_schema(shard).metadata
+    pq.write_table(table.replace_schema_metadata(metadata), shard)
+    with pytest.raises(SchemaError, match=rf"{shard.name}: a records shard without the required "
+                                          r"column\(s\) \['loss_p'\]"):
+        load_run(run)
+
+
+def test_a_folder_that_looks_like_a_run_but_has_no_meta_is_named_when_left_out(a_run, tmp_path):
+    run = _copy(a_run, tmp_path)
+    half = _copy(a_run, tmp_path / "other")
+    half.rename(run.parent / "half")
+    (run.parent / "half" / "meta.json").unlink()
+    (run.parent / "report").mkdir()  # a study's report folder is not a run: no warning for it
+    with pytest.warns(RunsLeftOutWarning, match=r"left out 1 folder\(s\) without meta.json.*half"):
+        records = load_runs(run.parent)
+    assert set(records.run_id) == {"r"}
