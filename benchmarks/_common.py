@@ -91,6 +91,36 @@ def add_model_args(p) -> None:
     p.add_argument("--max-prompt-length", type=int, default=64)
 
 
+def bench_config(args, **fields):
+    """The resolved TrainConfig of a benchmark: the model and batch options of `add_model_args`,
+    no held-out evaluation, and `fields` (objective, parameters, trainable blocks ...)."""
+    from prefstudy.config import TrainConfig
+
+    return TrainConfig(model=args.model, seed=args.seed, n_heldout=0, n_neutral=0, n_probes=0,
+                       max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+                       batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                       run_id="bench", **fields).resolved()
+
+
+def bench_inputs(cfg):
+    """(model, tokenizer, encoded training pairs, reference log-probs or None) for `cfg`, the
+    model seeded by cfg.seed and its top cfg.trainable_blocks trainable."""
+    import torch
+
+    from prefstudy.inputs import prepare_inputs
+    from prefstudy.models import load_model, set_trainable
+    from prefstudy.objectives import get_objective
+    from prefstudy.step import reference_logps
+
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    set_trainable(model, cfg.trainable_blocks)
+    encoded = prepare_inputs(cfg, tokenizer).train
+    ref = (reference_logps(model, encoded, cfg, tokenizer.pad_token_id, torch.device(cfg.device))
+           if get_objective(cfg.objective).needs_reference else None)
+    return model, tokenizer, encoded, ref
+
+
 def model_argv(args) -> list[str]:
     """`add_model_args`' options of `args` as command-line arguments, for a worker process."""
     return [arg for name in MODEL_OPTIONS

@@ -43,25 +43,18 @@ def main(argv=None):
     args = parse(argv)
     import torch
 
-    from prefstudy.config import TrainConfig
     from prefstudy.encode import collate
     from prefstudy.gradstats import PerPairGradients
-    from prefstudy.inputs import batch_indices, prepare_inputs
-    from prefstudy.models import load_model, set_trainable
-    from prefstudy.step import forward, reference_logps
+    from prefstudy.inputs import batch_indices
+    from prefstudy.models import set_trainable
+    from prefstudy.step import forward
 
     env = C.environment(args.device)
     C.print_environment(env)
     device = torch.device(args.device)
-    cfg = TrainConfig(objective="dpo", params={"beta": 0.1}, model=args.model, seed=args.seed,
-                      n_heldout=0, n_neutral=0, n_probes=0, max_length=args.max_length,
-                      max_prompt_length=args.max_prompt_length, batch_size=args.batch_size,
-                      device=args.device, dtype=args.dtype, run_id="bench").resolved()
-    torch.manual_seed(args.seed)
-    model, tokenizer = load_model(cfg.model, device=args.device, dtype=cfg.dtype)
-    encoded = prepare_inputs(cfg, tokenizer).train
+    cfg = C.bench_config(args, objective="dpo", params={"beta": 0.1})
+    model, tokenizer, encoded, ref = C.bench_inputs(cfg)
     pad = tokenizer.pad_token_id
-    ref = reference_logps(model, encoded, cfg, pad, device)
     if args.float64:
         model.double()  # token_logps still returns float32 log-probs (the loss is float32)
     items = [encoded.items[i] for i in batch_indices(len(encoded), cfg.batch_size, cfg.seed, 1)]

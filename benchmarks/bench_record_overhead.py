@@ -48,29 +48,18 @@ def main(argv=None):
     args = parse(argv)
     import torch
 
-    from prefstudy.config import TrainConfig
     from prefstudy.encode import collate
-    from prefstudy.inputs import batch_indices, prepare_inputs
-    from prefstudy.models import load_model, set_trainable
-    from prefstudy.objectives import get_objective
+    from prefstudy.inputs import batch_indices
     from prefstudy.records import RunWriter
-    from prefstudy.step import forward, forward_records, reference_logps
+    from prefstudy.step import forward, forward_records
 
     env = C.environment(args.device)
     C.print_environment(env)
-    cfg = TrainConfig(objective=args.objective, model=args.model, seed=args.seed,
-                      n_heldout=0, n_neutral=0, n_probes=0, max_length=args.max_length,
-                      max_prompt_length=args.max_prompt_length, batch_size=args.batch_size,
-                      trainable_blocks=args.trainable_blocks, device=args.device,
-                      dtype=args.dtype, lr=1e-5, run_id="bench").resolved()
-    torch.manual_seed(args.seed)
+    cfg = C.bench_config(args, objective=args.objective,
+                         trainable_blocks=args.trainable_blocks, lr=1e-5)
     device = torch.device(args.device)
-    model, tokenizer = load_model(cfg.model, device=args.device, dtype=cfg.dtype)
-    set_trainable(model, cfg.trainable_blocks)
-    items = prepare_inputs(cfg, tokenizer).train
+    model, tokenizer, items, ref = C.bench_inputs(cfg)
     pad = tokenizer.pad_token_id
-    ref = (reference_logps(model, items, cfg, pad, device)
-           if get_objective(cfg.objective).needs_reference else None)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)

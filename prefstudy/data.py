@@ -445,28 +445,30 @@ def data_dir() -> Path:
     return Path(env) if env else in_repo("data")
 
 
-def load_texts(path: str | os.PathLike) -> pd.DataFrame:
-    """JSONL records with a "text" field (held-out text, filler sentences) as a DataFrame."""
+def _string_records(path: Path, name: str) -> pd.DataFrame:
+    """JSONL objects that each need a string field `name`, as a DataFrame (empty files pass)."""
     rows = []
-    for f in _jsonl_files(Path(path)):
+    for f in _jsonl_files(path):
         for source, line, record in _records(f):
+            if record is EMPTY:
+                continue
             where = f"{source}:{line}"
             if not isinstance(record, Mapping):
                 raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            rows.append({**record, "text": _field(record, "text", where)})
+            rows.append({**record, name: _field(record, name, where)})
+    if not rows:
+        raise DataError(f"{path}: empty: no records")
     return pd.DataFrame(rows)
+
+
+def load_texts(path: str | os.PathLike) -> pd.DataFrame:
+    """JSONL records with a "text" field (held-out text, filler sentences) as a DataFrame."""
+    return _string_records(Path(path), "text")
 
 
 def load_probes(path: str | os.PathLike | None = None) -> pd.DataFrame:
     """Probe prompts for generations (columns prompt, lang, kind); bundled ones by default."""
-    rows = []
-    for f in _jsonl_files(Path(path) if path else data_dir() / "probes"):
-        for source, line, record in _records(f):
-            where = f"{source}:{line}"
-            if not isinstance(record, Mapping):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            rows.append({**record, "prompt": _field(record, "prompt", where)})
-    return pd.DataFrame(rows)
+    return _string_records(Path(path) if path else data_dir() / "probes", "prompt")
 
 
 # --------------------------------------------------------------------------- length variants
