@@ -89,6 +89,8 @@ def add_model_args(p) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step (2× rows)")
     p.add_argument("--max-length", type=int, default=128, help="prompt + response tokens per side")
     p.add_argument("--max-prompt-length", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the results here")
 
 
 def bench_config(args, **fields):

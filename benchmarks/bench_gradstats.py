@@ -34,8 +34,6 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--float64", action="store_true",
                    help="run in float64 (a precision check of the norms, not a timing)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
 

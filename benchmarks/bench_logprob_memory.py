@@ -53,8 +53,6 @@ def parse(argv=None):
                    help="the output head's weight is trained (all blocks trainable; SmolLM2 ties "
                         "it to the embeddings); --no-head-grad: frozen, as with trainable_blocks")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "<variant>:<scope>"
     return p.parse_args(argv)
 

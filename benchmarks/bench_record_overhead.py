@@ -39,8 +39,6 @@ def parse(argv=None):
     p.add_argument("--same-batch", action=argparse.BooleanOptionalAction, default=True,
                    help="every step trains on step 1's batch, so on and off steps do the same "
                         "compute (--no-same-batch: the loop's own batch order)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
 

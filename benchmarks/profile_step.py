@@ -38,7 +38,6 @@ def parse(argv=None):
     p.add_argument("--optimizer", choices=("default", "foreach", "fused"), default="default",
                    help="torch.optim.AdamW implementation (train() uses the default)")
     p.add_argument("--ops", action="store_true", help="also a torch.profiler operator table")
-    p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
