@@ -51,10 +51,45 @@ def provenance(tables: Tables) -> str:
         f"- Data: {cfg['pairs_train']} training pairs from `{cfg['data']}`, "
         f"{cfg['n_heldout']} held-out pairs, {cfg['n_neutral']} held-out passages, "
         f"{cfg['n_probes']} probe prompts.",
+        *_left_out(configs), *_past_uniform(tables.folders, metas),
         f"- Hardware: {'; '.join(devices)} ({env.get('cpu_count')} cores); torch "
         f"{env.get('torch')}, transformers {env.get('transformers')}; prefstudy commit "
         f"`{env.get('git_commit')}`; started {min(m.get('started', '') for m in metas)}.",
     ])
+
+
+def _counted(configs: list[dict], key: str) -> str:
+    values = sorted({c[key] for c in configs if key in c})
+    return " to ".join(str(v) for v in (values[:1] + values[1:][-1:])) if values else "–"
+
+
+def _left_out(configs: list[dict]) -> list[str]:
+    """What loading and truncation left out or cut, as the runs' configs counted it (runs
+    trained before prefstudy counted it have no such line)."""
+    if not any("records_skipped" in c for c in configs):
+        return []
+    line = (f"- Left out or cut (per run): {_counted(configs, 'records_skipped')} records skipped "
+            f"while loading, {_counted(configs, 'pairs_dropped_by_truncation')} pairs dropped by "
+            f"truncation, {_counted(configs, 'pairs_truncated')} of {_counted(configs, 'pairs_train')} training "
+            "pairs truncated")
+    if any("heldout_records_skipped" in c for c in configs):
+        line += (f"; held-out: {_counted(configs, 'heldout_records_skipped')} skipped, "
+                 f"{_counted(configs, 'heldout_pairs_dropped_by_truncation')} dropped, "
+                 f"{_counted(configs, 'heldout_pairs_truncated')} truncated")
+    return [line + "."]
+
+
+def _past_uniform(folders: list[Path], metas: list[dict]) -> list[str]:
+    """Runs whose per-token loss passed ln|V| (a uniform guess) by more than a nat."""
+    known = [m for m in metas if "uniform_loss" in m]
+    if not known:
+        return []
+    flagged = [f"`{f.name}` (step {m['above_uniform_step']}, up to "
+               f"{m['above_uniform_max_loss']:.3g} nats)"
+               for f, m in zip(folders, metas) if "above_uniform_step" in m]
+    bound = f"ln|V| = {known[0]['uniform_loss']:.2f} nats per token, a uniform guess"
+    return [f"- Past {bound}, by more than a nat: "
+            + (", ".join(flagged) if flagged else f"no run (of {len(known)})") + "."]
 
 
 def length_section(tables: Tables, out: Path, order: list[str]) -> str:

@@ -262,3 +262,28 @@ def test_a_folder_that_looks_like_a_run_but_has_no_meta_is_named_when_left_out(a
     with pytest.warns(RunsLeftOutWarning, match=r"left out 1 folder\(s\) without meta.json.*half"):
         records = load_runs(run.parent)
     assert set(records.run_id) == {"r"}
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_the_report_reads_plain_train_runs_on_a_users_hh_data(tmp_path):
+    from prefstudy.report import build_report
+
+    def hh(i):
+        head = f"\n\nHuman: Tell me about topic {i}?\n\nAssistant:"
+        return {"chosen": head + " Here is a careful answer." * (1 + i % 3),
+                "rejected": head + f" No {i}."}
+
+    data, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    data.write_text("".join(json.dumps(hh(i)) + "\n" for i in range(12)))
+    held.write_text("".join(json.dumps(hh(100 + i)) + "\n" for i in range(4)))
+    for objective in ("naive", "dpo"):  # no study.json, no label: as `prefstudy train` leaves them
+        train(load_config(TINY, output=str(tmp_path / "runs"), objective=objective, steps=3,
+                          data=str(data), heldout=str(held)), progress=False)
+    page = build_report(tmp_path / "runs", tmp_path / "report").read_text()
+    assert "12 training pairs from" in page and str(data) in page
+    assert "| dpo | 1 |" in page and "| naive-sum | 1 |" in page
+    assert "Left out or cut (per run): 0 records skipped" in page
+    assert "by more than a nat: no run (of 2)" in page
+    assert "## C4" in page  # displacement reads the held-out pairs the runs name
