@@ -287,3 +287,67 @@ def test_the_report_reads_plain_train_runs_on_a_users_hh_data(tmp_path):
     assert "Left out or cut (per run): 0 records skipped" in page
     assert "by more than a nat: no run (of 2)" in page
     assert "## C4" in page  # displacement reads the held-out pairs the runs name
+
+
+# --------------------------------------------------------------------------- caches
+
+
+def test_two_processes_filling_one_cold_cache_never_collide(tmp_path):
+    script = ("import sys, pandas as pd; from prefstudy.cache import cached; "
+              "from pathlib import Path; "
+              "df = pd.DataFrame({'x': range(2000), 'who': sys.argv[1]}); "
+              "[cached(Path(sys.argv[2]) / f'c{i % 5}.parquet', lambda: df, "
+              "save=lambda v, p: v.to_parquet(p), load=pd.read_parquet) for i in range(40)]; "
+              "[Path(sys.argv[2], f'c{i}.parquet').unlink(missing_ok=True) for i in range(5)]")
+    procs = [subprocess.Popen([sys.executable, "-c", script, who, str(tmp_path)],
+                              stderr=subprocess.PIPE, text=True) for who in "ab"]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _prefstudy(*args, cwd=REPO):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "prefstudy.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["data", "config", "schema", "unwritable", "missing runs"])
+def test_every_error_is_one_line_on_stderr_and_exit_2(tmp_path, case):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b"\n')
+    config = tmp_path / "c.toml"
+    config.write_text('objective = "naive"\nlr = nan\n')
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "meta.json").write_text('{"schema_version": 7}')
+    (run / "config.json").write_text("{}")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = {"data": ["train", "--config", str(TINY), "--quiet", "--output", str(tmp_path)],
+            "config": ["train", "--config", str(config)],
+            "schema": ["runs", str(tmp_path / "runs")],
+            "unwritable": ["train", "--config", str(TINY), "--quiet", "--output",
+                           str(blocker / "sub")],
+            "missing runs": ["report", "--runs", str(tmp_path / "nowhere"), "--out",
+                             str(tmp_path / "out")]}[case]
+    if case == "data":
+        (tmp_path / "tiny.toml").write_text(f'data = "{bad}"\n' + TINY.read_text())
+        args[2] = str(tmp_path / "tiny.toml")
+    out = _prefstudy(*args)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"prefstudy {args[0]}: "), out.stderr
+    assert "Traceback" not in out.stderr
+    expected = {"data": "bad.jsonl:1: invalid JSON", "config": "'lr' = nan: must be finite",
+                "schema": "schema version 7", "unwritable": "a-file",
+                "missing runs": "nowhere"}[case]
+    assert expected in lines[0]
+
+
+def test_debug_shows_the_traceback():
+    out = _prefstudy("--debug", "runs", "/no/such/runs/folder")
+    assert out.returncode != 0 and "Traceback" in out.stderr
