@@ -84,7 +84,7 @@ def main(argv=None):
         if record:
             C.sync(args.device)
             t0 = time.perf_counter()
-            rows = forward_records(fw, batch, cfg, s, lr)
+            rows = forward_records(fw, batch, cfg, s, lr, f"s{s}-r0")
             recording += time.perf_counter() - t0
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()

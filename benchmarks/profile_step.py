@@ -91,7 +91,7 @@ def profile_prefstudy(args) -> None:
         optimizer.zero_grad(set_to_none=True)
         fw.loss.mean().backward()
         mark("backward")
-        rows = forward_records(fw, batch, cfg, s, 1e-5)
+        rows = forward_records(fw, batch, cfg, s, 1e-5, f"s{s}-r0")
         mark("forward_records")
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         mark("clip_grad_norm_")

@@ -36,7 +36,7 @@ def evaluate_pairs(model, encoded: Encoded, cfg: TrainConfig, ref, pad_id, devic
     for i in range(0, len(encoded.items), 8):
         batch = collate(encoded.items[i:i + 8], pad_id).to(device)
         frames.append(forward_records(forward(model, batch, cfg, ref, start=start), batch, cfg,
-                                      step, math.nan))
+                                      step, math.nan, f"e{step}-{i // 8}"))
     return pd.concat(frames, ignore_index=True)
 
 

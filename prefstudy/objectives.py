@@ -159,14 +159,20 @@ class Objective:
     needs_reference: bool
     summary: str
     source: str
+    trl: str | None = None  # the TRL DPOTrainer loss_type (and options) computing the same loss
+    batch_level: bool = False  # a pair's loss depends on the other pairs of its batch
 
 
 OBJECTIVES: dict[str, Objective] = {}
 
 
-def register(name: str, *, needs_reference: bool, source: str, **params: Param):
+def register(name: str, *, needs_reference: bool, source: str, trl: str | None = None,
+             batch_level: bool = False, **params: Param):
     """Decorator: add `fn(logps, *, <params>)` to `OBJECTIVES` under `name`.
 
+    trl: how TRL's DPOTrainer spells the same loss (its loss_type, with any options), if it has
+    it. batch_level: the objective couples the pairs of a batch (AOT sorts across it), so a
+    pair's loss is not a function of that pair alone.
     Checks at import time that the keyword-only arguments of `fn` are exactly `params`, that each
     default is allowed by its own Param, and that `fn` has a docstring.
     """
@@ -192,6 +198,8 @@ def register(name: str, *, needs_reference: bool, source: str, **params: Param):
             needs_reference=needs_reference,
             summary=doc.splitlines()[0],
             source=source,
+            trl=trl,
+            batch_level=batch_level,
         )
         return fn
 
@@ -331,11 +339,61 @@ def _dpo_terms(chosen_lr: Tensor, rejected_lr: Tensor, beta: float):
     return chosen_reward - rejected_reward, chosen_reward, rejected_reward
 
 
+# f-divergences (Wang et al. 2023, Beyond Reverse KL, Thm. 1): DPO holds for any f-divergence
+# with f′(t) where DPO has log t, t = π(y|x) / π_ref(y|x). As TRL's `f_divergence_type`, each
+# f′ here is a function of log t (and α):
+#   reverse_kl        f′(t) = log t                       (plain DPO, the default)
+#   forward_kl        f′(t) = 1 − 1/t
+#   js_divergence     f′(t) = log(2t / (1 + t)) = log 2 + log σ(log t)
+#   alpha_divergence  f′(t) = (t^(α−1) − 1) / (α − 1)     (TRL's convention; → log t as α → 1;
+#                     (α − 1)·log t is clamped at 80 as TRL does, so exp stays finite in float32)
+def _alpha_prime(log_t: Tensor, alpha: float) -> Tensor:
+    if abs(alpha - 1.0) < 1e-6:  # the α → 1 limit: reverse KL
+        return log_t
+    return torch.expm1(torch.clamp((alpha - 1.0) * log_t, max=80.0)) / (alpha - 1.0)
+
+
+F_PRIME: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "reverse_kl": lambda log_t, alpha: log_t,
+    "forward_kl": lambda log_t, alpha: -torch.expm1(-log_t),
+    "js_divergence": lambda log_t, alpha: math.log(2.0) + F.logsigmoid(log_t),
+    "alpha_divergence": _alpha_prime,
+}
+F_DIVERGENCE = {
+    "f_divergence": Param("reverse_kl", choices=tuple(F_PRIME),
+                          help="the f-divergence whose f′ scores each log-ratio (TRL's "
+                               "f_divergence_type); reverse_kl is DPO"),
+    "f_alpha": Param(0.5, help="α of alpha_divergence (TRL's f_alpha_divergence_coef); the "
+                               "other divergences ignore it"),
+}
+
+
+def _f_scores(logps: PairLogps, f_divergence: str, f_alpha: float,
+              norm: str = "sum") -> tuple[Tensor, Tensor]:
+    """(f′(t_c), f′(t_r)) of the summed log-ratios; norm="mean" then divides each by its response
+    length, as TRL's ipo and sigmoid_norm do. Shape: (batch,) each."""
+    prime = F_PRIME[f_divergence]
+    chosen, rejected = (prime(lr, f_alpha) for lr in _logratios(logps))
+    if norm == "mean":
+        return chosen / logps.chosen.count, rejected / logps.rejected.count
+    return chosen, rejected
+
+
+def _f_terms(logps: PairLogps, beta: float, f_divergence: str, f_alpha: float,
+             norm: str = "sum") -> tuple[Tensor, Tensor, Tensor]:
+    """(β·(f′(t_c) − f′(t_r)), β·(agg πc − agg rc), β·(agg πr − agg rr)): the margin of the DPO
+    family under an f-divergence, and the usual log-ratio rewards."""
+    chosen_score, rejected_score = _f_scores(logps, f_divergence, f_alpha, norm)
+    _, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps, norm), beta)
+    return beta * (chosen_score - rejected_score), chosen_reward, rejected_reward
+
+
 # ---------------------------------------------------------------------------------------------
 # Likelihood objectives (no reference)
 
 
 @register("sft", needs_reference=False, source="supervised fine-tuning on the chosen response",
+          trl='loss_type="sft" (TRL: the batch\'s token-mean NLL; here each pair\'s, norm="mean")',
           norm=_norm("mean"))
 def sft(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
     """Supervised fine-tuning on the chosen response: loss = loss_p = −agg(πc).
@@ -407,24 +465,28 @@ def unlikelihood(logps: PairLogps, *, norm: str, alpha: float) -> ObjectiveOutpu
 
 
 @register("dpo", needs_reference=True,
-          source="Rafailov et al. 2023, Direct Preference Optimization, Eq. 7", beta=_beta())
-def dpo(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
+          source="Rafailov et al. 2023, Direct Preference Optimization, Eq. 7",
+          trl='loss_type="sigmoid"', beta=_beta(), **F_DIVERGENCE)
+def dpo(logps: PairLogps, *, beta: float, f_divergence: str, f_alpha: float) -> ObjectiveOutput:
     """Direct preference optimisation: loss = −log σ(β·h), h = (πc − rc) − (πr − rr).
 
     Rafailov et al. 2023, Eq. 7, with summed log-probs. Rewards β·(πc − rc), β·(πr − rr)
-    (ibid. §5); margin = β·h.
+    (ibid. §5); margin = β·h. With an f-divergence (Wang et al. 2023; see F_PRIME),
+    h = f′(t_c) − f′(t_r) instead; reverse_kl is the formula above.
     Shape: (batch,) for every field.
     """
-    return _sigmoid_output(*_dpo_terms(*_logratios(logps), beta))
+    return _sigmoid_output(*_f_terms(logps, beta, f_divergence, f_alpha))
 
 
 @register("book_dpo", needs_reference=True,
           source="the book this study follows (weighted DPO on token-mean cross-entropies)",
+          trl='loss_type="sigmoid_norm" (with w_chosen = w_rejected = 1)',
           beta=_beta(),
           w_chosen=Param(0.8, low=0.0, help="weight w_c of the chosen reward"),
-          w_rejected=Param(0.2, low=0.0, help="weight w_r of the rejected reward"))
-def book_dpo(logps: PairLogps, *, beta: float, w_chosen: float,
-             w_rejected: float) -> ObjectiveOutput:
+          w_rejected=Param(0.2, low=0.0, help="weight w_r of the rejected reward"),
+          **F_DIVERGENCE)
+def book_dpo(logps: PairLogps, *, beta: float, w_chosen: float, w_rejected: float,
+             f_divergence: str, f_alpha: float) -> ObjectiveOutput:
     """The book's weighted DPO: loss = −log σ(β·(w_c·r_c − w_r·r_r)) on token-mean rewards.
 
     r_c = CE_ref(y_c) − CE_pol(y_c) = mean(πc) − mean(rc), r_r = mean(πr) − mean(rr): how much
@@ -433,29 +495,35 @@ def book_dpo(logps: PairLogps, *, beta: float, w_chosen: float,
     w_c = w_r = 1 it is DPO on token-mean log-ratios. Because w_c > w_r by default it rewards
     raising the chosen likelihood more than lowering the rejected one.
     margin = β·(w_c·r_c − w_r·r_r). Rewards β·r_c, β·r_r (unweighted, comparable with DPO's).
+    With an f-divergence, r = f′(t)/|y| from the summed log-ratio, as TRL's sigmoid_norm.
     Shape: (batch,) for every field.
     """
-    r_c, r_r = _logratios(logps, "mean")
+    r_c, r_r = _f_scores(logps, f_divergence, f_alpha, "mean")
+    _, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps, "mean"), beta)
     margin = beta * (w_chosen * r_c - w_rejected * r_r)
-    return _sigmoid_output(margin, beta * r_c, beta * r_r)
+    return _sigmoid_output(margin, chosen_reward, rejected_reward)
 
 
 @register("ipo", needs_reference=True,
           source="Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from "
                  "Human Preferences, Eq. 17",
+          trl='loss_type="ipo" (norm="mean"; TRL\'s beta is τ)',
           tau=Param(0.1, above=0.0, help="regularisation τ; the target margin is 1/(2τ)"),
-          norm=_norm("sum"))
-def ipo(logps: PairLogps, *, tau: float, norm: str) -> ObjectiveOutput:
+          norm=_norm("sum"), **F_DIVERGENCE)
+def ipo(logps: PairLogps, *, tau: float, norm: str, f_divergence: str,
+        f_alpha: float) -> ObjectiveOutput:
     """Identity preference optimisation: loss = (h − 1/(2τ))², a bounded target for the margin.
 
     Azar et al. 2023, Eq. 17, where h uses summed log-ratios (norm="sum"). TRL divides each
     log-ratio by the response length; norm="mean" gives that variant. margin = h (the quantity
     regressed on 1/(2τ)). IPO defines no reward; like TRL we report τ·(agg πc − agg rc) and
-    τ·(agg πr − agg rr), τ playing β's role.
+    τ·(agg πr − agg rr), τ playing β's role. With an f-divergence, each log-ratio is f′(t) of the
+    summed one (divided by the length under norm="mean"), as TRL.
     Shape: (batch,) for every field.
     """
     chosen_lr, rejected_lr = _logratios(logps, norm)
-    h = chosen_lr - rejected_lr
+    chosen_score, rejected_score = _f_scores(logps, f_divergence, f_alpha, norm)
+    h = chosen_score - rejected_score
     return ObjectiveOutput(loss=(h - 1.0 / (2.0 * tau)) ** 2, margin=h,
                            chosen_reward=tau * chosen_lr, rejected_reward=tau * rejected_lr)
 
@@ -498,6 +566,8 @@ def dpop(logps: PairLogps, *, beta: float, lam: float) -> ObjectiveOutput:
 
 @register("rpo", needs_reference=True,
           source="Pang et al. 2024, Iterative Reasoning Preference Optimization (DPO+NLL)",
+          trl='loss_type=["sigmoid", "sft"], loss_weights=[1, α] (TRL\'s sft term is the '
+              "batch's token-mean NLL, this one each pair's)",
           beta=_beta(), alpha=Param(1.0, low=0.0, help="weight α of the chosen NLL term"))
 def rpo(logps: PairLogps, *, beta: float, alpha: float) -> ObjectiveOutput:
     """DPO plus an NLL anchor on the chosen response: loss = −log σ(β·h) − α·mean(πc).
@@ -507,23 +577,24 @@ def rpo(logps: PairLogps, *, beta: float, alpha: float) -> ObjectiveOutput:
     the response, as TRL's `rpo_alpha` does. margin = β·h; rewards as DPO.
     Shape: (batch,) for every field.
     """
-    out = dpo(logps, beta=beta)
+    out = _sigmoid_output(*_dpo_terms(*_logratios(logps), beta))
     return replace(out, loss=out.loss - alpha * logps.chosen.mean)
 
 
 @register("hinge", needs_reference=True,
           source="Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human "
                  "Feedback, calibration loss, in TRL's reference-normalised form",
-          beta=_beta())
-def hinge(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
+          trl='loss_type="hinge"', beta=_beta(), **F_DIVERGENCE)
+def hinge(logps: PairLogps, *, beta: float, f_divergence: str, f_alpha: float) -> ObjectiveOutput:
     """SLiC hinge on the DPO log-ratio: loss = max(0, 1 − β·h).
 
     Zhao et al. 2023 put a hinge with margin δ on the un-normalised log-likelihood difference
     (plus a regulariser); we follow TRL's loss_type="hinge": the reference-normalised h, δ = 1
-    and β scaling h, no regulariser. margin = β·h; rewards as DPO.
+    and β scaling h, no regulariser. margin = β·h; rewards as DPO; h under an f-divergence as
+    for `dpo`.
     Shape: (batch,) for every field.
     """
-    margin, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps), beta)
+    margin, chosen_reward, rejected_reward = _f_terms(logps, beta, f_divergence, f_alpha)
     return ObjectiveOutput(torch.relu(1.0 - margin), margin, chosen_reward, rejected_reward)
 
 
@@ -531,18 +602,22 @@ def hinge(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
           source="Chowdhury et al. 2024, Provably Robust DPO: Aligning Language Models with "
                  "Noisy Feedback, Eq. 9",
           beta=_beta(),
+          trl='loss_type="robust"',
           label_smoothing=Param(0.1, low=0.0, below=0.5,
-                                help="assumed rate ε of flipped preference labels"))
-def robust(logps: PairLogps, *, beta: float, label_smoothing: float) -> ObjectiveOutput:
+                                help="assumed rate ε of flipped preference labels"),
+          **F_DIVERGENCE)
+def robust(logps: PairLogps, *, beta: float, label_smoothing: float, f_divergence: str,
+           f_alpha: float) -> ObjectiveOutput:
     """Robust DPO: loss = ((1 − ε)·(−log σ(β·h)) + ε·log σ(−β·h)) / (1 − 2ε).
 
     Chowdhury et al. 2024, Eq. 9 (as TRL's loss_type="robust"): an unbiased DPO loss when a
     fraction ε of labels are flipped; ε < 1/2 keeps the denominator positive, ε = 0 is DPO.
-    The loss can be negative. margin = β·h; rewards as DPO.
+    The loss can be negative. margin = β·h; rewards as DPO; h under an f-divergence as for
+    `dpo`.
     Shape: (batch,) for every field.
     """
     eps = label_smoothing
-    margin, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps), beta)
+    margin, chosen_reward, rejected_reward = _f_terms(logps, beta, f_divergence, f_alpha)
     loss = ((1 - eps) * -F.logsigmoid(margin) + eps * F.logsigmoid(-margin)) / (1 - 2 * eps)
     return ObjectiveOutput(loss, margin, chosen_reward, rejected_reward)
 
@@ -550,6 +625,7 @@ def robust(logps: PairLogps, *, beta: float, label_smoothing: float) -> Objectiv
 @register("ld_dpo", needs_reference=True,
           source="Liu et al. 2024, Length Desensitization in Directed Preference Optimization "
                  "(arXiv:2409.06411)",
+          trl='loss_type="sigmoid" with ld_alpha=α',
           beta=_beta(),
           alpha=Param(0.5, low=0.0, high=1.0,
                       help="weight α of tokens beyond the pair's shorter length (1 = DPO)"))
@@ -617,6 +693,221 @@ def orpo(logps: PairLogps, *, lam: float) -> ObjectiveOutput:
 def _log_odds(mean_logp: Tensor) -> Tensor:
     """log(P / (1 − P)) with P = exp(mean_logp). Shape: as `mean_logp`."""
     return mean_logp - _log1m_exp(mean_logp)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rest of TRL's DPOTrainer loss types (TRL 1.16), under TRL's names
+#
+# cl, rl below are the summed log-ratios πc − rc and πr − rr; Δ = f′(t_c) − f′(t_r) (= h under
+# reverse KL, see F_PRIME). Rewards are β·cl, β·rl throughout, as TRL logs them.
+
+
+def _flip_rate(default: float = 0.0) -> Param:
+    return Param(default, low=0.0, below=0.5, help="assumed rate ε of flipped preference labels")
+
+
+@register("exo_pair", needs_reference=True,
+          source="Ji et al. 2024, Towards Efficient Exact Optimization of Language Model "
+                 "Alignment (EXO), Eq. 16",
+          trl='loss_type="exo_pair"', beta=_beta(),
+          label_smoothing=Param(1e-3, above=0.0, below=1.0,
+                                help="ε of the target distribution [1 − ε, ε]; > 0 (log ε)"),
+          **F_DIVERGENCE)
+def exo_pair(logps: PairLogps, *, beta: float, label_smoothing: float, f_divergence: str,
+             f_alpha: float) -> ObjectiveOutput:
+    """EXO: loss = KL(q_θ ‖ p) over {chosen, rejected}, q_θ = softmax of β·Δ, p = [1 − ε, ε].
+
+    Ji et al. 2024, Eq. 16 with K = 2: q_w = σ(β·Δ), q_l = σ(−β·Δ), loss = q_w·(log q_w −
+    log(1 − ε)) + q_l·(log q_l − log ε). It needs ε > 0 (log ε): TRL's label_smoothing, which the
+    EXO authors set to 1e-3, our default. The minimum, 0, is at q_w = 1 − ε: a bounded margin.
+    margin = β·Δ.
+    Shape: (batch,) for every field.
+    """
+    margin, chosen_reward, rejected_reward = _f_terms(logps, beta, f_divergence, f_alpha)
+    eps = label_smoothing
+    loss = (torch.sigmoid(margin) * (F.logsigmoid(margin) - math.log1p(-eps))
+            + torch.sigmoid(-margin) * (F.logsigmoid(-margin) - math.log(eps)))
+    return ObjectiveOutput(loss, margin, chosen_reward, rejected_reward)
+
+
+@register("nca_pair", needs_reference=True,
+          source="Chen et al. 2024, Noise Contrastive Alignment of Language Models with "
+                 "Explicit Rewards (NCA), paired form",
+          trl='loss_type="nca_pair"', beta=_beta())
+def nca_pair(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
+    """NCA: loss = −log σ(β·cl) − ½·log σ(−β·cl) − ½·log σ(−β·rl).
+
+    Chen et al. 2024, the pairwise NCA loss as TRL implements it: each response's own reward
+    β·cl, β·rl is pushed, not only their difference, so the chosen likelihood cannot fall
+    freely (unlike DPO, NCA's optimum raises it). margin = β·(cl − rl).
+    Shape: (batch,) for every field.
+    """
+    margin, cw, rw = _dpo_terms(*_logratios(logps), beta)
+    loss = -F.logsigmoid(cw) - 0.5 * F.logsigmoid(-cw) - 0.5 * F.logsigmoid(-rw)
+    return ObjectiveOutput(loss, margin, cw, rw)
+
+
+@register("bco_pair", needs_reference=True,
+          source="Jung et al. 2024, Binary Classifier Optimization for Large Language Model "
+                 "Alignment (BCO), paired form",
+          trl='loss_type="bco_pair"', beta=_beta())
+def bco_pair(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
+    """BCO, paired: loss = −log σ(β·cl) − log σ(−β·rl), a binary classifier on each response.
+
+    Jung et al. 2024 train a logistic classifier with the implicit reward as its logit; the paper
+    subtracts a running mean δ of the rewards, which TRL's paired form (and this one) leaves out.
+    margin = β·(cl − rl).
+    Shape: (batch,) for every field.
+    """
+    margin, cw, rw = _dpo_terms(*_logratios(logps), beta)
+    return ObjectiveOutput(-F.logsigmoid(cw) - F.logsigmoid(-rw), margin, cw, rw)
+
+
+@register("sppo_hard", needs_reference=True,
+          source="Wu et al. 2024, Self-Play Preference Optimization for Language Model "
+                 "Alignment (SPPO), Eq. 4.7 with hard probabilities",
+          trl='loss_type="sppo_hard"', beta=_beta())
+def sppo_hard(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
+    """SPPO with hard probabilities: loss = (cl − 1/(2β))² + (rl + 1/(2β))².
+
+    Wu et al. 2024, Eq. 4.7: (log π/π_t − η·(P(y ≻ π_t) − ½))² with η = 1/β and P = 1 for the
+    chosen, 0 for the rejected response (TRL's sppo_hard): each log-ratio regresses on its own
+    target, ±1/(2β), so the chosen likelihood is pulled up. margin = β·(cl − rl).
+    Shape: (batch,) for every field.
+    """
+    chosen_lr, rejected_lr = _logratios(logps)
+    margin, cw, rw = _dpo_terms(chosen_lr, rejected_lr, beta)
+    target = 0.5 / beta
+    return ObjectiveOutput((chosen_lr - target) ** 2 + (rejected_lr + target) ** 2, margin, cw, rw)
+
+
+@register("apo_zero", needs_reference=True,
+          source="D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive "
+                 "Revisions (APO), Eq. 7",
+          trl='loss_type="apo_zero"', beta=_beta())
+def apo_zero(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
+    """APO-zero: loss = (1 − σ(β·cl)) + σ(β·rl): raise the chosen, lower the rejected likelihood.
+
+    D'Oosterlinck et al. 2024, Eq. 7, for chosen answers better than the model's own: each
+    side is anchored to the reference separately, so the chosen log-ratio is pushed up, never
+    traded for the rejected one. margin = β·(cl − rl).
+    Shape: (batch,) for every field.
+    """
+    margin, cw, rw = _dpo_terms(*_logratios(logps), beta)
+    return ObjectiveOutput((1.0 - torch.sigmoid(cw)) + torch.sigmoid(rw), margin, cw, rw)
+
+
+@register("apo_down", needs_reference=True,
+          source="D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive "
+                 "Revisions (APO), Eq. 8",
+          trl='loss_type="apo_down"', beta=_beta())
+def apo_down(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
+    """APO-down: loss = σ(β·cl) + (1 − σ(β·(cl − rl))): lower both, the rejected one more.
+
+    D'Oosterlinck et al. 2024, Eq. 8, for chosen answers worse than the model's own: the chosen
+    log-ratio is pushed down while the margin is pushed up. margin = β·(cl − rl).
+    Shape: (batch,) for every field.
+    """
+    margin, cw, rw = _dpo_terms(*_logratios(logps), beta)
+    return ObjectiveOutput(torch.sigmoid(cw) + (1.0 - torch.sigmoid(margin)), margin, cw, rw)
+
+
+@register("discopop", needs_reference=True,
+          source="Chris Lu et al. 2024, Discovering Preference Optimization Algorithms with and "
+                 "for Large Language Models (DiscoPOP), Eq. 5",
+          trl='loss_type="discopop" (tau is TRL\'s discopop_tau)', beta=_beta(),
+          tau=Param(0.05, above=0.0, help="temperature τ of the logistic/exponential blend"),
+          **F_DIVERGENCE)
+def discopop(logps: PairLogps, *, beta: float, tau: float, f_divergence: str,
+             f_alpha: float) -> ObjectiveOutput:
+    """DiscoPOP (log-ratio modulated): loss = (1 − m)·(−log σ(ρ)) + m·exp(−ρ), m = σ(ρ/τ).
+
+    Chris Lu et al. 2024, Eq. 5, ρ = β·Δ: a blend of the logistic (DPO) and exponential losses,
+    weighted by the margin itself (τ = 0.05, the paper's choice). exp(−ρ) overflows to inf for
+    ρ < −88 in float32, as in TRL. margin = ρ.
+    Shape: (batch,) for every field.
+    """
+    margin, chosen_reward, rejected_reward = _f_terms(logps, beta, f_divergence, f_alpha)
+    blend = torch.sigmoid(margin / tau)
+    loss = -F.logsigmoid(margin) * (1.0 - blend) + torch.exp(-margin) * blend
+    return ObjectiveOutput(loss, margin, chosen_reward, rejected_reward)
+
+
+def _by_rank(values: Tensor, sorted_terms: Tensor) -> Tensor:
+    """sorted_terms[i] given back to the pair whose value ranks i-th (stable ties). Shape: as
+    `values`."""
+    order = torch.sort(values, dim=0, stable=True).indices
+    return torch.empty_like(sorted_terms).scatter(0, order, sorted_terms)
+
+
+def _aot_output(policy: Tensor, reference: Tensor, beta: float, eps: float, cw, rw):
+    """The AOT loss on δ_i = sort(policy)_i − sort(reference)_i, each term given back to the pair
+    whose policy value ranks i-th."""
+    delta = beta * (torch.sort(policy, dim=0, stable=True).values
+                    - torch.sort(reference, dim=0, stable=True).values)
+    loss = -F.logsigmoid(delta) * (1 - eps) - F.logsigmoid(-delta) * eps
+    return ObjectiveOutput(_by_rank(policy, loss), _by_rank(policy, delta), cw, rw)
+
+
+@register("aot", needs_reference=True, batch_level=True,
+          source="Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal "
+                 "Transport (AOT), paired",
+          trl='loss_type="aot"', beta=_beta(), label_smoothing=_flip_rate())
+def aot(logps: PairLogps, *, beta: float, label_smoothing: float) -> ObjectiveOutput:
+    """AOT (paired): DPO-style loss on sorted log-ratios, δ_i = sort(πc − πr)_i − sort(rc − rr)_i.
+
+    Melnyk et al. 2024: first-order stochastic dominance of the chosen over the rejected
+    reward distribution, a 1-D optimal transport solved by sorting over the batch; loss_i =
+    −(1 − ε)·log σ(β·δ_i) − ε·log σ(−β·δ_i) (TRL's aot). A batch-level objective: the i-th term
+    is given to the pair whose policy log-ratio ranks i-th, so a pair's loss depends on the other
+    pairs of its batch (the batch mean is TRL's loss exactly). margin = β·δ of that rank.
+    Shape: (batch,) for every field.
+    """
+    _, cw, rw = _dpo_terms(*_logratios(logps), beta)
+    policy = logps.chosen.sum - logps.rejected.sum
+    reference = logps.ref_chosen.sum - logps.ref_rejected.sum
+    return _aot_output(policy, reference, beta, label_smoothing, cw, rw)
+
+
+@register("aot_unpaired", needs_reference=True, batch_level=True,
+          source="Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal "
+                 "Transport (AOT), unpaired",
+          trl='loss_type="aot_unpaired"', beta=_beta(),
+          label_smoothing=_flip_rate())
+def aot_unpaired(logps: PairLogps, *, beta: float, label_smoothing: float) -> ObjectiveOutput:
+    """AOT (unpaired): the same loss on δ_i = sort(cl)_i − sort(rl)_i, chosen and rejected
+    log-ratios sorted apart.
+
+    Melnyk et al. 2024 (TRL's aot_unpaired): the chosen and rejected answers need not come in
+    pairs; the i-th term is given to the pair whose chosen log-ratio ranks i-th. Batch-level, as
+    `aot`. margin = β·δ of that rank.
+    Shape: (batch,) for every field.
+    """
+    chosen_lr, rejected_lr = _logratios(logps)
+    _, cw, rw = _dpo_terms(chosen_lr, rejected_lr, beta)
+    return _aot_output(chosen_lr, rejected_lr, beta, label_smoothing, cw, rw)
+
+
+# ---------------------------------------------------------------------------------------------
+# WPO weighting (Zhou et al. 2024), as TRL's `use_weighting`
+
+
+@torch.no_grad()
+def wpo_weights(chosen: TokenLogps, chosen_log_sum_sq: Tensor, rejected: TokenLogps,
+                rejected_log_sum_sq: Tensor) -> Tensor:
+    """Per-pair WPO weight w(y_c)·w(y_r), to multiply any objective's per-pair loss by.
+
+    Zhou et al. 2024, WPO: Enhancing RLHF with Weighted Preference Optimization, Eq. 2, as TRL's
+    use_weighting: w(y) = exp((1/|y|)·Σ_t (log π(y_t|·) − log Σ_v π(v|·)²)), the sequence's
+    probability under the policy relative to a sample of the policy itself, per token. A weight,
+    not a loss: no gradient flows through it.
+    chosen_log_sum_sq / rejected_log_sum_sq: log Σ_v π(v|·)² at each token, Shape: as each side's
+    log-probs (values off the mask are ignored). Returns Shape: (batch,).
+    """
+    def weight(side: TokenLogps, log_sum_sq: Tensor) -> Tensor:
+        return torch.exp(TokenLogps(side.logps - log_sum_sq, side.mask).mean)
+
+    return weight(chosen, chosen_log_sum_sq) * weight(rejected, rejected_log_sum_sq)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -711,8 +1002,12 @@ def sums_suffice(name: str) -> bool:
 
 
 def cannot_recompute(name: str, *, has_reference: bool) -> str:
-    """Why objective `name` cannot be recomputed from logged sums ('' when it can): it needs each
-    token's log-prob (`sums_suffice`), or a reference the records lack (has_reference=False)."""
+    """Why objective `name` cannot be recomputed from logged sums ('' when it can): it couples
+    the pairs of a batch, it needs each token's log-prob (`sums_suffice`), or a reference the
+    records lack (has_reference=False)."""
+    if get_objective(name).batch_level:
+        return ("a batch-level objective: a pair's loss depends on the other pairs of its batch, "
+                "not on its own logged sums")
     if not sums_suffice(name):
         return "needs each token's log-probability; the records keep only each response's sum"
     if get_objective(name).needs_reference and not has_reference:

@@ -71,6 +71,9 @@ RECORD_COLUMNS = {
     "lr": "learning rate at this step",
     "grad_norm": "this pair's gradient norm (NaN unless gradient statistics are on)",
     "grad_cos": "cosine of this pair's gradient to the batch-mean gradient (NaN unless on)",
+    "batch": "the pairs the objective saw together (a batch-level objective such as AOT couples "
+             "them): 's<step>-r<process>' in training, 'e<step>-<chunk>' in evaluation, "
+             "'s<step>-r<process>-m<micro-batch>' under TRL",
 }
 REQUIRED_COLUMNS = ("run_id", "objective", "seed", "step", "pair_id", "len_p", "len_n",
                     "loss_p", "loss_n", "gap")

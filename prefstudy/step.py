@@ -106,9 +106,9 @@ def forward(model, batch: Batch, cfg: TrainConfig, ref: dict | None, *,
 
 
 def forward_records(fw: Forward, batch: Batch, cfg: TrainConfig, step: int, lr: float,
-                    **per_pair) -> pd.DataFrame:
-    """The records of the batch's pairs (prefstudy.records.RECORD_COLUMNS); `per_pair`: the
-    gradient statistics, where measured."""
+                    batch_id: str, **per_pair) -> pd.DataFrame:
+    """The records of the batch's pairs (prefstudy.records.RECORD_COLUMNS); `batch_id` names
+    the batch they shared; `per_pair`: the gradient statistics, where measured."""
     c, r = fw.logps.chosen.detach(), fw.logps.rejected.detach()
     ref_c, ref_r = fw.logps.ref_chosen, fw.logps.ref_rejected
     return pair_records(
@@ -116,8 +116,8 @@ def forward_records(fw: Forward, batch: Batch, cfg: TrainConfig, step: int, lr: 
         ref_logp_p=None if ref_c is None else ref_c.sum,
         ref_logp_n=None if ref_r is None else ref_r.sum,
         margin=fw.margin.detach(), pair_loss=fw.loss.detach(), **per_pair,
-        run_id=cfg.run_id, objective=cfg.objective, norm=cfg.norm, seed=cfg.seed, step=step,
-        lr=lr)
+        batch=batch_id, run_id=cfg.run_id, objective=cfg.objective, norm=cfg.norm,
+        seed=cfg.seed, step=step, lr=lr)
 
 
 # --------------------------------------------------------------------------- one update
@@ -209,7 +209,8 @@ def train_step(model, batch: Batch, cfg: TrainConfig, ref: dict | None, opt: Opt
                            lambda t: accelerator.reduce(t.to(accelerator.device), "sum").cpu())
         per_pair = {"grad_norm": out.norm, "grad_cos": out.cos}
         stats = {"step": step, **out.step_stats, "lr": lr}
-    records = forward_records(fw, batch, cfg, step, lr, **per_pair)
+    records = forward_records(fw, batch, cfg, step, lr, f"s{step}-r{accelerator.process_index}",
+                              **per_pair)
     if not opt.update():
         return StepResult(None, diverged="non-finite gradient norm")
     return StepResult(records, stats)

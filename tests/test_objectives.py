@@ -61,19 +61,31 @@ DEFAULTS = {
     "naive": {"norm": "sum"},
     "negative_only": {"norm": "mean"},
     "unlikelihood": {"norm": "mean", "alpha": 1.0},
-    "dpo": {"beta": 0.1},
-    "book_dpo": {"beta": 0.1, "w_chosen": 0.8, "w_rejected": 0.2},
-    "ipo": {"tau": 0.1, "norm": "sum"},
+    "dpo": {"beta": 0.1, "f_divergence": "reverse_kl", "f_alpha": 0.5},
+    "book_dpo": {"beta": 0.1, "w_chosen": 0.8, "w_rejected": 0.2, "f_divergence": "reverse_kl", "f_alpha": 0.5},
+    "ipo": {"tau": 0.1, "norm": "sum", "f_divergence": "reverse_kl", "f_alpha": 0.5},
     "simpo": {"beta": 2.0, "gamma": 1.0},
     "rdpo": {"beta": 0.1, "alpha": 0.01},
     "dpop": {"beta": 0.1, "lam": 50.0},
     "rpo": {"beta": 0.1, "alpha": 1.0},
     "orpo": {"lam": 0.1},
-    "hinge": {"beta": 0.1},
-    "robust": {"beta": 0.1, "label_smoothing": 0.1},
+    "hinge": {"beta": 0.1, "f_divergence": "reverse_kl", "f_alpha": 0.5},
+    "robust": {"beta": 0.1, "label_smoothing": 0.1, "f_divergence": "reverse_kl", "f_alpha": 0.5},
     "ld_dpo": {"beta": 0.1, "alpha": 0.5},
+    "exo_pair": {"beta": 0.1, "label_smoothing": 1e-3, "f_divergence": "reverse_kl", "f_alpha": 0.5},
+    "nca_pair": {"beta": 0.1},
+    "bco_pair": {"beta": 0.1},
+    "sppo_hard": {"beta": 0.1},
+    "apo_zero": {"beta": 0.1},
+    "apo_down": {"beta": 0.1},
+    "discopop": {"beta": 0.1, "tau": 0.05, "f_divergence": "reverse_kl", "f_alpha": 0.5},
+    "aot": {"beta": 0.1, "label_smoothing": 0.0},
+    "aot_unpaired": {"beta": 0.1, "label_smoothing": 0.0},
 }
-NEEDS_REFERENCE = {"dpo", "book_dpo", "ipo", "rdpo", "dpop", "rpo", "hinge", "robust", "ld_dpo"}
+NEEDS_REFERENCE = {"dpo", "book_dpo", "ipo", "rdpo", "dpop", "rpo", "hinge", "robust", "ld_dpo",
+                   "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
+                   "discopop", "aot", "aot_unpaired"}
+BATCH_LEVEL = {"aot", "aot_unpaired"}  # their hand checks take the whole batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +139,28 @@ def dpo_h(p, agg=total):
     return (agg(p.c) - agg(p.rc)) - (agg(p.r) - agg(p.rr))
 
 
+def f_prime(log_t, f_divergence, f_alpha):
+    """f′(t) of Wang et al. 2023 as TRL writes it, t = exp(log_t)."""
+    if f_divergence == "forward_kl":
+        return 1 - math.exp(-log_t)
+    if f_divergence == "js_divergence":
+        return math.log(2) + log_sigmoid(log_t)
+    if f_divergence == "alpha_divergence" and abs(f_alpha - 1) >= 1e-6:
+        return (math.exp((f_alpha - 1) * log_t) - 1) / (f_alpha - 1)
+    return log_t
+
+
+def f_delta(p, f_divergence, f_alpha, norm="sum"):
+    """f′(t_c) − f′(t_r) of the summed log-ratios, each divided by its length for norm mean."""
+    c = f_prime(total(p.c) - total(p.rc), f_divergence, f_alpha)
+    r = f_prime(total(p.r) - total(p.rr), f_divergence, f_alpha)
+    return c / len(p.c) - r / len(p.r) if norm == "mean" else c - r
+
+
+def rewards(p, beta):
+    return beta * (total(p.c) - total(p.rc)), beta * (total(p.r) - total(p.rr))
+
+
 def hand_sft(p, norm):
     a = AGG[norm]
     return -a(p.c), a(p.c) - a(p.r), None, None
@@ -149,22 +183,22 @@ def hand_unlikelihood(p, norm, alpha):
     return -a(p.c) + alpha * a(penalties), a(p.c) - a(p.r), None, None
 
 
-def hand_dpo(p, beta):
-    h = dpo_h(p)
-    return -log_sigmoid(beta * h), beta * h, beta * (total(p.c) - total(p.rc)), \
-        beta * (total(p.r) - total(p.rr))
+def hand_dpo(p, beta, f_divergence="reverse_kl", f_alpha=0.5):
+    h = f_delta(p, f_divergence, f_alpha)
+    return (-log_sigmoid(beta * h), beta * h, *rewards(p, beta))
 
 
-def hand_book_dpo(p, beta, w_chosen, w_rejected):
-    r_c = mean(p.c) - mean(p.rc)  # CE_ref(c) − CE_pol(c)
-    r_r = mean(p.r) - mean(p.rr)
+def hand_book_dpo(p, beta, w_chosen, w_rejected, f_divergence, f_alpha):
+    # CE_ref(y) − CE_pol(y) = f′(t)/|y| under reverse KL: mean(π) − mean(π_ref)
+    r_c = f_prime(total(p.c) - total(p.rc), f_divergence, f_alpha) / len(p.c)
+    r_r = f_prime(total(p.r) - total(p.rr), f_divergence, f_alpha) / len(p.r)
     m = beta * (w_chosen * r_c - w_rejected * r_r)
-    return -log_sigmoid(m), m, beta * r_c, beta * r_r
+    return -log_sigmoid(m), m, beta * (mean(p.c) - mean(p.rc)), beta * (mean(p.r) - mean(p.rr))
 
 
-def hand_ipo(p, tau, norm):
+def hand_ipo(p, tau, norm, f_divergence, f_alpha):
     a = AGG[norm]
-    h = dpo_h(p, a)
+    h = f_delta(p, f_divergence, f_alpha, norm)
     return (h - 1 / (2 * tau)) ** 2, h, tau * (a(p.c) - a(p.rc)), tau * (a(p.r) - a(p.rr))
 
 
@@ -198,15 +232,84 @@ def hand_orpo(p, lam):
     return -mean(p.c) - lam * log_sigmoid(ratio), ratio, None, None
 
 
-def hand_hinge(p, beta):
-    _, m, cr, rr = hand_dpo(p, beta)
+def hand_hinge(p, beta, f_divergence, f_alpha):
+    _, m, cr, rr = hand_dpo(p, beta, f_divergence, f_alpha)
     return max(0.0, 1 - m), m, cr, rr
 
 
-def hand_robust(p, beta, label_smoothing):
+def hand_robust(p, beta, label_smoothing, f_divergence, f_alpha):
     eps = label_smoothing
-    _, m, cr, rr = hand_dpo(p, beta)
+    _, m, cr, rr = hand_dpo(p, beta, f_divergence, f_alpha)
     return ((1 - eps) * -log_sigmoid(m) + eps * log_sigmoid(-m)) / (1 - 2 * eps), m, cr, rr
+
+
+def sigmoid(x):
+    return math.exp(log_sigmoid(x))
+
+
+def hand_exo_pair(p, beta, label_smoothing, f_divergence, f_alpha):
+    # Ji et al. 2024, Eq. 16, K = 2: KL(q ‖ [1 − ε, ε]) with q = [σ(m), σ(−m)]
+    eps, m = label_smoothing, beta * f_delta(p, f_divergence, f_alpha)
+    loss = (sigmoid(m) * (log_sigmoid(m) - math.log(1 - eps))
+            + sigmoid(-m) * (log_sigmoid(-m) - math.log(eps)))
+    return (loss, m, *rewards(p, beta))
+
+
+def hand_nca_pair(p, beta):
+    cw, rw = rewards(p, beta)
+    return (-log_sigmoid(cw) - 0.5 * log_sigmoid(-cw) - 0.5 * log_sigmoid(-rw), cw - rw, cw, rw)
+
+
+def hand_bco_pair(p, beta):
+    cw, rw = rewards(p, beta)
+    return -log_sigmoid(cw) - log_sigmoid(-rw), cw - rw, cw, rw
+
+
+def hand_sppo_hard(p, beta):
+    cl, rl = total(p.c) - total(p.rc), total(p.r) - total(p.rr)
+    # Wu et al. 2024, Eq. 4.7, η = 1/β, P(chosen wins) = 1, P(rejected wins) = 0
+    loss = (cl - (1 / beta) * (1 - 0.5)) ** 2 + (rl - (1 / beta) * (0 - 0.5)) ** 2
+    return (loss, beta * (cl - rl), *rewards(p, beta))
+
+
+def hand_apo_zero(p, beta):
+    cw, rw = rewards(p, beta)
+    return (1 - sigmoid(cw)) + sigmoid(rw), cw - rw, cw, rw
+
+
+def hand_apo_down(p, beta):
+    cw, rw = rewards(p, beta)
+    return sigmoid(cw) + (1 - sigmoid(cw - rw)), cw - rw, cw, rw
+
+
+def hand_discopop(p, beta, tau, f_divergence, f_alpha):
+    rho = beta * f_delta(p, f_divergence, f_alpha)
+    blend = sigmoid(rho / tau)
+    return (-log_sigmoid(rho) * (1 - blend) + math.exp(-rho) * blend, rho, *rewards(p, beta))
+
+
+def _aot_by_hand(pairs, policy, reference, beta, label_smoothing):
+    """Sort both lists; the i-th term goes to the pair whose policy value is the i-th smallest."""
+    order = sorted(range(len(pairs)), key=lambda b: policy[b])
+    delta = [beta * (u - v) for u, v in zip(sorted(policy), sorted(reference))]
+    out = [None] * len(pairs)
+    for rank, b in enumerate(order):
+        d = delta[rank]
+        loss = -log_sigmoid(d) * (1 - label_smoothing) - log_sigmoid(-d) * label_smoothing
+        out[b] = (loss, d, *rewards(pairs[b], beta))
+    return out
+
+
+def hand_aot(pairs, beta, label_smoothing):
+    policy = [total(p.c) - total(p.r) for p in pairs]
+    reference = [total(p.rc) - total(p.rr) for p in pairs]
+    return _aot_by_hand(pairs, policy, reference, beta, label_smoothing)
+
+
+def hand_aot_unpaired(pairs, beta, label_smoothing):
+    chosen = [total(p.c) - total(p.rc) for p in pairs]
+    rejected = [total(p.r) - total(p.rr) for p in pairs]
+    return _aot_by_hand(pairs, chosen, rejected, beta, label_smoothing)
 
 
 def hand_ld_dpo(p, beta, alpha):
@@ -228,17 +331,34 @@ NON_DEFAULT = {
     "naive": [{"norm": "mean"}],
     "negative_only": [{"norm": "sum"}],
     "unlikelihood": [{"norm": "sum", "alpha": 0.5}],
-    "dpo": [{"beta": 0.5}],
-    "book_dpo": [{"beta": 1.0, "w_chosen": 0.5, "w_rejected": 1.5}],
-    "ipo": [{"tau": 0.5, "norm": "mean"}, {"tau": 2.0}],
+    "dpo": [{"beta": 0.5}, {"f_divergence": "forward_kl"}, {"f_divergence": "js_divergence"},
+            {"beta": 0.5, "f_divergence": "alpha_divergence", "f_alpha": 0.3}],
+    "book_dpo": [{"beta": 1.0, "w_chosen": 0.5, "w_rejected": 1.5},
+                 {"beta": 1.0, "w_chosen": 0.5, "w_rejected": 1.5, "f_divergence": "forward_kl",
+                  "f_alpha": 0.2}],
+    "ipo": [{"tau": 0.5, "norm": "mean"}, {"tau": 2.0},
+            {"tau": 0.5, "norm": "mean", "f_divergence": "js_divergence", "f_alpha": 2.0}],
     "simpo": [{"beta": 2.5, "gamma": 0.3}],
     "rdpo": [{"beta": 0.3, "alpha": 0.2}],
     "dpop": [{"beta": 0.2, "lam": 5.0}],
     "rpo": [{"beta": 0.2, "alpha": 0.5}],
     "orpo": [{"lam": 0.5}],
-    "hinge": [{"beta": 5.0}],  # pair 0: 1 − 5·0.7 < 0, the hinge is flat there
-    "robust": [{"beta": 0.5, "label_smoothing": 0.3}],
+    "hinge": [{"beta": 5.0},  # pair 0: 1 − 5·0.7 < 0, the hinge is flat there
+              {"beta": 5.0, "f_divergence": "alpha_divergence", "f_alpha": 1.5}],
+    "robust": [{"beta": 0.5, "label_smoothing": 0.3},
+               {"beta": 0.5, "label_smoothing": 0.3, "f_divergence": "forward_kl",
+                "f_alpha": 0.1}],
     "ld_dpo": [{"beta": 0.2, "alpha": 0.25}, {"alpha": 0.0}],
+    "exo_pair": [{"beta": 2.0, "label_smoothing": 0.2, "f_divergence": "js_divergence",
+                  "f_alpha": 0.9}],
+    "nca_pair": [{"beta": 2.0}],
+    "bco_pair": [{"beta": 2.0}],
+    "sppo_hard": [{"beta": 2.0}],
+    "apo_zero": [{"beta": 3.0}],
+    "apo_down": [{"beta": 3.0}],
+    "discopop": [{"beta": 2.0, "tau": 0.5, "f_divergence": "alpha_divergence", "f_alpha": 0.7}],
+    "aot": [{"beta": 2.0, "label_smoothing": 0.2}],
+    "aot_unpaired": [{"beta": 2.0, "label_smoothing": 0.2}],
 }
 CASES = [(name, {}) for name in DEFAULTS] + [
     (name, params) for name, cases in NON_DEFAULT.items() for params in cases
@@ -246,7 +366,9 @@ CASES = [(name, {}) for name in DEFAULTS] + [
 
 
 def assert_matches_hand(out: ObjectiveOutput, name: str, params: dict) -> None:
-    expected = [HAND[name](p, **{**DEFAULTS[name], **params}) for p in PAIRS]
+    params = {**DEFAULTS[name], **params}
+    expected = (HAND[name](PAIRS, **params) if name in BATCH_LEVEL
+                else [HAND[name](p, **params) for p in PAIRS])
     for field, column in zip(("loss", "margin", "chosen_reward", "rejected_reward"),
                              zip(*expected)):
         got = getattr(out, field)
@@ -344,6 +466,8 @@ def test_margin_rises_with_chosen_and_falls_with_rejected(name):
     base = compute(name, logps).margin
     chosen_up = compute(name, replace(logps, chosen=scaled(logps.chosen, 0.5))).margin
     rejected_up = compute(name, replace(logps, rejected=scaled(logps.rejected, 0.5))).margin
+    if OBJECTIVES[name].batch_level:  # margins belong to ranks, which may change hands
+        base, chosen_up, rejected_up = (m.sort().values for m in (base, chosen_up, rejected_up))
     assert (chosen_up > base).all()
     assert (rejected_up < base).all()
 
@@ -453,10 +577,11 @@ def test_documented(name):
 
 
 def test_resolve_params_fills_defaults_and_converts_ints():
-    assert resolve_params("dpo") == {"beta": 0.1}
-    assert resolve_params("dpo", None) == {"beta": 0.1}
+    reverse_kl = {"f_divergence": "reverse_kl", "f_alpha": 0.5}
+    assert resolve_params("dpo") == {"beta": 0.1, **reverse_kl}
+    assert resolve_params("dpo", None) == {"beta": 0.1, **reverse_kl}
     resolved = resolve_params("book_dpo", {"beta": 1})
-    assert resolved == {"beta": 1.0, "w_chosen": 0.8, "w_rejected": 0.2}
+    assert resolved == {"beta": 1.0, "w_chosen": 0.8, "w_rejected": 0.2, **reverse_kl}
     assert type(resolved["beta"]) is float
 
 
@@ -616,3 +741,111 @@ def test_logged_losses_are_reproduced_from_the_logged_sums():
         assert np.allclose(out.margin.numpy(), records.margin.to_numpy(), rtol=1e-4, atol=1e-4)
         checked += 1
     assert checked
+
+
+# ---------------------------------------------------------------------------------------------
+# The TRL loss types: identities, limits and signs
+
+
+@pytest.mark.parametrize("name", ["dpo", "hinge", "robust", "ipo", "exo_pair", "discopop",
+                                  "book_dpo"])
+def test_alpha_divergence_tends_to_reverse_kl_as_alpha_tends_to_one(name):
+    logps = make_logps()
+    reverse = compute(name, logps)
+    assert_same_output(compute(name, logps, f_divergence="alpha_divergence", f_alpha=1.0), reverse)
+    near = compute(name, logps, f_divergence="alpha_divergence", f_alpha=1.0 + 1e-5)
+    torch.testing.assert_close(near.loss, reverse.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_every_f_divergence_is_zero_at_the_reference():
+    # f′(1) is 0 for every divergence of TRL's list (log 1, 1 − 1, log(2/2), (1 − 1)/(α − 1)),
+    # so a policy equal to its reference has margin 0 and DPO loss log 2 under each of them.
+    logps = make_logps()
+    at_ref = replace(logps, chosen=logps.ref_chosen, rejected=logps.ref_rejected)
+    for f in ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"):
+        out = compute("dpo", at_ref, f_divergence=f, f_alpha=0.3)
+        torch.testing.assert_close(out.margin, torch.zeros(3, dtype=torch.float64))
+        torch.testing.assert_close(out.loss, torch.full((3,), math.log(2), dtype=torch.float64))
+
+
+def _chosen_gradient(name, **params):
+    logps = make_logps()
+    compute(name, logps, **params).loss.sum().backward()
+    return logps.chosen.logps.grad[logps.chosen.mask]
+
+
+def test_apo_zero_pushes_the_chosen_likelihood_up_and_apo_down_pushes_it_down():
+    # gradient descent moves log π(chosen) against the gradient: negative gradient = pushed up
+    assert (_chosen_gradient("apo_zero") < 0).all()
+    assert (_chosen_gradient("apo_down", beta=1.0) > 0).all()
+
+
+def test_exo_needs_a_positive_label_smoothing():
+    with pytest.raises(ValueError, match="'label_smoothing' = 0.*> 0"):
+        compute("exo_pair", make_logps(), label_smoothing=0.0)
+
+
+def test_exo_is_zero_where_the_model_matches_the_target():
+    # q_w = σ(β·h) = 1 − ε: the KL to [1 − ε, ε] vanishes
+    eps, beta = 0.2, 1.0
+    h = math.log((1 - eps) / eps) / beta
+    pairs = [Pair(c=[h], r=[-1.0], rc=[0.0], rr=[-1.0])]
+    out = compute("exo_pair", make_logps(pairs), beta=beta, label_smoothing=eps)
+    assert out.loss.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sppo_hard_is_zero_at_its_targets():
+    beta = 0.5  # targets: chosen log-ratio +1/(2β) = 1, rejected −1
+    pairs = [Pair(c=[0.0], r=[-2.0], rc=[-1.0], rr=[-1.0])]
+    assert compute("sppo_hard", make_logps(pairs), beta=beta).loss.item() == pytest.approx(0.0)
+
+
+def test_aot_with_one_pair_is_dpo():
+    # one pair: nothing to sort, δ = β·((πc − πr) − (rc − rr)) = β·h
+    one = make_logps(PAIRS[:1])
+    dpo = compute("dpo", one)
+    for name in ("aot", "aot_unpaired"):
+        out = compute(name, one)
+        torch.testing.assert_close(out.loss, dpo.loss)
+        torch.testing.assert_close(out.margin, dpo.margin)
+
+
+def test_aot_is_batch_level_permutation_equivariant_and_coupled():
+    assert {n for n, o in OBJECTIVES.items() if o.batch_level} == BATCH_LEVEL
+    order = [2, 0, 1]
+    for name in BATCH_LEVEL:
+        out = compute(name, make_logps())
+        permuted = compute(name, make_logps([PAIRS[i] for i in order]))
+        torch.testing.assert_close(permuted.loss, out.loss[order])
+        # changing pair 2 alone changes another pair's loss: the pairs are coupled
+        moved = [*PAIRS[:2], PAIRS[2]._replace(c=[0.0, 0.0])]  # from the lowest rank to the top
+        assert not torch.allclose(compute(name, make_logps(moved)).loss[:2], out.loss[:2])
+
+
+def test_every_trl_loss_type_is_registered_under_its_own_name():
+    trl_names = ["exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
+                 "discopop", "aot", "aot_unpaired"]
+    for name in trl_names:
+        assert OBJECTIVES[name].trl == f'loss_type="{name}"' or \
+            OBJECTIVES[name].trl.startswith(f'loss_type="{name}" ')
+    for name, loss_type in (("dpo", "sigmoid"), ("hinge", "hinge"), ("ipo", "ipo"),
+                            ("robust", "robust"), ("book_dpo", "sigmoid_norm"), ("sft", "sft")):
+        assert OBJECTIVES[name].trl.startswith(f'loss_type="{loss_type}"')
+
+
+def test_wpo_weights_by_hand():
+    # Zhou et al. 2024, Eq. 2: w(y) = exp(mean_t(log p_t − log Σ_v p_v²)); the pair's weight is
+    # w(y_c)·w(y_r). Per-token log Σ p² values chosen by hand, padding filled with junk.
+    logps = make_logps()
+    sq_c = [[-0.4, -0.9, -0.3], [-1.2], [-0.2, -0.5]]
+    sq_r = [[-1.0, -0.6], [-0.2, -0.3, -0.9, -0.8], [-0.7, -0.1]]
+    chosen_sq = _side(sq_c, 7, torch.float64, fill=5.0).logps.detach()
+    rejected_sq = _side(sq_r, 8, torch.float64, fill=5.0).logps.detach()
+    from prefstudy.objectives import wpo_weights
+
+    got = wpo_weights(logps.chosen, chosen_sq, logps.rejected, rejected_sq)
+    expected = [math.exp(mean([a - b for a, b in zip(p.c, sc)]))
+                * math.exp(mean([a - b for a, b in zip(p.r, sr)]))
+                for p, sc, sr in zip(PAIRS, sq_c, sq_r)]
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
+    assert not got.requires_grad  # a weight, not a loss
