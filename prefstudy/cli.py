@@ -106,6 +106,24 @@ def _study(args) -> int:
     return 0
 
 
+def _objectives(args) -> int:
+    from .formatting import catalogue_table
+    from .objectives import catalogue
+
+    rows = catalogue()
+    if args.markdown:
+        print(catalogue_table(rows))
+        return 0
+    for r in rows:
+        print(f"{r['name']}  ({'needs a reference' if r['needs_reference'] else 'reference-free'}"
+              f"{', batch-level' if r['batch_level'] else ''})\n  {r['summary']}\n"
+              f"  source: {r['source']}\n  TRL: {r['trl'] or 'none'}")
+        for name, value in r["params"].items() or [("(no parameters)", "")]:
+            print(f"  {name} = {value}" if value else f"  {name}")
+        print()
+    return 0
+
+
 def _report(args) -> int:
     from .report import build_report
 
@@ -113,12 +131,7 @@ def _report(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prefstudy", description=__doc__)
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of an error instead of its one line")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="score a few bundled pairs with the real model")
     demo.add_argument("--model", default="smollm2-135m-instruct")
     demo.add_argument("--data", default=None, help="pairs file or folder (default: bundled)")
@@ -126,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.set_defaults(func=_demo)
 
-    from .config import resolve_path
+
+def _add_train(sub) -> None:
     from .objectives import OBJECTIVES
-    from .study import DEFAULT_STUDY
 
     train = sub.add_parser("train", help="train one run, writing per-pair records",
                            description="Train under a config (TOML); flags override its fields.")
@@ -146,10 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
+
+def _add_runs(sub) -> None:
     runs = sub.add_parser("runs", help="list runs: status, objective, steps, loss_p / loss_n")
     runs.add_argument("root", nargs="?", default=None,
                       help="folder of run folders (default: the committed study runs)")
     runs.set_defaults(func=_runs)
+
+
+def _add_study(sub) -> None:
+    from .config import resolve_path
+    from .study import DEFAULT_STUDY
 
     study = sub.add_parser("study", help="train every objective of a study, then the report",
                            description="Train what is missing of a study (a killed study "
@@ -163,17 +183,42 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--quiet", action="store_true")
     study.set_defaults(func=_study)
 
+
+def _add_objectives(sub) -> None:
+    objectives = sub.add_parser("objectives", help="every registered objective: formula, source, "
+                                "parameters, reference, TRL loss_type")
+    objectives.add_argument("--markdown", action="store_true", help="as the README's table")
+    objectives.set_defaults(func=_objectives)
+
+
+def _add_report(sub) -> None:
+    from .config import resolve_path
+
     report = sub.add_parser("report", help="regenerate every figure and the report page")
     report.add_argument("--runs", help="folder of runs (default: the committed runs, reports/runs)")
     report.add_argument("--out", default=str(resolve_path("reports")), help="default: reports/")
     report.set_defaults(func=_report)
 
+
+def _add_data(sub) -> None:
     data = sub.add_parser("data", help="the bundled data").add_subparsers(dest="data_command",
                                                                           required=True)
     stats = data.add_parser("stats", help="statistics of the bundled data (the data card's)")
     stats.add_argument("--write", action="store_true", help="rewrite data/README.md's section")
     stats.add_argument("--tokens", action="store_true", help="also count SmolLM2 tokens")
     stats.set_defaults(func=_data_stats)
+
+
+COMMANDS = (_add_demo, _add_train, _add_runs, _add_study, _add_objectives, _add_report, _add_data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefstudy", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

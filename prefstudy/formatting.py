@@ -8,6 +8,7 @@ One name per meaning:
     percent(v, digits)     a share 0–1 as a percentage ("36.0%")
     interval_label(...)    "value [lo, hi]", the interval left out where it is unknown
     markdown_table(df)     a GitHub Markdown table
+    catalogue_table(rows)  the objective registry (`objectives.catalogue()`) as that table
 """
 
 from __future__ import annotations
@@ -95,5 +96,20 @@ def markdown_table(df: pd.DataFrame, formats: dict[str, Callable] | None = None)
     return "\n".join(lines)
 
 
-__all__ = ["MISSING", "interval_column", "interval_label", "is_missing", "markdown_table",
+def catalogue_table(rows: list[dict]) -> str:
+    """The objective catalogue as a Markdown table: what `prefstudy objectives --markdown`
+    prints and the README lists between its `objectives` markers."""
+    def params(value: dict) -> str:
+        return "; ".join(f"`{k}` = {v}" for k, v in value.items()) or "none"
+
+    frame = pd.DataFrame([{
+        "objective": f"`{r['name']}`", "what it minimises": r["summary"],
+        "source": r["source"], "parameters (default, allowed)": params(r["params"]),
+        "reference": "yes" if r["needs_reference"] else "no",
+        "TRL": r["trl"].replace('"', "'") + (" (batch-level)" if r["batch_level"] else ""),
+    } for r in rows])
+    return markdown_table(frame)
+
+
+__all__ = ["MISSING", "catalogue_table", "interval_column", "interval_label", "is_missing", "markdown_table",
            "number", "percent", "whole"]

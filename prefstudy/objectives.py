@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, replace
 from operator import attrgetter
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,6 +205,17 @@ def register(name: str, *, needs_reference: bool, source: str, trl: str | None =
         return fn
 
     return decorator
+
+
+def catalogue() -> list[dict[str, Any]]:
+    """Every registered objective as one row: name, summary, source, params (name → default and
+    allowed values, in words), needs_reference, trl (TRL's loss_type, '' where TRL has none),
+    batch_level. What `prefstudy objectives` prints and the README lists."""
+    return [{"name": o.name, "summary": o.summary, "source": o.source,
+             "params": {p: f"{spec.default!r} ({spec.describe()})" for p, spec in o.params.items()},
+             "needs_reference": o.needs_reference, "trl": o.trl or "",
+             "batch_level": o.batch_level}
+            for o in OBJECTIVES.values()]
 
 
 def get_objective(name: str) -> Objective:

@@ -74,10 +74,15 @@ def hardware_profile() -> str:
 
 def load_study(path: str | Path, *, profile: str | None = None, seeds: Sequence[int] | None = None,
                output: str | Path | None = None) -> Study:
-    """Read a study file and apply a profile ("cpu", "gpu"; None → from the hardware)."""
+    """Read a study file and apply a profile ("cpu", "gpu"; None → from the hardware).
+
+    `profiles` is a table of profiles, or the name of another study file (relative to this one)
+    whose profiles this study shares."""
     path = Path(path)
     doc = read_toml(path, "study")
     profiles = doc.pop("profiles", {})
+    if isinstance(profiles, str):
+        profiles = read_toml(path.parent / profiles, "study").get("profiles", {})
     runs = doc.pop("runs", [])
     name = doc.pop("name", path.stem)
     profile = profile or hardware_profile()

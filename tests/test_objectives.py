@@ -849,3 +849,26 @@ def test_wpo_weights_by_hand():
                 for p, sc, sr in zip(PAIRS, sq_c, sq_r)]
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
     assert not got.requires_grad  # a weight, not a loss
+
+
+def test_the_readme_lists_exactly_the_registry():
+    from pathlib import Path
+
+    from prefstudy.formatting import catalogue_table
+    from prefstudy.objectives import catalogue
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    listed = readme.split("<!-- objectives:start -->\n")[1].split("\n<!-- objectives:end -->")[0]
+    assert listed == catalogue_table(catalogue()), "regenerate: prefstudy objectives --markdown"
+    for name in OBJECTIVES:
+        assert f"| `{name}` |" in listed
+
+
+def test_prefstudy_objectives_prints_every_objective(capsys):
+    from prefstudy.cli import main
+
+    assert main(["objectives"]) == 0
+    out = capsys.readouterr().out
+    for name, objective in OBJECTIVES.items():
+        assert f"{name}  (" in out and objective.summary in out and objective.source in out
+    assert 'TRL: loss_type="apo_zero"' in out and "batch-level" in out

@@ -151,3 +151,13 @@ def test_committed_report_regenerates_from_committed_runs(tmp_path):
     assert page == committed.read_text()
     for meta in (REPO / "reports" / "runs").glob("*/meta.json"):
         assert read_meta(meta.parent)["status"] in ("completed", "diverged")
+
+
+def test_the_catalogue_study_runs_every_registered_objective():
+    from prefstudy.objectives import OBJECTIVES
+
+    for profile in ("cpu", "gpu", "tiny"):
+        catalogue = load_study(REPO / "configs" / "catalogue.toml", profile=profile)
+        assert {c.objective for c in catalogue.configs()} == set(OBJECTIVES), profile
+        default = load_study(REPO / "configs" / "study.toml", profile=profile)
+        assert catalogue.shared == default.shared, profile  # the same model, data, optimiser
