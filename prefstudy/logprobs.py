@@ -3,7 +3,9 @@
 The objectives never see logits: they see a `TokenLogps` per side (chosen / rejected,
 policy / reference). `token_logps` computes it from logits without materialising a float32
 log-softmax over the whole vocabulary for the whole batch: it gathers the target logit and
-subtracts a logsumexp computed a few rows at a time.
+subtracts a logsumexp computed a few rows at a time. Asked (`sum_sq=True`), it also gives
+log Σ_v p(v|·)² at each token from the same chunks, the statistic of WPO's weights
+(prefstudy.objectives.wpo_weights), without a gradient.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ class TokenLogps:
 
     logps: log p(token_t | tokens_<t). Shape: (batch, T), float; 0.0 wherever `mask` is False.
     mask:  True on response tokens (the prompt and padding are False). Shape: (batch, T), bool.
+    log_sum_sq: log Σ_v p(v | tokens_<t)² at each position, where asked for (`token_logps(...,
+           sum_sq=True)`), else None. A weight, never differentiated. Shape: as logps, float;
+           0.0 wherever `mask` is False.
     Response tokens are contiguous in each row; row b has `mask[b].sum()` of them.
     """
 
     logps: Tensor
     mask: Tensor
+    log_sum_sq: Tensor | None = None
 
     @property
     def count(self) -> Tensor:
@@ -46,24 +52,38 @@ class TokenLogps:
         return torch.where(self.mask, self.mask.long().cumsum(-1) - 1, -1)
 
     def detach(self) -> TokenLogps:
-        return TokenLogps(self.logps.detach(), self.mask)
+        return TokenLogps(self.logps.detach(), self.mask, self.log_sum_sq)
 
     def index(self, rows) -> TokenLogps:
-        return TokenLogps(self.logps[rows], self.mask[rows])
+        return TokenLogps(self.logps[rows], self.mask[rows],
+                          None if self.log_sum_sq is None else self.log_sum_sq[rows])
 
 
 # --------------------------------------------------------------------------- from a model
 
 
-def _chunk_logps(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """log p(target) for rows of hidden states: gathered logit minus logsumexp, in float32."""
+def _chunk_logps(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None,
+                 sum_sq: bool = False) -> tuple[Tensor, Tensor | None]:
+    """(log p(target), log Σ_v p_v² or None) for rows of hidden states, in float32.
+
+    log p(target) is the gathered logit minus logsumexp, whether or not `sum_sq` is asked for.
+    log Σ_v p_v² = 2·log ‖softmax‖₂, the logits turned into the softmax in place (no second
+    logits-sized buffer); equal to logsumexp(2·logits) − 2·logsumexp(logits), one reduction
+    fewer. Σ_v p_v² ≥ 1/|V|, so the log is finite.
+    """
     logits = torch.nn.functional.linear(hidden, weight, bias).float()
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    lse = logits.logsumexp(-1)
+    logps = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
+    if not sum_sq:
+        return logps, None
+    probs = logits.sub_(lse[:, None]).exp_()
+    return logps, 2 * torch.linalg.vector_norm(probs, dim=-1).log()
 
 
 class _HeadLogps(torch.autograd.Function):
     """log p(target) of rows of hidden states through a linear output head, `chunk` rows at a
-    time, keeping no logits between forward and backward.
+    time, keeping no logits between forward and backward. With `sum_sq`, the forward returns
+    (log p(target), log Σ_v p_v²), the second marked non-differentiable (`_chunk_logps`).
 
     The backward recomputes each chunk's logits once and turns them in place into the gradient
     of log p(target) with respect to them (one-hot(target) − softmax, times the incoming
@@ -72,17 +92,22 @@ class _HeadLogps(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, targets, weight, bias, chunk):
-        out = torch.cat([_chunk_logps(hidden[i:i + chunk], targets[i:i + chunk], weight, bias)
-                         for i in range(0, hidden.shape[0], chunk)])
+    def forward(ctx, hidden, targets, weight, bias, chunk, sum_sq=False):
+        parts = [_chunk_logps(hidden[i:i + chunk], targets[i:i + chunk], weight, bias, sum_sq)
+                 for i in range(0, hidden.shape[0], chunk)]
         ctx.save_for_backward(hidden, targets, weight, bias)
         ctx.chunk = chunk
-        return out
+        out = torch.cat([logps for logps, _ in parts])
+        if not sum_sq:
+            return out
+        log_sum_sq = torch.cat([sq for _, sq in parts])
+        ctx.mark_non_differentiable(log_sum_sq)
+        return out, log_sum_sq
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *_):  # no gradient flows through log Σ p², if asked for
         hidden, targets, weight, bias = ctx.saved_tensors
-        need_hidden, _, need_weight, need_bias, _ = ctx.needs_input_grad
+        need_hidden, _, need_weight, need_bias = ctx.needs_input_grad[:4]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         wide = torch.promote_types(weight.dtype, torch.float32)  # softmax and sums: ≥ float32
         grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device) \
@@ -106,7 +131,7 @@ class _HeadLogps(torch.autograd.Function):
                 grad_bias += grad.sum(0)
         return (grad_hidden, None,
                 grad_weight.to(weight.dtype) if need_weight else None,
-                grad_bias.to(bias.dtype) if need_bias else None, None)
+                grad_bias.to(bias.dtype) if need_bias else None, None, None)
 
 
 def _head_is_plain(model) -> bool:
@@ -120,7 +145,8 @@ def _head_is_plain(model) -> bool:
 CHUNK_LOGITS = 2 ** 23  # logits per chunk by default: 32 MiB in float32
 
 
-def token_logps(model, batch, *, chunk_tokens: int | None = None) -> TokenLogps:
+def token_logps(model, batch, *, chunk_tokens: int | None = None,
+                sum_sq: bool = False) -> TokenLogps:
     """Per-token log-probs of the response tokens of every row of `batch` (an encode.Batch).
 
     Only positions that predict a response token go through the output head, `chunk_tokens` at
@@ -128,31 +154,48 @@ def token_logps(model, batch, *, chunk_tokens: int | None = None) -> TokenLogps:
     vocabulary), so neither the logits nor a log-softmax of the whole batch exist at once; the
     backward pass recomputes each chunk's logits and keeps one such buffer at a time
     (`_HeadLogps`).
+    sum_sq: also fill `log_sum_sq` (log Σ_v p_v², no gradient) from the same chunks; the
+    log-probs are the same either way. Chunks are not made smaller for it: the softmax is formed
+    in place of the chunk's logits.
     Models whose logits are not a plain linear head fall back to `plain_token_logps`.
     Returns a TokenLogps of shape (rows, L − 1): position t scores token t + 1.
     """
     if not _head_is_plain(model):
-        return plain_token_logps(model, batch)
+        return plain_token_logps(model, batch, sum_sq=sum_sq)
     hidden = model.base_model(input_ids=batch.input_ids,
                               attention_mask=batch.attention_mask).last_hidden_state
     mask = batch.response_mask[:, 1:]
     h, targets = hidden[:, :-1][mask], batch.input_ids[:, 1:][mask]
     head = model.get_output_embeddings()
     chunk_tokens = chunk_tokens or max(16, CHUNK_LOGITS // head.weight.shape[0])
-    flat = (_HeadLogps.apply(h, targets, head.weight, head.bias, chunk_tokens) if len(h)
-            else h.new_zeros(0, dtype=torch.float32))
-    logps = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    logps = logps.masked_scatter(mask, flat)
-    return TokenLogps(logps, mask)
+    flat, flat_sq = _head_logps(h, targets, head, chunk_tokens, sum_sq)
+
+    def on_mask(values: Tensor) -> Tensor:
+        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device) \
+            .masked_scatter(mask, values)
+
+    return TokenLogps(on_mask(flat), mask, None if flat_sq is None else on_mask(flat_sq))
 
 
-def plain_token_logps(model, batch) -> TokenLogps:
-    """The textbook path: full logits, full float32 log_softmax, gather. For checks and baselines."""
+def _head_logps(h: Tensor, targets: Tensor, head, chunk: int,
+                sum_sq: bool) -> tuple[Tensor, Tensor | None]:
+    """(log p(target), log Σ_v p_v² or None) at the flat response positions. Shape: (N,) each."""
+    if not len(h):
+        empty = h.new_zeros(0, dtype=torch.float32)
+        return empty, empty if sum_sq else None
+    out = _HeadLogps.apply(h, targets, head.weight, head.bias, chunk, sum_sq)
+    return out if sum_sq else (out, None)
+
+
+def plain_token_logps(model, batch, *, sum_sq: bool = False) -> TokenLogps:
+    """The textbook path: full logits, full float32 log_softmax, gather. For checks and baselines.
+    sum_sq: also log Σ_v p_v² = logsumexp(2·log p), detached, as `TokenLogps.log_sum_sq`."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     mask = batch.response_mask[:, 1:]
     picked = logp.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
-    return TokenLogps(picked * mask, mask)
+    log_sum_sq = (2 * logp.detach()).logsumexp(-1) * mask if sum_sq else None
+    return TokenLogps(picked * mask, mask, log_sum_sq)
 
 
 def split_pairs(t: TokenLogps) -> tuple[TokenLogps, TokenLogps]:

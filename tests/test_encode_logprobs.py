@@ -161,3 +161,74 @@ def test_head_logps_values_and_gradients_equal_log_softmax(chunk, with_bias):
     (w_hidden,) = torch.autograd.grad((plain.gather(-1, targets[:, None]).squeeze(-1)
                                        * upstream).sum(), [hidden])
     torch.testing.assert_close(g_hidden, w_hidden, rtol=1e-6, atol=1e-6)
+
+
+def _full_softmax_log_sum_sq(logits):
+    """log Σ_v p_v² the textbook way: a float64 softmax, squared and summed."""
+    return torch.softmax(logits.double(), -1).pow(2).sum(-1).log()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_head_log_sum_sq_equals_full_softmax_and_leaves_logps_and_gradients_alone(chunk,
+                                                                                   with_bias):
+    from prefstudy.logprobs import _HeadLogps
+
+    gen = torch.Generator().manual_seed(10 + chunk)
+    hidden = torch.randn(10, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(50, dtype=torch.float64, generator=gen).requires_grad_() if with_bias \
+        else None
+    targets = torch.randint(0, 50, (10,), generator=gen)
+    upstream = torch.randn(10, dtype=torch.float64, generator=gen)
+    inputs = [hidden, weight] + ([bias] if with_bias else [])
+
+    plain_logps = _HeadLogps.apply(hidden, targets, weight, bias, chunk)
+    plain_grads = torch.autograd.grad((plain_logps * upstream).sum(), inputs)
+    logps, log_sum_sq = _HeadLogps.apply(hidden, targets, weight, bias, chunk, True)
+    grads = torch.autograd.grad((logps * upstream).sum(), inputs)
+    want = _full_softmax_log_sum_sq(torch.nn.functional.linear(hidden, weight, bias))
+    torch.testing.assert_close(log_sum_sq, want.float(), rtol=1e-6, atol=1e-6)
+    assert log_sum_sq.dtype == torch.float32 and not log_sum_sq.requires_grad
+    assert torch.equal(logps, plain_logps)  # the same log-probs, bit for bit
+    for g, w in zip(grads, plain_grads):
+        assert torch.equal(g, w)
+
+
+def test_token_logps_sum_sq_equals_full_softmax_of_the_model(tiny):
+    # the whole path (masking, chunks, scatter back to rows) against a float64 model's logits
+    import copy
+
+    model = copy.deepcopy(tiny[0]).double()
+    tok = tiny[1]
+    b = collate(encode_pairs(PAIRS, tok).items, tok.pad_token_id)
+    mask = b.response_mask[:, 1:]
+    with torch.no_grad():
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
+        want = _full_softmax_log_sum_sq(logits) * mask
+        plain = token_logps(model, b, chunk_tokens=7)
+        got = token_logps(model, b, chunk_tokens=7, sum_sq=True)
+        fallback = plain_token_logps(model, b, sum_sq=True)
+    assert plain.log_sum_sq is None
+    assert torch.equal(got.logps, plain.logps) and torch.equal(got.mask, plain.mask)
+    torch.testing.assert_close(got.log_sum_sq, want.float(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(fallback.log_sum_sq, want.float(), rtol=0, atol=1e-5)
+    assert (got.log_sum_sq[~mask] == 0).all()
+    assert (got.log_sum_sq[mask] < 0).all()  # Σ p² < 1 unless the model is certain
+    chosen, rejected = split_pairs(got)  # the rows travel with their statistic
+    assert torch.equal(rejected.log_sum_sq, got.log_sum_sq[3:])
+    assert chosen.detach().log_sum_sq is chosen.log_sum_sq
+
+
+def test_token_logps_sum_sq_leaves_the_training_gradient_unchanged(tiny):
+    model, tok = tiny
+    b = collate(encode_pairs(PAIRS[:2], tok).items, tok.pad_token_id)
+    grads = []
+    for sum_sq in (False, True):
+        model.zero_grad()
+        t = token_logps(model, b, chunk_tokens=5, sum_sq=sum_sq)
+        t.sum.sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    model.zero_grad()
+    assert len(grads[0]) == len(grads[1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
