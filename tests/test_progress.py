@@ -1,0 +1,102 @@
+"""Matched progress on hand-built evaluations whose paths are known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prefstudy import progress as pg
+
+PAIRS = ["p0", "p1", "p2", "p3"]
+
+
+def evals_run(run_id, label, gains, chosen, *, lengths=(2, 2, 2, 2), spread=0.0):
+    """A run's held-out evals: at step s every pair's gap grew by gains[s] and its chosen loss
+    changed by chosen[s] (token-mean); step 0 is gain 0. `spread` adds ±spread to pair gains."""
+    rows = []
+    for step, (gain, d_chosen) in enumerate(zip([0.0, *gains], [0.0, *chosen])):
+        for j, (pair, n) in enumerate(zip(PAIRS, lengths)):
+            wiggle = spread * (j - 1.5) if step else 0.0
+            loss_p = 2.0 + d_chosen
+            loss_n = 3.0 + d_chosen + gain + wiggle  # gap = 1 + gain + wiggle
+            rows.append({"run_id": run_id, "label": label, "seed": 0, "step": step,
+                         "pair_id": pair, "len_p": n, "len_n": n, "loss_p": loss_p,
+                         "loss_n": loss_n, "nll_sum_p": loss_p * n, "nll_sum_n": loss_n * n})
+    return pd.DataFrame(rows)
+
+
+def neutral_run(run_id, per_token):
+    return pd.DataFrame([{"run_id": run_id, "step": s, "text_id": t, "nll_sum": v * 10,
+                          "n_tokens": 10} for s, v in enumerate(per_token) for t in range(2)])
+
+
+@pytest.fixture
+def study():
+    evals = pd.concat([evals_run("a", "A", [1.0, 2.0], [-0.5, -1.0]),
+                       evals_run("b", "B", [0.5, 1.0], [0.2, 0.4])])
+    ppl = pd.concat([neutral_run("a", [2.0, 2.1, 2.3]), neutral_run("b", [2.0, 2.0, 2.02])])
+    return evals, ppl
+
+
+def test_paths_relative_to_step_0(study):
+    evals, ppl = study
+    paths = pg.progress_paths(evals, ppl).set_index(["run_id", "step"])
+    assert list(paths.reset_index().columns) == ["run_id", "step", *(
+        c for c in pg.PATH_COLUMNS if c not in ("run_id", "step"))]
+    assert paths.loc[("a", 1), "margin_gain"] == pytest.approx(1.0)
+    assert paths.loc[("a", 2), "d_chosen"] == pytest.approx(-1.0)
+    assert paths.loc[("a", 2), "d_neutral"] == pytest.approx(0.3)
+    assert paths.loc[("b", 1), "accuracy"] == 1.0  # every pair's margin grew
+    assert (paths.n_pairs == 4).all()
+
+
+def test_first_crossing_interpolates_and_says_never():
+    x = np.array([[1.0, 0.5], [2.0, 1.0]])
+    y = np.array([[-0.5, 0.2], [-1.0, 0.4]])
+    out = pg.first_crossing(x, y, 1.5)
+    assert out[0] == pytest.approx(-0.75) and math.isnan(out[1])
+    assert pg.first_crossing(x, y, 0.25)[1] == pytest.approx(0.1)  # from the start at (0, 0)
+
+
+def test_matched_progress_compares_at_the_same_margin_gain(study):
+    evals, ppl = study
+    out = pg.matched_progress(evals, ppl, [0.5, 1.5], n_boot=50).set_index(["label", "level"])
+    assert out.loc[("A", 1.5), "d_chosen"] == pytest.approx(-0.75)
+    assert out.loc[("A", 1.5), "d_neutral"] == pytest.approx(0.2)
+    assert out.loc[("A", 0.5), "d_chosen"] == pytest.approx(-0.25)
+    assert out.loc[("B", 0.5), "d_chosen"] == pytest.approx(0.2)
+    assert out.loc[("B", 1.5), "n_runs"] == 0 and math.isnan(out.loc[("B", 1.5), "d_chosen"])
+    assert (out.n_pairs == 4).all()
+    # identical pairs: every resample gives the same path, the interval is the point
+    assert out.loc[("A", 1.5), "d_chosen_lo"] == pytest.approx(-0.75)
+
+
+def test_pair_bootstrap_interval_contains_the_point_and_has_width():
+    evals = evals_run("a", "A", [1.0, 2.0], [-0.5, -1.0], spread=0.4)
+    out = pg.matched_progress(evals, None, [1.0], y=("d_chosen",), n_boot=200)
+    row = out.iloc[0]
+    assert row.d_chosen_lo < row.d_chosen < row.d_chosen_hi
+    assert set(out.columns) == {"label", "level", "n_runs", "n_pairs", "d_chosen", "d_chosen_lo",
+                                "d_chosen_hi"}
+
+
+def test_a_nan_pair_makes_its_step_nan_not_dropped():
+    evals = evals_run("a", "A", [1.0, 2.0], [-0.5, -1.0])
+    evals.loc[(evals.step == 2) & (evals.pair_id == "p1"), "loss_p"] = float("nan")
+    paths = pg.progress_paths(evals).set_index("step")
+    assert math.isnan(paths.loc[2, "d_chosen"])
+
+
+def test_displacement_only_where_neutral_text_holds(study):
+    evals, ppl = study
+    out = pg.displacement_at_neutral(evals, ppl, max_neutral=0.05).set_index("label")
+    assert math.isnan(out.loc["A", "step"]) and out.loc["A", "n"] == 0  # neutral moved 0.1
+    # B: neutral moved 0.0 then 0.02; at step 2 every chosen log-prob fell (loss_p rose 0.4)
+    assert out.loc["B", "step"] == 2 and (out.loc["B", "k"], out.loc["B", "n"]) == (4, 4)
+    assert out.loc["B", "share"] == 1.0
+    assert out.loc["B", "share_lo"] == pytest.approx(0.025 ** (1 / 4))  # Clopper–Pearson
+    assert out.loc["B", "share_hi"] == 1.0
+    assert out.loc["B", "d_chosen_minus_neutral"] == pytest.approx(0.4 - 0.02)
