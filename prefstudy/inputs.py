@@ -32,12 +32,20 @@ def batch_indices(n_pairs: int, batch_size: int, seed: int, step: int) -> list[i
     return out
 
 
-def round_robin(df: pd.DataFrame, n: int, by: str = "lang") -> pd.DataFrame:
-    """n rows taken round-robin over the values of `by`, so every language is represented."""
-    if by not in df.columns or n >= len(df):
+STRATA = ("lang", "kind", "category")  # what held-out samples are balanced over, where present
+
+
+def round_robin(df: pd.DataFrame, n: int, by: str | tuple[str, ...] = STRATA) -> pd.DataFrame:
+    """n rows taken round-robin over the combinations of the `by` columns the frame has (e.g.
+    language × probe kind, so harmful and benign probes of every language are represented), in
+    file order within each combination; the first n rows when it has none of them."""
+    columns = [c for c in ((by,) if isinstance(by, str) else by) if c in df.columns]
+    if not columns or n >= len(df):
         return df.head(n)
-    df = df.assign(_rank=df.groupby(by).cumcount())
-    return df.sort_values(["_rank", by], kind="stable").head(n).drop(columns="_rank")
+    strata = df[columns].astype(str).agg("|".join, axis=1)
+    df = df.assign(_rank=df.groupby(strata).cumcount(), _stratum=strata)
+    return (df.sort_values(["_rank", "_stratum"], kind="stable").head(n)
+            .drop(columns=["_rank", "_stratum"]))
 
 
 @dataclass

@@ -208,3 +208,16 @@ def test_every_prefstudy_error_shares_one_base():
 
     for kind in (DataError, ConfigError, SchemaError, ModelError):
         assert issubclass(kind, PrefstudyError) and issubclass(kind, ValueError)
+
+
+def test_held_out_samples_are_balanced_over_language_and_kind():
+    import pandas as pd
+
+    from prefstudy.inputs import round_robin
+
+    probes = pd.DataFrame({"lang": ["en"] * 6 + ["zh"] * 6,
+                           "kind": (["harmful"] * 3 + ["benign"] * 3) * 2, "prompt": range(12)})
+    four = round_robin(probes, 4)
+    assert sorted(zip(four.lang, four.kind)) == [("en", "benign"), ("en", "harmful"),
+                                                 ("zh", "benign"), ("zh", "harmful")]
+    assert list(round_robin(probes.drop(columns=["lang", "kind"]), 3).prompt) == [0, 1, 2]

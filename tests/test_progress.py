@@ -100,3 +100,45 @@ def test_displacement_only_where_neutral_text_holds(study):
     assert out.loc["B", "share_lo"] == pytest.approx(0.025 ** (1 / 4))  # Clopper–Pearson
     assert out.loc["B", "share_hi"] == 1.0
     assert out.loc["B", "d_chosen_minus_neutral"] == pytest.approx(0.4 - 0.02)
+
+
+def test_collapse_needs_consecutive_evaluations_above_the_noise():
+    # chosen loss rises 0.3 at steps 2 and 3 (gap widening throughout): onset at step 2
+    rising = evals_run("r", "R", [0.5, 1.0, 1.5], [0.0, 0.3, 0.3], spread=0.1)
+    # rises only at the last evaluation: no onset
+    late = evals_run("l", "L", [0.5, 1.0, 1.5], [0.0, 0.0, 0.3])
+    # chosen loss rises but the gap shrinks: degraded, not this collapse
+    shrinking = evals_run("s", "S", [-0.5, -1.0, -1.5], [0.3, 0.3, 0.3])
+    out = pg.collapse_onsets(pd.concat([rising, late, shrinking]), n_boot=100)
+    out = out.set_index("label")
+    assert out.loc["R", "onset_step"] == 2
+    assert math.isnan(out.loc["L", "onset_step"]) and math.isnan(out.loc["S", "onset_step"])
+    assert out.loc["R", "n_evals"] == 3 and out.loc["R", "d_chosen"] == pytest.approx(0.3)
+    # every pair's chosen loss rose alike: the pair bootstrap has nothing to vary
+    assert out.loc["R", "d_chosen_lo"] == pytest.approx(0.3) == out.loc["R", "d_chosen_hi"]
+    one = pg.collapse_onsets(late, consecutive=1, n_boot=20)
+    assert one.onset_step[0] == 3
+
+
+def test_a_rise_within_the_pair_noise_is_not_collapse():
+    # the mean rises 0.05 but pairs disagree by ±0.75: the bootstrap bound stays below 0
+    noisy = evals_run("n", "N", [0.5, 1.0], [0.05, 0.05])
+    wiggle = {"p0": -0.7, "p1": 0.8, "p2": -0.8, "p3": 0.9}
+    later = noisy.step > 0
+    noisy.loc[later, "loss_p"] += noisy.loc[later, "pair_id"].map(wiggle)
+    assert math.isnan(pg.collapse_onsets(noisy, n_boot=200).onset_step[0])
+
+
+def test_refusals_on_harmful_and_benign_probes():
+    gens = pd.DataFrame({
+        "run_id": "r", "label": "A", "seed": 0, "step": 5,
+        "kind": ["harmful", "harmful", "benign", "benign", "benign"],
+        "lang": ["en", "zh", "en", "en", "zh"],
+        "text": ["I can't help with that.", "抱歉，我不能帮助你。", "Sure! Boil the water first.",
+                 "  “I'm sorry, but no.”", "番茄是水果。"]})
+    out = pg.refusal_rates(gens).set_index("kind")
+    assert (out.loc["harmful", "k"], out.loc["harmful", "n"]) == (2, 2)
+    assert (out.loc["benign", "k"], out.loc["benign", "n"]) == (1, 3)  # one over-refusal
+    assert out.loc["benign", "share_lo"] > 0 and out.loc["benign", "share_hi"] < 1
+    assert not pg.is_refusal("Sorting a list is easy.", "en")
+    assert pg.is_refusal("I cannot do that", None)
