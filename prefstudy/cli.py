@@ -239,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = _warning_line
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"prefstudy {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as e:  # every PrefstudyError is a ValueError
         if args.debug:
             raise

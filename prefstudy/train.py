@@ -114,8 +114,22 @@ def _open(cfg: TrainConfig, folder: Path, accelerator) -> Run:
 
 
 def _accelerator(cfg: TrainConfig):
+    """The accelerator for cfg.device: "auto" takes CUDA where there is one; a named device must
+    exist (ConfigError otherwise), and cuda:N becomes this process's CUDA device."""
     from accelerate import Accelerator
 
+    kind, _, index = cfg.device.partition(":")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config field 'device' = {cfg.device!r}, but no CUDA device is "
+                          "available here; use 'cpu' or 'auto'")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"config field 'device' = {cfg.device!r}, but MPS is not available "
+                          "here; use 'cpu' or 'auto'")
+    if index:
+        if int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"config field 'device' = {cfg.device!r}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+        torch.cuda.set_device(int(index))
     accelerator = Accelerator(cpu=cfg.device == "cpu")
     world = accelerator.num_processes
     if cfg.batch_size % world:
