@@ -31,13 +31,24 @@ def _ordered(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- sections
 
 
+class _Given(dict):
+    """A run's config where a missing field reads as "?" instead of failing the report."""
+
+    def __missing__(self, key):
+        return "?"
+
+    def number(self, key) -> str:
+        value = self.get(key)
+        return f"{value:g}" if isinstance(value, (int, float)) else "?"
+
+
 def provenance(tables: Tables) -> str:
     metas = [read_meta(f) for f in tables.folders]
     configs = [read_config(f) for f in tables.folders]
     env = metas[0].get("environment", {})
-    cfg = configs[0]
-    seeds = sorted({c["seed"] for c in configs})
-    statuses = pd.Series([m["status"] for m in metas]).value_counts().to_dict()
+    cfg = _Given(configs[0])  # a run made elsewhere (an integration) may lack some fields
+    seeds = sorted({c.get("seed") for c in configs}, key=str)
+    statuses = pd.Series([m.get("status", "?") for m in metas]).value_counts().to_dict()
     devices = sorted({m.get("environment", {}).get("device", "?") for m in metas})
     trainable = ("all blocks" if cfg.get("trainable_blocks") is None
                  else f"the top {cfg['trainable_blocks']} blocks")
@@ -45,7 +56,7 @@ def provenance(tables: Tables) -> str:
         f"- Runs: {len(tables.folders)} ({', '.join(f'{v} {k}' for k, v in statuses.items())}), "
         f"{len(tables.labels)} configurations × seeds {seeds}.",
         f"- Model: `{cfg['model']}`, {trainable} trainable, {cfg['steps']} steps of "
-        f"{cfg['batch_size']} pairs, AdamW lr {cfg['lr']:g}, gradient clipping "
+        f"{cfg['batch_size']} pairs, AdamW lr {cfg.number('lr')}, gradient clipping "
         f"{cfg.get('max_grad_norm')}, sequences up to {cfg['max_length']} tokens, dtype "
         f"{cfg['dtype']}.",
         f"- Data: {cfg['pairs_train']} training pairs from `{cfg['data']}`, "
@@ -136,18 +147,25 @@ def noise_section(tables: Tables, out: Path, order: list[str]) -> str:
         return "Gradient statistics were off in these runs.\n"
     noise = _ordered(dg.gradient_noise(tables.records, tables.steps), order)
     ax = plots.interval_plot(noise, x="grad_cos", order=order, refline=0)
+    ax.set_xlabel("cosine to the mean gradient of the other pairs")
     plots.save(ax, out / "figures" / "gradient_agreement.png")
     view = pd.DataFrame({
         "objective": noise.label, "seeds": noise.n_seeds,
-        "cos(pair grad, batch grad)": interval_column(noise, "grad_cos", 3),
-        "pairs pulling against the batch": interval_column(noise, "share_opposed", 1, share=True),
+        "cos(pair grad, other pairs' mean grad)": interval_column(noise, "grad_cos", 3),
+        "cos(pair grad, batch grad incl. itself)": interval_column(noise, "grad_cos_with_self", 3),
+        "the same, orthogonal grads": interval_column(noise, "grad_cos_with_self_orthogonal", 3),
+        "pairs pulling against the rest": interval_column(noise, "share_opposed", 1, share=True),
         "gradient noise scale B_simple": interval_column(noise, "gns", 1),
     })
     return "\n".join([
-        "Each pair's own gradient against the batch-mean gradient (linear weights of the "
-        "trainable blocks), and the gradient noise scale tr(Σ)/|G|² per step (McCandlish et al. "
-        "2018). Lower cosine and a larger noise scale mean a noisier direction. Intervals: "
-        "across seeds.", "", markdown_table(view), "",
+        "Each pair's own gradient (linear weights of the trainable blocks) against the mean "
+        "gradient of the other pairs of its batch: the leave-one-out cosine, 0 for orthogonal "
+        "gradients (the line in the figure). Beside it the cosine with the batch mean including "
+        "the pair itself, which orthogonal gradients of the same norms would already raise to "
+        "|g_i|/√Σ_j|g_j|² (1/√B at equal norms, 0.5 at B = 4): read it against that column, never "
+        "alone. Then the share of pairs whose leave-one-out cosine is negative, and the gradient "
+        "noise scale tr(Σ)/|G|² per step (McCandlish et al. 2018). Lower cosine and a larger noise "
+        "scale mean a noisier direction. Intervals: across seeds.", "", markdown_table(view), "",
         "![gradient agreement](figures/gradient_agreement.png)", ""])
 
 
