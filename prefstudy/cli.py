@@ -231,12 +231,19 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"prefstudy: {category.__name__}: {' '.join(str(message).split())}\n"
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
     import warnings
 
     args = build_parser().parse_args(argv)
     if not args.debug:
         warnings.formatwarning = _warning_line
+    # a polite kill (SIGTERM: a scheduler, `kill`) ends a run as "interrupted", like Ctrl-C
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.func(args)
     except KeyboardInterrupt:

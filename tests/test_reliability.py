@@ -351,3 +351,23 @@ def test_every_error_is_one_line_on_stderr_and_exit_2(tmp_path, case):
 def test_debug_shows_the_traceback():
     out = _prefstudy("--debug", "runs", "/no/such/runs/folder")
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_sigterm_leaves_the_run_interrupted_and_resumable(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, "-m", "prefstudy.cli", "train", "--config", str(TINY), "--steps",
+            "40", "--quiet", "--run-id", "r", "--output", str(tmp_path)]
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "r" / "records").glob("*.parquet"))) < 3:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.terminate()
+    assert proc.wait(timeout=60) == 130
+    assert "interrupted" in proc.stderr.read()
+    assert read_meta(tmp_path / "r")["status"] == "interrupted"
+    run = train(load_config(TINY, output=str(tmp_path), run_id="r", steps=40), resume=True,
+                progress=False)
+    records = load_run(run)
+    assert read_meta(run)["status"] == "completed" and len(records) == 40 * 4
+    assert not records.duplicated(["step", "pair_id"]).any()
