@@ -27,6 +27,9 @@ class TrainConfig:
     # --- what is trained
     objective: str = "naive"
     params: dict[str, Any] = field(default_factory=dict)  # objective parameters (registry defaults)
+    # WPO (Zhou et al. 2024, Eq. 2; TRL's name): each pair's loss × w(y_c)·w(y_r), the policy's
+    # per-token probability of the response relative to Σ_v p_v²; not with batch-level objectives
+    use_weighting: bool = False
     model: str = "tiny"  # preset, hub id or local path
     seed: int = 0  # data order; the tiny model's weights use model_seed
     model_seed: int = 0  # only for the random `tiny` preset: the same start for every run
@@ -140,6 +143,10 @@ def check(cfg: TrainConfig) -> None:
         resolve_params(cfg.objective, cfg.params)
     except ValueError as e:
         raise ConfigError(f"config field 'objective'/'params': {e}") from None
+    if cfg.use_weighting and get_objective(cfg.objective).batch_level:
+        raise ConfigError(f"config field 'use_weighting' = true with objective "
+                          f"{cfg.objective!r}: it couples the pairs of a batch (sorts across "
+                          "it), so per-pair WPO weights would not line up with per-pair losses")
     if cfg.max_prompt_length >= cfg.max_length:
         raise ConfigError(f"config field 'max_prompt_length' = {cfg.max_prompt_length} must be "
                           f"below 'max_length' = {cfg.max_length}")

@@ -3,7 +3,8 @@
 `evaluate` writes all three at a step. At step 0 the model is the untrained starting model,
 whose numbers every run of a study shares, so they come from disk caches: the held-out pairs'
 log-probs are the reference cache (prefstudy.step.reference_logps), perplexity and generations
-are cached by `at_start`.
+are cached by `at_start`. A run with `use_weighting` scores its step-0 held-out pairs with the
+model itself: their WPO weights need the policy's Σ_v p_v², which the reference cache lacks.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def evaluate(writer: RunWriter, model, tokenizer, inputs: Inputs, cfg: TrainConf
     model.eval()
     pad, first = tokenizer.pad_token_id, step == 0
     if _has(inputs.heldout):
-        start = reference_logps(model, inputs.heldout, cfg, pad, device) if first else None
+        cache = first and not cfg.use_weighting  # the cache has no Σ_v p_v² for the weights
+        start = reference_logps(model, inputs.heldout, cfg, pad, device) if cache else None
         writer.append("evals", evaluate_pairs(model, inputs.heldout, cfg, ref_held, pad, device,
                                               step, start=start), step=step)
     if _has(inputs.neutral):

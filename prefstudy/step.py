@@ -2,8 +2,10 @@
 
 `train_step` is what the loop in prefstudy.train calls once per step; `forward` is also what
 held-out evaluation runs. Reference log-probs come from the frozen starting model, computed once
-per pair and kept on disk (`reference_logps`). A step whose loss, log-probs or gradient norm is
-not finite on any process updates nothing and says why: the loop then ends the run as diverged.
+per pair and kept on disk (`reference_logps`). With `use_weighting`, each pair's loss is scaled
+by its WPO weight, from the policy's own output distribution (`forward`). A step whose loss,
+log-probs or gradient norm is not finite on any process updates nothing and says why: the loop
+then ends the run as diverged.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .encode import Batch, Encoded, collate
 from .gradstats import PerPairGradients
 from .logprobs import TokenLogps, split_pairs, token_logps
 from .models import cache_dir
-from .objectives import PairLogps, compute
+from .objectives import PairLogps, compute, wpo_weights
 from .records import pair_records
 
 # --------------------------------------------------------------------------- reference log-probs
@@ -78,8 +80,9 @@ class Forward:
     """What one forward pass over a batch produced, per pair."""
 
     logps: PairLogps
-    loss: torch.Tensor  # (B,) objective loss
-    margin: torch.Tensor  # (B,)
+    loss: torch.Tensor  # (B,) objective loss, times `weight` where weighted
+    margin: torch.Tensor  # (B,) the objective's margin (never weighted)
+    weight: torch.Tensor | None = None  # (B,) WPO weight w(y_c)·w(y_r), with use_weighting
 
 
 def forward(model, batch: Batch, cfg: TrainConfig, ref: dict | None, *,
@@ -88,9 +91,16 @@ def forward(model, batch: Batch, cfg: TrainConfig, ref: dict | None, *,
 
     start: per-token log-probs of the untrained starting model (`reference_logps`' output, for
     these pairs), standing in for the model's forward pass when the model is that model.
+    cfg.use_weighting: the loss is the objective's per-pair loss times the pair's WPO weight
+    (objectives.wpo_weights, Zhou et al. 2024 Eq. 2, as TRL's use_weighting), from the policy's
+    log Σ_v p_v² at each token; a weight, so no gradient flows through it. `start` has no
+    Σ_v p_v², so it cannot stand in then (ValueError): run the model instead.
     """
     if start is None:
-        chosen, rejected = split_pairs(token_logps(model, batch))
+        chosen, rejected = split_pairs(token_logps(model, batch, sum_sq=cfg.use_weighting))
+    elif cfg.use_weighting:
+        raise ValueError("forward: `start` log-probs carry no Σ_v p_v², which use_weighting "
+                         "needs; run the model (start=None)")
     else:
         mask = batch.response_mask[:, 1:]
         like = split_pairs(TokenLogps(torch.zeros(mask.shape, device=mask.device), mask))
@@ -102,7 +112,10 @@ def forward(model, batch: Batch, cfg: TrainConfig, ref: dict | None, *,
         ref_r = _scatter(rejected, [ref[p][1] for p in batch.pair_ids])
     logps = PairLogps(chosen, rejected, ref_c, ref_r)
     out = compute(cfg.objective, logps, **cfg.params)
-    return Forward(logps, out.loss, out.margin)
+    if not cfg.use_weighting:
+        return Forward(logps, out.loss, out.margin)
+    weight = wpo_weights(chosen, chosen.log_sum_sq, rejected, rejected.log_sum_sq)
+    return Forward(logps, out.loss * weight, out.margin, weight)
 
 
 def forward_records(fw: Forward, batch: Batch, cfg: TrainConfig, step: int, lr: float,
