@@ -479,12 +479,24 @@ def _log2_slope(factor: np.ndarray, y: np.ndarray, ci: float) -> dict[str, float
 # C2: how noisy the update direction is
 
 
+# What gradient_noise summarises per label (gns last: it comes from the steps table).
+NOISE_METRICS = ("grad_cos", "grad_cos_with_self", "grad_cos_with_self_orthogonal", "grad_norm",
+                 "share_opposed", "gns")
+
+
 def _noise_per_run(records: pd.DataFrame, steps: pd.DataFrame | None) -> pd.DataFrame:
-    """Per run: run_id, label, seed, grad_cos, grad_norm, share_opposed, gns (see gradient_noise)."""
-    require_columns(records, ["run_id", "label", "seed", "grad_cos", "grad_norm"], "gradient_noise")
-    opposed = _less(records.grad_cos.astype(float), pd.Series(0.0, index=records.index))
-    per_run = _means(records.assign(share_opposed=opposed), ["run_id"],
-                     ["grad_cos", "grad_norm", "share_opposed"]).reset_index()
+    """Per run: run_id, label, seed, grad_cos, grad_cos_with_self, grad_cos_with_self_orthogonal,
+    grad_norm, share_opposed, gns (see gradient_noise)."""
+    require_columns(records, ["run_id", "label", "seed", "step", "grad_cos", "grad_norm"],
+                    "gradient_noise")
+    frame = records if "grad_cos_with_self" in records.columns else \
+        records.assign(grad_cos_with_self=float("nan"))
+    norm = frame.grad_norm.astype(float)
+    batch_sq = (norm ** 2).groupby([frame.run_id, frame.step]).transform("sum")
+    frame = frame.assign(share_opposed=_less(frame.grad_cos.astype(float),
+                                             pd.Series(0.0, index=frame.index)),
+                         grad_cos_with_self_orthogonal=norm / np.sqrt(batch_sq))
+    per_run = _means(frame, ["run_id"], NOISE_METRICS[:-1]).reset_index()
     per_run["gns"] = float("nan")
     steps = _given(steps)
     if steps is not None:
@@ -498,19 +510,29 @@ def _noise_per_run(records: pd.DataFrame, steps: pd.DataFrame | None) -> pd.Data
 def gradient_noise(records: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per-pair gradient agreement and the gradient noise scale, one row per label.
 
-    records: run_id, label, seed, grad_cos, grad_norm (NaN when gradient statistics were off).
+    records: run_id, label, seed, step, grad_cos, grad_norm and, where recorded,
+    grad_cos_with_self (NaN when gradient statistics were off; see prefstudy.gradstats).
     steps: run_id, trace_sigma, grad_sq (the per-step statistics of prefstudy.gradstats), or None.
-    Per run: grad_cos and grad_norm are means over its pair rows; share_opposed is the share of
-    pair rows with grad_cos < 0 (a pair pulling against the batch's direction); gns is
-    mean(trace_sigma) / mean(grad_sq) over its steps: B_simple = tr(Σ)/|G|² with numerator and
-    denominator averaged separately (McCandlish et al. 2018, App. A: a per-step ratio is noisy and
-    undefined where the unbiased |G|² estimate is ≤ 0); NaN when the mean grad_sq is ≤ 0.
-    Returns label, n_seeds and, for grad_cos, grad_norm, gns, share_opposed, `<metric>`,
-    `<metric>_lo`, `<metric>_hi`: the across-seed mean and 95% t-interval (NaN with one seed).
+    Per run, means over its pair rows of:
+      grad_cos            the leave-one-out cosine, a pair's gradient against the mean of the
+                          other pairs of its batch; orthogonal gradients give 0, so 0 is its
+                          baseline;
+      grad_cos_with_self  the cosine with the batch mean including the pair itself (NaN where
+                          not recorded), biased upwards by the pair's own share;
+      grad_cos_with_self_orthogonal  what that cosine would be for orthogonal gradients of the
+                          same norms, |g_i| / √(Σ_batch |g_j|²) over the pairs of its step
+                          (1/√B at equal norms): the baseline to read grad_cos_with_self against;
+      grad_norm;  share_opposed, the share of pair rows with grad_cos < 0 (a pair pulling
+                          against the rest of its batch).
+    gns is mean(trace_sigma) / mean(grad_sq) over its steps: B_simple = tr(Σ)/|G|² with numerator
+    and denominator averaged separately (McCandlish et al. 2018, App. A: a per-step ratio is
+    noisy and undefined where the unbiased |G|² estimate is ≤ 0); NaN when the mean grad_sq is
+    ≤ 0. Returns label, n_seeds and, for each of NOISE_METRICS, `<metric>`, `<metric>_lo`,
+    `<metric>_hi`: the across-seed mean and 95% t-interval (NaN with one seed).
     Diverged runs count with the records they have.
     """
     per_run = _noise_per_run(records, steps)
-    table = _label_intervals(per_run, ["grad_cos", "grad_norm", "gns", "share_opposed"])
+    table = _label_intervals(per_run, NOISE_METRICS)
     table.insert(1, "n_seeds", per_run.groupby("label").size().reindex(table.label).to_numpy())
     return table
 

@@ -5,13 +5,27 @@ of outer products of the layer's input a and the gradient δ arriving at its out
 two tensors per row during the one batch backward pass gives every row's own contribution
 (`einsum("nto,nti->noi")`), and a pair's gradient is the sum of its chosen row and its rejected
 row. The statistics cover the weights of every trainable `nn.Linear` the model calls as a module
-(the attention and MLP projections of the trainable blocks); norms and the output head are left
-out.
+(the attention and MLP projections of the trainable blocks); norms, embeddings and the output
+head are left out.
 
-Per pair:  grad_norm = |g_i|,  grad_cos = cos(g_i, ḡ) with ḡ the batch-mean gradient.
-Per step:  the gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al. 2018, "An
+Per pair (B pairs in the batch, over all processes; ḡ = (1/B) Σ_j g_j the batch-mean gradient):
+
+    grad_norm            |g_i|
+    grad_cos             cos(g_i, Σ_{j≠i} g_j), the leave-one-out cosine: the pair against the
+                         mean of the OTHER pairs of its batch (`leave_one_out_cosine`). Orthogonal
+                         gradients give 0 whatever their norms; identical ones give 1.
+    grad_cos_with_self   cos(g_i, ḡ), the cosine with a mean that includes the pair itself. It
+                         is biased upwards by the pair's own share of ḡ: B orthogonal gradients
+                         give |g_i| / √(Σ_j |g_j|²) (`with_self_orthogonal`), 1/√B at equal norms
+                         (0.5 at B = 4). Kept so that the two can be compared, never reported alone.
+
+Per step: the gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al. 2018, "An
 empirical model of large-batch training", Eq. 2.8 and App. A): tr(Σ) = Σ_i |g_i − ḡ|² / (B − 1)
 and the unbiased |G|² = |ḡ|² − tr(Σ)/B.
+
+`PerPairGradients.row_gram` serves the audit at the starting weights (prefstudy.gradaudit): the
+Gram matrix of every row's gradient of any per-token weighting of the log-probs, from the same
+hooks, without touching `.grad`.
 """
 
 from __future__ import annotations
@@ -27,8 +41,31 @@ from torch import Tensor, nn
 @dataclass
 class PerPairStats:
     norm: Tensor  # (B_local,) |g_i|
-    cos: Tensor  # (B_local,) cos(g_i, ḡ)
+    cos: Tensor  # (B_local,) leave-one-out cos(g_i, Σ_{j≠i} g_j)
+    cos_with_self: Tensor  # (B_local,) cos(g_i, ḡ), ḡ including g_i
     step_stats: dict = field(default_factory=dict)
+
+
+def leave_one_out_cosine(dot: Tensor, sq: Tensor, mean_sq: Tensor | float,
+                         n: Tensor | int) -> Tensor:
+    """cos(g_i, Σ_{j≠i} g_j) from g_i·ḡ (`dot`), |g_i|² (`sq`), |ḡ|² (`mean_sq`) and the batch
+    size n, where ḡ = (1/n) Σ_j g_j includes g_i. Elementwise over broadcast tensors.
+
+    The others' sum is s_i = n·ḡ − g_i, so g_i·s_i = n·dot − sq and |s_i|² = n²·mean_sq −
+    2n·dot + sq (the mean of the others, s_i/(n − 1), has the same direction). NaN where it is
+    undefined: one pair (n = 1), a zero gradient, or others that sum to zero (|s_i|² ≤ 0 after
+    rounding). Rounding can put a cosine a hair outside [−1, 1]; it is clamped back.
+    """
+    others_sq = n * n * mean_sq - 2 * n * dot + sq
+    cos = ((n * dot - sq) / (sq * others_sq).clamp(min=0).sqrt()).clamp(-1, 1)
+    return torch.where((others_sq > 0) & (sq > 0), cos, torch.nan)
+
+
+def with_self_orthogonal(sq: Tensor) -> Tensor:
+    """What cos(g_i, ḡ) would be if the batch's gradients were orthogonal with these norms:
+    g_i·ḡ = |g_i|²/n and |ḡ| = √(Σ_j |g_j|²)/n, so |g_i| / √(Σ_j |g_j|²). `sq`: |g_j|² of one
+    batch. Shape: (n,). 1/√n at equal norms."""
+    return sq.sqrt() / sq.sum().sqrt()
 
 
 def noise_scale(sum_sq: float, mean_sq: float, n: int) -> dict[str, float]:
@@ -41,11 +78,24 @@ def noise_scale(sum_sq: float, mean_sq: float, n: int) -> dict[str, float]:
             "gns": trace / grad_sq if grad_sq > 0 else math.nan}
 
 
-class PerPairGradients:
-    """Hooks a model's trainable linear layers; `finish()` after backward gives per-pair stats.
+def _row_gradients(a: Tensor, d: Tensor, bias: bool) -> Tensor:
+    """Each row's own gradient of one linear layer, flattened: Σ_t δ_t a_tᵀ (and Σ_t δ_t for its
+    bias). a: (rows, T, in), d: (rows, T, out). Shape: (rows, out·in [+ out])."""
+    rows = torch.einsum("nto,nti->noi", d, a).flatten(1)
+    return torch.cat([rows, d.sum(1)], dim=1) if bias else rows
 
-    Use: `capture()` before the forward pass, backward as usual (and average gradients over
+
+def _has_bias(layer: nn.Linear) -> bool:
+    return layer.bias is not None and layer.bias.requires_grad
+
+
+class PerPairGradients:
+    """Hooks a model's trainable linear layers and turns what they saw into per-row gradients.
+
+    Training: `capture()` before the forward pass, backward as usual (and average gradients over
     processes), then `finish(pairs_in_this_process, processes)`.
+    At fixed weights (no update): `capture(keep_outputs=True)` before the forward pass, then
+    `row_gram(target, weights)` once per weighting of the same forward pass, then `release()`.
     """
 
     def __init__(self, model: nn.Module):
@@ -53,27 +103,64 @@ class PerPairGradients:
                        if isinstance(m, nn.Linear) and m.weight.requires_grad]
         self.inputs: dict[nn.Module, Tensor] = {}
         self.grads: dict[nn.Module, Tensor] = {}
+        self.outputs: dict[nn.Module, Tensor] = {}
         self.active = False
+        self.keep_outputs = False
         self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
 
     def _hook(self, module, args, output):
         if not (self.active and torch.is_grad_enabled()):
             return
         self.inputs[module] = args[0].detach()
+        if self.keep_outputs:  # row_gram differentiates with respect to it
+            self.outputs[module] = output
+            return
 
         def keep(grad, module=module):
             self.grads[module] = grad.detach()
 
         output.register_hook(keep)
 
-    def capture(self) -> None:
+    def capture(self, *, keep_outputs: bool = False) -> None:
+        """Start recording the next forward pass; `keep_outputs` for `row_gram`."""
+        self.release()
+        self.active = True
+        self.keep_outputs = keep_outputs
+
+    def release(self) -> None:
+        """Stop recording and drop what was kept (and with it the forward graph)."""
+        self.active = False
         self.inputs.clear()
         self.grads.clear()
-        self.active = True
+        self.outputs.clear()
 
     def remove(self) -> None:
+        self.release()
         for h in self.handles:
             h.remove()
+
+    def row_gram(self, target: Tensor, weights: Tensor) -> Tensor:
+        """Gram matrix of each row's gradient of Σ_t weights·target, over the captured layers.
+
+        target: a tensor of the captured forward pass with one row per sequence, e.g. per-token
+        log-probs, Shape: (rows, T); weights: its shape. Rows are separate sequences, so the
+        gradient of the weighted sum splits exactly into one gradient per row, ∇_k = gradient of
+        Σ_t weights[k, t]·target[k, t]. Returns Shape: (rows, rows), float64, ⟨∇_k, ∇_l⟩ over the
+        weights (and trainable biases) of the captured layers. Only the gradients at the layers'
+        outputs are computed (torch.autograd.grad: no `.grad` is touched, no weight gradient
+        formed), and the graph is kept for the next weighting.
+        """
+        layers = [m for m in self.layers if m in self.outputs]
+        deltas = torch.autograd.grad(target, [self.outputs[m] for m in layers],
+                                     grad_outputs=weights, retain_graph=True, allow_unused=True)
+        gram = torch.zeros(target.shape[0], target.shape[0], dtype=torch.float64)
+        for layer, d in zip(layers, deltas):
+            if d is None:  # the layer does not reach the target
+                continue
+            wide = torch.promote_types(d.dtype, torch.float32)
+            rows = _row_gradients(self.inputs[layer].to(wide), d.to(wide), _has_bias(layer))
+            gram += (rows @ rows.T).double().cpu()
+        return gram
 
     def finish(self, local_pairs: int, world: int = 1,
                reduce_sum: Callable[[Tensor], Tensor] | None = None) -> PerPairStats:
@@ -81,7 +168,8 @@ class PerPairGradients:
 
         The loss was the mean over `local_pairs` pairs per process, so each row's captured
         contribution is scaled by `local_pairs` to give the gradient of that pair's own loss; the
-        batch-mean gradient ḡ is the (process-averaged) `.grad` of each layer.
+        batch-mean gradient ḡ is the (process-averaged) `.grad` of each layer, over all
+        `local_pairs · world` pairs, which the leave-one-out cosine leaves each pair out of.
         """
         self.active = False
         b = local_pairs
@@ -92,24 +180,26 @@ class PerPairGradients:
             if layer not in self.grads or layer.weight.grad is None:
                 continue
             a, d = self.inputs[layer].float(), self.grads[layer].float()
-            rows = torch.einsum("nto,nti->noi", d, a) * b  # (2b, out, in)
+            rows = _row_gradients(a, d, _has_bias(layer)) * b  # (2b, out·in [+ out])
             per_pair = rows[:b] + rows[b:]  # chosen row + rejected row of each pair
-            if layer.bias is not None and layer.bias.requires_grad:
-                bias = d.sum(1) * b
-                per_pair = torch.cat([per_pair.flatten(1), (bias[:b] + bias[b:])], dim=1)
-                mean = torch.cat([layer.weight.grad.flatten(), layer.bias.grad.flatten()])
-            else:
-                per_pair, mean = per_pair.flatten(1), layer.weight.grad.flatten()
+            mean = layer.weight.grad.flatten()
+            if _has_bias(layer):
+                mean = torch.cat([mean, layer.bias.grad.flatten()])
             mean = mean.float()
             sq += per_pair.pow(2).sum(1).double().cpu()
             dot += (per_pair @ mean).double().cpu()
             mean_sq += float(mean.pow(2).sum())
-        self.inputs.clear()
-        self.grads.clear()
+        self.release()
+        return self._stats(sq, dot, mean_sq, b, world, reduce_sum)
+
+    @staticmethod
+    def _stats(sq: Tensor, dot: Tensor, mean_sq: float, b: int, world: int,
+               reduce_sum: Callable[[Tensor], Tensor] | None) -> PerPairStats:
         norm = sq.sqrt()
-        cos = dot / (norm * math.sqrt(mean_sq)).clamp(min=1e-30)
+        with_self = (dot / (norm * math.sqrt(mean_sq)).clamp(min=1e-30)).clamp(-1, 1)
+        loo = leave_one_out_cosine(dot, sq, mean_sq, b * world)
         total_sq = sq.sum()
         if reduce_sum is not None and world > 1:
             total_sq = reduce_sum(total_sq.to(torch.float64))
         stats = noise_scale(float(total_sq), mean_sq, b * world)
-        return PerPairStats(norm.float(), cos.float(), stats)
+        return PerPairStats(norm.float(), loo.float(), with_self.float(), stats)

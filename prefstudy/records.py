@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -70,7 +71,12 @@ RECORD_COLUMNS = {
     "pair_loss": "the objective's per-pair loss",
     "lr": "learning rate at this step",
     "grad_norm": "this pair's gradient norm (NaN unless gradient statistics are on)",
-    "grad_cos": "cosine of this pair's gradient to the batch-mean gradient (NaN unless on)",
+    "grad_cos": "leave-one-out cosine of this pair's gradient to the mean gradient of the OTHER "
+                "pairs of its batch; orthogonal gradients give 0 (NaN unless on)",
+    "grad_cos_with_self": "cosine of this pair's gradient to the batch-mean gradient including "
+                          "the pair itself: biased, 1/√B for B orthogonal equal-norm gradients "
+                          "(NaN unless on; runs written before grad_cos was leave-one-out "
+                          "stored this as grad_cos, and are read so)",
     "batch": "the pairs the objective saw together (a batch-level objective such as AOT couples "
              "them): 's<step>-r<process>' in training, 'e<step>-<chunk>' in evaluation, "
              "'s<step>-r<process>-m<micro-batch>' under TRL",
@@ -389,11 +395,44 @@ def _read_shard(shard: Path, table: str) -> pd.DataFrame:
     missing = [c for c in TABLE_COLUMNS[table] if c not in df.columns]
     if missing:
         raise SchemaError(f"{shard}: a {table} shard without the required column(s) {missing}")
+    if "grad_cos" in df.columns and "grad_cos_with_self" not in df.columns:
+        # written when grad_cos was the cosine with the batch mean including the pair
+        df = df.rename(columns={"grad_cos": "grad_cos_with_self"}).assign(grad_cos=math.nan)
     return df
 
 
+def _leave_one_out_of_old_records(run: str | os.PathLike, df: pd.DataFrame) -> pd.DataFrame:
+    """Fill grad_cos, the leave-one-out cosine, where records written before it existed hold
+    only grad_cos_with_self: exactly, from that cosine, grad_norm, the step's |ḡ|² (the steps
+    table's mean_grad_sq) and the step's batch size (its rows), by
+    gradstats.leave_one_out_cosine. Left NaN where the steps table lacks the step."""
+    todo = df.grad_cos.isna() & df.grad_cos_with_self.notna()
+    if not todo.any():
+        return df
+    steps = load_table(run, "steps")
+    if "mean_grad_sq" not in steps.columns:
+        return df
+    import torch
+
+    from .gradstats import leave_one_out_cosine
+
+    per_step = steps.drop_duplicates("step").set_index("step").mean_grad_sq
+    norm, with_self, mean_sq, n = (
+        torch.tensor(column.to_numpy(float))
+        for column in (df.grad_norm, df.grad_cos_with_self, df.step.map(per_step),
+                       df.groupby("step").step.transform("size")))
+    dot = with_self * norm * mean_sq.sqrt()
+    loo = leave_one_out_cosine(dot, norm ** 2, mean_sq, n).numpy()
+    return df.assign(grad_cos=np.where(todo, loo, df.grad_cos))
+
+
 def load_table(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
-    """All shards of one table of one run, in step order (an empty frame if none)."""
+    """All shards of one table of one run, in step order (an empty frame if none).
+
+    Records written when grad_cos was the cosine with the batch mean including the pair are
+    read in today's columns: that value as grad_cos_with_self, and grad_cos, leave-one-out,
+    derived from it (`_leave_one_out_of_old_records`).
+    """
     if table not in TABLES:
         raise ValueError(f"table={table!r}; allowed: {TABLES}")
     read_meta(run)  # checks the schema version
@@ -401,6 +440,8 @@ def load_table(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
     if not shards:
         return pd.DataFrame()
     df = pd.concat([_read_shard(shard, table) for shard in shards], ignore_index=True)
+    if table == "records" and {"grad_cos", "grad_cos_with_self"} <= set(df.columns):
+        df = _leave_one_out_of_old_records(run, df)
     order = [c for c in ("step", "pair_id", "text_id", "probe_id") if c in df.columns]
     return df.sort_values(order, kind="stable").reset_index(drop=True) if order else df
 

@@ -220,7 +220,8 @@ def train_step(model, batch: Batch, cfg: TrainConfig, ref: dict | None, opt: Opt
     if grads is not None:
         out = grads.finish(batch.size, accelerator.num_processes,
                            lambda t: accelerator.reduce(t.to(accelerator.device), "sum").cpu())
-        per_pair = {"grad_norm": out.norm, "grad_cos": out.cos}
+        per_pair = {"grad_norm": out.norm, "grad_cos": out.cos,
+                    "grad_cos_with_self": out.cos_with_self}
         stats = {"step": step, **out.step_stats, "lr": lr}
     records = forward_records(fw, batch, cfg, step, lr, f"s{step}-r{accelerator.process_index}",
                               **per_pair)

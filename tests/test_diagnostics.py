@@ -329,6 +329,22 @@ def test_gradient_noise_per_label_across_seeds():
     simpo = out.loc["simpo"]
     assert simpo.n_seeds == 1 and math.isnan(simpo.grad_cos_lo)  # one seed: no interval
     assert math.isnan(simpo.gns)  # no steps for it
+    # the with-self cosine was not recorded here; its orthogonal baseline |g_i|/√Σ|g_j|² is
+    # 1/√4 for four equal norms, 1 for a pair alone in its step
+    assert math.isnan(dpo.grad_cos_with_self)
+    assert dpo.grad_cos_with_self_orthogonal == pytest.approx(0.5)
+    assert simpo.grad_cos_with_self_orthogonal == pytest.approx(1.0)
+
+
+def test_gradient_noise_reads_the_with_self_cosine_beside_its_baseline():
+    norms, with_self = [1.0, 1.0, 2.0], [0.5, 0.4, 0.9]
+    rec = records_frame([{"pair_id": f"p{i}", "loss_p": 1, "loss_n": 2, "grad_cos": 0.0,
+                          "grad_cos_with_self": c, "grad_norm": n}
+                         for i, (n, c) in enumerate(zip(norms, with_self))])
+    row = dg.gradient_noise(rec).iloc[0]
+    assert row.grad_cos_with_self == pytest.approx(0.6)
+    # by hand: |g_i| / √(1 + 1 + 4), averaged over the three pairs
+    assert row.grad_cos_with_self_orthogonal == pytest.approx((1 + 1 + 2) / math.sqrt(6) / 3)
 
 
 def test_gradient_noise_without_statistics_is_nan_not_zero():

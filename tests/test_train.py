@@ -38,6 +38,7 @@ def test_tiny_run_writes_every_pair_every_step(tmp_path):
     # naive, norm=sum: pair_loss = nll_sum_p − nll_sum_n, margin = the summed gap
     assert (rec.pair_loss - (rec.nll_sum_p - rec.nll_sum_n)).abs().max() < 1e-3
     assert rec.grad_norm.gt(0).all() and rec.grad_cos.between(-1, 1).all()
+    assert rec.grad_cos_with_self.between(-1, 1).all()
     assert set(load_table(run, "evals").step) == {0, 3, 6}
     assert len(load_table(run, "generations")) == 2 * 3
     assert load_table(run, "steps").gns.notna().any()
@@ -221,8 +222,11 @@ def test_per_pair_gradients_match_one_backward_per_pair(tiny):
     stats.remove()
     model.zero_grad()
     assert torch.allclose(out.norm, explicit.norm(dim=1), rtol=1e-3)
-    cos = torch.nn.functional.cosine_similarity(explicit, mean[None], dim=1)
-    assert torch.allclose(out.cos, cos, atol=1e-3)
+    with_self = torch.nn.functional.cosine_similarity(explicit, mean[None], dim=1)
+    assert torch.allclose(out.cos_with_self, with_self, atol=1e-3)
+    others = explicit.sum(0, keepdim=True) - explicit  # leave-one-out: the other pairs' sum
+    loo = torch.nn.functional.cosine_similarity(explicit, others, dim=1)
+    assert torch.allclose(out.cos, loo, atol=1e-3)
     want = noise_scale(float(explicit.pow(2).sum()), float(mean.pow(2).sum()), 4)
     assert out.step_stats["gns"] == pytest.approx(want["gns"], rel=1e-3)
     # tr(Σ) by hand: the unbiased variance of the per-pair gradients, summed over coordinates
