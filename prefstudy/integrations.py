@@ -30,14 +30,41 @@ when TRL precomputed the reference. What is recorded:
   one, else a hash of the row's token ids.
 - len_*, loss_*, nll_sum_*, gap: from TRL's per-token log-probs of the completion tokens it scores
   (after its tokenisation, chat template and truncation; the EOS TRL appends is a response token).
-- ref_logp_*: TRL's summed reference log-probs.
-- objective, margin, pair_loss: TRL's loss_type as the prefstudy objective that computes the same
-  per-pair loss (`TRL_OBJECTIVES`: sigmoid → dpo, hinge → hinge, ipo → ipo with norm="mean",
-  robust → robust, sigmoid_norm → book_dpo with w_chosen = w_rejected = 1, sigmoid with ld_alpha →
-  ld_dpo), computed by `prefstudy.objectives.compute` from the captured log-probs. Every step checks
-  that their batch mean equals the loss TRL back-propagates and stops the run if it does not, so
-  the recorded losses are the ones TRL optimised. Configurations without a counterpart (other loss
-  types, several loss types, f-divergences, WPO weighting) are refused when the trainer is built.
+- ref_logp_*: TRL's summed reference log-probs (NaN with ld_alpha and precompute_ref_log_probs:
+  TRL then precomputes only LD-weighted sums, which serve the loss but are not log π_ref).
+- batch: 's<step>-r<process>-m<micro-batch>', the pairs TRL's loss saw together (AOT sorts
+  within it, sft averages over its tokens).
+- objective, margin, pair_loss: TRL's loss as prefstudy computes it per pair (`trl_loss`; the
+  terms and their parameters are kept in config.json as `trl_loss`, `params` holds the objective's
+  parameters, or every term's for a combination). Every TRL 1.16 loss_type maps to a registry
+  objective (`TRL_OBJECTIVES`; each objective's `trl` says the same): sigmoid → dpo, hinge, ipo
+  (norm="mean", TRL's β as τ), exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot,
+  aot_unpaired, apo_zero, apo_down, discopop (discopop_tau as τ), sigmoid_norm → book_dpo with
+  w_chosen = w_rejected = 1, sft; β, label_smoothing, f_divergence_type and
+  f_alpha_divergence_coef are passed on where the objective takes them. Besides:
+    * loss_weights (several loss types, e.g. ["sigmoid", "sft"], DPO + NLL): pair_loss =
+      Σ_k weight_k · loss_k, the weighted sum of each term's own per-pair loss; objective is the
+      terms joined by "+", a weight other than 1 in front ("dpo+sft", "dpo+0.5*sft"); margin is
+      the first term's other than sft.
+    * sft: TRL's term is one number per micro-batch, the token-mean NLL of the chosen responses
+      (Σ NLL / N over its N chosen tokens). A pair's row holds its own share of it,
+      nll_sum_p · B / N (B pairs), so the rows average to TRL's term exactly and each row is what
+      that pair's tokens contribute, gradient included; norm is "batch" (the registry's sft
+      divides by the pair's own length instead, which does not average to TRL's loss).
+    * ld_alpha: sigmoid (reverse KL) → ld_dpo with α; every other loss type but sft (which TRL
+      computes from the unweighted log-probs) is computed on LD-DPO's length-desensitised
+      log-probs of all four sides, recorded as "ld(<objective>)".
+    * use_weighting (WPO): each term's per-pair loss times the pair's WPO weight
+      (`objectives.wpo_weights`, from the log Σ_v π² TRL's fused head returns), before
+      loss_weights, as TRL; recorded as "wpo(<objective>)".
+  Every micro-batch checks that the rows' mean equals the loss TRL back-propagates and stops the
+  run if it does not, so the recorded losses are the ones TRL optimised (meta.json keeps the
+  largest difference as `loss_parity`; a Mixture-of-Experts router loss is batch-level, left out
+  of pair_loss and of the check). Refused when the trainer is built, naming the option: what
+  has no per-pair counterpart (a loss_type TRL 1.16 does not have; f_divergence_type with a loss
+  type without an f-divergence form, which TRL refuses too), what TRL 1.16 itself cannot train
+  (use_weighting with sft or hinge: it fails mid-step), and option values the prefstudy
+  objective does not allow (e.g. robust's label_smoothing >= 0.5, β <= 0).
 
 `PerExampleLossTrainer` is the modest version for a plain `transformers.Trainer`: you give it a
 function returning one loss per example (and, optionally, the chosen and rejected log-probs); it
@@ -59,8 +86,9 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pandas as pd
@@ -70,7 +98,7 @@ from transformers import Trainer, TrainerCallback
 
 from .data import DataError, UnusableRecord, parse_record
 from .logprobs import TokenLogps, split_pairs
-from .objectives import PairLogps, compute, resolve_params
+from .objectives import PairLogps, compute, resolve_params, wpo_weights
 from .records import RunWriter, as_records, pair_records
 
 SUPPORTED_TRL = ">=1.16,<1.17"  # the TRL versions whose DPOTrainer internals this module reads
@@ -193,7 +221,7 @@ class PerExample:
 
     def rows(self, pair_ids: Sequence[str], **constants: Any) -> pd.DataFrame:
         """One record per example (prefstudy.records.pair_records): `constants` (run_id,
-        objective, norm, seed, step, lr) and what this holds; NaN for what it does not."""
+        objective, norm, seed, step, lr, batch) and what this holds; NaN for what it does not."""
         n = len(pair_ids)
         if self.loss.shape != (n,):
             raise ValueError(f"expected one loss per example, Shape: ({n},); got a loss of shape "
@@ -231,6 +259,10 @@ class _Recorder:
             self.writer.truncate(after_step=global_step)  # steps after the checkpoint are redone
         self.writer.start(self.config, resume=resume)
 
+    def micro_batches(self, step: int) -> int:
+        """How many micro-batches of optimiser step `step` have been added so far."""
+        return sum(1 for f in self.pending if len(f) and int(f.step.iloc[0]) == step)
+
     def add(self, records: pd.DataFrame, finite: bool) -> None:
         self.pending.append(records)
         if not finite and self.nonfinite_step is None and len(records):
@@ -248,7 +280,7 @@ class _Recorder:
             return
         if status == "completed" and self.nonfinite_step is not None:
             status, detail = "diverged", {
-                "diverged_step": self.nonfinite_step,
+                **detail, "diverged_step": self.nonfinite_step,
                 "reason": "non-finite per-pair loss or log-probs (the trainer kept training)"}
         self.writer.finish(status, **detail)
 
@@ -305,6 +337,10 @@ class _Recording:
         model = getattr(self.model, "config", None)
         return {"model": getattr(model, "_name_or_path", None) or type(self.model).__name__}
 
+    def _end_detail(self) -> dict[str, Any]:
+        """What meta.json keeps about the run when it ends, besides its status."""
+        return {}
+
     @property
     def records_dir(self) -> Path:
         return self._recorder.writer.folder
@@ -318,8 +354,10 @@ class _Recording:
         if pair_ids is None:
             raise RuntimeError("the batch has no pair ids: the trainer's data collator must be "
                                "the PairIdCollator this trainer installs")
-        step = self.state.global_step + 1
-        records = out.rows(pair_ids, **self._constants, step=step, lr=self._get_learning_rate())
+        step, rank = self.state.global_step + 1, self.accelerator.process_index
+        batch = f"s{step}-r{rank}-m{self._recorder.micro_batches(step)}"  # the pairs seen together
+        records = out.rows(pair_ids, **self._constants, step=step, lr=self._get_learning_rate(),
+                           batch=batch)
         self._recorder.add(records, out.finite())
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
@@ -329,12 +367,13 @@ class _Recording:
         try:
             result = super().train(resume_from_checkpoint, *args, **kwargs)
         except KeyboardInterrupt:
-            self._recorder.finish("interrupted")
+            self._recorder.finish("interrupted", **self._end_detail())
             raise
         except Exception as e:
-            self._recorder.finish("failed", reason=f"{type(e).__name__}: {e}")
+            self._recorder.finish("failed", reason=f"{type(e).__name__}: {e}",
+                                  **self._end_detail())
             raise
-        self._recorder.finish("completed")
+        self._recorder.finish("completed", **self._end_detail())
         return result
 
 
@@ -417,53 +456,251 @@ def _loss_types(args) -> list[str]:
     return [loss] if isinstance(loss, str) else list(loss)
 
 
-# TRL loss_type → (the prefstudy objective computing the same per-pair loss, its parameters).
-TRL_OBJECTIVES: dict[str, Callable[[Any], tuple[str, dict[str, Any]]]] = {
-    "sigmoid": lambda a: ("dpo", {"beta": a.beta}),
-    "hinge": lambda a: ("hinge", {"beta": a.beta}),
-    # TRL divides IPO's log-ratios by the completion length (see prefstudy.objectives.ipo).
-    "ipo": lambda a: ("ipo", {"tau": a.beta, "norm": "mean"}),
-    "robust": lambda a: ("robust", {"beta": a.beta, "label_smoothing": a.label_smoothing}),
-    # −log σ(β·(token-mean chosen log-ratio − token-mean rejected log-ratio)).
-    "sigmoid_norm": lambda a: ("book_dpo", {"beta": a.beta, "w_chosen": 1.0, "w_rejected": 1.0}),
+_F_OPTIONS = {"f_divergence": "f_divergence_type", "f_alpha": "f_alpha_divergence_coef"}
+
+
+@dataclass(frozen=True)
+class TrlMapping:
+    """How prefstudy computes one TRL loss_type per pair: the objective, which of its parameters
+    each DPOConfig field sets (`options`, parameter → field) and those TRL fixes (`fixed`). Every
+    parameter of the objective is one or the other, so none is left at a prefstudy default.
+
+    batch_token_mean: TRL's "sft", the micro-batch's token-mean NLL of the chosen responses, not
+    a per-pair loss: see `TrlComponent.per_pair` for how it is shared out among the pairs.
+    """
+
+    objective: str
+    options: Mapping[str, str]
+    fixed: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    batch_token_mean: bool = False
+
+    def params(self, args, loss_type: str) -> dict[str, Any]:
+        """The objective's parameters under `args`; ValueError naming the DPOConfig fields."""
+        if self.batch_token_mean:
+            return {"norm": "batch"}
+        given = {p: getattr(args, f) for p, f in self.options.items()}
+        try:
+            return resolve_params(self.objective, {**given, **self.fixed})
+        except ValueError as e:
+            fields = ", ".join(f"{f}={getattr(args, f)!r}" for f in self.options.values())
+            raise ValueError(f"loss_type={loss_type!r} with {fields}: {e}") from None
+
+
+def _trl(objective: str, *options: str, f_divergence: bool = False,
+         fixed: Mapping[str, Any] | None = None, **renamed: str) -> TrlMapping:
+    """A TrlMapping: `options` are DPOConfig fields of the parameter's own name, `renamed` maps
+    a parameter to the field of another name, f_divergence adds f_divergence and f_alpha."""
+    fields = {**{o: o for o in options}, **renamed, **(_F_OPTIONS if f_divergence else {})}
+    return TrlMapping(objective, MappingProxyType(fields), MappingProxyType(dict(fixed or {})))
+
+
+# TRL loss_type → how prefstudy computes it per pair (each objective's `trl` in the registry says
+# the same). TRL's β is IPO's τ, and TRL divides IPO's and sigmoid_norm's log-ratios by length.
+TRL_OBJECTIVES: dict[str, TrlMapping] = {
+    "sigmoid": _trl("dpo", "beta", f_divergence=True),
+    "hinge": _trl("hinge", "beta", f_divergence=True),
+    "ipo": _trl("ipo", tau="beta", f_divergence=True, fixed={"norm": "mean"}),
+    "exo_pair": _trl("exo_pair", "beta", "label_smoothing", f_divergence=True),
+    "nca_pair": _trl("nca_pair", "beta"),
+    "robust": _trl("robust", "beta", "label_smoothing", f_divergence=True),
+    "bco_pair": _trl("bco_pair", "beta"),
+    "sppo_hard": _trl("sppo_hard", "beta"),
+    "aot": _trl("aot", "beta", "label_smoothing"),
+    "aot_unpaired": _trl("aot_unpaired", "beta", "label_smoothing"),
+    "apo_zero": _trl("apo_zero", "beta"),
+    "apo_down": _trl("apo_down", "beta"),
+    "discopop": _trl("discopop", "beta", tau="discopop_tau", f_divergence=True),
+    "sft": TrlMapping("sft", MappingProxyType({}), batch_token_mean=True),
+    "sigmoid_norm": _trl("book_dpo", "beta", f_divergence=True,
+                         fixed={"w_chosen": 1.0, "w_rejected": 1.0}),
 }
+# With ld_alpha, TRL's sigmoid under reverse KL is the registry's ld_dpo. (On `_ld_view`, whose
+# tokens all sit where LD-DPO weighs them by 1, ld_dpo computes DPO on the LD-weighted sums.)
+_LD_DPO = _trl("ld_dpo", "beta", alpha="ld_alpha")
+_TRL_CANNOT_WEIGHT = ("sft", "hinge")  # TRL 1.16's use_weighting fails on these (`_unmappable`)
+
+
+def _sums_on_mask(sums: Tensor, mask: Tensor) -> TokenLogps:
+    """Summed log-probs as a TokenLogps whose `.sum` and `.mean` are exact.
+
+    The sum sits on each row's first response token; per-token values are not known (TRL
+    precomputed only the sums), so nothing position-dependent may be read from it.
+    """
+    first = mask & (mask.long().cumsum(-1) == 1)
+    logps = torch.where(first, sums.to(mask.device).float()[:, None], 0.0)
+    return TokenLogps(logps, mask)
+
+
+def _ld_sum(side: TokenLogps, public: Tensor, alpha: float) -> Tensor:
+    """LD-DPO's log π̂(y) = Σ_{t<l} log p_t + α·Σ_{t>=l} log p_t (objectives.ld_dpo), l =
+    `public`, summed as TRL sums it (the two parts apart), so the loss matches TRL's in float32
+    too. Shape: (batch,)."""
+    tail = side.position() >= public[:, None]
+    return (side.logps * (side.mask & ~tail)).sum(-1) + alpha * (side.logps * tail).sum(-1)
+
+
+def _ld_view(logps: PairLogps, alpha: float) -> PairLogps:
+    """What TRL's ld_alpha gives every loss type but sft: each side's log π̂ (`_ld_sum`, the
+    pair's shorter response the public length) as a sum on its first token, so `.sum`, `.mean`
+    and `.count` are exact (every TRL loss reads only those). A precomputed reference (already
+    LD-weighted, on its first token: weight 1) passes through unchanged."""
+    public = torch.minimum(logps.chosen.count, logps.rejected.count)
+    return PairLogps(*(None if s is None else _sums_on_mask(_ld_sum(s, public, alpha), s.mask)
+                       for s in (logps.chosen, logps.rejected, logps.ref_chosen,
+                                 logps.ref_rejected)))
+
+
+@dataclass(frozen=True)
+class TrlComponent:
+    """One term of a DPOConfig's loss: `weight` (its loss_weights entry) times the per-pair loss
+    of the prefstudy `objective` with `params`; ld_alpha: LD-DPO's α, applied to the log-probs
+    the objective reads (`_ld_view`; None where it is not)."""
+
+    loss_type: str
+    weight: float
+    objective: str
+    params: Mapping[str, Any]
+    ld_alpha: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The objective's name, as ld(<objective>) on LD-weighted log-probs (ld_dpo is that
+        already) and prefixed by the weight unless it is 1: "dpo", "ld(hinge)", "0.5*sft"."""
+        plain = self.ld_alpha is None or self.objective == "ld_dpo"
+        name = self.objective if plain else f"ld({self.objective})"
+        return name if self.weight == 1 else f"{self.weight:g}*{name}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"loss_type": self.loss_type, "objective": self.objective, "weight": self.weight,
+                "params": dict(self.params), "ld_alpha_on_logps": self.ld_alpha}
+
+    def per_pair(self, logps: PairLogps, wpo: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(loss, margin) of this term per pair, before `weight`; Shape: (batch,) each.
+
+        wpo: the per-pair WPO weights (None without use_weighting), which TRL multiplies each
+        term by. TRL's sft term is one number, Σ chosen NLL / N over the micro-batch's N chosen
+        tokens; pair i gets nll_sum_i · B / N (B pairs): its own tokens' share of that mean (and
+        of its gradient), averaging to TRL's term exactly. Its margin is the token-mean gap, as
+        the registry's sft. (TRL 1.16 cannot WPO-weight its sft term: `_unmappable`.)
+        """
+        if self.loss_type == "sft":
+            chosen = logps.chosen
+            loss = -chosen.sum * (chosen.count.numel() / chosen.count.sum())
+            return loss, chosen.mean - logps.rejected.mean
+        view = logps if self.ld_alpha is None else _ld_view(logps, self.ld_alpha)
+        out = compute(self.objective, view, **self.params)
+        return (out.loss if wpo is None else out.loss * wpo), out.margin
+
+
+PAIR_LOSS = ("Σ_k weight_k · loss_k per pair (TRL's loss_weights), each term times the pair's WPO "
+             "weight under use_weighting; sft's term is the pair's chosen NLL sum · B / N (N chosen "
+             "tokens in the micro-batch of B pairs); the batch mean is TRL's loss. margin: the "
+             "first term's other than sft, else sft's.")
+
+
+@dataclass(frozen=True)
+class TrlLoss:
+    """A DPOConfig's loss as prefstudy computes it per pair: its terms, and WPO weighting."""
+
+    components: tuple[TrlComponent, ...]
+    use_weighting: bool = False
+    ld_alpha: float | None = None  # DPOConfig's, as given
+
+    @property
+    def name(self) -> str:
+        """The records' `objective`: a registry name where the loss is that objective on the
+        recorded log-probs (and TRL's sft alone: "sft", norm "batch", see PAIR_LOSS), else the
+        terms' labels joined by "+", wrapped in wpo(...) under WPO weighting: "dpo", "ld_dpo",
+        "dpo+sft", "dpo+0.5*sft", "ld(ipo)", "wpo(dpo)"."""
+        body = "+".join(c.label for c in self.components)
+        return f"wpo({body})" if self.use_weighting else body
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The one term's parameters (what its objective takes), or every term's description."""
+        if len(self.components) == 1:
+            return dict(self.components[0].params)
+        return {"components": [c.describe() for c in self.components]}
+
+    def describe(self) -> dict[str, Any]:
+        """What config.json keeps as `trl_loss`: TRL's options and how each term is computed."""
+        return {"loss_type": [c.loss_type for c in self.components],
+                "loss_weights": [c.weight for c in self.components],
+                "ld_alpha": self.ld_alpha, "use_weighting": self.use_weighting,
+                "components": [c.describe() for c in self.components], "pair_loss": PAIR_LOSS}
+
+    def per_pair(self, logps: PairLogps, log_sum_sq: tuple[Tensor, Tensor] | None = None
+                 ) -> tuple[Tensor, Tensor]:
+        """(pair_loss, margin), Shape: (batch,) each (see PAIR_LOSS). log_sum_sq: (chosen,
+        rejected) log Σ_v π(v|·)² per token, which WPO weighting needs."""
+        wpo = None
+        if self.use_weighting:
+            if log_sum_sq is None:
+                raise ValueError("use_weighting needs the policy's log_sum_sq_probs")
+            wpo = wpo_weights(logps.chosen, log_sum_sq[0], logps.rejected, log_sum_sq[1])
+        terms = [(c, *c.per_pair(logps, wpo)) for c in self.components]
+        loss = sum(c.weight * term for c, term, _ in terms)
+        margins = [m for c, _, m in terms if c.loss_type != "sft"] or [terms[0][2]]
+        return loss, margins[0]
+
+
+def _unmappable(args) -> list[str]:
+    """What in a DPOConfig has no per-pair counterpart, one phrase each."""
+    losses, problems = _loss_types(args), []
+    unknown = [t for t in losses if t not in TRL_OBJECTIVES]
+    if unknown:
+        problems.append(f"loss_type {unknown} (not a TRL {SUPPORTED_TRL} loss type)")
+    if args.f_divergence_type != "reverse_kl":
+        without = [t for t in losses if t in TRL_OBJECTIVES and t != "sft"
+                   and "f_divergence" not in TRL_OBJECTIVES[t].options]
+        if without:
+            problems.append(f"f_divergence_type={args.f_divergence_type!r} with loss_type "
+                            f"{without}, which have no f-divergence form (TRL refuses it too)")
+    unweightable = [t for t in losses if t in _TRL_CANNOT_WEIGHT]
+    if args.use_weighting and unweightable:
+        problems.append(f"use_weighting=True with loss_type {unweightable} (TRL 1.16 fails on "
+                        "it: it multiplies each term by the WPO weights in place, which its sft "
+                        "term, an expanded tensor, and its hinge term, relu's output kept for "
+                        "the backward pass, do not allow)")
+    return problems
+
+
+def _component(loss_type: str, weight: float, args) -> TrlComponent:
+    mapping, ld = TRL_OBJECTIVES[loss_type], args.ld_alpha
+    if ld is not None and loss_type == "sigmoid" and args.f_divergence_type == "reverse_kl":
+        mapping = _LD_DPO  # by name; computed on the LD-weighted sums, where it is DPO's formula
+    if mapping.batch_token_mean:
+        ld = None  # TRL's sft reads the plain per-token log-probs
+    return TrlComponent(loss_type, weight, mapping.objective, mapping.params(args, loss_type), ld)
+
+
+def trl_loss(args) -> TrlLoss:
+    """A DPOConfig's loss (loss_type, loss_weights, ld_alpha, f_divergence_type, use_weighting
+    and each loss type's options) as prefstudy computes it per pair.
+
+    ValueError naming what has no counterpart (`_unmappable`) or an option value the prefstudy
+    objective does not allow (e.g. robust's label_smoothing >= 0.5).
+    """
+    problems = _unmappable(args)
+    if problems:
+        raise ValueError("PerPairDPOTrainer cannot record per-pair losses for this DPOConfig: "
+                         + "; ".join(problems) + f". Supported: loss types {list(TRL_OBJECTIVES)}"
+                         ", alone or combined by loss_weights. Use DPOTrainer for this configuration.")
+    losses = _loss_types(args)
+    weights = args.loss_weights or [1.0] * len(losses)
+    try:
+        components = tuple(_component(t, float(w), args) for t, w in zip(losses, weights,
+                                                                          strict=True))
+    except ValueError as e:
+        raise ValueError(f"PerPairDPOTrainer cannot record this DPOConfig: {e}") from None
+    return TrlLoss(components, bool(args.use_weighting), args.ld_alpha)
 
 
 def trl_objective(args) -> tuple[str, dict[str, Any]]:
-    """The prefstudy objective and parameters that compute a DPOConfig's per-pair loss.
-
-    ValueError naming what has no counterpart: several loss types, a loss type not in
-    TRL_OBJECTIVES, loss weights, an f-divergence other than reverse KL, WPO weighting, or
-    ld_alpha other than with loss_type="sigmoid" and the reference computed during training.
-    """
-    losses = _loss_types(args)
-    problems = []
-    if len(losses) != 1:
-        problems.append(f"loss_type={losses} combines several losses")
-    elif losses[0] not in TRL_OBJECTIVES:
-        problems.append(f"loss_type={losses[0]!r} has no prefstudy counterpart")
-    if args.loss_weights not in (None, [1.0], [1]):
-        problems.append(f"loss_weights={args.loss_weights}")
-    if args.f_divergence_type != "reverse_kl":
-        problems.append(f"f_divergence_type={args.f_divergence_type!r}")
-    if args.use_weighting:
-        problems.append("use_weighting=True (WPO weights)")
-    if args.ld_alpha is not None and losses != ["sigmoid"]:
-        problems.append(f"ld_alpha with loss_type={losses}")
-    if args.ld_alpha is not None and args.precompute_ref_log_probs:
-        problems.append("ld_alpha with precompute_ref_log_probs=True (the precomputed reference "
-                        "sums are length-desensitised, not log-probs)")
-    if problems:
-        raise ValueError(
-            "PerPairDPOTrainer cannot record per-pair losses for this DPOConfig: "
-            + "; ".join(problems) + f". Supported: one loss_type of {list(TRL_OBJECTIVES)} "
-            "(sigmoid also with ld_alpha), f_divergence_type='reverse_kl', no loss weights or WPO "
-            "weighting. Use DPOTrainer for the others.")
-    if args.ld_alpha is not None:
-        name, params = "ld_dpo", {"beta": args.beta, "alpha": args.ld_alpha}
-    else:
-        name, params = TRL_OBJECTIVES[losses[0]](args)
-    return name, resolve_params(name, params)
+    """(the records' objective, its parameters) for a DPOConfig: `trl_loss(args)`'s name and
+    params, e.g. ("dpo", {"beta": 0.1, ...}) or ("dpo+sft", {"components": [...]})."""
+    loss = trl_loss(args)
+    return loss.name, loss.params
 
 
 @contextlib.contextmanager
@@ -479,17 +716,6 @@ def _outputs_of(**modules):
             handle.remove()
 
 
-def _sums_on_mask(sums: Tensor, mask: Tensor) -> TokenLogps:
-    """Summed log-probs as a TokenLogps whose `.sum` and `.mean` are exact.
-
-    The sum sits on each row's first response token; per-token values are not known (TRL
-    precomputed only the sums), so nothing position-dependent may be read from it.
-    """
-    first = mask & (mask.long().cumsum(-1) == 1)
-    logps = torch.where(first, sums.to(mask.device).float()[:, None], 0.0)
-    return TokenLogps(logps, mask)
-
-
 def _token_logps(output, mask: Tensor) -> TokenLogps:
     """TRL's per-token log-probs (fused LM head output), aligned to the shifted completion mask."""
     logps = output.log_probs[:, -mask.shape[1]:].detach().float()
@@ -501,20 +727,29 @@ class PerPairDPOTrainer(_Recording, _DPOTrainer):
 
     Takes everything DPOTrainer takes, plus `records_dir`, `run_id` and `label`. Without TRL, or
     with a version other than SUPPORTED_TRL, building one raises ImportError saying what to
-    install.
+    install. `loss_parity` lists (recorded per-pair mean, TRL's loss) for every micro-batch
+    checked so far; meta.json keeps the largest difference.
     """
 
     def __init__(self, *args, **kwargs):
         check_trl()
+        self.loss_parity: list[tuple[float, float]] = []
         super().__init__(*args, **kwargs)
 
     def _objective(self, args) -> tuple[str, dict[str, Any]]:
-        return trl_objective(args)
+        self._trl_loss = trl_loss(args)
+        return self._trl_loss.name, self._trl_loss.params
 
     def _provenance(self) -> dict[str, Any]:
         import trl
 
-        return {**super()._provenance(), "trl": trl.__version__}
+        return {**super()._provenance(), "trl": trl.__version__,
+                "trl_loss": self._trl_loss.describe()}
+
+    def _end_detail(self) -> dict[str, Any]:
+        diffs = [abs(ours - theirs) for ours, theirs in self.loss_parity]
+        return {"loss_parity": {"micro_batches": len(diffs),
+                                "max_abs_diff": max(diffs) if diffs else None}}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pair_ids = inputs.pop("pair_id", None)
@@ -533,17 +768,24 @@ class PerPairDPOTrainer(_Recording, _DPOTrainer):
             raise RuntimeError("the policy's forward pass was not seen (a wrapper that calls "
                                "the model without running its module hooks?); PerPairDPO"
                                "Trainer cannot record this run")
-        mask = inputs["completion_mask"][:, 1:].bool()
-        chosen, rejected = split_pairs(_token_logps(seen["policy"][0], mask))
+        policy, mask = seen["policy"][0], inputs["completion_mask"][:, 1:].bool()
+        chosen, rejected = split_pairs(_token_logps(policy, mask))
         if self.precompute_ref_logps:
             ref_c = _sums_on_mask(inputs["ref_chosen_logps"], chosen.mask)
             ref_r = _sums_on_mask(inputs["ref_rejected_logps"], rejected.mask)
         else:  # a separate reference model, or (PEFT) the policy's second call
             ref_out = seen["ref"][0] if self.ref_model is not None else seen["policy"][1]
             ref_c, ref_r = split_pairs(_token_logps(ref_out, mask))
-        name, params = self._constants["objective"], self._recorder.config["params"]
-        return PerExample.from_objective(name, PairLogps(chosen, rejected, ref_c, ref_r),
-                                         **params)
+        log_sum_sq = None
+        if self._trl_loss.use_weighting:
+            log_sum_sq = policy.log_sum_sq_probs[:, -mask.shape[1]:].detach().float().chunk(2)
+        loss, margin = self._trl_loss.per_pair(PairLogps(chosen, rejected, ref_c, ref_r),
+                                               log_sum_sq)
+        # With ld_alpha TRL precomputes LD-weighted reference sums: they serve the loss (a sum on
+        # the first token keeps weight 1) but are not log π_ref, so they are not recorded.
+        ref_known = not (self.precompute_ref_logps and self.ld_alpha is not None)
+        return PerExample(loss, chosen, rejected, ref_c.sum if ref_known else None,
+                          ref_r.sum if ref_known else None, margin)
 
     def _check_loss(self, out: PerExample, loss: Tensor) -> None:
         """Stop if the recorded per-pair losses do not average to the loss TRL optimises."""
@@ -552,6 +794,7 @@ class PerPairDPOTrainer(_Recording, _DPOTrainer):
         ours, theirs = float(out.loss.mean()), float(loss.detach())
         if not (math.isfinite(ours) and math.isfinite(theirs)):  # recorded as diverged
             return
+        self.loss_parity.append((ours, theirs))
         tol = max(torch.finfo(loss.dtype).eps ** 0.5, 1e-4) * (1.0 + abs(theirs))
         if not abs(ours - theirs) <= tol:
             raise RuntimeError(
@@ -572,5 +815,6 @@ class PerPairDPOTrainer(_Recording, _DPOTrainer):
 
 
 __all__ = ["SUPPORTED_TRL", "TRL_OBJECTIVES", "PairIdCollator", "PerExample",
-           "PerExampleLossTrainer", "PerPairDPOTrainer", "RecordsCallback", "as_records",
-           "check_trl", "text_pair_id", "token_pair_id", "trl_objective", "with_pair_ids"]
+           "PerExampleLossTrainer", "PerPairDPOTrainer", "RecordsCallback", "TrlComponent",
+           "TrlLoss", "TrlMapping", "as_records", "check_trl", "text_pair_id", "token_pair_id",
+           "trl_loss", "trl_objective", "with_pair_ids"]

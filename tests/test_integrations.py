@@ -8,6 +8,7 @@ step alignment (step s = the weights before update s) and the pair ids at once.
 import copy
 import math
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -20,11 +21,24 @@ from transformers import TrainerCallback, TrainingArguments
 
 from prefstudy.data import PreferencePair
 from prefstudy.encode import EncodedPair, collate, encode_pairs
-from prefstudy.integrations import PerExample, PerExampleLossTrainer, as_records, trl_objective
+from prefstudy.integrations import (
+    TRL_OBJECTIVES,
+    PerExample,
+    PerExampleLossTrainer,
+    as_records,
+    trl_objective,
+)
 from prefstudy.logprobs import split_pairs, token_logps
 from prefstudy.models import load_model
-from prefstudy.objectives import PairLogps
-from prefstudy.records import RECORD_COLUMNS, SchemaError, check_records, load_run, read_meta
+from prefstudy.objectives import OBJECTIVES, PairLogps
+from prefstudy.records import (
+    RECORD_COLUMNS,
+    SchemaError,
+    check_records,
+    load_run,
+    read_config,
+    read_meta,
+)
 from prefstudy.scoring import score_pairs
 
 PAIRS = [
@@ -80,7 +94,21 @@ def dpo_args(tmp_path, **overrides):
     return DPOConfig(**{**settings, **overrides})
 
 
-def dpo_trainer(tmp_path, args, *, with_ref=True, callbacks=()):
+def perturbed(model, scale: float):
+    """A copy of `model` with seeded Gaussian noise on every weight: a reference unlike the
+    policy, so that the first step already has non-zero log-ratios."""
+    ref = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * scale)
+    return ref
+
+
+def dpo_trainer(tmp_path, args, *, with_ref=True, callbacks=(), ref_noise=0.0):
+    """A PerPairDPOTrainer on PAIRS and the tiny model; the reference is the starting model, or
+    with ref_noise a perturbed copy of it (TRL precomputes from it under
+    precompute_ref_log_probs)."""
     from datasets import Dataset
 
     from prefstudy.integrations import PerPairDPOTrainer
@@ -89,9 +117,10 @@ def dpo_trainer(tmp_path, args, *, with_ref=True, callbacks=()):
     original = copy.deepcopy(model)  # before TRL patches the policy's forward
     data = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
                               for p in PAIRS])
-    trainer = PerPairDPOTrainer(model=model, ref_model=copy.deepcopy(model) if with_ref else None,
-                                args=args, train_dataset=data, processing_class=tok,
-                                callbacks=list(callbacks), records_dir=tmp_path / "run")
+    ref = perturbed(model, ref_noise) if with_ref else None
+    trainer = PerPairDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data,
+                                processing_class=tok, callbacks=list(callbacks),
+                                records_dir=tmp_path / "run")
     return trainer, original, tok
 
 
@@ -126,6 +155,8 @@ def test_dpo_records_match_logprobs_recomputed_independently(trl, tmp_path, batc
     assert (df.groupby("step").pair_id.nunique() == 4).all()
     assert set(df.pair_id) <= IDS and set(df[df.step <= 2].pair_id) == IDS  # prefstudy's ids
     assert df[df.step == 1].lr.iloc[0] == pytest.approx(args.learning_rate)
+    micro = [f"s{s}-r0-m{m}" for s in range(1, steps + 1) for m in range(accumulate)]
+    assert sorted(df.batch.unique()) == micro and (df.groupby("batch").size() == batch).all()
 
     items = {e.pair_id: e for e in trl_items(trainer)}
     ref = recompute(original, snapshots.weights[1], list(items.values()), tok.pad_token_id)
@@ -149,28 +180,146 @@ def test_dpo_records_match_logprobs_recomputed_independently(trl, tmp_path, batc
     assert (df.loss_p == df.nll_sum_p / df.len_p).all() and (df.gap == df.loss_n - df.loss_p).all()
 
 
-@pytest.mark.slow  # five short trainings
-@pytest.mark.parametrize("loss, expected", [
-    ({"loss_type": "hinge"}, ("hinge", {"beta": 0.1})),
-    ({"loss_type": "ipo", "beta": 0.5}, ("ipo", {"tau": 0.5, "norm": "mean"})),
-    ({"loss_type": "robust", "label_smoothing": 0.2},
-     ("robust", {"beta": 0.1, "label_smoothing": 0.2})),
-    ({"loss_type": "sigmoid_norm"}, ("book_dpo", {"beta": 0.1, "w_chosen": 1.0,
-                                                  "w_rejected": 1.0})),
-    ({"ld_alpha": 0.5}, ("ld_dpo", {"beta": 0.1, "alpha": 0.5})),
+def trl_loss_types() -> list[str]:
+    """TRL's own list of DPOTrainer loss types, from DPOConfig's help for loss_type."""
+    from dataclasses import fields
+
+    from trl import DPOConfig
+
+    help_text = next(f for f in fields(DPOConfig) if f.name == "loss_type").metadata["help"]
+    return re.findall(r"`'(\w+)'`", help_text)
+
+
+def test_every_trl_loss_type_maps_to_a_registry_objective_with_every_parameter_set(trl):
+    assert sorted(trl_loss_types()) == sorted(TRL_OBJECTIVES)
+    for loss_type, mapping in TRL_OBJECTIVES.items():
+        objective = OBJECTIVES[mapping.objective]
+        assert f'loss_type="{loss_type}"' in objective.trl  # the registry says the same
+        if not mapping.batch_token_mean:  # none left at a prefstudy default
+            assert set(mapping.options) | set(mapping.fixed) == set(objective.params), loss_type
+
+
+F_DIVERGENCE_TYPES = ["sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop", "sigmoid_norm",
+                      "sft"]  # what TRL allows an f-divergence with (sft ignores it)
+
+
+@pytest.mark.parametrize("options, name, params", [
+    ({"loss_type": "ipo", "beta": 0.5}, "ipo",
+     {"tau": 0.5, "norm": "mean", "f_divergence": "reverse_kl", "f_alpha": 0.5}),
+    ({"loss_type": "sigmoid_norm", "f_divergence_type": "js_divergence"}, "book_dpo",
+     {"beta": 0.1, "w_chosen": 1.0, "w_rejected": 1.0, "f_divergence": "js_divergence",
+      "f_alpha": 0.5}),
+    ({"loss_type": "discopop", "discopop_tau": 0.2, "f_divergence_type": "alpha_divergence",
+      "f_alpha_divergence_coef": 0.3}, "discopop",
+     {"beta": 0.1, "tau": 0.2, "f_divergence": "alpha_divergence", "f_alpha": 0.3}),
+    ({"loss_type": "aot", "label_smoothing": 0.1}, "aot", {"beta": 0.1, "label_smoothing": 0.1}),
+    ({"loss_type": "sft"}, "sft", {"norm": "batch"}),
+    ({"ld_alpha": 0.5}, "ld_dpo", {"beta": 0.1, "alpha": 0.5}),
+    ({"ld_alpha": 0.5, "f_divergence_type": "forward_kl"}, "ld(dpo)",
+     {"beta": 0.1, "f_divergence": "forward_kl", "f_alpha": 0.5}),
+    ({"ld_alpha": 0.5, "loss_type": "hinge"}, "ld(hinge)",
+     {"beta": 0.1, "f_divergence": "reverse_kl", "f_alpha": 0.5}),
+    ({"use_weighting": True, "loss_type": "bco_pair"}, "wpo(bco_pair)", {"beta": 0.1}),
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5], "ld_alpha": 0.5},
+     "ld_dpo+0.5*sft", None),
+    ({"loss_type": ["apo_zero", "sft"]}, "apo_zero+sft", None),
 ])
-def test_each_trl_loss_is_recorded_as_the_objective_that_reproduces_it(trl, tmp_path, loss,
-                                                                       expected):
-    args = dpo_args(tmp_path, max_steps=2, per_device_train_batch_size=2, **loss)
-    assert trl_objective(args) == expected
-    trainer, _, _ = dpo_trainer(tmp_path, args)
-    # Every step checks that the recorded per-pair losses average to TRL's loss; step 2 has a
-    # non-zero margin, where the objectives differ.
+def test_trl_options_are_mapped_to_objectives_and_parameters(trl, tmp_path, options, name, params):
+    got_name, got_params = trl_objective(dpo_args(tmp_path, **options))
+    assert got_name == name
+    if params is not None:
+        assert got_params == params
+    else:  # a combination: each term with its weight, objective and parameters
+        terms = got_params["components"]
+        assert [t["weight"] for t in terms] == options.get("loss_weights", [1.0, 1.0])
+        assert terms[-1] == {"loss_type": "sft", "objective": "sft", "weight": terms[-1]["weight"],
+                             "params": {"norm": "batch"}, "ld_alpha_on_logps": None}
+
+
+def check_parity(trainer, df) -> float:
+    """The loss TRL back-propagated against the mean of the recorded per-pair losses, for every
+    micro-batch; both the integration's own values and the records. Returns the largest gap."""
+    assert trainer.loss_parity, "no micro-batch was checked"
+    for (ours, theirs), (_, rows) in zip(trainer.loss_parity, df.groupby("batch", sort=True)):
+        assert abs(ours - theirs) <= 1e-5
+        assert rows.pair_loss.mean() == pytest.approx(theirs, abs=1e-5)
+    worst = max(abs(a - b) for a, b in trainer.loss_parity)
+    assert read_meta(trainer.records_dir)["loss_parity"] == {
+        "micro_batches": len(trainer.loss_parity), "max_abs_diff": worst}
+    return worst
+
+
+def test_dpo_plus_nll_records_each_pairs_own_share_of_trls_token_mean(trl, tmp_path):
+    # Two micro-batches of two pairs: TRL's sft term is each micro-batch's token mean.
+    args = dpo_args(tmp_path, max_steps=1, per_device_train_batch_size=2,
+                    gradient_accumulation_steps=2, loss_type=["sigmoid", "sft"],
+                    loss_weights=[1.0, 0.5])
+    trainer, _, _ = dpo_trainer(tmp_path, args, ref_noise=0.02)
     trainer.train()
     df = load_run(tmp_path / "run")
-    assert (df.objective == expected[0]).all() and len(df) == 4
-    assert read_meta(tmp_path / "run")["status"] == "completed"
+    check_parity(trainer, df)
+    assert (df.objective == "dpo+0.5*sft").all() and (df.norm == "").all()
+    assert sorted(df.batch.unique()) == ["s1-r0-m0", "s1-r0-m1"]
 
+    # pair_loss = DPO's own per-pair loss + 0.5 · nll_sum_p · B / (chosen tokens of its batch).
+    h = (-df.nll_sum_p - df.ref_logp_p) - (-df.nll_sum_n - df.ref_logp_n)
+    dpo = -F.logsigmoid(torch.tensor((args.beta * h).to_numpy()))
+    tokens = df.groupby("batch").len_p.transform("sum")
+    sft = df.nll_sum_p * 2 / tokens
+    assert df.pair_loss.tolist() == pytest.approx((dpo.numpy() + 0.5 * sft).tolist(), abs=1e-5)
+    assert df.margin.tolist() == pytest.approx((args.beta * h).tolist(), abs=1e-5)
+    assert h.abs().min() > 1e-3  # the reference differs from the policy: a real check
+
+    config = read_config(tmp_path / "run")
+    assert config["objective"] == "dpo+0.5*sft"
+    assert [c["objective"] for c in config["trl_loss"]["components"]] == ["dpo", "sft"]
+    assert config["params"]["components"][0]["params"]["beta"] == args.beta
+
+
+_ALL = list(TRL_OBJECTIVES)
+_WEIGHTS = [1.0, 0.5, 2.0, 0.25, 1.5, 0.75, 1.25, 0.1, 3.0, 0.3, 0.6, 1.1, 0.9, 0.2, 0.4]
+_WPO = [t for t in _ALL if t not in {"aot", "aot_unpaired", "sft", "hinge"}]  # TRL can weight
+ALONE = {"exo_pair": {"label_smoothing": 1e-3}, "robust": {"label_smoothing": 0.1},
+         "aot": {"label_smoothing": 0.1}, "aot_unpaired": {"label_smoothing": 0.1},
+         "ipo": {"beta": 0.5}, "sppo_hard": {"beta": 0.5}}  # options each is usually run with
+PARITY = {
+    **{t: {"loss_type": t, **ALONE.get(t, {})} for t in _ALL},
+    **{f"{f}-{len(F_DIVERGENCE_TYPES)}-types": {
+        "loss_type": F_DIVERGENCE_TYPES, "loss_weights": _WEIGHTS[:len(F_DIVERGENCE_TYPES)],
+        "f_divergence_type": f, "label_smoothing": 0.1, "beta": 0.5}
+       for f in ("forward_kl", "js_divergence")},
+    "alpha_divergence-ld-types": {
+        "loss_type": F_DIVERGENCE_TYPES, "loss_weights": _WEIGHTS[:len(F_DIVERGENCE_TYPES)],
+        "f_divergence_type": "alpha_divergence", "f_alpha_divergence_coef": 0.3,
+        "ld_alpha": 0.5, "label_smoothing": 0.1, "beta": 0.5},
+    "ld_dpo": {"ld_alpha": 0.5},
+    "ld-every-type": {"loss_type": _ALL, "loss_weights": _WEIGHTS, "ld_alpha": 0.3,
+                      "label_smoothing": 0.1, "beta": 0.5},
+    "ld-precomputed-ref": {"loss_type": ["sigmoid", "hinge"], "ld_alpha": 0.5,
+                           "precompute_ref_log_probs": True},
+    "wpo": {"use_weighting": True},
+    "wpo-types": {"loss_type": _WPO, "loss_weights": _WEIGHTS[:len(_WPO)],
+                  "use_weighting": True, "label_smoothing": 0.1, "beta": 0.5},
+}
+
+
+@pytest.mark.slow  # one short step each, 23 in all: ~1-2 min on two shared CPU cores
+@pytest.mark.parametrize("options", PARITY.values(), ids=PARITY.keys())
+def test_recorded_per_pair_losses_average_to_the_loss_trl_back_propagates(trl, tmp_path,
+                                                                         options):
+    args = dpo_args(tmp_path, max_steps=1, per_device_train_batch_size=4, **options)
+    trainer, _, _ = dpo_trainer(tmp_path, args, ref_noise=0.02)
+    trainer.train()
+    df = load_run(tmp_path / "run")
+    check_records(df)
+    check_parity(trainer, df)
+    assert len(df) == 4 and (df.batch == "s1-r0-m0").all()
+    assert (df.objective == trl_objective(args)[0]).all()
+    assert read_config(tmp_path / "run")["trl_loss"]["loss_type"] == args.loss_type
+    if options.get("ld_alpha") is not None and options.get("precompute_ref_log_probs"):
+        assert df.ref_logp_p.isna().all()  # TRL kept only LD-weighted reference sums
+    else:  # the reference differs from the policy: the losses are not at their constant start
+        assert (-df.nll_sum_p - df.ref_logp_p).abs().min() > 1e-3
 
 def test_a_loss_other_than_the_recorded_one_stops_training(trl, tmp_path):
     trainer, _, _ = dpo_trainer(tmp_path, dpo_args(tmp_path, loss_type="ipo", beta=0.1))
@@ -182,20 +331,24 @@ def test_a_loss_other_than_the_recorded_one_stops_training(trl, tmp_path):
         trainer.train()
 
 
-@pytest.mark.parametrize("loss, message", [
-    ({"loss_type": "apo_zero"}, "'apo_zero' has no prefstudy counterpart"),
-    ({"loss_type": ["sigmoid", "sft"]}, "combines several losses"),
-    ({"use_weighting": True}, "WPO"),
-    ({"f_divergence_type": "js_divergence"}, "f_divergence_type='js_divergence'"),
+@pytest.mark.parametrize("options, message", [
+    ({"loss_type": "kto"}, r"loss_type \['kto'\] \(not a TRL"),
+    ({"loss_type": ["sigmoid", "nca_pair"], "f_divergence_type": "js_divergence"},
+     r"f_divergence_type='js_divergence' with loss_type \['nca_pair'\]"),
+    ({"loss_type": ["sigmoid", "sft"], "use_weighting": True},
+     r"use_weighting=True with loss_type \['sft'\]"),
+    ({"loss_type": "hinge", "use_weighting": True}, r"use_weighting=True with loss_type \['hinge'\]"),
+    ({"loss_type": "robust", "label_smoothing": 0.5}, "loss_type='robust' with .*"
+                                                      "label_smoothing=0.5"),
+    ({"loss_type": "exo_pair"}, "loss_type='exo_pair' with .*label_smoothing=0.0"),
 ])
-def test_configurations_without_a_counterpart_are_refused_before_loading(trl, tmp_path, loss,
+def test_configurations_without_a_counterpart_are_refused_before_loading(trl, tmp_path, options,
                                                                           message):
     from prefstudy.integrations import PerPairDPOTrainer
 
     with pytest.raises(ValueError, match=message):
-        PerPairDPOTrainer(model="never-loaded", args=dpo_args(tmp_path, **loss),
+        PerPairDPOTrainer(model="never-loaded", args=dpo_args(tmp_path, **options),
                           train_dataset=[{"prompt": "a", "chosen": "b", "rejected": "c"}])
-
 
 def test_unsupported_trl_versions_fail_with_the_supported_range(trl, tmp_path, monkeypatch):
     from prefstudy.integrations import PerPairDPOTrainer, check_trl
