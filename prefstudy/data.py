@@ -5,10 +5,14 @@ gzip-compressed; a folder means every `*.jsonl` and `*.jsonl.gz` file in it, in 
 
 - plain:          {"prompt": str, "chosen": str, "rejected": str, "meta"?: {...}}
 - conversational: {"prompt"?: [msg], "chosen": [msg], "rejected": [msg]}, msg = {"role", "content"};
-                  without "prompt", the messages the two sides share are the prompt
+                  without "prompt" (or with "prompt" as text, as UltraFeedback-binarized has
+                  it), the messages the two sides share are the prompt; a text prompt with
+                  one-message sides is the user turn
 - Anthropic-HH:   {"chosen": str, "rejected": str} full transcripts with "\\n\\nHuman:" and
                   "\\n\\nAssistant:" turns; everything up to the last assistant turn is the prompt
-- a pandas DataFrame with prompt / chosen / rejected columns (other columns become meta)
+- a pandas DataFrame with those columns, one record per row (other columns become meta), and
+  through it parquet and CSV files and Hugging Face `datasets` (a Dataset, a `save_to_disk`
+  folder, a hub id): `load_any` reads every one of these
 
 A record that is malformed (invalid JSON, JSON nested too deeply to read, a missing or
 non-string field, bytes that are not UTF-8) raises `DataError` naming the file, the line and the
@@ -180,12 +184,14 @@ def _last_reply(messages: tuple[dict[str, str], ...], name: str) -> str:
 def _from_messages(record: Mapping, where: str) -> tuple[Prompt, str, str]:
     chosen = _messages(_field(record, "chosen", where, (list,)), "chosen", where)
     rejected = _messages(_field(record, "rejected", where, (list,)), "rejected", where)
-    if "prompt" in record:
+    if isinstance(record.get("prompt"), list):
         prompt = _messages(_field(record, "prompt", where, (list,)), "prompt", where)
     else:  # implicit prompt: the messages both sides share, before their final replies
         prompt, shared = chosen[:-1], rejected[:-1]
         if prompt != shared:
             raise UnusableRecord("chosen and rejected conversations do not share a prompt")
+        if not prompt and isinstance(record.get("prompt"), str):  # prompt text + replies
+            prompt = ({"role": "user", "content": record["prompt"]},)
     if not prompt:
         raise UnusableRecord("empty prompt")
     return prompt, _last_reply(chosen, "chosen"), _last_reply(rejected, "rejected")
@@ -392,28 +398,235 @@ def load_pairs(path: str | os.PathLike, *, format: str = "auto", strict: bool = 
 
 
 def pairs_from_frame(df: pd.DataFrame, *, strict: bool = False, source: str = "DataFrame") -> PairSet:
-    """Pairs from a DataFrame with prompt / chosen / rejected columns; other columns become meta.
+    """Pairs from a DataFrame, one record per row in any format `load_pairs` reads.
 
-    Rows are reported by their index label.
+    Columns: prompt / chosen / rejected (prompt may be absent for HH transcripts and for
+    conversations whose prompt is the messages both sides share). Responses may be strings or
+    lists of {"role", "content"} messages, as parquet and `datasets` store them (arrays become
+    lists). A `meta` column of mappings and every other column become meta; missing values
+    (None, NaN) are left out. Rows are reported by their index label.
     """
-    missing = [c for c in ("prompt", "chosen", "rejected") if c not in df.columns]
+    missing = [c for c in ("chosen", "rejected") if c not in df.columns]
     if missing:
         raise DataError(f"{source}: missing column(s) {missing}; columns present: {list(df.columns)}")
-    extra = [c for c in df.columns if c not in ("prompt", "chosen", "rejected", "meta", "pair_id")]
+    rows = ((label, row.to_dict()) for label, row in df.iterrows())
+    return _announce(_collect(_row_items(rows, source), "auto", strict))
 
-    def items():
-        for label, row in df.iterrows():
-            record = {k: row[k] for k in ("prompt", "chosen", "rejected")}
-            meta = dict(row["meta"]) if isinstance(row.get("meta"), Mapping) else {}
-            meta.update({c: row[c] for c in extra if not _is_missing(row[c])})
-            record["meta"] = meta
-            yield f"{source} row", label, record
 
-    return _announce(_collect(items(), "auto", strict))
+def _plain(value: Any) -> Any:
+    """`value` as JSON-like Python: arrays and tuples → lists, mappings → dicts, numpy scalars
+    → Python numbers (what parquet, CSV and `datasets` hand back is not always that)."""
+    if isinstance(value, np.ndarray | list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _row_items(rows: Iterable[tuple[Any, Mapping]], source: str
+               ) -> Iterator[tuple[str, Any, dict]]:
+    """(source, row label, record) for `_collect` from (label, {column: value}) rows: the text
+    columns as they are, meta = the row's `meta` mapping plus its other columns, missing values
+    (None, NaN, pandas NA) left out."""
+    for label, row in rows:
+        record = {k: _plain(row[k]) for k in ("prompt", "chosen", "rejected")
+                  if k in row and not _is_missing(row[k])}
+        meta = dict(_plain(row["meta"])) if isinstance(row.get("meta"), Mapping) else {}
+        meta.update({c: _plain(v) for c, v in row.items()
+                     if c not in ("prompt", "chosen", "rejected", "meta", "pair_id")})
+        record["meta"] = {k: v for k, v in meta.items() if not _is_missing(v)}
+        yield f"{source} row", label, record
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+# --------------------------------------------------------------------------- any source
+
+TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+SAVED_DATASET = ("dataset_info.json", "state.json", "dataset_dict.json")  # save_to_disk's files
+
+
+def _datasets():
+    """The `datasets` package, or an ImportError that names the extra to install."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError("reading a Hugging Face dataset needs the `datasets` package: "
+                          "pip install 'prefstudy[audit]'") from e
+    return datasets
+
+
+def _is_dataset(obj: Any) -> bool:
+    """Whether `obj` is a `datasets` Dataset or DatasetDict (checked without importing it)."""
+    return type(obj).__module__.split(".")[0] == "datasets" and hasattr(obj, "column_names")
+
+
+def _one_split(obj: Any, split: str | None, source: str):
+    """A Dataset from a Dataset or DatasetDict: `split`, or the only split there is."""
+    if not isinstance(obj.column_names, dict):  # a Dataset: one split already
+        return obj
+    splits = list(obj.column_names)
+    if split is None and len(splits) == 1:
+        split = splits[0]
+    if split not in splits:
+        wanted = "pass split=" if split is None else f"no split {split!r}"
+        raise DataError(f"{source}: splits {splits}; {wanted}")
+    return obj[split]
+
+
+def pairs_from_dataset(dataset, *, split: str | None = None, strict: bool = False,
+                       source: str = "Dataset") -> PairSet:
+    """Pairs from a Hugging Face `datasets` Dataset (or one `split` of a DatasetDict): its rows
+    as `pairs_from_frame` reads a DataFrame's, reported by their row number."""
+    dataset = _one_split(dataset, split, source)
+    missing = [c for c in ("chosen", "rejected") if c not in dataset.column_names]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; columns present: "
+                        f"{dataset.column_names}")
+    return _announce(_collect(_row_items(enumerate(dataset), source), "auto", strict))
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A parquet or CSV file as a DataFrame; CSV cells are text, and an empty cell outside the
+    text columns is a missing value (so it does not become meta)."""
+    try:
+        if TABLE_SUFFIXES[path.suffix.lower()] == "parquet":
+            return pd.read_parquet(path)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, ImportError) as e:
+        raise DataError(f"{path}: cannot be read as {path.suffix.lstrip('.')} "
+                        f"({' '.join(str(e).split())[:200]})") from None
+    others = [c for c in frame.columns if c not in ("prompt", "chosen", "rejected")]
+    frame[others] = frame[others].replace("", None)
+    return frame
+
+
+def _load_path(path: Path, split: str | None, format: str, strict: bool) -> PairSet:
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir() and any((path / name).exists() for name in SAVED_DATASET):
+        return pairs_from_dataset(_datasets().load_from_disk(str(path)), split=split,
+                                  strict=strict, source=str(path))
+    tables = (sorted(p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
+              if path.is_dir() else [path] if path.suffix.lower() in TABLE_SUFFIXES else [])
+    if tables and not (path.is_dir() and any(path.glob("*.jsonl*"))):
+        frame = pd.concat([_read_table(t) for t in tables], ignore_index=True)
+        return pairs_from_frame(frame, strict=strict, source=str(path))
+    return load_pairs(path, format=format, strict=strict)
+
+
+def _load_hub(name: str, split: str | None, strict: bool) -> PairSet:
+    datasets = _datasets()
+    try:
+        loaded = datasets.load_dataset(name, split=split)
+    except Exception as e:  # offline, unknown id, no such split: one line that says which
+        raise DataError(f"{name}: no such file or folder, and the Hugging Face hub dataset "
+                        f"could not be loaded ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
+    return pairs_from_dataset(loaded, split=split, strict=strict, source=name)
+
+
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "name" or "owner/name"
+
+
+def load_any(source, *, split: str | None = None, format: str = "auto",
+             strict: bool = False) -> PairSet:
+    """Preference pairs from whatever holds them; one entry point for every format.
+
+    source: a PairSet or list of PreferencePair (returned as a PairSet); a pandas DataFrame
+    (`pairs_from_frame`); a `datasets` Dataset or DatasetDict (`pairs_from_dataset`); or a path:
+    a JSONL / .jsonl.gz file or folder of them (`load_pairs`: plain, conversational and HH
+    records), a .parquet or .csv file or a folder of them (read as a DataFrame), or a folder
+    written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`. A string that is no path
+    here but looks like "owner/name" is loaded from the Hugging Face hub
+    (`datasets.load_dataset`, which needs a network or a cached copy).
+    split: the split of a DatasetDict or hub dataset (default: the only one there is).
+    format, strict: as for `load_pairs` (format applies to JSONL only).
+    Reading a dataset needs the optional `datasets` package (`pip install 'prefstudy[audit]'`).
+    """
+    if isinstance(source, PairSet):
+        return source
+    if isinstance(source, list | tuple) and all(isinstance(p, PreferencePair) for p in source):
+        return PairSet(tuple(source))
+    if isinstance(source, pd.DataFrame):
+        return pairs_from_frame(source, strict=strict)
+    if _is_dataset(source):
+        return pairs_from_dataset(source, split=split, strict=strict)
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(f"load_any: cannot read pairs from a {type(source).__name__}")
+    path = Path(source)
+    named_file = path.suffix.lower() in (*TABLE_SUFFIXES, ".jsonl", ".gz", ".json")
+    if path.exists() or named_file or not HUB_ID.match(str(source)):
+        return _load_path(path, split, format, strict)
+    return _load_hub(str(source), split, strict)
+
+
+# --------------------------------------------------------------------------- samples
+
+STRATA = ("lang", "category")  # what a sample is stratified over, where the pairs have them
+MAX_LEVELS = 12  # without them: meta keys with 2..MAX_LEVELS distinct text values
+
+
+def strata_keys(pairs: Iterable[PreferencePair]) -> tuple[str, ...]:
+    """The meta keys a sample of `pairs` is stratified over.
+
+    lang and category where any pair has them; otherwise the (at most two, by name) meta keys
+    that every pair has, with text values, taking 2 to MAX_LEVELS distinct values (a label, not
+    an id); none for pairs without such metadata (HH transcripts).
+    """
+    pairs = list(pairs)
+    present = [k for k in STRATA if any(k in p.meta for p in pairs)]
+    if present or not pairs:
+        return tuple(present)
+    shared = set.intersection(*(set(p.meta) for p in pairs))
+    labels = [k for k in sorted(shared)
+              if all(isinstance(p.meta[k], str) for p in pairs)
+              and 2 <= len({p.meta[k] for p in pairs}) <= MAX_LEVELS]
+    return tuple(labels[:2])
+
+
+def _allocate(sizes: Mapping[Any, int], n: int) -> dict[Any, int]:
+    """Sample sizes per stratum, proportional to `sizes` with largest remainders, summing to n
+    (≤ Σ sizes); every stratum gets at least one when n allows (taken from the largest)."""
+    total = sum(sizes.values())
+    quota = {k: n * s / total for k, s in sizes.items()}
+    take = {k: math.floor(q) for k, q in quota.items()}
+    for k in sorted(quota, key=lambda k: (take[k] - quota[k], str(k)))[: n - sum(take.values())]:
+        take[k] += 1
+    if n >= len(sizes):
+        for k in [k for k in sizes if take[k] == 0]:
+            donor = max(take, key=lambda j: (take[j], str(j)))
+            take[donor], take[k] = take[donor] - 1, 1
+    return take
+
+
+def sample_pairs(pairs: Sequence[PreferencePair], n: int, *, seed: int = 0,
+                 by: Sequence[str] | None = None) -> PairSet:
+    """`n` pairs drawn at random without replacement, stratified, seeded; never the first n.
+
+    by: the meta keys of the strata (default `strata_keys(pairs)`: lang × category where
+    present). Each stratum gets a share of n proportional to its size (largest remainders;
+    at least one pair per stratum when n ≥ the number of strata), drawn with
+    random.Random(f"{seed}:{stratum}"). The same pairs and seed give the same sample. Pairs keep
+    their order in `pairs`; n ≥ len(pairs) returns them all. What the load skipped stays listed.
+    """
+    if n < 1:
+        raise ValueError(f"sample_pairs: n={n} must be at least 1")
+    pairs = load_any(pairs) if not isinstance(pairs, PairSet) else pairs
+    if n >= len(pairs):
+        return pairs
+    keys = tuple(strata_keys(pairs) if by is None else by)
+    strata: dict[tuple, list[int]] = {}
+    for i, p in enumerate(pairs):
+        strata.setdefault(tuple(str(p.meta.get(k)) for k in keys), []).append(i)
+    take = _allocate({k: len(v) for k, v in strata.items()}, n)
+    chosen = sorted(i for k, members in strata.items()
+                    for i in random.Random(f"{seed}:{k}").sample(members, take[k]))
+    return PairSet(tuple(pairs[i] for i in chosen), pairs.skipped)
 
 
 # --------------------------------------------------------------------------- bundled data
@@ -549,6 +762,19 @@ def lengthen(text: str, factor: float, filler: Sequence[str], rng: random.Random
     return out
 
 
+# Han, kana, hangul and CJK punctuation: text written without spaces between words.
+_CJK = re.compile(r"[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
+                  r"\uf900-\ufaff\uff00-\uffef]")
+
+
+def script_lang(text: str) -> str:
+    """The filler language for a text without a `lang` label, from its script: "zh" when CJK
+    characters (Han, kana, hangul) are at least as many as ASCII letters, else "en"."""
+    cjk = len(_CJK.findall(text))
+    latin = sum(c.isascii() and c.isalpha() for c in text)
+    return "zh" if cjk and cjk >= latin else "en"
+
+
 def _filler_by_lang(filler) -> dict[str, tuple[str, ...]]:
     if filler is None:
         filler = load_texts(data_dir() / "filler")
@@ -572,7 +798,8 @@ def length_variants(
     For the dose-response of the length difference alone: the meaning of the response is kept and
     only its length (characters) moves.
 
-    factor > 1: neutral filler sentences of the pair's language (`meta["lang"]`) are appended
+    factor > 1: neutral filler sentences of the pair's language (`meta["lang"]`; for a pair
+                without one, the script of the response: `script_lang`) are appended
                 until the response is at least `factor` × as long. `filler` maps language → list of
                 sentences, or is a DataFrame with text / lang columns; default: the bundled
                 data/filler. The draw is seeded by (`seed`, pair_id, side), not by the factor, so
@@ -598,7 +825,7 @@ def length_variants(
         original = getattr(pair, side)
         for factor in factors:
             if factor > 1:
-                lang = pair.meta.get("lang")
+                lang = pair.meta.get("lang") or script_lang(original)
                 if lang not in by_lang:
                     raise ValueError(f"pair {pair.pair_id}: no filler for meta lang={lang!r}; "
                                      f"filler languages: {sorted(by_lang)}")
