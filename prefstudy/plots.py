@@ -595,3 +595,212 @@ def save(fig_or_grid, path: str | os.PathLike, *, dpi: int = DPI) -> Path:
         _figure(fig_or_grid).savefig(path, format=fmt, dpi=dpi, bbox_inches="tight",
                                      metadata=_NO_PROVENANCE[fmt])
     return path
+
+
+# === Audit: a dataset scored at the starting model (prefstudy.audit) ==========================
+# The audit's tables come from `diagnostics` (preference_accuracy, dose_gaps, dose_by_factor,
+# dose_slope_summary, the gradient audit's per-pair rows); these functions only draw them.
+
+AXIS_NAMES.update({
+    "accuracy": "share of pairs whose gap favours chosen", "length_kind": "",
+    "token_ratio": "rejected tokens ÷ original (achieved)", "edit_distance": "edit distance, chosen ↔ rejected",
+    "tokens": "len_p + len_n (response tokens)", "grad_cos_loo": "leave-one-out cosine",
+    "entanglement": "chosen ↔ rejected gradient entanglement", "ches": "CHES score",
+    "grad_cos_orthogonal": "orthogonal baseline",
+})
+
+
+def accuracy_plot(data: pd.DataFrame, *, x: str = "accuracy", y: str = "length_kind",
+                  hue: str = "normalisation", order: Sequence | None = None,
+                  hue_order: Sequence | None = None, palette: Mapping | None = None,
+                  refline: float | None = 0.5, ax: Axes | None = None) -> Axes:
+    """A share with its interval per `y` value, one dodged point per `hue` value.
+
+    data: `diagnostics.preference_accuracy` output (one row per hue × y; `<x>_lo`, `<x>_hi`
+    drawn as the interval, and "k of n" written beside it when the table has k and n).
+    `refline` draws a vertical line (0.5: a coin's accuracy). Returns the Axes.
+    """
+    require_columns(data, [x, y, hue], "accuracy_plot", nonempty=True)
+    order = _order(data[y], order)
+    hue_order = _order(data[hue], hue_order)
+    colours = _colours(hue_order, palette, labels=hue == "label")
+    step = 0.7 / max(len(hue_order), 1)
+    with _themed():
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5.5, 0.55 * len(order) * len(hue_order) + 1.0))
+        for j, name in enumerate(hue_order):
+            rows = data[data[hue] == name].set_index(y).reindex(order)
+            pos = np.arange(len(order)) + (j - (len(hue_order) - 1) / 2) * step
+            ax.plot(rows[x].astype(float), pos, marker="o", linestyle="", color=colours[name],
+                    label=str(name))
+            for p, (_, row) in zip(pos, rows.iterrows()):
+                lo, hi = row.get(f"{x}_lo", np.nan), row.get(f"{x}_hi", np.nan)
+                if np.isfinite(lo) and np.isfinite(hi):
+                    ax.plot([lo, hi], [p, p], color=colours[name], linewidth=1.8)
+                if "k" in row and "n" in row and np.isfinite(row["n"]):
+                    ax.annotate(f"{int(row['k'])} of {int(row['n'])}", (1.01, p),
+                                xycoords=("axes fraction", "data"), va="center", fontsize=7,
+                                color=colours[name])
+        if refline is not None:
+            ax.axvline(refline, color="0.4", linewidth=0.8, linestyle=":", zorder=0)
+        ax.set_yticks(np.arange(len(order)), [str(v) for v in order])
+        ax.set_ylim(len(order) - 0.5, -0.5)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(_axis_name(x))
+        ax.set_ylabel(_axis_name(y))
+        ax.legend(title=hue, loc="upper left", bbox_to_anchor=(1.12, 1.0))
+    return ax
+
+
+def dose_plot(data: pd.DataFrame, *, x: str = "token_ratio", y: str = "gap_value",
+              units: str = "variant_of", col: str = "normalisation",
+              summary: pd.DataFrame | None = None, slopes: pd.DataFrame | None = None,
+              col_order: Sequence | None = None, max_units: int | None = 150, seed: int = 0,
+              height: float = 2.8, aspect: float = 1.2) -> sns.FacetGrid:
+    """Each pair's gap across its length-controlled variants, on a log2 axis of the achieved
+    ratio, one panel per `col`.
+
+    data: `diagnostics.dose_gaps` output (one row per variant and normalisation). One thin line
+    per `units` value (at most `max_units` of them, a sample seeded by `seed`; None = all).
+    summary: `diagnostics.dose_by_factor` output, drawn as each factor's mean gap (with its
+    interval) at its mean achieved ratio. slopes: `diagnostics.dose_slope_summary` output, whose
+    mean per-pair slope and interval title each panel. The y axes are not shared.
+    Returns the FacetGrid.
+    """
+    require_columns(data, [x, y, units, col], "dose_plot", nonempty=True)
+    shown_units = pd.Series(data[units].unique())
+    if max_units is not None and len(shown_units) > max_units:
+        shown_units = shown_units.sample(max_units, random_state=seed)
+    shown = data[data[units].isin(set(shown_units))]
+    slope_of = {} if slopes is None else {r[col]: r for _, r in slopes.iterrows()}
+    with _themed():
+        grid = sns.FacetGrid(shown, col=col, col_order=_order(data[col], col_order),
+                             sharex=True, sharey=False, height=height, aspect=aspect,
+                             despine=False)
+        for name, ax in grid.axes_dict.items():
+            panel = shown[shown[col] == name].sort_values(x)
+            for _, line in panel.groupby(units, sort=False):
+                ax.plot(line[x], line[y], color="0.55", linewidth=0.6, alpha=0.35)
+            if summary is not None:
+                means = summary[summary[col] == name]
+                ax.errorbar(means[x], means["mean"],
+                            yerr=[means["mean"] - means["mean_lo"], means["mean_hi"] - means["mean"]],
+                            color="black", marker="o", linewidth=1.5, capsize=2)
+            ax.set_xscale("log", base=2)
+            ax.axvline(1, color="0.4", linewidth=0.8, linestyle=":", zorder=0)
+            row = slope_of.get(name)
+            title = str(name)
+            if row is not None:
+                title += (f"\nslope per doubling = "
+                          f"{interval_label(row['slope'], row['slope_lo'], row['slope_hi'])}")
+            ax.set_title(title)
+            ax.set_xlabel(_axis_name(x))
+            ax.set_ylabel(_axis_name(y))
+        grid.tight_layout()
+    return grid
+
+
+def distribution_plot(data: pd.DataFrame, *, x: str, y: str = "objective",
+                      order: Sequence | None = None, baseline: str | None = None,
+                      refline: float | None = None, palette: Mapping | None = None,
+                      ax: Axes | None = None) -> Axes:
+    """The distribution of `x` per `y` value: a box and every row as a point.
+
+    data: one row per unit (e.g. the gradient audit: one per objective × pair). baseline: a
+    column drawn beside each row's point as a red tick (e.g. grad_cos_orthogonal, what
+    orthogonal gradients of equal norm would give). `refline`: a vertical line. Returns the Axes.
+    """
+    require_columns(data, [x, y, baseline], "distribution_plot", nonempty=True)
+    order = [str(v) for v in _order(data[y], order)]
+    frame = data.assign(**{y: data[y].astype(str)})
+    colours = _colours(order, palette, labels=y == "label")
+    with _themed():
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5.0, 0.55 * len(order) + 1.2))
+        sns.boxplot(data=frame, x=x, y=y, order=order, hue=y, hue_order=order, palette=colours,
+                    fliersize=0, width=0.55, linewidth=0.8, ax=ax, legend=False,
+                    boxprops={"alpha": 0.35})
+        sns.stripplot(data=frame, x=x, y=y, order=order, hue=y, hue_order=order,
+                      palette=colours, size=2.5, alpha=0.6, jitter=0.2, ax=ax, legend=False)
+        if baseline is not None:
+            base = frame.dropna(subset=[baseline])
+            ax.plot(base[baseline], base[y].map({v: i for i, v in enumerate(order)}),
+                    marker="|", markersize=14, linestyle="", color="tab:red",
+                    label=_axis_name(baseline))
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        if refline is not None:
+            ax.axvline(refline, color="0.4", linewidth=0.8, zorder=0)
+        ax.set_xlabel(_axis_name(x))
+        ax.set_ylabel("")
+    return ax
+
+
+def histogram_plot(data: pd.DataFrame, *, x: str = "edit_distance", hue: str | None = None,
+                   hue_order: Sequence | None = None, palette: Mapping | None = None,
+                   bins: int | Sequence[float] = 20, binrange: tuple[float, float] | None = None,
+                   ax: Axes | None = None) -> Axes:
+    """How many rows fall in each bin of `x` (stacked by `hue`): seaborn's histplot in the
+    prefstudy look. Returns the Axes."""
+    require_columns(data, [x, hue], "histogram_plot", nonempty=True)
+    kws = {}
+    if hue is not None:
+        hue_order = [str(v) for v in _order(data[hue], hue_order)]
+        data = data.assign(**{hue: data[hue].astype(str)})
+        kws = {"hue": hue, "hue_order": hue_order, "multiple": "stack",
+               "palette": _colours(hue_order, palette, labels=hue == "label")}
+    with _themed():
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4.5, 2.8))
+        sns.histplot(data=data, x=x, bins=bins, binrange=binrange, ax=ax, linewidth=0.3,
+                     **({"color": "0.45"} if hue is None else kws))
+        ax.set_xlabel(_axis_name(x))
+        ax.set_ylabel("pairs")
+    return ax
+
+
+def distribution_panels(data: pd.DataFrame, *, columns: Sequence[str], y: str = "objective",
+                        order: Sequence | None = None, palette: Mapping | None = None,
+                        width: float = 4.5) -> Figure:
+    """`distribution_plot` of each of `columns` side by side, sharing the `y` rows (e.g. the
+    gradient audit's entanglement and CHES per objective). Returns the Figure."""
+    require_columns(data, [*columns, y], "distribution_panels", nonempty=True)
+    order = _order(data[y], order)
+    with _themed():
+        fig, axes = plt.subplots(1, len(columns), figsize=(width * len(columns),
+                                                          0.55 * len(order) + 1.4),
+                                 sharey=True, squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        distribution_plot(data, x=column, y=y, order=order, palette=palette, ax=ax)
+    return fig
+
+
+def gradient_norm_plot(data: pd.DataFrame, *, x: str = "tokens", y: str = "grad_norm",
+                       col: str = "label", col_order: Sequence | None = None, col_wrap: int = 4,
+                       effect: pd.DataFrame | None = None, height: float = 2.4,
+                       aspect: float = 1.1) -> sns.FacetGrid:
+    """Each pair's gradient norm against its length, one panel per `col` (objective), wrapped
+    `col_wrap` to a row, each with the OLS line and R² of `effect`
+    (`diagnostics.length_effect(data, x=x, y=y, by=(col,))`; computed without an interval when
+    None). The y axes are not shared: the objectives' scales differ by orders of magnitude.
+    Returns the FacetGrid."""
+    require_columns(data, [x, y, col], "gradient_norm_plot", nonempty=True)
+    if effect is None:
+        effect = dg.length_effect(data, x=x, y=y, by=(col,), n_boot=0)
+    fits = {row[col]: row for _, row in effect.iterrows()}
+    order = _order(data[col], col_order)
+    with _themed():
+        grid = sns.FacetGrid(data, col=col, col_order=order, sharex=True, sharey=False,
+                             height=height, aspect=aspect, despine=False,
+                             col_wrap=col_wrap if len(order) > col_wrap else None)
+        for name, ax in grid.axes_dict.items():
+            sub = data[data[col] == name]
+            ax.scatter(sub[x], sub[y], s=10, alpha=0.5, linewidth=0, color="0.35")
+            row = fits.get(name)
+            if row is not None and np.isfinite(row["slope"]):
+                xs = np.array([sub[x].min(), sub[x].max()], dtype=float)
+                ax.plot(xs, row["intercept"] + row["slope"] * xs, color="black", linewidth=1.5)
+            ax.set_title(_effect_title(name, row))
+            ax.set_xlabel(_axis_name(x))
+            ax.set_ylabel(_axis_name(y))
+        grid.tight_layout()
+    return grid
