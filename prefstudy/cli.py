@@ -124,6 +124,34 @@ def _objectives(args) -> int:
     return 0
 
 
+def _audit(args) -> int:
+    from .audit import audit, write_audit
+    from .data import data_dir
+
+    source = args.path or data_dir() / "pairs"
+    result = audit(source, model=args.model, split=args.split, max_pairs=args.max_pairs,
+                   max_length=args.max_length, dose_pairs=args.dose_pairs or None,
+                   gradients=args.gradients, batch_size=args.batch_size, n_boot=args.n_boot,
+                   seed=args.seed, device=args.device)
+    out = args.out or f"audits/{_slug(source)}"
+    page = write_audit(result, out)
+    s = result.settings
+    print(f"audited {s['n_audited']} of {s['n_loaded']} pairs in {s['total_seconds']:.0f} s "
+          f"({s['seconds']['scoring'] / max(s['n_audited'], 1):.2f} s per pair scored): {page}")
+    return 0
+
+
+def _slug(source) -> str:
+    """A folder name for an audit of `source`: its file or folder name, or a hub id's name."""
+    import re
+    from pathlib import Path
+
+    name = Path(str(source).rstrip("/")).name
+    for suffix in (".gz", ".jsonl", ".parquet", ".csv"):
+        name = name.removesuffix(suffix)
+    return re.sub(r"[^\w.-]+", "-", name) or "pairs"
+
+
 def _report(args) -> int:
     from .report import build_report
 
@@ -200,6 +228,35 @@ def _add_report(sub) -> None:
     report.set_defaults(func=_report)
 
 
+def _add_audit(sub) -> None:
+    audit = sub.add_parser(
+        "audit", help="score a preference dataset at the starting model: what its gap follows",
+        description="Score every pair (or a stratified sample) once with the starting model, "
+        "no training, and write a page, figures and a per-pair parquet table: the gap against "
+        "the length difference, preference accuracy by length kind, a length dose-response, "
+        "content checks and, with --gradients, per-pair gradients.")
+    audit.add_argument("path", nargs="?", default=None,
+                       help="JSONL / .jsonl.gz / parquet / CSV file or folder, a save_to_disk "
+                       "folder, or a hub id (default: the bundled pairs)")
+    audit.add_argument("--model", default="smollm2-135m-instruct",
+                       help="preset, hub id or path (tiny: random weights, for tests)")
+    audit.add_argument("--split", help="split of a dataset dict or hub dataset")
+    audit.add_argument("--max-pairs", type=int, metavar="N",
+                       help="a stratified random sample of N pairs (seeded), not the first N")
+    audit.add_argument("--max-length", type=int, metavar="L",
+                       help="cut each side to L tokens (default: nothing is cut; the page "
+                       "counts what a cut removes)")
+    audit.add_argument("--dose-pairs", type=int, default=100, metavar="N",
+                       help="pairs the dose-response lengthens (0 = all; default 100)")
+    audit.add_argument("--gradients", action="store_true", help="also per-pair gradients")
+    audit.add_argument("--batch-size", type=int, default=8)
+    audit.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--device", default="auto")
+    audit.add_argument("--out", help="folder for the page (default: audits/<data name>)")
+    audit.set_defaults(func=_audit)
+
+
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="the bundled data").add_subparsers(dest="data_command",
                                                                           required=True)
@@ -209,7 +266,8 @@ def _add_data(sub) -> None:
     stats.set_defaults(func=_data_stats)
 
 
-COMMANDS = (_add_demo, _add_train, _add_runs, _add_study, _add_objectives, _add_report, _add_data)
+COMMANDS = (_add_demo, _add_train, _add_runs, _add_study, _add_objectives, _add_report, _add_data,
+            _add_audit)
 
 
 def build_parser() -> argparse.ArgumentParser:
