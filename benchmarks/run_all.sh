@@ -45,3 +45,8 @@ if [ "$DEVICE" = cpu ]; then
       --n-boot 1000 --repeats 3 --report-timeout 900 --json "$OUT/analysis.json" \
       | tee "$OUT/analysis.txt"
 fi
+
+# 6. Cost of WPO weighting (use_weighting): the step and the output head with and without
+#    log Σ_v p_v², top 4 blocks and all blocks.
+run wpo-weighting benchmarks/bench_wpo_weighting.py "${SMALL[@]}" --trainable-blocks 4,all \
+    --repeats 7
