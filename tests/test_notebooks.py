@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 COMMITTED = REPO / "reports" / "runs"
-SLOW = {"01_tour"}  # loads the real model
+SLOW = {"01_tour", "06_audit_your_data"}  # load the real model
 DRAWS = re.compile(r"\bplots\.(?!set_style|label_palette|save)\w+\(")  # a cell that draws
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
@@ -23,7 +23,7 @@ def _param(path: Path):
 def test_the_notebooks_are_numbered_thin_and_committed_without_outputs():
     names = [p.stem for p in NOTEBOOKS]
     assert names == ["01_tour", "02_length_variance", "03_collapse", "04_normalizations",
-                     "05_explorer"]
+                     "05_explorer", "06_audit_your_data"]
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         nbformat.validate(notebook)
