@@ -128,7 +128,7 @@ def _pair_table(sample: PairSet, inputs, scores: pd.DataFrame) -> pd.DataFrame:
     """One row per sampled pair: scores (NaN where a cut dropped it), lengths, content."""
     texts = sample.to_frame()
     meta = texts.drop(columns=[*TEXT_COLUMNS, "pair_id"])
-    lengths = length_table(inputs.full).set_index("pair_id")
+    lengths = length_table(inputs.full).drop_duplicates("pair_id").set_index("pair_id")
     table = texts[["pair_id"]].join(scores.drop(columns=lengths.columns, errors="ignore")
                                     .set_index("pair_id"), on="pair_id")
     table = table.join(lengths, on="pair_id")

@@ -530,6 +530,18 @@ def _load_hub(name: str, split: str | None, strict: bool) -> PairSet:
     return pairs_from_dataset(loaded, split=split, strict=strict, source=name)
 
 
+def _unique(pairs: Sequence[PreferencePair]) -> PairSet:
+    """The pairs, a repeat of an earlier pair (same pair_id) skipped as a load skips it."""
+    kept, skipped, seen = [], [], {}
+    for i, pair in enumerate(pairs):
+        if pair.pair_id in seen:
+            skipped.append(Skipped("pairs", i, f"duplicate of pairs:{seen[pair.pair_id]}"))
+            continue
+        seen[pair.pair_id] = i
+        kept.append(pair)
+    return PairSet(tuple(kept), tuple(skipped))
+
+
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "name" or "owner/name"
 
 
@@ -537,7 +549,8 @@ def load_any(source, *, split: str | None = None, format: str = "auto",
              strict: bool = False) -> PairSet:
     """Preference pairs from whatever holds them; one entry point for every format.
 
-    source: a PairSet or list of PreferencePair (returned as a PairSet); a pandas DataFrame
+    source: a PairSet (returned as it is) or list of PreferencePair (repeats skipped, as a load
+    skips them); a pandas DataFrame
     (`pairs_from_frame`); a `datasets` Dataset or DatasetDict (`pairs_from_dataset`); or a path:
     a JSONL / .jsonl.gz file or folder of them (`load_pairs`: plain, conversational and HH
     records), a .parquet or .csv file or a folder of them (read as a DataFrame), or a folder
@@ -551,7 +564,7 @@ def load_any(source, *, split: str | None = None, format: str = "auto",
     if isinstance(source, PairSet):
         return source
     if isinstance(source, list | tuple) and all(isinstance(p, PreferencePair) for p in source):
-        return PairSet(tuple(source))
+        return _announce(_unique(source))
     if isinstance(source, pd.DataFrame):
         return pairs_from_frame(source, strict=strict)
     if _is_dataset(source):

@@ -58,6 +58,9 @@ def test_parquet_csv_frame_and_datasets_load_the_same_pairs(bundled, tmp_path):
         assert _ids(got) == _ids(want), source
         assert [p.meta for p in got] == [p.meta for p in want], source
     assert load_any(want) is want
+    with pytest.warns(UserWarning, match="duplicate of pairs:0"):
+        repeated = load_any([want[0], want[1], want[0]])
+    assert _ids(repeated) == _ids(want[:2]) and len(repeated.skipped) == 1
 
 
 def test_conversational_and_hh_rows_load_from_parquet_and_datasets(tmp_path):
@@ -153,6 +156,28 @@ def test_score_pairs_cuts_nothing_without_max_length(tiny):
     assert whole.len_p == whole.len_p_full > 256 and not whole.truncated
     cut = score_pairs(model, tok, [long], max_length=64, max_prompt_length=32).iloc[0]
     assert cut.truncated and cut.len_p == 64 - cut.prompt_len < cut.len_p_full == whole.len_p
+
+
+@pytest.mark.parametrize("attention, row_tokens", [("sdpa", 4096), ("eager", 4096),
+                                                   ("sdpa", 40)])
+def test_packed_rows_score_what_one_row_per_sequence_scores(tiny, bundled, monkeypatch,
+                                                            attention, row_tokens):
+    import prefstudy.scoring as scoring
+
+    model, tok = tiny
+    monkeypatch.setattr(model.config, "_attn_implementation", attention)
+    monkeypatch.setattr(scoring, "MAX_ROW_TOKENS", row_tokens)  # 40: a prompt over several rows
+    pairs = list(sample_pairs(bundled, 10, seed=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        variants = list(length_variants(pairs[:3], (0.5, 1, 2)))  # factor 1 repeats a pair
+    both = pairs + variants
+    plain = score_pairs(model, tok, both, max_length=None, packed=False, batch_size=3)
+    packed = score_pairs(model, tok, both, max_length=None, packed=True, batch_size=3)
+    assert len(plain) == len(packed) == len(both)  # one row per pair given, repeats too
+    assert (packed.pair_id == plain.pair_id).all() and (packed.len_n == plain.len_n).all()
+    for column in ("nll_sum_p", "nll_sum_n", "loss_p", "loss_n"):
+        assert np.allclose(packed[column], plain[column], rtol=1e-5, atol=1e-3), column
 
 
 def test_cut_table_says_what_encode_pairs_does(tiny, bundled):
