@@ -94,35 +94,41 @@ class PerPairGradients:
 
     Training: `capture()` before the forward pass, backward as usual (and average gradients over
     processes), then `finish(pairs_in_this_process, processes)`.
-    At fixed weights (no update): `capture(keep_outputs=True)` before the forward pass, then
-    `row_gram(target, weights)` once per weighting of the same forward pass, then `release()`.
+    At fixed weights (no update): `capture(keep_outputs=True)` before one or more forward passes,
+    then `row_gram(target, weights)` once per weighting of them, then `release()`.
+    Rows are numbered across forward passes in the order the passes ran.
     """
 
-    def __init__(self, model: nn.Module):
-        self.layers = [m for m in model.modules()
+    def __init__(self, model: nn.Module, within: nn.Module | None = None):
+        """Hooks the trainable linear layers of `model`, or only those inside `within` (e.g. the
+        model's top blocks)."""
+        self.layers = [m for m in (model if within is None else within).modules()
                        if isinstance(m, nn.Linear) and m.weight.requires_grad]
-        self.inputs: dict[nn.Module, Tensor] = {}
-        self.grads: dict[nn.Module, Tensor] = {}
-        self.outputs: dict[nn.Module, Tensor] = {}
+        # per layer, one entry per forward pass since capture(): its input, its output (with
+        # keep_outputs) or the gradient at its output (after a backward)
+        self.inputs: dict[nn.Module, list[Tensor]] = {}
+        self.outputs: dict[nn.Module, list[Tensor]] = {}
+        self.grads: dict[nn.Module, dict[int, Tensor]] = {}
         self.active = False
         self.keep_outputs = False
         self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
 
     def _hook(self, module, args, output):
-        if not (self.active and torch.is_grad_enabled()):
+        if not (self.active and torch.is_grad_enabled() and output.requires_grad):
             return
-        self.inputs[module] = args[0].detach()
+        calls = self.inputs.setdefault(module, [])
+        calls.append(args[0].detach())
         if self.keep_outputs:  # row_gram differentiates with respect to it
-            self.outputs[module] = output
+            self.outputs.setdefault(module, []).append(output)
             return
 
-        def keep(grad, module=module):
-            self.grads[module] = grad.detach()
+        def keep(grad, module=module, call=len(calls) - 1):
+            self.grads.setdefault(module, {})[call] = grad.detach()
 
         output.register_hook(keep)
 
     def capture(self, *, keep_outputs: bool = False) -> None:
-        """Start recording the next forward pass; `keep_outputs` for `row_gram`."""
+        """Start recording the next forward pass(es); `keep_outputs` for `row_gram`."""
         self.release()
         self.active = True
         self.keep_outputs = keep_outputs
@@ -139,27 +145,40 @@ class PerPairGradients:
         for h in self.handles:
             h.remove()
 
+    def _rows(self, layer: nn.Linear, deltas: list[Tensor]) -> Tensor:
+        """Every captured row's own gradient of `layer`, the forward passes' rows one after the
+        other, given the gradient at its output in each pass. Shape: (rows, out·in [+ out])."""
+        wide = torch.promote_types(deltas[0].dtype, torch.float32)
+        return torch.cat([_row_gradients(a.to(wide), d.to(wide), _has_bias(layer))
+                          for a, d in zip(self.inputs[layer], deltas)])
+
     def row_gram(self, target: Tensor, weights: Tensor) -> Tensor:
         """Gram matrix of each row's gradient of Σ_t weights·target, over the captured layers.
 
-        target: a tensor of the captured forward pass with one row per sequence, e.g. per-token
-        log-probs, Shape: (rows, T); weights: its shape. Rows are separate sequences, so the
-        gradient of the weighted sum splits exactly into one gradient per row, ∇_k = gradient of
-        Σ_t weights[k, t]·target[k, t]. Returns Shape: (rows, rows), float64, ⟨∇_k, ∇_l⟩ over the
-        weights (and trainable biases) of the captured layers. Only the gradients at the layers'
-        outputs are computed (torch.autograd.grad: no `.grad` is touched, no weight gradient
-        formed), and the graph is kept for the next weighting.
+        target: a tensor computed from the captured forward pass(es) with one row per
+        sequence, e.g. per-token log-probs, Shape: (rows, T); weights: its shape. Rows are
+        separate sequences, so the gradient of the weighted sum splits exactly into one gradient
+        per row, ∇_k = gradient of Σ_t weights[k, t]·target[k, t]. Returns Shape: (rows, rows),
+        float64, ⟨∇_k, ∇_l⟩ over the weights (and trainable biases) of the captured layers, in
+        the order the forward passes saw the rows (`target` may order them otherwise: the
+        caller maps them). Only the gradients at the layers' outputs are computed
+        (torch.autograd.grad: no `.grad` is touched), and the graph is kept for the next
+        weighting.
         """
         layers = [m for m in self.layers if m in self.outputs]
-        deltas = torch.autograd.grad(target, [self.outputs[m] for m in layers],
-                                     grad_outputs=weights, retain_graph=True, allow_unused=True)
-        gram = torch.zeros(target.shape[0], target.shape[0], dtype=torch.float64)
-        for layer, d in zip(layers, deltas):
-            if d is None:  # the layer does not reach the target
+        outputs = [o for m in layers for o in self.outputs[m]]
+        deltas = iter(torch.autograd.grad(target, outputs, grad_outputs=weights,
+                                          retain_graph=True, allow_unused=True))
+        gram = None
+        for layer in layers:
+            calls = [next(deltas) for _ in self.outputs[layer]]
+            if any(d is None for d in calls):  # the layer does not reach the target
                 continue
-            wide = torch.promote_types(d.dtype, torch.float32)
-            rows = _row_gradients(self.inputs[layer].to(wide), d.to(wide), _has_bias(layer))
-            gram += (rows @ rows.T).double().cpu()
+            rows = self._rows(layer, calls)
+            part = (rows @ rows.T).double().cpu()
+            gram = part if gram is None else gram + part
+        if gram is None:
+            raise ValueError("row_gram: no captured layer reaches the target")
         return gram
 
     def finish(self, local_pairs: int, world: int = 1,
@@ -179,13 +198,13 @@ class PerPairGradients:
         for layer in self.layers:
             if layer not in self.grads or layer.weight.grad is None:
                 continue
-            a, d = self.inputs[layer].float(), self.grads[layer].float()
-            rows = _row_gradients(a, d, _has_bias(layer)) * b  # (2b, out·in [+ out])
+            calls = self.grads[layer]
+            rows = self._rows(layer, [calls[i] for i in range(len(calls))]) * b  # (2b, ...)
             per_pair = rows[:b] + rows[b:]  # chosen row + rejected row of each pair
             mean = layer.weight.grad.flatten()
             if _has_bias(layer):
                 mean = torch.cat([mean, layer.bias.grad.flatten()])
-            mean = mean.float()
+            mean = mean.to(rows.dtype)
             sq += per_pair.pow(2).sum(1).double().cpu()
             dot += (per_pair @ mean).double().cpu()
             mean_sq += float(mean.pow(2).sum())
