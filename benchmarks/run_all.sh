@@ -39,6 +39,17 @@ run logprob-memory-b16-l256 benchmarks/bench_logprob_memory.py --device "$DEVICE
 # 4. Per-pair gradient statistics against a plain backward and one backward per pair.
 run gradstats benchmarks/bench_gradstats.py "${SMALL[@]}" --trainable-blocks 4,all --repeats 3
 
+# The gradient audit at the starting weights: 256 bundled pairs, top 4 blocks (2 threads and 1),
+# and 32 pairs with the top 4 and with all blocks.
+run gradient-audit-256 benchmarks/bench_gradient_audit.py --device "$DEVICE" --pairs 256 \
+    --trainable-blocks 4
+if [ "$DEVICE" = cpu ]; then
+  run gradient-audit-256-1thread benchmarks/bench_gradient_audit.py --device cpu --pairs 256 \
+      --trainable-blocks 4 --threads 1
+fi
+run gradient-audit-32-all-blocks benchmarks/bench_gradient_audit.py --device "$DEVICE" \
+    --pairs 32 --trainable-blocks 4,all
+
 # 5. Analysis speed on 10 million synthetic records (no model: CPU only).
 if [ "$DEVICE" = cpu ]; then
   "$PY" benchmarks/bench_analysis.py --rows 10000000 --labels 13 --seeds 3 --batch-size 16 \
