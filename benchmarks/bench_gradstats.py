@@ -4,7 +4,7 @@ backward pass, and against getting per-pair gradients the naive way.
 Per training batch (B pairs, the DPO loss with cached reference log-probs, as train() runs it):
 - plain        forward (prefstudy.step.forward) + backward of the batch-mean loss;
 - gradstats    capture() + the same forward + backward + finish(): per-pair gradient norms,
-               cosines to the batch-mean gradient and the gradient noise scale, from the one
+               leave-one-out cosines and the gradient noise scale, from the one
                backward pass (what train() does with grad_stats=True);
 - naive        the same forward, then one backward per pair (retain_graph) with the pair's
                gradient read after each, norms and cosines computed from them: B backward passes;
@@ -73,10 +73,12 @@ def main(argv=None):
         return torch.cat([p.grad.detach().flatten().to(dtype) for p in params])
 
     def stats_from(per_pair: list[torch.Tensor]):
+        """Norms and leave-one-out cosines (a pair against the sum of the others), as the
+        records' grad_norm and grad_cos."""
         g = torch.stack(per_pair)  # (B, n) per-pair gradients
-        mean = g.mean(0)
         norm = g.norm(dim=1)
-        cos = (g @ mean) / (norm * mean.norm()).clamp(min=1e-30)
+        others = g.sum(0, keepdim=True) - g
+        cos = (g * others).sum(1) / (norm * others.norm(dim=1)).clamp(min=1e-30)
         return norm.double().cpu(), cos.double().cpu()
 
     results = []
