@@ -62,7 +62,7 @@ AXIS_NAMES = {
     "dlen_rel": "(len_n − len_p) / (len_n + len_p)",
     "gap_value": "gap, rejected − chosen (nats)", "gap": "gap = loss_n − loss_p (nats)",
     "loss_p": "loss_p, chosen (nats/token)", "loss_n": "loss_n, rejected (nats/token)",
-    "grad_cos": "cosine to the batch-mean gradient", "grad_norm": "per-pair gradient norm",
+    "grad_cos": "cosine to the other pairs' mean gradient", "grad_norm": "per-pair gradient norm",
     "gns": "gradient noise scale tr(Σ)/|G|²", "factor": "rejected lengthened ×",
 }
 QUANTITY_NAMES = {"loss_p": "loss_p (chosen)", "loss_n": "loss_n (rejected)", "gap": "gap"}

@@ -232,7 +232,7 @@ def summary_section(tables: Tables, order: list[str]) -> str:
         "held-out loss_n": interval_column(summary, "loss_n"),
         "held-out gap": interval_column(summary, "gap"),
         "R² (sum)": interval_column(summary, "r2_sum"), "R² (mean)": interval_column(summary, "r2_mean"),
-        "grad cos": interval_column(summary, "grad_cos"),
+        "grad cos (leave-one-out)": interval_column(summary, "grad_cos"),
         "collapse onsets": interval_column(summary, "onset_share", 0, share=True),
         "displaced": interval_column(summary, "displacement", 0, share=True),
         "ppl end/start": interval_column(summary, "ppl_ratio"),
