@@ -53,7 +53,8 @@ STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 # columns are the objective's view (NaN where an objective has no reference).
 RECORD_COLUMNS = {
     "run_id": "the run's name",
-    "objective": "objective name (a key of prefstudy.objectives.OBJECTIVES)",
+    "objective": "objective name: a key of prefstudy.objectives.OBJECTIVES, or under TRL a "
+                 "combination label such as 'dpo+sft', 'ld(hinge)', 'wpo(dpo)'",
     "norm": "the objective's normalisation where it has one ('sum' / 'mean'), else ''",
     "seed": "training seed",
     "step": "optimiser step the pair was seen at (1-based; 0 = before training, evals only)",
