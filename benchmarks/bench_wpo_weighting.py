@@ -8,15 +8,21 @@ Per training batch (B pairs, DPO β = 0.1 with cached reference log-probs, as tr
 - head   the output head alone: the response positions' last hidden states are computed once
          without gradients and handed in as a leaf that requires grad; timed is the chunked head
          (prefstudy.logprobs._head_logps: the logits, log-probs and, on, log Σ_v p_v²) and its
-         backward to the hidden states (and the head weight where it is trained).
+         backward to the hidden states (and the head weight where it is trained);
+- head-fwd  the same head forward only, without gradients (the reference pass, held-out
+         evaluation): on − off is the extra work itself, what every step pays for the weights.
 Each is measured for every `--trainable-blocks` setting (SmolLM2 ties the head to the
 embeddings: it is trained with all blocks, frozen with the top k). The variants are interleaved
 (off, on, then on, off in the next round), one warm-up round, then `--repeats` timed rounds;
-the table gives medians and the cost of `on` as a ratio to `off`. Each timing also reports the
+the table gives medians and the cost of `on` as a ratio to `off`, both as the ratio of the
+medians and as the median of each round's own on ÷ off (the two timings of a round are back to
+back, so a slow spell of the machine falls on both: the robust figure). Each timing also reports the
 cores the process kept busy over it (CPU time ÷ wall time): well below the torch thread count
 means something else took the cores meanwhile. On a CPU, before each round the share of the
 machine that others kept busy is sampled for 2 s (`--wait-idle`: wait, up to 2 minutes, until it
-is below 15 %), and printed with the round.
+is below 15 %), and printed with the round. `--threads 1` keeps torch off the second core: on
+a machine where another process holds one core, two torch threads wait on each other at every
+operator and the timings swing several-fold; one thread gives steadier ratios.
 
     python benchmarks/bench_wpo_weighting.py --device cpu --trainable-blocks 4,all --repeats 7
 """
@@ -38,8 +44,9 @@ def parse(argv=None):
     C.add_model_args(p)
     p.add_argument("--trainable-blocks", default="4,all",
                    help="comma-separated: top-k block counts, 'all' for every block")
-    p.add_argument("--scopes", default="head,step")
+    p.add_argument("--scopes", default="head-fwd,head,step")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--wait-idle", action="store_true",
                    help="on a CPU, wait (up to 2 min) for an idle machine before each round")
     return p.parse_args(argv)
@@ -87,8 +94,13 @@ def workloads(model, batch, cfg, ref):
         logps, _ = _head_logps(h, targets, head, chunk, variant == "on")
         logps.sum().backward()
 
-    return ({("step", v): (lambda v=v: step(v)) for v in VARIANTS}
-            | {("head", v): (lambda v=v: head_only(v)) for v in VARIANTS}), len(h), chunk
+    @torch.no_grad()
+    def head_forward(variant):
+        _head_logps(h, targets, head, chunk, variant == "on")
+
+    fns = {"step": step, "head": head_only, "head-fwd": head_forward}
+    return ({(scope, v): (lambda fn=fn, v=v: fn(v)) for scope, fn in fns.items()
+             for v in VARIANTS}, len(h), chunk)
 
 
 def measure(args, model, batch, cfg, ref, blocks_arg) -> list[dict]:
@@ -120,6 +132,7 @@ def measure(args, model, batch, cfg, ref, blocks_arg) -> list[dict]:
     rows = []
     for scope in scopes:
         off = C.median([s for s, _ in times[scope, "off"]])
+        paired = [a / b for (a, _), (b, _) in zip(times[scope, "on"], times[scope, "off"])]
         for variant in VARIANTS:
             runs = times[scope, variant]
             med = C.median([s for s, _ in runs])
@@ -128,7 +141,11 @@ def measure(args, model, batch, cfg, ref, blocks_arg) -> list[dict]:
                          "use_weighting": variant, "seconds (median)": med,
                          "min–max s": f"{min(s for s, _ in runs):.3f}–"
                                       f"{max(s for s, _ in runs):.3f}",
-                         "÷ off": med / off, "cores busy (min)": min(c for _, c in runs),
+                         "÷ off": med / off,
+                         "paired on ÷ off (median)": C.median(paired) if variant == "on" else 1.0,
+                         "paired min–max": f"{min(paired):.3f}–{max(paired):.3f}"
+                                           if variant == "on" else "",
+                         "cores busy (min)": min(c for _, c in runs),
                          "raw s": [s for s, _ in runs]})
     return rows
 
@@ -137,6 +154,8 @@ def main(argv=None):
     args = parse(argv)
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from prefstudy.encode import collate
     from prefstudy.inputs import batch_indices
 
@@ -155,7 +174,8 @@ def main(argv=None):
     for blocks_arg in [x.strip() for x in args.trainable_blocks.split(",") if x.strip()]:
         rows += measure(args, model, batch, cfg, ref, blocks_arg)
     print(C.table(rows, ["trainable", "trainable params", "scope", "use_weighting",
-                         "seconds (median)", "min–max s", "÷ off", "cores busy (min)"]))
+                         "seconds (median)", "min–max s", "÷ off", "paired on ÷ off (median)",
+                         "paired min–max", "cores busy (min)"]))
     env["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     print(f"# 1-min load average at the end {env['load_avg_1m_end']}")
     C.save_json(args.json, {"environment": env, "args": vars(args), "rows": rows})

@@ -57,7 +57,7 @@ if [ "$DEVICE" = cpu ]; then
       | tee "$OUT/analysis.txt"
 fi
 
-# 6. Cost of WPO weighting (use_weighting): the step and the output head with and without
+# Cost of WPO weighting (use_weighting): the step and the output head with and without
 #    log Σ_v p_v², top 4 blocks and all blocks.
 run wpo-weighting benchmarks/bench_wpo_weighting.py "${SMALL[@]}" --trainable-blocks 4,all \
     --repeats 7
