@@ -67,9 +67,9 @@ def _chunk_logps(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor |
     """(log p(target), log Σ_v p_v² or None) for rows of hidden states, in float32.
 
     log p(target) is the gathered logit minus logsumexp, whether or not `sum_sq` is asked for.
-    log Σ_v p_v² = 2·log ‖softmax‖₂, the logits turned into the softmax in place (no second
-    logits-sized buffer); equal to logsumexp(2·logits) − 2·logsumexp(logits), one reduction
-    fewer. Σ_v p_v² ≥ 1/|V|, so the log is finite.
+    log Σ_v p_v² = 2·log ‖softmax‖₂ (= logsumexp(2·logits) − 2·logsumexp(logits)), the logits
+    turned into the softmax in place, so no second logits-sized buffer. Σ_v p_v² ≥ 1/|V|: the
+    log is finite.
     """
     logits = torch.nn.functional.linear(hidden, weight, bias).float()
     lse = logits.logsumexp(-1)
