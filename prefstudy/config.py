@@ -84,8 +84,15 @@ class TrainConfig:
 
 
 def default_run_id(cfg: TrainConfig) -> str:
-    """`<objective>[-<norm>]-<hash of everything else>-s<seed>`: readable and unique per config."""
-    body = {k: v for k, v in cfg.to_dict().items() if k not in ("run_id", "output", "seed")}
+    """`<objective>[-<norm>]-<hash of everything else>-s<seed>`: readable and unique per config.
+
+    The hash covers the fields (and objective parameters) that differ from their defaults, so a
+    field or parameter added later, at its default, leaves existing runs' ids as they were."""
+    defaults = TrainConfig()
+    body = {k: v for k, v in cfg.to_dict().items()
+            if k not in ("run_id", "output", "seed", "params") and v != getattr(defaults, k)}
+    standard = resolve_params(cfg.objective)
+    body["params"] = {p: v for p, v in cfg.params.items() if standard.get(p) != v}
     digest = hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:6]
     norm = f"-{cfg.params['norm']}" if "norm" in cfg.params else ""
     return f"{cfg.objective}{norm}-{digest}-s{cfg.seed}"

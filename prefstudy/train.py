@@ -43,7 +43,7 @@ from .evaluate import evaluate
 from .gradstats import PerPairGradients
 from .inputs import Inputs, batch_indices, prepare_inputs
 from .models import load_model, set_trainable
-from .objectives import get_objective
+from .objectives import get_objective, resolve_params
 from .records import RunError, RunWriter, load_table, read_config, read_meta
 from .step import Optimisation, StepResult, reference_logps, train_step
 
@@ -143,7 +143,15 @@ def _comparable(value: Any) -> Any:
 
 
 def resume_changes(saved: dict, cfg: TrainConfig) -> list[str]:
-    """The fields, as `name: saved → new`, in which `cfg` would change a saved run's results."""
+    """The fields, as `name: saved → new`, in which `cfg` would change a saved run's results.
+
+    A field (or objective parameter) the saved config lacks — one added to prefstudy after the
+    run was saved — counts as its default, which is what the run was trained with."""
+    saved = {**TrainConfig().to_dict(), **saved}
+    try:
+        saved["params"] = resolve_params(saved["objective"], saved.get("params"))
+    except ValueError:
+        pass  # an objective or parameter this prefstudy does not know: compared as saved
     new = cfg.to_dict()
     return [f"{k}: {saved.get(k)!r} → {new[k]!r}" for k in new
             if k not in RESUMABLE_CHANGES and _comparable(saved.get(k)) != _comparable(new[k])]

@@ -297,13 +297,13 @@ def test_two_processes_filling_one_cold_cache_never_collide(tmp_path):
               "from pathlib import Path; "
               "df = pd.DataFrame({'x': range(2000), 'who': sys.argv[1]}); "
               "[cached(Path(sys.argv[2]) / f'c{i % 5}.parquet', lambda: df, "
-              "save=lambda v, p: v.to_parquet(p), load=pd.read_parquet) for i in range(40)]; "
-              "[Path(sys.argv[2], f'c{i}.parquet').unlink(missing_ok=True) for i in range(5)]")
+              "save=lambda v, p: v.to_parquet(p), load=pd.read_parquet) for i in range(40)]")
     procs = [subprocess.Popen([sys.executable, "-c", script, who, str(tmp_path)],
                               stderr=subprocess.PIPE, text=True) for who in "ab"]
     for proc in procs:
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+    assert all(len(pd.read_parquet(tmp_path / f"c{i}.parquet")) == 2000 for i in range(5))
 
 
 # --------------------------------------------------------------------------- the command line
@@ -371,3 +371,23 @@ def test_sigterm_leaves_the_run_interrupted_and_resumable(tmp_path):
     records = load_run(run)
     assert read_meta(run)["status"] == "completed" and len(records) == 40 * 4
     assert not records.duplicated(["step", "pair_id"]).any()
+
+
+def test_a_run_saved_before_a_field_existed_still_resumes(tmp_path):
+    from prefstudy.train import resume_changes
+
+    cfg = tiny(tmp_path).resolved()
+    saved = cfg.to_dict()
+    del saved["use_weighting"]  # a field added after the run was saved
+    saved["params"] = {}  # the objective's parameters at their defaults, as older runs saved them
+    assert resume_changes(saved, cfg) == []
+    assert resume_changes({**saved, "lr": 0.5}, cfg) == [f"lr: 0.5 → {cfg.lr!r}"]
+
+
+def test_a_new_field_at_its_default_keeps_the_run_id():
+    from prefstudy.config import TrainConfig
+
+    plain = TrainConfig(objective="dpo").resolved().run_id
+    assert TrainConfig(objective="dpo", use_weighting=False).resolved().run_id == plain
+    assert TrainConfig(objective="dpo", params={"beta": 0.1}).resolved().run_id == plain
+    assert TrainConfig(objective="dpo", lr=3e-5).resolved().run_id != plain
