@@ -69,6 +69,18 @@ def environment(device: str = "cpu") -> dict:
     }
 
 
+def announce(args) -> dict:
+    """Set torch's thread count (--threads, where the script has it) and print the machine, the
+    versions and the commit; returns them."""
+    import torch
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    env = environment(args.device)
+    print_environment(env)
+    return env
+
+
 def print_environment(env: dict) -> None:
     print(f"# date {env['date']}; device: {env['device']}; memory {env['memory_gb']} GiB; "
           f"1-min load average at start {env['load_avg_1m']}")

@@ -54,10 +54,7 @@ def main(argv=None):
     from prefstudy.data import load_pairs
     from prefstudy.models import load_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = C.environment(args.device)
-    C.print_environment(env)
+    env = C.announce(args)
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     pairs = load_pairs(C.REPO / "data" / "pairs")[:args.pairs]

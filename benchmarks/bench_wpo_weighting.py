@@ -154,13 +154,10 @@ def main(argv=None):
     args = parse(argv)
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from prefstudy.encode import collate
     from prefstudy.inputs import batch_indices
 
-    env = C.environment(args.device)
-    C.print_environment(env)
+    env = C.announce(args)
     cfg = C.bench_config(args, objective="dpo", params={"beta": 0.1})
     model, tokenizer, encoded, ref = C.bench_inputs(cfg)
     items = [encoded.items[i] for i in batch_indices(len(encoded), cfg.batch_size, cfg.seed, 1)]
