@@ -51,7 +51,8 @@ from .scoring import encode_for_scoring, length_table, score_encoded
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DOSE_FACTORS = (0.5, 2.0, 4.0)  # nominal, in characters; the unchanged pair (1) is the control
-DOSE_PAIRS = 100  # pairs the dose-response lengthens (a stratified sample; None = all)
+DOSE_PAIRS = 50  # pairs the dose-response lengthens (a stratified sample; None = all): its
+# variants are long (×4), so each costs about 2.5 pairs' scoring
 GRADIENT_PAIRS = 64  # pairs whose per-pair gradients are taken (gradients=True)
 TRAINING_CUT = (256, 128)  # TrainConfig's max_length, max_prompt_length: what training would cut
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
@@ -177,13 +178,14 @@ def _dose(model, tokenizer, sample: PairSet, scored_ids: set, *, n_pairs: int | 
     chosen = sample_pairs(kept, n_pairs, seed=seed) if n_pairs else kept
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        variants = length_variants(chosen, (1.0, *factors), seed=seed)
+        variants = length_variants(chosen, (1.0, *factors), seed=seed, unknown_lang="script")
     inputs = encode_for_scoring(variants, tokenizer, **encode)
     scores = score_encoded(model, tokenizer, inputs, batch_size=batch_size, cache=cache)
     meta = pd.DataFrame([{"pair_id": v.pair_id, "variant_of": v.meta["variant_of"],
-                          "factor": v.meta["factor"], "achieved_ratio": v.meta["achieved_ratio"]}
+                          "factor": v.meta["factor"], "achieved_ratio": v.meta["achieved_ratio"],
+                          "filler_lang": v.meta.get("filler_lang")}
                          for v in variants]).drop_duplicates("pair_id")
-    dose = meta.merge(scores, on="pair_id")
+    dose = meta.merge(scores.drop_duplicates("pair_id"), on="pair_id")  # a cut can repeat one
     return dg.dose_token_ratios(dose), len(variants.skipped)
 
 
@@ -425,11 +427,20 @@ def _provenance(result: Audit) -> str:
     return "\n".join(lines)
 
 
-def _verdict(lo: float, hi: float) -> str:
-    """"held" when the interval excludes 0, else that it did not, and why."""
+def _verdict(lo: float, hi: float, rising: str, falling: str) -> str:
+    """"held" and which way (`rising` above 0, `falling` below) when the interval excludes 0,
+    else that it did not, and why."""
     if not (pd.notna(lo) and pd.notna(hi)):
         return "could not be judged (too few pairs for an interval)"
-    return "held" if lo > 0 or hi < 0 else "did not hold (the interval includes 0)"
+    if lo > 0 or hi < 0:
+        return f"held: {rising if lo > 0 else falling}"
+    return "did not hold (the interval includes 0)"
+
+
+LENGTH_WAYS = ("the gap grows with Δlen, so a pair's longer answer is the one it counts against",
+               "the gap shrinks as Δlen grows, so a pair's shorter answer is the one it counts "
+               "against")
+DOSE_WAYS = ("a longer rejected answer widens it", "a longer rejected answer narrows it")
 
 
 def _claims(result: Audit) -> str:
@@ -442,7 +453,7 @@ def _claims(result: Audit) -> str:
                          f"{interval_label(row.slope, row.slope_lo, row.slope_hi, digits=4)} "
                          f"nats per token, R² = "
                          f"{interval_label(row.r2, row.r2_lo, row.r2_hi, digits=3)}, over "
-                         f"{row.n} pairs — {_verdict(row.slope_lo, row.slope_hi)}.")
+                         f"{row.n} pairs — {_verdict(row.slope_lo, row.slope_hi, *LENGTH_WAYS)}.")
     for norm, words in (("sum", "summed"), ("mean", "token-mean")):
         row = _row(result.dose_summary, normalisation=norm)
         if row is not None:
@@ -450,7 +461,7 @@ def _claims(result: Audit) -> str:
                          f"answer changes it by "
                          f"{interval_label(row.slope, row.slope_lo, row.slope_hi, digits=3)} "
                          f"nats per doubling of its tokens (mean of {row.n_pairs} per-pair "
-                         f"slopes) — {_verdict(row.slope_lo, row.slope_hi)}.")
+                         f"slopes) — {_verdict(row.slope_lo, row.slope_hi, *DOSE_WAYS)}.")
     for norm, words in (("sum", "summed"), ("mean", "token-mean")):
         c, r = (_row(result.accuracy, normalisation=norm, length_kind=kind)
                 for kind in ("chosen longer", "rejected longer"))
@@ -527,7 +538,8 @@ def _dose_section(result: Audit, out: Path) -> str:
         f"A stratified sample of the scored pairs ({d.n_pairs.max()} pairs) with only the "
         "rejected answer changed: shortened to its leading sentences or lengthened with neutral "
         "filler sentences in its language (`prefstudy.data.length_variants`; the filler "
-        "language is the pair's `lang`, or the script of the answer without one). The nominal "
+        "language is the pair's `lang`, or the script of the answer where there is no label or "
+        "no filler for it: `filler_lang` in dose.parquet). The nominal "
         "factors are in characters; what the model sees is tokens, so every number below is "
         "against the **achieved token ratio** (rejected tokens ÷ the unchanged pair's). "
         f"{s['dose_skipped']} variants equal to the chosen answer were left out.", "",

@@ -798,6 +798,18 @@ def _filler_by_lang(filler) -> dict[str, tuple[str, ...]]:
     return {lang: tuple(texts) for lang, texts in filler.items()}
 
 
+def _filler_lang(pair: PreferencePair, text: str, by_lang: Mapping, unknown_lang: str) -> str:
+    """The filler language of a pair: its lang label, else (or, with unknown_lang="script", for
+    a label the filler lacks) the script of `text`."""
+    lang = pair.meta.get("lang") or script_lang(text)
+    if lang in by_lang:
+        return lang
+    if unknown_lang == "script" and script_lang(text) in by_lang:
+        return script_lang(text)
+    raise ValueError(f"pair {pair.pair_id}: no filler for meta lang={lang!r}; "
+                     f"filler languages: {sorted(by_lang)}")
+
+
 def length_variants(
     pairs: Iterable[PreferencePair],
     factors: Sequence[float] = (0.5, 1, 2, 4),
@@ -805,6 +817,7 @@ def length_variants(
     side: str = "rejected",
     filler: Mapping[str, Sequence[str]] | pd.DataFrame | None = None,
     seed: int = 0,
+    unknown_lang: str = "raise",
 ) -> PairSet:
     """Copies of each pair whose `side` response is stretched or cut to `factor` × its length.
 
@@ -816,14 +829,16 @@ def length_variants(
                 until the response is at least `factor` × as long. `filler` maps language → list of
                 sentences, or is a DataFrame with text / lang columns; default: the bundled
                 data/filler. The draw is seeded by (`seed`, pair_id, side), not by the factor, so
-                the factor-4 text extends the factor-2 text.
+                the factor-4 text extends the factor-2 text. A `lang` the filler lacks raises
+                ValueError, or, with unknown_lang="script", takes the filler of the script.
     factor < 1: leading sentences are kept (see `shorten`); the result is a prefix of the
                 original and never empty.
     factor = 1: the pair unchanged (the control).
 
     Returns a PairSet with, for each pair, one pair per factor in the given order; meta is the
     original meta plus `variant_of` (the original pair_id), `factor`, `side` and `achieved_ratio`
-    (length achieved / original length, in characters). A variant whose response would equal the
+    (length achieved / original length, in characters), and `filler_lang` where filler was
+    appended. A variant whose response would equal the
     other side is skipped, listed in `PairSet.skipped` and announced in a `SkippedPairsWarning`.
     """
     if side not in SIDES:
@@ -832,16 +847,15 @@ def length_variants(
     bad = [f for f in factors if not (f > 0 and math.isfinite(f))]
     if bad:
         raise ValueError(f"factors must be positive and finite, got {bad}")
+    if unknown_lang not in ("raise", "script"):
+        raise ValueError(f"unknown_lang={unknown_lang!r}; allowed: 'raise', 'script'")
     by_lang = _filler_by_lang(filler) if any(f > 1 for f in factors) else {}
     out, skipped = [], []
     for pair in pairs:
         original = getattr(pair, side)
+        lang = _filler_lang(pair, original, by_lang, unknown_lang) if by_lang else None
         for factor in factors:
             if factor > 1:
-                lang = pair.meta.get("lang") or script_lang(original)
-                if lang not in by_lang:
-                    raise ValueError(f"pair {pair.pair_id}: no filler for meta lang={lang!r}; "
-                                     f"filler languages: {sorted(by_lang)}")
                 rng = random.Random(f"{seed}:{pair.pair_id}:{side}")
                 text = lengthen(original, factor, by_lang[lang], rng, _JOINER.get(lang, " "))
             else:
@@ -852,7 +866,8 @@ def length_variants(
                                        f"factor {factor:g}: {side} would equal the other side"))
                 continue
             meta = {**pair.meta, "variant_of": pair.pair_id, "factor": factor, "side": side,
-                    "achieved_ratio": len(text) / len(original)}
+                    "achieved_ratio": len(text) / len(original),
+                    **({"filler_lang": lang} if factor > 1 else {})}
             sides = {"chosen": pair.chosen, "rejected": pair.rejected, side: text}
             out.append(PreferencePair(pair.prompt, sides["chosen"], sides["rejected"], meta))
     if skipped:

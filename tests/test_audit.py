@@ -147,6 +147,11 @@ def test_variants_without_lang_use_the_filler_of_their_script():
         added = longer[len(pair.rejected):]
         assert longer.startswith(pair.rejected) and len(longer) >= 3 * len(pair.rejected)
         assert any(c.isascii() and c.isalpha() for c in added) == ascii_filler
+    french = PreferencePair("Quoi ?", "Une réponse utile.", "Non.", {"lang": "fr"})
+    with pytest.raises(ValueError, match="no filler for meta lang='fr'"):
+        length_variants([french], (2,))
+    got = length_variants([french], (2,), unknown_lang="script")[0]
+    assert got.meta["filler_lang"] == "en" and got.meta["lang"] == "fr"
 
 
 def test_score_pairs_cuts_nothing_without_max_length(tiny):
@@ -370,7 +375,7 @@ def test_audit_figures_draw_the_tables_they_are_given():
     grid = plots.dose_plot(dg.dose_gaps(dose), summary=dg.dose_by_factor(dose), slopes=slopes,
                            col_order=["sum", "mean"])
     titles = [ax.get_title() for ax in grid.axes.flat]
-    assert titles[0].startswith("sum\nslope per doubling = 4.00") and len(titles) == 2
+    assert titles[0].startswith("sum\nper doubling: 4.00") and len(titles) == 2
     assert len(grid.axes.flat[0].lines) >= 3  # one line per pair, then the means
     grads = _fake_gradients()
     ax = plots.distribution_plot(grads, x="grad_cos_loo", y="label",
