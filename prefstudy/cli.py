@@ -125,14 +125,16 @@ def _objectives(args) -> int:
 
 
 def _audit(args) -> int:
-    from .audit import audit, write_audit
+    from .audit import DOSE_PAIRS, GRADIENT_PAIRS, audit, write_audit
     from .data import data_dir
 
     source = args.path or data_dir() / "pairs"
+    dose_pairs = DOSE_PAIRS if args.dose_pairs is None else args.dose_pairs or None
+    grad_pairs = GRADIENT_PAIRS if args.gradient_pairs is None else args.gradient_pairs or None
     result = audit(source, model=args.model, split=args.split, max_pairs=args.max_pairs,
-                   max_length=args.max_length, dose_pairs=args.dose_pairs or None,
-                   gradients=args.gradients, batch_size=args.batch_size, n_boot=args.n_boot,
-                   seed=args.seed, device=args.device)
+                   max_length=args.max_length, dose_pairs=dose_pairs, gradients=args.gradients,
+                   gradient_pairs=grad_pairs, batch_size=args.batch_size, n_boot=args.n_boot,
+                   seed=args.seed, device=args.device, dtype=args.dtype)
     out = args.out or f"audits/{_slug(source)}"
     page = write_audit(result, out)
     s = result.settings
@@ -246,13 +248,20 @@ def _add_audit(sub) -> None:
     audit.add_argument("--max-length", type=int, metavar="L",
                        help="cut each side to L tokens (default: nothing is cut; the page "
                        "counts what a cut removes)")
-    audit.add_argument("--dose-pairs", type=int, default=100, metavar="N",
-                       help="pairs the dose-response lengthens (0 = all; default 100)")
+    audit.add_argument("--dose-pairs", type=int, metavar="N",
+                       help="pairs the dose-response lengthens (0 = all; default: "
+                       "prefstudy.audit.DOSE_PAIRS, 50)")
     audit.add_argument("--gradients", action="store_true", help="also per-pair gradients")
+    audit.add_argument("--gradient-pairs", type=int, metavar="N",
+                       help="pairs whose gradients are taken (0 = all; default: "
+                       "prefstudy.audit.GRADIENT_PAIRS, 64)")
     audit.add_argument("--batch-size", type=int, default=8)
     audit.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--device", default="auto")
+    audit.add_argument("--dtype", default="auto", help="auto (float32 on a CPU), float32, "
+                       "bfloat16 (about twice as fast on a CPU with bf16 units; see "
+                       "benchmarks/RESULTS.md for what it changes)")
     audit.add_argument("--out", help="folder for the page (default: audits/<data name>)")
     audit.set_defaults(func=_audit)
 

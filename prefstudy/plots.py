@@ -656,7 +656,7 @@ def dose_plot(data: pd.DataFrame, *, x: str = "token_ratio", y: str = "gap_value
               units: str = "variant_of", col: str = "normalisation",
               summary: pd.DataFrame | None = None, slopes: pd.DataFrame | None = None,
               col_order: Sequence | None = None, max_units: int | None = 150, seed: int = 0,
-              height: float = 2.8, aspect: float = 1.2) -> sns.FacetGrid:
+              height: float = 2.8, aspect: float = 1.5) -> sns.FacetGrid:
     """Each pair's gap across its length-controlled variants, on a log2 axis of the achieved
     ratio, one panel per `col`.
 
@@ -691,7 +691,7 @@ def dose_plot(data: pd.DataFrame, *, x: str = "token_ratio", y: str = "gap_value
             row = slope_of.get(name)
             title = str(name)
             if row is not None:
-                title += (f"\nslope per doubling = "
+                title += (f"\nper doubling: "
                           f"{interval_label(row['slope'], row['slope_lo'], row['slope_hi'])}")
             ax.set_title(title)
             ax.set_xlabel(_axis_name(x))

@@ -155,12 +155,15 @@ def _packed_mask(segment: torch.Tensor, attention: str, dtype: torch.dtype) -> t
 
 def _target_logps(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) for rows of hidden states through the output head, a chunk of rows at a
-    time (the full logits of every position never exist at once)."""
+    time (the full logits of every position never exist at once), in float32 whatever the
+    model's dtype (a bfloat16 logit has three significant digits)."""
     head = model.get_output_embeddings()
-    chunk = max(16, CHUNK_LOGITS // head.weight.shape[0])
+    weight = head.weight.float()
+    bias = None if head.bias is None else head.bias.float()
+    chunk = max(16, CHUNK_LOGITS // weight.shape[0])
     out = []
     for i in range(0, len(hidden), chunk):
-        logits = head(hidden[i:i + chunk]).float()
+        logits = torch.nn.functional.linear(hidden[i:i + chunk].float(), weight, bias)
         out.append(logits.gather(-1, targets[i:i + chunk, None]).squeeze(-1)
                    - logits.logsumexp(-1))
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
