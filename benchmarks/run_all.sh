@@ -61,3 +61,13 @@ fi
 #    log Σ_v p_v², top 4 blocks and all blocks.
 run wpo-weighting benchmarks/bench_wpo_weighting.py "${SMALL[@]}" --trainable-blocks 4,all \
     --repeats 7
+
+# 7. prefstudy audit of 1,000 pairs (≤ 256 response tokens), no gradients: float32 and bfloat16,
+#    what bfloat16 changes, and packed scoring against one row per sequence on 200 pairs.
+run audit benchmarks/bench_audit.py --device "$DEVICE" --dtype float32 --pairs 1000 --compare 0 \
+    --save "$OUT/audit-float32"
+run audit-bfloat16 benchmarks/bench_audit.py --device "$DEVICE" --dtype bfloat16 --pairs 1000 \
+    --compare 0 --save "$OUT/audit-bfloat16"
+"$PY" benchmarks/bench_audit.py --diff "$OUT/audit-float32" "$OUT/audit-bfloat16" \
+    | tee "$OUT/audit-float32-vs-bfloat16.txt"
+run audit-packing benchmarks/bench_audit.py --device "$DEVICE" --pairs 200 --compare 200
