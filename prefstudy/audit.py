@@ -600,16 +600,17 @@ def _gradient_section(result: Audit, out: Path) -> str:
         "ρ": g.norm_spearman.map(lambda v: number(v, 3)),
         "leave-one-out cosine": interval_column(g, "cos_loo", 3),
         "orthogonal baseline": g.cos_orthogonal.map(lambda v: number(v, 3)),
-        "pairs against the others": interval_column(g, "share_opposed", 1, share=True),
-        "entanglement (median)": g.entanglement.map(lambda v: number(v, 3)),
-        "CHES (median)": g.ches.map(lambda v: number(v, 3))})
+        "pairs against the others": interval_column(g, "share_opposed", 1, share=True)})
+    per_pair = grads.drop_duplicates("pair_id")  # entanglement and CHES: one value per pair
+    per_pair = per_pair.assign(pairs=f"{len(per_pair)} pairs")
+    q = per_pair[["entanglement", "ches"]].quantile([0.25, 0.5, 0.75])
     figures = out / "figures"
     plots.save(plots.gradient_norm_plot(grads, col=key),
                figures / "gradient_norm.png")
     plots.save(plots.distribution_plot(grads, x="grad_cos_loo", y=key,
                                        baseline="grad_cos_orthogonal", refline=0),
                figures / "gradient_cosine.png")
-    plots.save(plots.distribution_panels(grads, columns=("entanglement", "ches"), y=key),
+    plots.save(plots.distribution_panels(per_pair, columns=("entanglement", "ches"), y="pairs"),
                figures / "entanglement.png")
     return "\n".join([
         f"Per-pair gradients at the starting weights of {g.n_pairs.max()} pairs (a stratified "
@@ -617,9 +618,13 @@ def _gradient_section(result: Audit, out: Path) -> str:
         "a pair's gradient norm grows with its length; under token-mean losses it should not. "
         "The leave-one-out cosine is each pair's gradient against the mean of the others in "
         "its batch, beside what orthogonal gradients would give (its interval: bootstrap over "
-        "batches). Entanglement is the cosine of a pair's chosen and rejected log-prob "
-        "gradients; CHES compares their hidden states (Razin et al. 2024).", "",
-        markdown_table(view), "", _dpo_line(result), "",
+        "batches).", "", markdown_table(view), "", _dpo_line(result), "",
+        "Entanglement, the cosine of a pair's chosen and rejected log-prob gradients, and CHES, "
+        "which compares their hidden states (Razin et al. 2024), belong to the pair, not the "
+        "objective: median [quartiles] over the pairs, entanglement "
+        f"{number(q.entanglement[0.5], 3)} [{number(q.entanglement[0.25], 3)}, "
+        f"{number(q.entanglement[0.75], 3)}], CHES {number(q.ches[0.5], 3)} "
+        f"[{number(q.ches[0.25], 3)}, {number(q.ches[0.75], 3)}].", "",
         "![gradient norm against length](figures/gradient_norm.png)", "",
         "![leave-one-out cosine](figures/gradient_cosine.png)", "",
         "![entanglement and CHES](figures/entanglement.png)", ""])
