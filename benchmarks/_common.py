@@ -105,6 +105,22 @@ def add_model_args(p) -> None:
     p.add_argument("--json", default=None, help="also write the results here")
 
 
+def add_blocks_arg(p, default: str = "4,all") -> None:
+    """--trainable-blocks: the settings a script measures, read by `block_settings`."""
+    p.add_argument("--trainable-blocks", default=default,
+                   help="comma-separated: top-k block counts, 'all' for every block")
+
+
+def block_settings(text: str) -> list[int | None]:
+    """"4,all" → [4, None]: each top-k block count, None for every block."""
+    return [None if s == "all" else int(s) for s in (x.strip() for x in text.split(",")) if s]
+
+
+def blocks_name(blocks: int | None) -> str:
+    """A block setting as written on the command line: "4", or "all"."""
+    return "all" if blocks is None else str(blocks)
+
+
 def bench_config(args, **fields):
     """The resolved TrainConfig of a benchmark: the model and batch options of `add_model_args`,
     no held-out evaluation, and `fields` (objective, parameters, trainable blocks ...)."""

@@ -24,8 +24,7 @@ def parse(argv=None):
     C.add_model_args(p)
     p.set_defaults(max_length=0, max_prompt_length=0)  # 0: nothing cut, as the audit's default
     p.add_argument("--pairs", type=int, default=256, help="the first N bundled pairs")
-    p.add_argument("--trainable-blocks", default="4",
-                   help="comma-separated: top-k block counts, 'all' for every block")
+    C.add_blocks_arg(p, "4")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's); 1 gives CPU times that another "
@@ -61,12 +60,11 @@ def main(argv=None):
     print(f"# model {args.model}, {args.dtype}, {len(pairs)} pairs in batches of "
           f"{args.batch_size}, max_length {args.max_length or 'none'}", flush=True)
     rows = []
-    for setting in args.trainable_blocks.split(","):
-        blocks = None if setting == "all" else int(setting)
+    for blocks in C.block_settings(args.trainable_blocks):
         runs = [_audit_once(model, tokenizer, pairs, args, blocks) for _ in range(args.repeats)]
         wall, cpu, n = (C.median([r["wall_s"] for r in runs]),
                         C.median([r["cpu_s"] for r in runs]), runs[0]["pairs"])
-        rows.append({"blocks": setting, "threads": torch.get_num_threads(), "pairs": n,
+        rows.append({"blocks": C.blocks_name(blocks), "threads": torch.get_num_threads(), "pairs": n,
                      "rows": runs[0]["rows"], "wall s": wall, "s / pair": wall / n,
                      "CPU s / pair": cpu / n, "cores busy": cpu / wall,
                      "per repeat s": " / ".join(f"{r['wall_s']:.0f}" for r in runs)})

@@ -28,8 +28,7 @@ import _common as C
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     C.add_model_args(p)
-    p.add_argument("--trainable-blocks", default="4,all",
-                   help="comma-separated: top-k block counts, 'all' for every block")
+    C.add_blocks_arg(p, "4,all")
     p.add_argument("--variants", default="plain,gradstats,naive,per-pair")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--float64", action="store_true",
@@ -82,8 +81,7 @@ def main(argv=None):
         return norm.double().cpu(), cos.double().cpu()
 
     results = []
-    for blocks_arg in [x.strip() for x in args.trainable_blocks.split(",") if x.strip()]:
-        blocks = None if blocks_arg == "all" else int(blocks_arg)
+    for blocks in C.block_settings(args.trainable_blocks):
         n_trainable = set_trainable(model, blocks)
         grads = PerPairGradients(model)
         head = model.get_output_embeddings()  # token_logps calls the head functionally: the
@@ -139,7 +137,7 @@ def main(argv=None):
                     norms[name] = out
                     continue  # warm-up round
                 times[name].append(seconds)
-                print(f"  blocks {blocks_arg:>3} round {r} {name:>9}: {seconds:.3f} s", flush=True)
+                print(f"  blocks {C.blocks_name(blocks):>3} round {r} {name:>9}: {seconds:.3f} s", flush=True)
         grads.remove()
         zero()
         base = C.median(times["plain"]) if "plain" in times else float("nan")
@@ -156,7 +154,7 @@ def main(argv=None):
                             "min–max s": f"{min(times[name]):.3f}–{max(times[name]):.3f}",
                             "÷ plain": med / base})
         if check:
-            print(f"  blocks {blocks_arg}: gradstats vs naive: {check}", flush=True)
+            print(f"  blocks {C.blocks_name(blocks)}: gradstats vs naive: {check}", flush=True)
             results[-1]["check"] = check
     print(C.table(results, ["trainable", "trainable params", "params in stats", "variant",
                             "seconds (median)", "min–max s", "÷ plain"]))

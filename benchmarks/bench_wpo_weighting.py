@@ -42,8 +42,7 @@ VARIANTS = ("off", "on")
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     C.add_model_args(p)
-    p.add_argument("--trainable-blocks", default="4,all",
-                   help="comma-separated: top-k block counts, 'all' for every block")
+    C.add_blocks_arg(p, "4,all")
     p.add_argument("--scopes", default="head-fwd,head,step")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -103,11 +102,11 @@ def workloads(model, batch, cfg, ref):
              for v in VARIANTS}, len(h), chunk)
 
 
-def measure(args, model, batch, cfg, ref, blocks_arg) -> list[dict]:
+def measure(args, model, batch, cfg, ref, blocks: int | None) -> list[dict]:
     from prefstudy.models import set_trainable
     from prefstudy.step import forward
 
-    blocks = None if blocks_arg == "all" else int(blocks_arg)
+    blocks_arg = C.blocks_name(blocks)
     n_trainable = set_trainable(model, blocks)
     fns, n_tokens, chunk = workloads(model, batch, cfg, ref)
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
@@ -168,8 +167,8 @@ def main(argv=None):
           f"warm-up round + {args.repeats} timed rounds, off/on interleaved; torch threads "
           f"{torch.get_num_threads()}", flush=True)
     rows = []
-    for blocks_arg in [x.strip() for x in args.trainable_blocks.split(",") if x.strip()]:
-        rows += measure(args, model, batch, cfg, ref, blocks_arg)
+    for blocks in C.block_settings(args.trainable_blocks):
+        rows += measure(args, model, batch, cfg, ref, blocks)
     print(C.table(rows, ["trainable", "trainable params", "scope", "use_weighting",
                          "seconds (median)", "min–max s", "÷ off", "paired on ÷ off (median)",
                          "paired min–max", "cores busy (min)"]))
