@@ -150,6 +150,23 @@ def _norm(default: str) -> Param:
 # Registry
 
 
+# The four families figures and tables group objectives by, in the order they list them:
+#   likelihood         loss_p / loss_n terms alone, no reference: sft, naive (summed by default),
+#                      negative_only, unlikelihood
+#   length-normalised  token-mean (length-normalised) rewards: simpo, orpo, ld_dpo, book_dpo;
+#                      and naive with norm="mean" (see `family_of`)
+#   reference-based    log-ratios against a frozen reference: dpo and its variants
+#   anchored           a reference log-ratio plus a term that holds the chosen likelihood up or
+#                      pins a reward to zero: dpop, rpo, apo_zero, apo_down
+# Summed losses come before token-mean ones and those before reference ones; this one tuple is
+# that order, read by every figure and table that groups by family.
+FAMILIES = ("likelihood", "length-normalised", "reference-based", "anchored")
+
+# (objective, parameter, value) → the family that parameter value puts the objective in instead
+# of its registered one: naive under a token mean is the first normalisation, not a summed loss.
+FAMILY_BY_PARAM = {("naive", "norm", "mean"): "length-normalised"}
+
+
 @dataclass(frozen=True)
 class Objective:
     """A registered objective. `summary` is the first line of `fn`'s docstring."""
@@ -160,6 +177,7 @@ class Objective:
     needs_reference: bool
     summary: str
     source: str
+    family: str  # one of FAMILIES, at the default parameters (see `family_of`)
     trl: str | None = None  # the TRL DPOTrainer loss_type (and options) computing the same loss
     batch_level: bool = False  # a pair's loss depends on the other pairs of its batch
 
@@ -167,15 +185,17 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {}
 
 
-def register(name: str, *, needs_reference: bool, source: str, trl: str | None = None,
-             batch_level: bool = False, **params: Param):
+def register(name: str, *, needs_reference: bool, source: str, family: str | None = None,
+             trl: str | None = None, batch_level: bool = False, **params: Param):
     """Decorator: add `fn(logps, *, <params>)` to `OBJECTIVES` under `name`.
 
+    family: one of FAMILIES (required; None is refused like any other value outside them).
     trl: how TRL's DPOTrainer spells the same loss (its loss_type, with any options), if it has
     it. batch_level: the objective couples the pairs of a batch (AOT sorts across it), so a
     pair's loss is not a function of that pair alone.
     Checks at import time that the keyword-only arguments of `fn` are exactly `params`, that each
-    default is allowed by its own Param, and that `fn` has a docstring.
+    default is allowed by its own Param, that `fn` has a docstring and that `family` is one of
+    FAMILIES.
     """
 
     def decorator(fn: Callable[..., ObjectiveOutput]) -> Callable[..., ObjectiveOutput]:
@@ -192,6 +212,9 @@ def register(name: str, *, needs_reference: bool, source: str, trl: str | None =
         doc = inspect.getdoc(fn)
         if not doc:
             raise ValueError(f"objective {name!r}: {fn.__name__} needs a docstring")
+        if family not in FAMILIES:
+            raise ValueError(f"objective {name!r}: family {family!r}; allowed: "
+                             f"{', '.join(FAMILIES)}")
         OBJECTIVES[name] = Objective(
             name=name,
             fn=fn,
@@ -199,6 +222,7 @@ def register(name: str, *, needs_reference: bool, source: str, trl: str | None =
             needs_reference=needs_reference,
             summary=doc.splitlines()[0],
             source=source,
+            family=family,
             trl=trl,
             batch_level=batch_level,
         )
@@ -210,12 +234,27 @@ def register(name: str, *, needs_reference: bool, source: str, trl: str | None =
 def catalogue() -> list[dict[str, Any]]:
     """Every registered objective as one row: name, summary, source, params (name → default and
     allowed values, in words), needs_reference, trl (TRL's loss_type, '' where TRL has none),
-    batch_level. What `prefstudy objectives` prints and the README lists."""
+    batch_level, family (at the default parameters). What `prefstudy objectives` prints and the
+    README lists."""
     return [{"name": o.name, "summary": o.summary, "source": o.source,
              "params": {p: f"{spec.default!r} ({spec.describe()})" for p, spec in o.params.items()},
              "needs_reference": o.needs_reference, "trl": o.trl or "",
-             "batch_level": o.batch_level}
+             "batch_level": o.batch_level, "family": o.family}
             for o in OBJECTIVES.values()]
+
+
+def family_of(objective: str, params: Mapping | None = None) -> str:
+    """The family (one of FAMILIES) of `objective` under `params` (defaults for the rest).
+
+    The registered family, unless a parameter value moves it (FAMILY_BY_PARAM: naive with
+    norm="mean" is "length-normalised"). Raises ValueError as `resolve_params` does for an unknown
+    objective or a parameter it does not take or allow.
+    """
+    resolved = resolve_params(objective, params)
+    for (name, pname, value), family in FAMILY_BY_PARAM.items():
+        if name == objective and resolved.get(pname) == value:
+            return family
+    return OBJECTIVES[objective].family
 
 
 def get_objective(name: str) -> Objective:
@@ -404,7 +443,8 @@ def _f_terms(logps: PairLogps, beta: float, f_divergence: str, f_alpha: float,
 # Likelihood objectives (no reference)
 
 
-@register("sft", needs_reference=False, source="supervised fine-tuning on the chosen response",
+@register("sft", family="likelihood", needs_reference=False,
+          source="supervised fine-tuning on the chosen response",
           trl='loss_type="sft" (TRL: the batch\'s token-mean NLL; here each pair\'s, norm="mean")',
           norm=_norm("mean"))
 def sft(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
@@ -419,7 +459,7 @@ def sft(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
     return ObjectiveOutput(loss=-agg(logps.chosen), margin=agg(logps.chosen) - agg(logps.rejected))
 
 
-@register("naive", needs_reference=False,
+@register("naive", family="likelihood", needs_reference=False,
           source="the book this study follows: min_θ (loss_p − loss_n)", norm=_norm("sum"))
 def naive(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
     """The objective under study: loss = loss_p − loss_n = −agg(πc) + agg(πr).
@@ -435,7 +475,7 @@ def naive(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
     return ObjectiveOutput(loss=loss_p - loss_n, margin=loss_n - loss_p)
 
 
-@register("negative_only", needs_reference=False,
+@register("negative_only", family="likelihood", needs_reference=False,
           source="degenerate case of the naive objective (negative term alone)",
           norm=_norm("mean"))
 def negative_only(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
@@ -450,7 +490,7 @@ def negative_only(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
                            margin=agg(logps.chosen) - agg(logps.rejected))
 
 
-@register("unlikelihood", needs_reference=False,
+@register("unlikelihood", family="likelihood", needs_reference=False,
           source="Welleck et al. 2019, Neural text generation with unlikelihood training, Eq. 4",
           norm=_norm("mean"),
           alpha=Param(1.0, low=0.0, help="weight α of the unlikelihood term"))
@@ -476,7 +516,7 @@ def unlikelihood(logps: PairLogps, *, norm: str, alpha: float) -> ObjectiveOutpu
 # Reference-normalised objectives (DPO family)
 
 
-@register("dpo", needs_reference=True,
+@register("dpo", family="reference-based", needs_reference=True,
           source="Rafailov et al. 2023, Direct Preference Optimization, Eq. 7",
           trl='loss_type="sigmoid"', beta=_beta(), **F_DIVERGENCE)
 def dpo(logps: PairLogps, *, beta: float, f_divergence: str, f_alpha: float) -> ObjectiveOutput:
@@ -490,7 +530,7 @@ def dpo(logps: PairLogps, *, beta: float, f_divergence: str, f_alpha: float) -> 
     return _sigmoid_output(*_f_terms(logps, beta, f_divergence, f_alpha))
 
 
-@register("book_dpo", needs_reference=True,
+@register("book_dpo", family="length-normalised", needs_reference=True,
           source="the book this study follows (weighted DPO on token-mean cross-entropies)",
           trl='loss_type="sigmoid_norm" (with w_chosen = w_rejected = 1)',
           beta=_beta(),
@@ -516,7 +556,7 @@ def book_dpo(logps: PairLogps, *, beta: float, w_chosen: float, w_rejected: floa
     return _sigmoid_output(margin, chosen_reward, rejected_reward)
 
 
-@register("ipo", needs_reference=True,
+@register("ipo", family="reference-based", needs_reference=True,
           source="Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from "
                  "Human Preferences, Eq. 17",
           trl='loss_type="ipo" (norm="mean"; TRL\'s beta is τ)',
@@ -540,7 +580,7 @@ def ipo(logps: PairLogps, *, tau: float, norm: str, f_divergence: str,
                            chosen_reward=tau * chosen_lr, rejected_reward=tau * rejected_lr)
 
 
-@register("rdpo", needs_reference=True,
+@register("rdpo", family="reference-based", needs_reference=True,
           source="Park et al. 2024, Disentangling Length from Quality in Direct Preference "
                  "Optimization, Eq. 9",
           beta=_beta(), alpha=Param(0.01, low=0.0, help="weight α of the length difference"))
@@ -556,7 +596,7 @@ def rdpo(logps: PairLogps, *, beta: float, alpha: float) -> ObjectiveOutput:
     return _sigmoid_output(margin - alpha * length_gap, chosen_reward, rejected_reward)
 
 
-@register("dpop", needs_reference=True,
+@register("dpop", family="anchored", needs_reference=True,
           source="Pal et al. 2024, Smaug: Fixing Failure Modes of Preference Optimisation with "
                  "DPO-Positive, Eq. 3",
           beta=_beta(),
@@ -576,7 +616,7 @@ def dpop(logps: PairLogps, *, beta: float, lam: float) -> ObjectiveOutput:
     return _sigmoid_output(margin, chosen_reward, rejected_reward)
 
 
-@register("rpo", needs_reference=True,
+@register("rpo", family="anchored", needs_reference=True,
           source="Pang et al. 2024, Iterative Reasoning Preference Optimization (DPO+NLL)",
           trl='loss_type=["sigmoid", "sft"], loss_weights=[1, α] (TRL\'s sft term is the '
               "batch's token-mean NLL, this one each pair's)",
@@ -593,7 +633,7 @@ def rpo(logps: PairLogps, *, beta: float, alpha: float) -> ObjectiveOutput:
     return replace(out, loss=out.loss - alpha * logps.chosen.mean)
 
 
-@register("hinge", needs_reference=True,
+@register("hinge", family="reference-based", needs_reference=True,
           source="Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human "
                  "Feedback, calibration loss, in TRL's reference-normalised form",
           trl='loss_type="hinge"', beta=_beta(), **F_DIVERGENCE)
@@ -610,7 +650,7 @@ def hinge(logps: PairLogps, *, beta: float, f_divergence: str, f_alpha: float) -
     return ObjectiveOutput(torch.relu(1.0 - margin), margin, chosen_reward, rejected_reward)
 
 
-@register("robust", needs_reference=True,
+@register("robust", family="reference-based", needs_reference=True,
           source="Chowdhury et al. 2024, Provably Robust DPO: Aligning Language Models with "
                  "Noisy Feedback, Eq. 9",
           beta=_beta(),
@@ -634,7 +674,7 @@ def robust(logps: PairLogps, *, beta: float, label_smoothing: float, f_divergenc
     return ObjectiveOutput(loss, margin, chosen_reward, rejected_reward)
 
 
-@register("ld_dpo", needs_reference=True,
+@register("ld_dpo", family="length-normalised", needs_reference=True,
           source="Liu et al. 2024, Length Desensitization in Directed Preference Optimization "
                  "(arXiv:2409.06411)",
           trl='loss_type="sigmoid" with ld_alpha=α',
@@ -668,7 +708,7 @@ def _desensitised(side: TokenLogps, public: Tensor, alpha: float) -> Tensor:
 # Reference-free preference objectives
 
 
-@register("simpo", needs_reference=False,
+@register("simpo", family="length-normalised", needs_reference=False,
           source="Meng et al. 2024, SimPO: Simple Preference Optimization with a Reference-Free "
                  "Reward, Eq. 6",
           beta=_beta(2.0),
@@ -684,7 +724,7 @@ def simpo(logps: PairLogps, *, beta: float, gamma: float) -> ObjectiveOutput:
     return _sigmoid_output(chosen_reward - rejected_reward - gamma, chosen_reward, rejected_reward)
 
 
-@register("orpo", needs_reference=False,
+@register("orpo", family="length-normalised", needs_reference=False,
           source="Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference "
                  "Model, Eq. 6-7",
           lam=Param(0.1, low=0.0, help="weight λ of the odds-ratio term"))
@@ -718,7 +758,7 @@ def _flip_rate(default: float = 0.0) -> Param:
     return Param(default, low=0.0, below=0.5, help="assumed rate ε of flipped preference labels")
 
 
-@register("exo_pair", needs_reference=True,
+@register("exo_pair", family="reference-based", needs_reference=True,
           source="Ji et al. 2024, Towards Efficient Exact Optimization of Language Model "
                  "Alignment (EXO), Eq. 16",
           trl='loss_type="exo_pair"', beta=_beta(),
@@ -742,7 +782,7 @@ def exo_pair(logps: PairLogps, *, beta: float, label_smoothing: float, f_diverge
     return ObjectiveOutput(loss, margin, chosen_reward, rejected_reward)
 
 
-@register("nca_pair", needs_reference=True,
+@register("nca_pair", family="reference-based", needs_reference=True,
           source="Chen et al. 2024, Noise Contrastive Alignment of Language Models with "
                  "Explicit Rewards (NCA), paired form",
           trl='loss_type="nca_pair"', beta=_beta())
@@ -759,7 +799,7 @@ def nca_pair(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
     return ObjectiveOutput(loss, margin, cw, rw)
 
 
-@register("bco_pair", needs_reference=True,
+@register("bco_pair", family="reference-based", needs_reference=True,
           source="Jung et al. 2024, Binary Classifier Optimization for Large Language Model "
                  "Alignment (BCO), paired form",
           trl='loss_type="bco_pair"', beta=_beta())
@@ -775,7 +815,7 @@ def bco_pair(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
     return ObjectiveOutput(-F.logsigmoid(cw) - F.logsigmoid(-rw), margin, cw, rw)
 
 
-@register("sppo_hard", needs_reference=True,
+@register("sppo_hard", family="reference-based", needs_reference=True,
           source="Wu et al. 2024, Self-Play Preference Optimization for Language Model "
                  "Alignment (SPPO), Eq. 4.7 with hard probabilities",
           trl='loss_type="sppo_hard"', beta=_beta())
@@ -793,7 +833,7 @@ def sppo_hard(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
     return ObjectiveOutput((chosen_lr - target) ** 2 + (rejected_lr + target) ** 2, margin, cw, rw)
 
 
-@register("apo_zero", needs_reference=True,
+@register("apo_zero", family="anchored", needs_reference=True,
           source="D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive "
                  "Revisions (APO), Eq. 7",
           trl='loss_type="apo_zero"', beta=_beta())
@@ -809,7 +849,7 @@ def apo_zero(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
     return ObjectiveOutput((1.0 - torch.sigmoid(cw)) + torch.sigmoid(rw), margin, cw, rw)
 
 
-@register("apo_down", needs_reference=True,
+@register("apo_down", family="anchored", needs_reference=True,
           source="D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive "
                  "Revisions (APO), Eq. 8",
           trl='loss_type="apo_down"', beta=_beta())
@@ -824,7 +864,7 @@ def apo_down(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
     return ObjectiveOutput(torch.sigmoid(cw) + (1.0 - torch.sigmoid(margin)), margin, cw, rw)
 
 
-@register("discopop", needs_reference=True,
+@register("discopop", family="reference-based", needs_reference=True,
           source="Chris Lu et al. 2024, Discovering Preference Optimization Algorithms with and "
                  "for Large Language Models (DiscoPOP), Eq. 5",
           trl='loss_type="discopop" (tau is TRL\'s discopop_tau)', beta=_beta(),
@@ -861,7 +901,7 @@ def _aot_output(policy: Tensor, reference: Tensor, beta: float, eps: float, cw, 
     return ObjectiveOutput(_by_rank(policy, loss), _by_rank(policy, delta), cw, rw)
 
 
-@register("aot", needs_reference=True, batch_level=True,
+@register("aot", family="reference-based", needs_reference=True, batch_level=True,
           source="Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal "
                  "Transport (AOT), paired",
           trl='loss_type="aot"', beta=_beta(), label_smoothing=_flip_rate())
@@ -881,7 +921,7 @@ def aot(logps: PairLogps, *, beta: float, label_smoothing: float) -> ObjectiveOu
     return _aot_output(policy, reference, beta, label_smoothing, cw, rw)
 
 
-@register("aot_unpaired", needs_reference=True, batch_level=True,
+@register("aot_unpaired", family="reference-based", needs_reference=True, batch_level=True,
           source="Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal "
                  "Transport (AOT), unpaired",
           trl='loss_type="aot_unpaired"', beta=_beta(),
