@@ -20,7 +20,12 @@ Look: `THEME` is the seaborn theme (context "paper"); every function draws insid
 changing global state, and `set_style()` applies it globally for a notebook. Colours: a label
 always gets the colour of its place in the *sorted* list of labels (`label_palette`), so "dpo" is
 the same colour in every figure that shows the same labels; `set_style(labels=...)` pins the
-study's full label list, so that figures showing a subset keep the study's colours.
+study's full label list, so that figures showing a subset keep the study's colours. Given each
+label's family (`objectives.family_of`), `family_palette` colours by family instead: one hue of
+the colour-blind palette per family (FAMILY_HUES), the labels of a family told apart by
+lightness, darkest first in sorted label order; `set_style(labels, families=...)` pins that.
+`family_order` lists labels family by family, in `objectives.FAMILIES` order (summed likelihood
+losses, then token-mean ones, then reference log-ratios, then anchored ones).
 
 Nothing here picks a backend or calls `plt.show()`: matplotlib falls back to Agg where there is no
 display, and notebooks show the returned figure themselves. `save` writes files whose bytes do not
@@ -68,6 +73,12 @@ AXIS_NAMES = {
 QUANTITY_NAMES = {"loss_p": "loss_p (chosen)", "loss_n": "loss_n (rejected)", "gap": "gap"}
 QUANTITY_DASHES = {"loss_p": "", "loss_n": (4, 2), "gap": (1, 1.5)}
 
+# One hue of BASE_PALETTE per family (its index there): four that stay apart under the common
+# colour-vision deficiencies. A family's labels are shades of its hue, at evenly spaced positions
+# of FAMILY_SHADES along black (0) → the hue (0.5) → white (1): dark enough to read on white.
+FAMILY_HUES = {"likelihood": 3, "length-normalised": 4, "reference-based": 0, "anchored": 2}
+FAMILY_SHADES = (0.3, 0.68)
+
 _study_palette: dict[str, tuple] | None = None  # pinned by set_style(labels=...)
 
 
@@ -95,16 +106,24 @@ def _themed():
         mpl.rcParams.update(saved)
 
 
-def set_style(labels: Iterable[str] | None = None) -> None:
+def set_style(labels: Iterable[str] | None = None,
+              families: Mapping[str, str] | None = None) -> None:
     """Apply THEME globally (for notebooks); with `labels`, pin the study's label → colour map.
 
     Pinning matters when a figure shows a subset of the study's labels: without it the subset is
     coloured by its own sorted order and "dpo" could change colour between figures.
+    families: label → family (`objectives.family_of`) of every label of the study; the pinned map
+    is then `family_palette(families)` (each label of `labels` must have a family).
     """
     global _study_palette
     sns.set_theme(context=THEME["context"], style=THEME["style"], palette=BASE_PALETTE,
                   font_scale=THEME["font_scale"], rc=THEME["rc"])
-    if labels is not None:
+    if families is not None:
+        missing = [str(lab) for lab in labels or () if str(lab) not in families]
+        if missing:
+            raise ValueError(f"set_style: no family for {missing}")
+        _study_palette = family_palette(families)
+    elif labels is not None:
         _study_palette = label_palette(labels)
 
 
@@ -115,6 +134,56 @@ def label_palette(labels: Iterable[str]) -> dict[str, tuple]:
     colours = (sns.color_palette(BASE_PALETTE, len(names)) if len(names) <= n_base
                else sns.color_palette("husl", len(names)))
     return dict(zip(names, colours))
+
+
+def _families() -> tuple[str, ...]:
+    from .objectives import FAMILIES  # imported here: objectives needs torch, figures do not
+
+    return FAMILIES
+
+
+def _checked_families(labels: Mapping[str, str]) -> dict[str, str]:
+    """label → family as text, every family one of `objectives.FAMILIES` (ValueError if not)."""
+    families = _families()
+    unknown = sorted({str(f) for f in labels.values() if f not in families})
+    if unknown:
+        raise ValueError(f"unknown family {unknown}; allowed: {', '.join(families)}")
+    return {str(label): family for label, family in labels.items()}
+
+
+def _shade(colour: Sequence[float], position: float) -> tuple:
+    """`colour` moved to `position` along black (0) → `colour` (0.5) → white (1)."""
+    rgb = np.asarray(colour, dtype=float)[:3]
+    target, weight = ((np.zeros(3), 1 - 2 * position) if position < 0.5
+                      else (np.ones(3), 2 * position - 1))
+    return tuple(float(v) for v in rgb + weight * (target - rgb))
+
+
+def family_palette(labels: Mapping[str, str]) -> dict[str, tuple]:
+    """Label → RGB colour from label → family: the family's hue (FAMILY_HUES), one shade each.
+
+    A family's labels, in sorted order, take evenly spaced shades of FAMILY_SHADES, darkest
+    first; a family's only label takes the hue itself. The colours depend on the labels and
+    their families alone, so the same study gives the same colours in every figure. Keys come
+    family by family, in `objectives.FAMILIES` order.
+    """
+    labels = _checked_families(labels)
+    base = sns.color_palette(BASE_PALETTE)
+    palette = {}
+    for family in _families():
+        names = sorted(label for label, f in labels.items() if f == family)
+        shades = [0.5] if len(names) == 1 else np.linspace(*FAMILY_SHADES, len(names))
+        hue = base[FAMILY_HUES[family]]
+        palette.update({name: _shade(hue, s) for name, s in zip(names, shades)})
+    return palette
+
+
+def family_order(labels: Mapping[str, str]) -> list[str]:
+    """The labels of label → family, family by family (`objectives.FAMILIES` order), each family
+    in the mapping's own order: how figures and tables list a study's labels."""
+    labels = _checked_families(labels)
+    rank = {family: i for i, family in enumerate(_families())}
+    return sorted(labels, key=lambda label: rank[labels[label]])
 
 
 def _colours(order: Sequence, palette: Mapping | None = None, *, labels: bool = True) -> dict:

@@ -105,6 +105,61 @@ def test_set_style_pins_the_study_palette_for_subsets(monkeypatch):
     assert to_rgb(ax.get_lines()[0].get_color()) == to_rgb(plots.label_palette(["dpop"])["dpop"])
 
 
+FAMILIES = {"naive-sum": "likelihood", "negative_only": "likelihood", "sft": "likelihood",
+            "naive-mean": "length-normalised", "simpo": "length-normalised",
+            "dpo": "reference-based", "ipo": "reference-based", "dpop": "anchored"}
+
+
+def test_family_palette_is_one_hue_per_family_in_lightness_steps():
+    from colorsys import rgb_to_hls
+
+    palette = plots.family_palette(FAMILIES)
+    assert list(palette) == ["naive-sum", "negative_only", "sft", "naive-mean", "simpo", "dpo",
+                             "ipo", "dpop"]  # family by family, sorted within each
+    base = plots.sns.color_palette(plots.BASE_PALETTE)
+    hues = {f: rgb_to_hls(*base[i])[0] for f, i in plots.FAMILY_HUES.items()}
+    assert len({round(h, 2) for h in hues.values()}) == 4
+    for label, colour in palette.items():
+        assert rgb_to_hls(*colour)[0] == pytest.approx(hues[FAMILIES[label]], abs=1e-6)
+    # within a family: darkest first in sorted order, none near white or black
+    lightness = [rgb_to_hls(*palette[lab])[1] for lab in ("naive-sum", "negative_only", "sft")]
+    assert lightness == sorted(lightness) and len(set(lightness)) == 3
+    assert all(0.12 < v < 0.85 for v in (rgb_to_hls(*c)[1] for c in palette.values()))
+    # a family's only label is the hue itself
+    assert palette["dpop"] == pytest.approx(tuple(base[plots.FAMILY_HUES["anchored"]]))
+    # the same labels and families, in any order, give the same colours
+    assert plots.family_palette(dict(reversed(list(FAMILIES.items())))) == palette
+    with pytest.raises(ValueError, match="unknown family.*allowed: likelihood"):
+        plots.family_palette({"dpo": "dpo-like"})
+
+
+def test_family_hues_name_exactly_the_objectives_families():
+    from prefstudy.objectives import FAMILIES as DECLARED
+
+    assert set(plots.FAMILY_HUES) == set(DECLARED)
+
+
+def test_family_order_lists_family_by_family_in_the_given_order():
+    given = {"dpo": "reference-based", "simpo": "length-normalised", "dpop": "anchored",
+             "naive-sum": "likelihood", "orpo": "length-normalised", "sft": "likelihood"}
+    assert plots.family_order(given) == ["naive-sum", "sft", "simpo", "orpo", "dpo", "dpop"]
+    with pytest.raises(ValueError, match="unknown family"):
+        plots.family_order({"dpo": "reference"})
+
+
+def test_set_style_pins_the_family_palette(monkeypatch):
+    monkeypatch.setattr(plots, "_study_palette", None)
+    with mpl.rc_context():
+        plots.set_style(list(FAMILIES), families=FAMILIES)
+        with pytest.raises(ValueError, match="no family for"):
+            plots.set_style(["dpo", "rpo"], families=FAMILIES)
+    table = pd.DataFrame({"label": ["simpo", "dpo"], "grad_cos": [0.1, 0.2]})
+    ax = plots.interval_plot(table)
+    pinned = plots.family_palette(FAMILIES)
+    assert [to_rgb(line.get_color()) for line in ax.get_lines()] == [
+        to_rgb(pinned["dpo"]), to_rgb(pinned["simpo"])]
+
+
 def test_figures_do_not_change_global_style():
     before = dict(mpl.rcParams)
     plots.interval_plot(pd.DataFrame({"label": ["dpo"], "grad_cos": [0.1]}))
