@@ -11,7 +11,7 @@ from `diagnostics.seed_intervals` (seeds are the units, as in every table), dive
 
     gap_vs_length        C1: per-pair gap against Δlen, one panel per normalisation, OLS line
     loss_trajectories    C3: loss_p and loss_n per step, one line per label, collapse onsets
-    normalisation_grid   every label in its own panel on shared axes
+    normalisation_grid   every label in its own panel, each on its own y scale
     interval_plot        one point (or bar) with its interval per label: C2, C5 (noise_comparison
                          is its former name)
     displacement_bars    C4: shares of displaced pairs per label and edit-distance bin
@@ -26,6 +26,11 @@ the colour-blind palette per family (FAMILY_HUES), the labels of a family told a
 lightness, darkest first in sorted label order; `set_style(labels, families=...)` pins that.
 `family_order` lists labels family by family, in `objectives.FAMILIES` order (summed likelihood
 losses, then token-mean ones, then reference log-ratios, then anchored ones).
+
+Legibility: axis labels and titles are words (AXIS_NAMES), never bare column names; legends sit
+outside the panels (to the right, or below a wide grid), inside the bounding box `save` writes;
+where one label can run 100× past the others, the axis is logarithmic or each panel has its
+own scale, so that no panel is flattened by one extreme.
 
 Nothing here picks a backend or calls `plt.show()`: matplotlib falls back to Agg where there is no
 display, and notebooks show the returned figure themselves. `save` writes files whose bytes do not
@@ -63,14 +68,23 @@ DPI = 200  # `save` writes every figure at this resolution
 
 # Axis names for the columns the diagnostics produce; other columns are shown by their own name.
 AXIS_NAMES = {
-    "step": "step", "dlen": "len_n − len_p (tokens)",
+    "step": "training step", "dlen": "len_n − len_p (tokens)",
     "dlen_rel": "(len_n − len_p) / (len_n + len_p)",
     "gap_value": "gap, rejected − chosen (nats)", "gap": "gap = loss_n − loss_p (nats)",
     "loss_p": "loss_p, chosen (nats/token)", "loss_n": "loss_n, rejected (nats/token)",
     "grad_cos": "cosine to the other pairs' mean gradient", "grad_norm": "per-pair gradient norm",
     "gns": "gradient noise scale tr(Σ)/|G|²", "factor": "rejected lengthened ×",
+    "label": "objective", "lr": "learning rate", "family": "family",
+    "share_below_start": "share of pairs whose chosen\nlog-prob fell below its start",
+    "share_below_ref": "share of pairs whose chosen\nlog-prob is below the reference's",
+    "edit_bin": "edit distance, chosen ↔ rejected (0 = identical, 1 = nothing shared)",
+    "ppl_ratio": "held-out perplexity, end ÷ before training",
+    "onset_share": "share of seeds with a collapse onset",
+    "diverged_share": "share of seeds that diverged",
+    "displacement": "share of pairs whose chosen log-prob fell below its start",
 }
-QUANTITY_NAMES = {"loss_p": "loss_p (chosen)", "loss_n": "loss_n (rejected)", "gap": "gap"}
+QUANTITY_NAMES = {"loss_p": "chosen loss (loss_p)", "loss_n": "rejected loss (loss_n)",
+                  "gap": "gap (loss_n − loss_p)"}
 QUANTITY_DASHES = {"loss_p": "", "loss_n": (4, 2), "gap": (1, 1.5)}
 
 # One hue of BASE_PALETTE per family (its index there): four that stay apart under the common
@@ -244,6 +258,24 @@ def _axis_name(column: str) -> str:
     return AXIS_NAMES.get(column, column)
 
 
+def _scale_y(ax: Axes, values: Iterable[float], yscale: str = "auto") -> None:
+    """Set `yscale` on `ax`; "auto" is log where every value is positive and the largest is at
+    least 10× the smallest (one run-away line would flatten the others on a linear axis), else
+    linear. On a log axis the limits follow `values` (the lines), not a band reaching towards 0;
+    ticks at 1, 2, 5 × 10ⁿ, written as plain numbers."""
+    v = np.asarray(list(values), dtype=float)
+    v = v[np.isfinite(v)]
+    if yscale == "auto":
+        yscale = "log" if len(v) and v.min() > 0 and v.max() >= 10 * v.min() else "linear"
+    ax.set_yscale(yscale)
+    if yscale == "log" and len(v) and v.min() > 0:
+        ax.set_ylim(v.min() / 1.25, v.max() * 1.25)
+    if yscale == "log":
+        ax.yaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks and reshaping
 
@@ -387,7 +419,7 @@ def loss_trajectories(data: pd.DataFrame, *, x: str = "step", hue: str = "label"
                       onset: pd.DataFrame | None = None, hue_order: Sequence | None = None,
                       row_order: Sequence | None = None, palette: Mapping | None = None,
                       errorbar="seed", height: float = 2.8, aspect: float = 1.3,
-                      sharey: bool = False) -> sns.FacetGrid:
+                      sharey: bool = False, yscale: str = "auto") -> sns.FacetGrid:
     """loss_p and loss_n per step: one column per quantity, one line per `hue` (mean across seeds).
 
     data: per-pair records (or evals) with `x`, `hue`, run_id, seed and the quantities; status
@@ -399,7 +431,9 @@ def loss_trajectories(data: pd.DataFrame, *, x: str = "step", hue: str = "label"
 
     onset: the output of `diagnostics.collapse` (run_id, `hue`, onset_step): each label's median
     onset across its seeds is a dashed vertical line, the range of its seeds' onsets a shaded band.
-    A diverged run's line ends at its last recorded step, marked "x".
+    A diverged run's line ends at its last recorded step, marked "x". yscale: "auto" makes a
+    panel's y axis logarithmic where one label's loss runs 10× past another's (a collapsing
+    label would otherwise flatten every other line), else linear; or any matplotlib scale.
     Returns the FacetGrid (columns in the order of `quantities`).
     """
     require_columns(data, [x, hue, row, "run_id", "seed", *quantities], "loss_trajectories",
@@ -426,17 +460,27 @@ def loss_trajectories(data: pd.DataFrame, *, x: str = "step", hue: str = "label"
             _mark_onsets(ax, onset, hue=hue, colours=colours,
                          present=sub[hue].unique() if len(sub) else [])
             _mark_diverged(ax, sub, diverged, x=x, hue=hue, colours=colours)
+            _scale_y(ax, sub.groupby([hue, x], observed=True).value.mean(), yscale)
             title = QUANTITY_NAMES.get(quantity, quantity)
             ax.set_title(f"{row_value} · {title}" if row else title)
             ax.set_xlabel(_axis_name(x))
-            ax.set_ylabel("nats per token" if quantity in ("loss_p", "loss_n") else quantity)
+            ax.set_ylabel(_quantity_axis([quantity]))
         legend = {str(k): Line2D([], [], color=colours[k]) for k in hue_order}
         if len(diverged):
             legend["diverged"] = Line2D([], [], color="0.2", marker="x", linestyle="")
         if onset is not None:
             legend["collapse onset"] = Line2D([], [], color="0.2", linestyle="--")
-        grid.add_legend(legend_data=legend, title=hue)
+        grid.add_legend(legend_data=legend, title=_axis_name(hue))
     return grid
+
+
+def _quantity_axis(quantities: Sequence[str]) -> str:
+    """The y axis name of panels drawing `quantities` (records' token-mean losses and gaps)."""
+    if all(q in ("loss_p", "loss_n") for q in quantities):
+        return "loss (nats per token)"
+    if all(q in QUANTITY_NAMES for q in quantities):
+        return "nats per token"
+    return ", ".join(_axis_name(q) for q in quantities)
 
 
 def _mark_onsets(ax: Axes, onset: pd.DataFrame | None, *, hue: str, colours: Mapping,
@@ -472,12 +516,15 @@ def normalisation_grid(data: pd.DataFrame, *, x: str = "step", col: str = "label
                        col_order: Sequence | None = None, col_wrap: int | None = 4,
                        palette: Mapping | None = None, errorbar="seed", height: float = 2.4,
                        aspect: float = 1.2) -> sns.FacetGrid:
-    """Every label side by side on the same scales: mean loss_p (solid), loss_n (dashed) per step.
+    """Every label side by side: mean loss_p (solid) and loss_n (dashed) per step (the gap
+    dotted, when `quantities` has it).
 
-    One panel per `col` value (default: label), x and y shared so that the panels compare at a
-    glance; each panel in its label's colour. Lines and bands as in `loss_trajectories` (mean over
-    pairs per run, then across seeds with `errorbar`). A panel's title says how many of its seeds
-    diverged; each diverged run's last point is marked "x".
+    One panel per `col` value (default: label), each in its label's colour; x is shared, but
+    every panel has its own y scale, so that a label whose loss runs to 90 nats (negative_only)
+    is shown whole on its own scale without flattening the others (read the tick values before
+    comparing panels). Lines and bands as in `loss_trajectories` (mean over pairs per run, then
+    across seeds with `errorbar`). A panel's title says how many of its seeds diverged; each
+    diverged run's last point is marked "x". The legend sits right of the panels.
     Returns the FacetGrid.
     """
     require_columns(data, [x, col, "run_id", "seed", *quantities], "normalisation_grid",
@@ -491,7 +538,7 @@ def normalisation_grid(data: pd.DataFrame, *, x: str = "step", col: str = "label
 
     with _themed():
         grid = sns.FacetGrid(long, col=col, col_order=order, col_wrap=wrap, sharex=True,
-                             sharey=True, height=height, aspect=aspect, despine=False)
+                             sharey=False, height=height, aspect=aspect, despine=False)
         for name, ax in grid.axes_dict.items():
             sub = long[long[col] == name]
             colour = colours[name]
@@ -505,12 +552,11 @@ def normalisation_grid(data: pd.DataFrame, *, x: str = "step", col: str = "label
             if n_div:
                 title += f"\n{n_div}/{n_seeds[name]} runs diverged"
             ax.set_title(title)
-            ax.set_xlabel(_axis_name(x))
-            ax.set_ylabel("nats per token")
+        grid.set_axis_labels(_axis_name(x), _quantity_axis(quantities))
         legend = {QUANTITY_NAMES.get(q, q): Line2D([], [], color="0.3",
                                                     dashes=QUANTITY_DASHES.get(q, ""))
                   for q in quantities}
-        grid.add_legend(legend_data=legend)
+        grid.add_legend(legend_data=legend, title="each panel on\nits own y scale")
     return grid
 
 
@@ -623,7 +669,7 @@ def displacement_bars(data: pd.DataFrame, *, y: str = "share_below_start",
         else:
             ax.set_xticks([])
         ax.set_ylabel(_axis_name(y))
-        ax.legend(title=hue, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(title=_axis_name(hue), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
 

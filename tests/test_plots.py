@@ -59,6 +59,14 @@ def data_lines(ax):
     return [line for line in ax.get_lines() if len(line.get_xdata()) > 2]
 
 
+def assert_legend_outside(figure, legend, axes):
+    """The legend's box overlaps no panel's box (drawn figures, in display pixels)."""
+    figure.canvas.draw()
+    box = legend.get_window_extent()
+    for ax in axes:
+        assert not box.overlaps(ax.get_window_extent()), ax.get_title()
+
+
 def make_gap_frame(n=41, seed=0):
     """A gap_normalisations-shaped frame: summed gap exactly 0.5 + 2·dlen, token-mean gap pure
     noise shuffled against dlen, reference gap −0.1·dlen plus small noise."""
@@ -250,7 +258,10 @@ def test_loss_trajectories_lines_are_step_means_across_seeds():
     records = make_records()
     grid = plots.loss_trajectories(records)
     axes = list(grid.axes.flat)
-    assert [ax.get_title() for ax in axes] == ["loss_p (chosen)", "loss_n (rejected)"]
+    assert [ax.get_title() for ax in axes] == ["chosen loss (loss_p)", "rejected loss (loss_n)"]
+    assert [ax.get_ylabel() for ax in axes] == ["loss (nats per token)"] * 2
+    assert axes[0].get_xlabel() == "training step"
+    assert grid.legend.get_title().get_text() == "objective"
     for ax, quantity in zip(axes, ("loss_p", "loss_n")):
         lines = data_lines(ax)
         assert len(lines) == 2  # one per label, sorted: dpo, naive-sum
@@ -327,12 +338,12 @@ def test_loss_trajectories_rows_per_label_and_plain_errorbar():
     records = make_records()
     grid = plots.loss_trajectories(records, row="label", errorbar=None)
     assert grid.axes.shape == (2, 2)
-    assert grid.axes[1, 0].get_title() == "naive-sum · loss_p (chosen)"
+    assert grid.axes[1, 0].get_title() == "naive-sum · chosen loss (loss_p)"
     assert all(len(ax.collections) == 0 for ax in grid.axes.flat)  # no band
     assert len(data_lines(grid.axes[0, 1])) == 1
     flipped = plots.loss_trajectories(records, row="label", row_order=["naive-sum", "dpo"],
                                       errorbar=None)
-    assert flipped.axes[0, 0].get_title() == "naive-sum · loss_p (chosen)"
+    assert flipped.axes[0, 0].get_title() == "naive-sum · chosen loss (loss_p)"
 
 
 def test_loss_trajectories_never_average_a_nonfinite_pair_away():
@@ -355,12 +366,15 @@ def test_loss_trajectories_names_missing_columns():
 # ---------------------------------------------------------------------------- normalisation grid
 
 
-def test_normalisation_grid_shares_axes_across_labels():
+def test_normalisation_grid_gives_each_panel_its_own_y_scale():
     records = make_records(labels=("dpo", "naive-mean", "naive-sum"))
+    # naive-sum runs away (as negative_only does in the study): 100× the others' losses
+    runaway = records.label == "naive-sum"
+    records.loc[runaway, ["loss_p", "loss_n"]] *= 100
     grid = plots.normalisation_grid(records, col_wrap=2)
     axes = list(grid.axes.flat)
     assert len(axes) == 3
-    assert all(axes[0].get_shared_y_axes().joined(axes[0], ax) for ax in axes[1:])
+    assert not any(axes[0].get_shared_y_axes().joined(axes[0], ax) for ax in axes[1:])
     assert all(axes[0].get_shared_x_axes().joined(axes[0], ax) for ax in axes[1:])
     palette = plots.label_palette(["dpo", "naive-mean", "naive-sum"])
     for ax, label in zip(axes, ("dpo", "naive-mean", "naive-sum")):
@@ -368,12 +382,38 @@ def test_normalisation_grid_shares_axes_across_labels():
         loss_p, loss_n = data_lines(ax)
         for line, quantity in ((loss_p, "loss_p"), (loss_n, "loss_n")):
             np.testing.assert_array_equal(line.get_xdata(), STEPS)
-            np.testing.assert_allclose(line.get_ydata(),
-                                       expected_step_mean(records, label, quantity).to_numpy())
+            expected = expected_step_mean(records, label, quantity).to_numpy()
+            np.testing.assert_allclose(line.get_ydata(), expected)
+            low, high = ax.get_ylim()
+            assert low <= expected.min() and expected.max() <= high
             assert to_rgb(line.get_color()) == to_rgb(palette[label])
         assert loss_p.get_linestyle() == "-" and loss_n.get_linestyle() == "--"
+    assert axes[0].get_ylim()[1] < 10 < 100 < axes[2].get_ylim()[1]  # dpo not flattened
     assert "1/3 runs diverged" in axes[2].get_title()
     assert [line.get_marker() for line in axes[2].get_lines()].count("x") == 2  # p and n
+    # words, not column names; the legend outside the panels says the scales differ
+    assert axes[0].get_ylabel() == "loss (nats per token)" and axes[1].get_ylabel() == ""
+    assert axes[2].get_xlabel() == "training step"
+    assert [t.get_text() for t in grid.legend.texts] == ["chosen loss (loss_p)",
+                                                         "rejected loss (loss_n)"]
+    assert "own y scale" in grid.legend.get_title().get_text()
+    assert_legend_outside(grid.figure, grid.legend, axes)
+
+
+def test_loss_trajectories_go_logarithmic_when_one_label_runs_away():
+    records = make_records(diverged=())
+    grid = plots.loss_trajectories(records)
+    assert [ax.get_yscale() for ax in grid.axes.flat] == ["linear", "linear"]
+    records.loc[records.label == "naive-sum", ["loss_p", "loss_n"]] *= 50
+    grid = plots.loss_trajectories(records)
+    for ax in grid.axes.flat:
+        assert ax.get_yscale() == "log"
+        lines = data_lines(ax)
+        low, high = ax.get_ylim()  # the lines' range, not a band reaching towards 0
+        assert low == pytest.approx(min(line.get_ydata().min() for line in lines) / 1.25)
+        assert high == pytest.approx(max(line.get_ydata().max() for line in lines) * 1.25)
+    assert plots.loss_trajectories(records, yscale="linear").axes.flat[0].get_yscale() == "linear"
+    assert_legend_outside(grid.figure, grid.legend, list(grid.axes.flat))
 
 
 # ------------------------------------------------------------------------- intervals and shares
@@ -448,6 +488,11 @@ def test_displacement_bars_by_label_and_bin():
     assert [p.get_height() for p in xs] == [0.8, 0.2, 0.6, 0.1]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["(0, 0.1]", "(0.1, 0.3]"]
     assert ax.get_ylim() == (0, 1)
+    # axis names in words, the legend right of the bars
+    assert ax.get_ylabel() == "share of pairs whose chosen\nlog-prob fell below its start"
+    assert ax.get_xlabel().startswith("edit distance, chosen ↔ rejected")
+    assert ax.get_legend().get_title().get_text() == "objective"
+    assert_legend_outside(ax.figure, ax.get_legend(), [ax])
 
 
 def test_displacement_bars_keep_the_order_of_categorical_bins():
