@@ -15,6 +15,8 @@ from `diagnostics.seed_intervals` (seeds are the units, as in every table), dive
     interval_plot        one point (or bar) with its interval per label: C2, C5 (noise_comparison
                          is its former name)
     displacement_bars    C4: shares of displaced pairs per label and edit-distance bin
+    frontier             each run's path of preference progress against capability cost
+    matched_plot         a quantity with its interval per label at matched progress levels
 
 Look: `THEME` is the seaborn theme (context "paper"); every function draws inside it without
 changing global state, and `set_style()` applies it globally for a notebook. Colours: a label
@@ -78,6 +80,11 @@ AXIS_NAMES = {
     "share_below_start": "share of pairs whose chosen\nlog-prob fell below its start",
     "share_below_ref": "share of pairs whose chosen\nlog-prob is below the reference's",
     "edit_bin": "edit distance, chosen ↔ rejected (0 = identical, 1 = nothing shared)",
+    "d_neutral": "Δ NLL of neutral text (nats/token):\ncapability cost",
+    "margin_gain": "held-out margin gain (nats/token):\npreference progress",
+    "d_chosen": "Δ held-out chosen loss (nats/token)",
+    "d_rejected": "Δ held-out rejected loss (nats/token)",
+    "level": "held-out margin gain reached (nats/token)",
     "ppl_ratio": "held-out perplexity, end ÷ before training",
     "onset_share": "share of seeds with a collapse onset",
     "diverged_share": "share of seeds that diverged",
@@ -668,6 +675,165 @@ def displacement_bars(data: pd.DataFrame, *, y: str = "share_below_start",
             ax.set_xlabel(_axis_name(x))
         else:
             ax.set_xticks([])
+        ax.set_ylabel(_axis_name(y))
+        ax.legend(title=_axis_name(hue), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Matched progress: what each run's progress cost (prefstudy.progress)
+
+PATH_MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # one per `style` value of `frontier`
+
+
+def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain",
+             hue: str = "label", style: str | None = "lr", units: str = "run_id",
+             hue_order: Sequence | None = None, style_order: Sequence | None = None,
+             palette: Mapping | None = None, col: str | None = None,
+             col_order: Sequence | None = None, col_wrap: int | None = None,
+             xscale: str = "symlog", linthresh: float = 0.05, height: float = 3.2,
+             aspect: float = 1.3, ax: Axes | None = None) -> Axes | sns.FacetGrid:
+    """Each run's path of preference progress (`y`) against capability cost (`x`), as the DPO
+    paper draws reward against KL.
+
+    data: `progress.progress_paths` output with a `style` column added (e.g. lr, from the runs'
+    configs): one row per (`units` = run, evaluation step). Each run is a line from the origin,
+    the starting model (prepended; step 0 rows, if any, are left out), through its evaluations
+    in step order, in its `hue` colour (the pinned study palette when it covers the labels), with
+    a marker per `style` value (PATH_MARKERS) at each evaluation. Thin lines mark x = 0 and y = 0.
+    xscale: "symlog" (linear within ±`linthresh`, logarithmic beyond) keeps a run-away cost
+    (negative_only reaches 100× the others) from squeezing every other path against x = 0; or
+    "linear". col (e.g. "family"): one panel per value, sharing both axes. The legend sits right
+    of the data. Each path's Line2D has its run as gid. Returns the Axes, or the FacetGrid with col.
+    """
+    require_columns(data, [x, y, hue, style, units, col, "step"], "frontier", nonempty=True)
+    if col is not None and ax is not None:
+        raise ValueError("frontier: pass ax= or col=, not both (col makes its own grid)")
+    hue_order = _order(data[hue], hue_order)
+    kws = {"x": x, "y": y, "hue": hue, "style": style, "units": units,
+           "colours": _colours(hue_order, palette, labels=hue == "label"),
+           "markers": _markers(data, style, style_order), "xscale": xscale,
+           "linthresh": linthresh, "xticks": _symlog_ticks(data[x], linthresh)}
+    legend = _path_legend(hue, hue_order, kws["colours"], style, kws["markers"])
+    with _themed():
+        if col is None:
+            if ax is None:
+                _, ax = plt.subplots(figsize=(height * aspect, height))
+            _draw_paths(ax, data, **kws)
+            ax.set_xlabel(_axis_name(x))
+            ax.set_ylabel(_axis_name(y))
+            ax.legend(legend.values(), legend.keys(), loc="upper left",
+                      bbox_to_anchor=(1.02, 1.0))
+            return ax
+        order = _order(data[col], col_order)
+        wrap = col_wrap if col_wrap and len(order) > col_wrap else None
+        grid = sns.FacetGrid(data, col=col, col_order=order, col_wrap=wrap, sharex=True,
+                             sharey=True, height=height, aspect=aspect, despine=False)
+        for name, panel in grid.axes_dict.items():
+            _draw_paths(panel, data[data[col] == name], **kws)
+            panel.set_title(str(name))
+        grid.set_axis_labels(_axis_name(x), _axis_name(y))
+        grid.add_legend(legend_data=legend)
+    return grid
+
+
+def _markers(data: pd.DataFrame, style: str | None, order: Sequence | None) -> dict:
+    if style is None:
+        return {}
+    order = _order(data[style], order)
+    if len(order) > len(PATH_MARKERS):
+        raise ValueError(f"frontier: {len(order)} values of {style!r}; at most "
+                         f"{len(PATH_MARKERS)} can have a marker each")
+    return dict(zip(order, PATH_MARKERS))
+
+
+def _symlog_ticks(values: pd.Series, linthresh: float) -> list[float]:
+    """0 and ± the powers of ten from the first above `linthresh` to the largest |value|: a
+    symlog axis's ticks without one crowding 0 (those outside the view are not drawn)."""
+    v = np.abs(values.to_numpy(float))
+    top = max(v[np.isfinite(v)].max(initial=0.0), linthresh)
+    decades = 10.0 ** np.arange(np.ceil(np.log10(linthresh)), np.ceil(np.log10(top)) + 1)
+    return sorted([0.0, *decades, *(-decades)])
+
+
+def _draw_paths(ax: Axes, data: pd.DataFrame, *, x: str, y: str, hue: str, style: str | None,
+                units: str, colours: Mapping, markers: Mapping, xscale: str,
+                linthresh: float, xticks: Sequence[float]) -> None:
+    """One line per run: the origin, then its evaluations (step > 0) in step order."""
+    ax.axvline(0, color="0.45", linewidth=0.7, zorder=0)
+    ax.axhline(0, color="0.45", linewidth=0.7, zorder=0)
+    for run_id, run in data[data.step > 0].groupby(units, sort=True):
+        run = run.sort_values("step")
+        xs = np.r_[0.0, run[x].to_numpy(float)]
+        ys = np.r_[0.0, run[y].to_numpy(float)]
+        marker = markers.get(run[style].iloc[0], "o") if style else "o"
+        ax.plot(xs, ys, color=colours[run[hue].iloc[0]], marker=marker, markersize=4.5,
+                markevery=list(range(1, len(xs))), linewidth=1.1, alpha=0.85,
+                gid=str(run_id))
+    ax.plot([0], [0], marker="o", color="black", markersize=4, linestyle="", zorder=5)
+    if xscale == "symlog":
+        ax.set_xscale("symlog", linthresh=linthresh)
+        ax.xaxis.set_major_locator(mpl.ticker.FixedLocator(xticks))
+        ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
+        ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        ax.set_xscale(xscale)
+
+
+def _path_legend(hue: str, hue_order: Sequence, colours: Mapping, style: str | None,
+                 markers: Mapping) -> dict:
+    """Legend entries of `frontier`: a heading, then one entry per hue value and style value."""
+    blank = Line2D([], [], linestyle="", marker="")
+    legend = {_axis_name(hue): blank}
+    legend.update({str(k): Line2D([], [], color=colours[k]) for k in hue_order})
+    if style is not None:
+        legend[_axis_name(style)] = blank
+        legend.update({f"{k:g}" if isinstance(k, float) else str(k):
+                       Line2D([], [], color="0.3", marker=m, linestyle="")
+                       for k, m in markers.items()})
+    legend["starting model"] = Line2D([], [], color="black", marker="o", linestyle="")
+    return legend
+
+
+def matched_plot(data: pd.DataFrame, *, x: str = "level", y: str = "d_chosen",
+                 hue: str = "label", order: Sequence | None = None,
+                 hue_order: Sequence | None = None, palette: Mapping | None = None,
+                 refline: float | None = 0.0, ax: Axes | None = None) -> Axes:
+    """`y` with its interval per `hue` value at each matched progress level `x`.
+
+    data: `progress.matched_progress` output (label, level, n_runs, n_pairs, `<y>`, `<y>_lo`,
+    `<y>_hi`). At each level (in `order`, else sorted, evenly spaced), one point per label,
+    dodged, with its interval as a vertical bar, and a thin line joining a label's levels. A
+    level a label never reached (NaN) has no point; a label that reached none keeps its place
+    and says so in the legend. `refline`: a dotted horizontal line (0: no change since the
+    starting model). The legend sits right of the data. Returns the Axes.
+    """
+    require_columns(data, [x, y, hue], "matched_plot", nonempty=True)
+    if data.duplicated([x, hue]).any():
+        raise ValueError(f"matched_plot: several rows per ({x}, {hue}); pass one row each")
+    order = _order(data[x], order)
+    hue_order = _order(data[hue], hue_order)
+    colours = _colours(hue_order, palette, labels=hue == "label")
+    step = 0.7 / len(hue_order)
+    with _themed():
+        if ax is None:
+            _, ax = plt.subplots(figsize=(min(1.6 + 0.2 * len(order) * len(hue_order), 11), 3.2))
+        for j, name in enumerate(hue_order):
+            rows = data[data[hue] == name].set_index(x).reindex(order)
+            pos = np.arange(len(order)) + (j - (len(hue_order) - 1) / 2) * step
+            values = rows[y].to_numpy(float)
+            reached = np.isfinite(values).any()
+            ax.plot(pos, values, marker="o", markersize=5, linewidth=0.7, color=colours[name],
+                    label=str(name) if reached else f"{name} (no level reached)")
+            if f"{y}_lo" in rows.columns and f"{y}_hi" in rows.columns:
+                lo, hi = rows[f"{y}_lo"].to_numpy(float), rows[f"{y}_hi"].to_numpy(float)
+                ok = np.isfinite(lo) & np.isfinite(hi)
+                ax.vlines(pos[ok], lo[ok], hi[ok], color=colours[name], linewidth=1.8)
+        if refline is not None:
+            ax.axhline(refline, color="0.4", linewidth=0.8, linestyle=":", zorder=0)
+        ax.set_xticks(np.arange(len(order)),
+                      [f"{v:g}" if isinstance(v, float) else str(v) for v in order])
+        ax.set_xlabel(_axis_name(x))
         ax.set_ylabel(_axis_name(y))
         ax.legend(title=_axis_name(hue), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax

@@ -541,6 +541,128 @@ def test_bins_written_as_text_sort_by_their_bounds():
     assert plots._order([4, 0.5, 2]) == [0.5, 2, 4]
 
 
+# ----------------------------------------------------------------------------- matched progress
+
+
+def make_paths():
+    """Progress paths of five runs with known points: (d_neutral, margin_gain) per step."""
+    known = {  # run: (label, lr, [(step, d_neutral, margin_gain), ...]) given out of step order
+        "dpo-a": ("dpo", 1e-3, [(20, 0.2, 0.8), (10, 0.05, 0.3)]),
+        "dpo-b": ("dpo", 3e-3, [(10, 0.1, 0.5), (20, 0.4, 1.2)]),
+        "simpo-a": ("simpo", 1e-3, [(10, 0.02, 0.2), (20, 0.08, 0.6)]),
+        "neg-a": ("negative_only", 1e-3, [(10, 5.0, 0.1), (20, 60.0, -1.0)]),
+        "neg-b": ("negative_only", 3e-3, [(10, 20.0, 0.0), (20, 90.0, -1.5)]),
+    }
+    rows = [{"run_id": run, "label": label, "lr": lr, "seed": 0, "step": step,
+             "accuracy": 0.5, "margin_gain": gain, "d_chosen": 0.1, "d_rejected": 0.3,
+             "d_neutral": cost}
+            for run, (label, lr, points) in known.items() for step, cost, gain in points]
+    return pd.DataFrame(rows), known
+
+
+def path_lines(ax):
+    return [line for line in ax.get_lines() if line.get_gid() is not None]
+
+
+def test_frontier_draws_each_run_from_the_origin_in_step_order():
+    paths, known = make_paths()
+    ax = plots.frontier(paths)
+    lines = path_lines(ax)
+    assert len(lines) == len(known)  # one line per run
+    palette = plots.label_palette(paths.label)
+    markers = {1e-3: "o", 3e-3: "s"}  # PATH_MARKERS in sorted lr order
+    for line in lines:
+        label, lr, points = known[line.get_gid()]
+        points = sorted(points)
+        np.testing.assert_allclose(line.get_xdata(), [0.0] + [c for _, c, _ in points])
+        np.testing.assert_allclose(line.get_ydata(), [0.0] + [g for _, _, g in points])
+        assert to_rgb(line.get_color()) == to_rgb(palette[label])
+        assert line.get_marker() == markers[lr]
+        assert list(line.get_markevery()) == [1, 2]  # markers at the evaluations, not at 0
+    assert ax.get_xscale() == "symlog"
+    assert ax.xaxis.get_transform().linthresh == pytest.approx(0.05)
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [0.0, 0.1, 1.0, 10.0, 100.0]  # none crowding 0 inside ±linthresh
+    assert any(list(line.get_xdata()) == [0, 0] for line in ax.get_lines())  # x = 0
+    assert ax.get_xlabel() == "Δ NLL of neutral text (nats/token):\ncapability cost"
+    assert ax.get_ylabel() == "held-out margin gain (nats/token):\npreference progress"
+    texts = [t.get_text() for t in ax.get_legend().texts]
+    assert texts == ["objective", "dpo", "negative_only", "simpo", "learning rate", "0.001",
+                     "0.003", "starting model"]
+    assert_legend_outside(ax.figure, ax.get_legend(), [ax])
+
+
+def test_frontier_follows_the_pinned_family_palette_and_facets_by_family(monkeypatch):
+    paths, known = make_paths()
+    families = {"dpo": "reference-based", "simpo": "length-normalised",
+                "negative_only": "likelihood"}
+    monkeypatch.setattr(plots, "_study_palette", plots.family_palette(families))
+    paths["family"] = paths.label.map(families)
+    grid = plots.frontier(paths, col="family", col_order=["likelihood", "length-normalised",
+                                                          "reference-based"])
+    assert [ax.get_title() for ax in grid.axes.flat] == ["likelihood", "length-normalised",
+                                                         "reference-based"]
+    assert [len(path_lines(ax)) for ax in grid.axes.flat] == [2, 1, 2]
+    pinned = plots.family_palette(families)
+    for ax in grid.axes.flat:
+        for line in path_lines(ax):
+            assert to_rgb(line.get_color()) == to_rgb(pinned[known[line.get_gid()][0]])
+            assert (line.get_xdata()[0], line.get_ydata()[0]) == (0.0, 0.0)
+    assert_legend_outside(grid.figure, grid.legend, list(grid.axes.flat))
+    linear = plots.frontier(paths, xscale="linear", style=None)
+    assert linear.get_xscale() == "linear"
+    assert {line.get_marker() for line in path_lines(linear)} == {"o"}
+    with pytest.raises(ValueError, match="not both"):
+        plots.frontier(paths, col="family", ax=linear)
+    from prefstudy.records import SchemaError
+
+    with pytest.raises(SchemaError, match="lr"):
+        plots.frontier(paths.drop(columns="lr"))
+
+
+def make_matched():
+    """A matched_progress-shaped table: dpo reached every level, simpo the first, neg none."""
+    rows = []
+    for label, values in (("dpo", [0.1, 0.2, 0.4]), ("simpo", [0.05, np.nan, np.nan]),
+                          ("negative_only", [np.nan] * 3)):
+        for level, value in zip((0.1, 0.25, 0.5), values):
+            rows.append({"label": label, "level": level, "n_runs": int(np.isfinite(value)) * 3,
+                         "n_pairs": 40, "d_chosen": value, "d_chosen_lo": value - 0.05,
+                         "d_chosen_hi": value + 0.05, "d_neutral": value,
+                         "d_neutral_lo": value, "d_neutral_hi": value})
+    return pd.DataFrame(rows)
+
+
+def test_matched_plot_points_and_intervals_per_level_dodged_per_label():
+    table = make_matched()
+    ax = plots.matched_plot(table, hue_order=["dpo", "simpo", "negative_only"])
+    lines = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert len(lines) == 3
+    dpo, simpo, neg = lines
+    step = 0.7 / 3
+    np.testing.assert_allclose(dpo.get_xdata(), np.arange(3) - step)  # dodged left
+    np.testing.assert_allclose(simpo.get_xdata(), np.arange(3))
+    np.testing.assert_allclose(dpo.get_ydata(), [0.1, 0.2, 0.4])
+    assert np.isnan(simpo.get_ydata()[1:]).all() and np.isnan(neg.get_ydata()).all()
+    palette = plots.label_palette(table.label)
+    assert [to_rgb(line.get_color()) for line in lines] == [
+        to_rgb(palette[lab]) for lab in ("dpo", "simpo", "negative_only")]
+    bars = [c for c in ax.collections if len(c.get_segments())]
+    assert [len(c.get_segments()) for c in bars] == [3, 1]  # NaN intervals are left out
+    np.testing.assert_allclose(bars[0].get_segments()[2][:, 1], [0.35, 0.45])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.25", "0.5"]
+    assert ax.get_ylabel() == "Δ held-out chosen loss (nats/token)"
+    assert ax.get_xlabel() == "held-out margin gain reached (nats/token)"
+    assert [t.get_text() for t in ax.get_legend().texts] == [
+        "dpo", "simpo", "negative_only (no level reached)"]
+    assert any(list(line.get_ydata()) == [0, 0] for line in ax.get_lines())  # refline
+    assert_legend_outside(ax.figure, ax.get_legend(), [ax])
+    neutral = plots.matched_plot(table, y="d_neutral")
+    assert neutral.get_ylabel().startswith("Δ NLL of neutral text")
+    with pytest.raises(ValueError, match="several rows"):
+        plots.matched_plot(pd.concat([table, table]))
+
+
 # ---------------------------------------------------------------------------------------- files
 
 
