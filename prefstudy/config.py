@@ -40,7 +40,7 @@ class TrainConfig:
     neutral_text: str | None = "data/neutral"  # held-out text for perplexity
     probes: str | None = "data/probes"  # prompts for greedy generations
     lang: str | None = None  # keep only pairs whose meta.lang is this
-    max_pairs: int | None = None  # first N training pairs (after `lang`); None = all
+    max_pairs: int | None = None  # a stratified sample of N training pairs (after `lang`); None = all
     n_heldout: int = 32  # held-out pairs evaluated at each evaluation
     n_neutral: int = 32  # held-out passages for perplexity
     n_probes: int = 6  # probe prompts for generations (spread over languages and kinds)
@@ -55,6 +55,10 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up, then constant
     max_grad_norm: float | None = 1.0  # clipping, as TRL's default; None disables
     trainable_blocks: int | None = None  # train only the top k transformer blocks; None = all
+    # with trainable_blocks: run the frozen blocks once per sequence and reuse their output in
+    # every step, evaluation and run of the process (prefstudy.frozen); the same numbers up to
+    # summation order, most of a step's forward cost saved
+    cache_frozen: bool = True
     device: str = "auto"
     dtype: str = "auto"
 

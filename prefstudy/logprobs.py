@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import frozen
+
 
 @dataclass(frozen=True)
 class TokenLogps:
@@ -157,13 +159,18 @@ def token_logps(model, batch, *, chunk_tokens: int | None = None,
     sum_sq: also fill `log_sum_sq` (log Σ_v p_v², no gradient) from the same chunks; the
     log-probs are the same either way. Chunks are not made smaller for it: the softmax is formed
     in place of the chunk's logits.
-    Models whose logits are not a plain linear head fall back to `plain_token_logps`.
+    Models whose logits are not a plain linear head fall back to `plain_token_logps`. A model
+    given a frozen prefix (`prefstudy.frozen.attach`) runs only its trainable top blocks.
     Returns a TokenLogps of shape (rows, L − 1): position t scores token t + 1.
     """
     if not _head_is_plain(model):
         return plain_token_logps(model, batch, sum_sq=sum_sq)
-    hidden = model.base_model(input_ids=batch.input_ids,
-                              attention_mask=batch.attention_mask).last_hidden_state
+    prefix = frozen.attached(model)
+    if prefix is not None:  # only the top blocks run; the frozen ones' output is cached
+        hidden = prefix.last_hidden_state(model, batch.input_ids, batch.attention_mask)
+    else:
+        hidden = model.base_model(input_ids=batch.input_ids,
+                                  attention_mask=batch.attention_mask).last_hidden_state
     mask = batch.response_mask[:, 1:]
     h, targets = hidden[:, :-1][mask], batch.input_ids[:, 1:][mask]
     head = model.get_output_embeddings()

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, frozen
 from .config import ConfigError, TrainConfig
 from .encode import Batch, collate
 from .evaluate import evaluate
@@ -49,8 +49,9 @@ from .step import Optimisation, StepResult, reference_logps, train_step
 
 ENDED = ("completed", "diverged")  # statuses of a run that is evaluated, compacted, not resumed
 # Config fields that may differ when a run is resumed: where it is written, what figures call it,
-# which device runs it and how often it saves state. Every other field changes its results.
-RESUMABLE_CHANGES = ("output", "label", "device", "checkpoint_every")
+# which device runs it, how often it saves state and whether frozen blocks are cached. Every
+# other field changes its results.
+RESUMABLE_CHANGES = ("output", "label", "device", "checkpoint_every", "cache_frozen")
 # A run is flagged when a pair's per-token loss passes ln|V| by more than this (nats): worse than
 # a uniform guess by a factor e per token. The margin keeps a random starting model, whose losses
 # hover around ln|V|, from being flagged at its first step.
@@ -102,6 +103,9 @@ def _open(cfg: TrainConfig, folder: Path, accelerator) -> Run:
     model, tokenizer = load_model(cfg.model, device=str(device), dtype=cfg.dtype,
                                   seed=cfg.model_seed)
     set_trainable(model, cfg.trainable_blocks)
+    if cfg.cache_frozen and cfg.trainable_blocks is not None and frozen.supports(model):
+        frozen.attach(model, len(model.model.layers) - cfg.trainable_blocks,
+                      key=(cfg.model, cfg.model_seed, cfg.dtype, str(device)))
     inputs = prepare_inputs(cfg, tokenizer)
     pad = tokenizer.pad_token_id
     ref = ref_held = None
