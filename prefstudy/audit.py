@@ -364,6 +364,28 @@ def write_audit(result: Audit, out: str | os.PathLike) -> Path:
     return page
 
 
+def read_audit(folder: str | os.PathLike) -> Audit:
+    """The Audit `write_audit` wrote to `folder`, its summary tables recomputed from the
+    per-pair tables with the settings' bootstrap seed (`audit_tables`: the same numbers)."""
+    folder = Path(folder)
+    if not (folder / "audit.json").exists():
+        raise FileNotFoundError(f"{folder}: no audit here (audit.json); run `prefstudy audit`")
+    saved = json.loads((folder / "audit.json").read_text())
+    settings = saved["settings"]
+
+    def table(name: str) -> pd.DataFrame:
+        path = folder / f"{name}.parquet"
+        return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+    pairs, dose, grads = table("pairs"), table("dose"), table("gradients")
+    n_boot, seed = settings.get("n_boot", 1000), settings.get("seed", 0)
+    return Audit(pairs=pairs, dose=dose, cuts=pd.DataFrame(saved.get("cuts", [])),
+                 gradients=grads, settings=settings,
+                 gradient_summary=(dg.gradient_summary(grads, n_boot=n_boot, seed=seed)
+                                   if len(grads) else pd.DataFrame()),
+                 **audit_tables(pairs, dose, n_boot=n_boot, seed=seed))
+
+
 # --------------------------------------------------------------------------- the page
 
 
@@ -630,21 +652,31 @@ def _gradient_section(result: Audit, out: Path) -> str:
         "![entanglement and CHES](figures/entanglement.png)", ""])
 
 
-def render_page(result: Audit, out: str | os.PathLike) -> str:
-    """The audit page (Markdown), drawing its figures into `out/figures/`."""
+def sections(result: Audit, out: str | os.PathLike) -> dict[str, str]:
+    """The page's sections (Markdown) by name — provenance, claims, length, dose, content,
+    gradients — drawing their figures into `out/figures/` (the study report embeds them)."""
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    sections = [
+    return {"provenance": _provenance(result), "claims": _claims(result),
+            "length": _length_section(result, out), "dose": _dose_section(result, out),
+            "content": _content_section(result, out),
+            "gradients": _gradient_section(result, out)}
+
+
+def render_page(result: Audit, out: str | os.PathLike) -> str:
+    """The audit page (Markdown), drawing its figures into `out/figures/`."""
+    part = sections(result, out)
+    page = [
         f"# Audit of `{result.settings['source']}` at the starting model", "",
         "Every pair scored once by the starting model, before any training "
         "(`prefstudy audit`; numbers from `pairs.parquet` and `dose.parquet` beside this page). "
         "Each pair is one unit: every interval is 95% and resamples pairs.", "",
-        "## Provenance", "", _provenance(result), "",
+        "## Provenance", "", part["provenance"], "",
         "## What held", "", "The seed's first claim: when chosen and rejected differ in length "
         "and wording, the per-pair gap swings for reasons that are not preference.", "",
-        _claims(result), "",
-        "## Length", "", _length_section(result, out),
-        "## Dose-response: only the length changes", "", _dose_section(result, out),
-        "## Content", "", _content_section(result, out),
-        "## Gradients", "", _gradient_section(result, out)]
-    return "\n".join(sections).rstrip() + "\n"
+        part["claims"], "",
+        "## Length", "", part["length"],
+        "## Dose-response: only the length changes", "", part["dose"],
+        "## Content", "", part["content"],
+        "## Gradients", "", part["gradients"]]
+    return "\n".join(page).rstrip() + "\n"

@@ -97,7 +97,9 @@ def _study(args) -> int:
     from .study import describe, load_study, run_study
 
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    study = load_study(args.config, profile=args.profile, seeds=seeds, output=args.output)
+    study = load_study(args.config, profile=args.profile, seeds=seeds, output=args.output,
+                       overrides={"data": args.data, "heldout": args.heldout,
+                                  "model": args.model})
     print(describe(study), flush=True)
     started = time.time()
     run_study(study, progress=not args.quiet)
@@ -205,9 +207,14 @@ def _add_study(sub) -> None:
                            description="Train what is missing of a study (a killed study "
                            "resumes), then regenerate its report.")
     study.add_argument("--config", default=str(resolve_path(DEFAULT_STUDY)))
-    study.add_argument("--profile", choices=["cpu", "gpu"],
-                       help="default: gpu when CUDA is available, else cpu")
+    study.add_argument("--profile", help="a profile of the study file (cpu, cpu-full, gpu, "
+                       "tiny); default: gpu when CUDA is available, else cpu")
     study.add_argument("--seeds", help="comma-separated, overriding the profile's")
+    study.add_argument("--data", help="your own training pairs (any format `prefstudy data` "
+                       "reads: JSONL, parquet, CSV, HH transcripts; a file or folder)")
+    study.add_argument("--heldout", help="your own held-out pairs (default: the study's)")
+    study.add_argument("--model", help="a preset, Hugging Face id or local path (default: the "
+                       "study's)")
     study.add_argument("--output", help="run folder (default: runs/<study>-<profile>)")
     study.add_argument("--report", help="report folder (default: <output>/report)")
     study.add_argument("--quiet", action="store_true")

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from .config import TrainConfig, resolve_path
-from .data import DataError, PairSet, load_pairs, load_probes, load_texts
+from .data import DataError, PairSet, load_any, load_probes, load_texts, sample_pairs
 from .encode import Encoded, encode_pairs
 
 
@@ -59,7 +59,7 @@ class Inputs:
 
 
 def _load_pairs(path, cfg: TrainConfig) -> PairSet:
-    pairs = load_pairs(resolve_path(path))
+    pairs = load_any(resolve_path(path))  # JSONL, parquet, CSV, a saved or hub dataset
     return pairs.filter(lang=cfg.lang) if cfg.lang else pairs
 
 
@@ -68,20 +68,37 @@ def _sample(df: pd.DataFrame, cfg: TrainConfig, n: int) -> pd.DataFrame:
     return round_robin(df[df.lang == cfg.lang] if cfg.lang else df, n)
 
 
-def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
+SAMPLE_SEED = 0  # the training sample's seed: every run of a study trains on the same pairs
+
+
+def training_pairs(cfg: TrainConfig) -> PairSet:
+    """The pairs a run trains on: cfg.data (in cfg.lang), or with max_pairs a stratified random
+    sample of that many over language × category (`data.sample_pairs`, SAMPLE_SEED), never the
+    first N of the files."""
     pairs = _load_pairs(cfg.data, cfg)
-    if cfg.max_pairs:
-        pairs = pairs[: cfg.max_pairs]
+    return sample_pairs(pairs, cfg.max_pairs, seed=SAMPLE_SEED) if cfg.max_pairs else pairs
+
+
+def heldout_pairs(cfg: TrainConfig) -> PairSet | None:
+    """The held-out pairs a run evaluates: n_heldout of cfg.heldout taken round-robin over
+    language × kind × category (`round_robin`), None without any."""
+    if not (cfg.heldout and cfg.n_heldout):
+        return None
+    held = _load_pairs(cfg.heldout, cfg)
+    return PairSet(tuple(held[i] for i in round_robin(held.to_frame(), cfg.n_heldout).index),
+                   held.skipped)
+
+
+def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
+    pairs = training_pairs(cfg)
     enc = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
     train = encode_pairs(pairs, tokenizer, **enc)
     if len(train) < cfg.batch_size:
         raise DataError(f"{cfg.data}: {len(train)} usable pairs, fewer than batch_size="
                         f"{cfg.batch_size}")
     heldout = neutral = probes = None
-    if cfg.heldout and cfg.n_heldout:
-        held = _load_pairs(cfg.heldout, cfg)
-        held = PairSet(tuple(held[i] for i in round_robin(held.to_frame(), cfg.n_heldout).index),
-                       held.skipped)
+    held = heldout_pairs(cfg)
+    if held is not None:
         heldout = encode_pairs(held, tokenizer, **enc)
     if cfg.neutral_text and cfg.n_neutral:
         neutral = _sample(load_texts(resolve_path(cfg.neutral_text)), cfg, cfg.n_neutral)

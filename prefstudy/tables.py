@@ -4,12 +4,13 @@ notebooks read.
 A study folder (what `prefstudy study` writes; reports/runs is the committed one):
 
     <study>/study.json      the study's name, profile, seeds and label order (STUDY_FILE)
-    <study>/dose.parquet    length-controlled variants scored by the starting model (DOSE_FILE)
+    <study>/audit/          the audit of the pairs it trains on, at the starting model (AUDIT_DIR)
+    <study>/dose.parquet    length-controlled variants (DOSE_FILE; studies before the audit)
     <study>/<run>/          one folder per run (see `prefstudy.records`)
 
 `load_tables(runs)` returns a `Tables`: the runs' records, evals, perplexity, generations and
-steps (`records.load_runs`), the texts of the pairs their configs name (`run_pairs`), the dose
-table and the study's label order (`study_labels`). `runs` is, everywhere here, a folder of run
+steps (`records.load_runs`), the texts of the pairs their configs name (`run_pairs`), the
+study's audit and the study's label order (`study_labels`). `runs` is, everywhere here, a folder of run
 folders, one run folder, a list of run folders, or None for the committed study
 (`records.default_runs_dir()`, i.e. reports/runs or `$PREFSTUDY_RUNS`).
 """
@@ -20,17 +21,19 @@ import json
 import os
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from .config import resolve_path
-from .data import load_pairs
-from .records import default_runs_dir, load_runs, read_config, run_list
+from .data import load_any
+from .records import default_runs_dir, load_runs, read_config, read_meta, run_label, run_list
 
 STUDY_FILE = "study.json"  # the study's name, profile, seeds and label order, beside its runs
-DOSE_FILE = "dose.parquet"  # the length-controlled variants, beside the runs
+DOSE_FILE = "dose.parquet"  # the length-controlled variants of studies before the audit
+AUDIT_DIR = "audit"  # the audit of the pairs the study trains on (study.audit_study)
 PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "split"]  # run_pairs, beside meta
 
 Runs = str | os.PathLike | Iterable | None
@@ -50,7 +53,10 @@ class Tables:
 
     records, evals, perplexity, generations, steps: `records.load_runs` of each table.
     pairs:  `run_pairs`, the texts of the training and held-out pairs the runs name.
-    dose:   the study's dose.parquet (`study.score_dose`), empty if it has none.
+    dose:   the dose.parquet of a study made before studies were audited, else empty.
+    audit:  the audit of the pairs the study trains on (`<study>/audit`, `audit.read_audit`),
+            None if it has none; audit_heldout: the held-out pairs' (`<study>/audit/heldout`).
+    runs:   one row per run folder (`run_table`).
     labels: the labels present, in the study's order (`study_labels`).
     folders: the run folders.
     """
@@ -64,6 +70,9 @@ class Tables:
     dose: pd.DataFrame
     labels: list[str]
     folders: list[Path]
+    audit: Any = None  # prefstudy.audit.Audit
+    audit_heldout: Any = None  # the same of the held-out pairs, where the study has it
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # `run_table`: one row per run
 
     @property
     def heldout_or_records(self) -> pd.DataFrame:
@@ -88,7 +97,44 @@ def load_tables(runs: Runs = None) -> Tables:
     labels = study_labels(present, folders) if len(present) else []
     return Tables(**loaded, pairs=run_pairs(folders),
                   dose=pd.read_parquet(dose) if dose and dose.exists() else pd.DataFrame(),
-                  labels=labels, folders=folders)
+                  labels=labels, folders=folders, runs=run_table(folders),
+                  audit=_audit(root and root / AUDIT_DIR),
+                  audit_heldout=_audit(root and root / AUDIT_DIR / "heldout"))
+
+
+def _audit(folder: Path | None):
+    from .audit import read_audit
+
+    return read_audit(folder) if folder is not None and (folder / "audit.json").exists() \
+        else None
+
+
+RUN_COLUMNS = ["run_id", "label", "objective", "family", "lr", "seed", "steps", "status",
+               "seconds"]
+
+
+def run_table(runs: Runs = None) -> pd.DataFrame:
+    """One row per run: RUN_COLUMNS from its config and meta (family: `objectives.family_of`;
+    seconds: from its start to its end, NaN where either is missing). A field a run's config
+    lacks (a run made elsewhere) is NaN."""
+    from .objectives import family_of
+
+    rows = []
+    for folder in run_list(runs):
+        cfg, meta = read_config(folder), read_meta(folder)
+        try:
+            family = family_of(cfg.get("objective"), cfg.get("params") or {})
+        except (KeyError, ValueError):
+            family = None
+        began, ended = (pd.to_datetime(meta.get(k), errors="coerce") for k in ("started", "ended"))
+        rows.append({"run_id": folder.name, "label": run_label(cfg.get("objective"),
+                     str((cfg.get("params") or {}).get("norm", "")), cfg.get("label")),
+                     "objective": cfg.get("objective"), "family": family, "lr": cfg.get("lr"),
+                     "seed": cfg.get("seed"), "steps": cfg.get("steps"),
+                     "status": meta.get("status"),
+                     "seconds": (ended - began).total_seconds() if pd.notna(began)
+                     and pd.notna(ended) else float("nan")})
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
 def study_labels(records: pd.DataFrame, runs: Runs = None) -> list[str]:
@@ -118,11 +164,11 @@ def run_pairs(runs: Runs = None) -> pd.DataFrame:
         if Path(path).exists():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # skipped records are the loader's business
-                frames.append(load_pairs(path).to_frame().assign(split=split))
+                frames.append(load_any(path).to_frame().assign(split=split))
     if not frames:
         return pd.DataFrame(columns=PAIR_COLUMNS)
     return pd.concat(frames, ignore_index=True).drop_duplicates("pair_id").reset_index(drop=True)
 
 
-__all__ = ["DOSE_FILE", "STUDY_FILE", "Tables", "load_tables", "run_list", "run_pairs",
-           "study_dir", "study_labels"]
+__all__ = ["AUDIT_DIR", "DOSE_FILE", "RUN_COLUMNS", "STUDY_FILE", "Tables", "load_tables",
+           "run_list", "run_pairs", "run_table", "study_dir", "study_labels"]

@@ -130,15 +130,37 @@ def test_study_file_errors_name_the_problem(tmp_path):
 
 def test_default_study_defines_every_required_objective_and_profile():
     cpu = load_study(REPO / "configs" / "study.toml", profile="cpu")
+    full = load_study(REPO / "configs" / "study.toml", profile="cpu-full")
     gpu = load_study(REPO / "configs" / "study.toml", profile="gpu")
     required = {"naive", "negative_only", "sft", "dpo", "book_dpo", "simpo", "ipo", "dpop",
                 "rpo", "unlikelihood"}
-    for study in (cpu, gpu):
+    for study in (full, gpu):
         assert required <= {s.objective for s in study.runs}
         assert {s.params.get("norm") for s in study.runs if s.objective == "naive"} == {
             "sum", "mean"}
+    # `make study`'s sweep keeps one objective of each kind the claims compare
+    assert {"naive", "negative_only", "dpo", "simpo", "dpop"} <= {s.objective for s in cpu.runs}
+    for study in (cpu, full, gpu):  # matched progress needs a sweep and several evaluations
+        assert len(study.lrs) >= 3 and max(study.lrs) / min(study.lrs) >= 10
+        cfg = study.configs()[0]
+        assert cfg.n_heldout >= 40 and cfg.eval_every and cfg.steps // cfg.eval_every >= 3
     assert len(gpu.seeds) >= 3 and gpu.shared["model"] == "smollm2-135m-instruct"
-    assert cpu.shared["trainable_blocks"] == 4
+    assert cpu.shared["trainable_blocks"] == 4 and gpu.shared.get("trainable_blocks") is None
+
+
+def test_a_sweep_runs_every_label_at_every_learning_rate(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(TINY_STUDY + 'lrs = [1e-4, 1e-3]\nlabels = ["dpo", "sft"]\n')
+    study = load_study(path, profile="cpu", overrides={"data": "data/heldout", "model": None})
+    assert [c.run_id for c in study.configs()][:4] == [
+        "dpo-lr0.0001-s0", "sft-lr0.0001-s0", "dpo-lr0.001-s0", "sft-lr0.001-s0"]
+    assert {c.lr for c in study.configs()} == {1e-4, 1e-3}
+    assert {c.data for c in study.configs()} == {"data/heldout"} and study.shared["model"] == "tiny"
+    for bad, match in (("lrs = []", "lrs"), ("lrs = [1e-3, 1e-3]", "distinct"),
+                       ("lrs = [0.0]", "> 0"), ('labels = ["nope"]', "labels")):
+        path.write_text(TINY_STUDY + bad + "\n")
+        with pytest.raises(ConfigError, match=match):
+            load_study(path, profile="cpu")
 
 
 def test_committed_report_regenerates_from_committed_runs(tmp_path):
