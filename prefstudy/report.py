@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import diagnostics as dg
-from . import plots
-from .formatting import interval_column, markdown_table, number, percent
+from . import findings, plots
+from .audit import sections as audit_sections
+from .formatting import interval_label, markdown_table, number, percent
 from .records import read_config, read_meta
 from .tables import Tables, load_tables
 
@@ -52,20 +53,30 @@ def provenance(tables: Tables) -> str:
     devices = sorted({m.get("environment", {}).get("device", "?") for m in metas})
     trainable = ("all blocks" if cfg.get("trainable_blocks") is None
                  else f"the top {cfg['trainable_blocks']} blocks")
+    lrs = len({c.get("lr") for c in configs})
+    evals = sorted(set(tables.evals.step)) if len(tables.evals) else []
+    seconds = tables.runs.seconds.sum() if len(tables.runs) else float("nan")
     return "\n".join([
         f"- Runs: {len(tables.folders)} ({', '.join(f'{v} {k}' for k, v in statuses.items())}), "
-        f"{len(tables.labels)} configurations × seeds {seeds}.",
+        f"{len(tables.labels)} configurations × {lrs} learning rate(s) ({_lrs(tables)}) × "
+        f"seeds {seeds}. The seeds change only the order of the training pairs: every run "
+        "starts from the same weights, so seeds are data-order replicates, not independent "
+        "models.",
         f"- Model: `{cfg['model']}`, {trainable} trainable, {cfg['steps']} steps of "
-        f"{cfg['batch_size']} pairs, AdamW lr {cfg.number('lr')}, gradient clipping "
-        f"{cfg.get('max_grad_norm')}, sequences up to {cfg['max_length']} tokens, dtype "
-        f"{cfg['dtype']}.",
-        f"- Data: {cfg['pairs_train']} training pairs from `{cfg['data']}`, "
-        f"{cfg['n_heldout']} held-out pairs, {cfg['n_neutral']} held-out passages, "
-        f"{cfg['n_probes']} probe prompts.",
+        f"{cfg['batch_size']} pairs, AdamW, gradient clipping {cfg.get('max_grad_norm')}, "
+        f"sequences up to {cfg['max_length']} tokens (prompt up to "
+        f"{cfg['max_prompt_length']}), dtype {cfg['dtype']}; held-out evaluations at steps "
+        f"{', '.join(str(int(s)) for s in evals) or '–'} (step 0: the starting model itself).",
+        f"- Data: {cfg['pairs_train']} training pairs from `{cfg['data']}` (a stratified sample "
+        f"over language × category, the same in every run), {cfg['n_heldout']} held-out pairs "
+        f"from `{cfg['heldout']}` (balanced over language × category), {cfg['n_neutral']} "
+        f"neutral held-out passages, {cfg['n_probes']} probe prompts (harmful and benign); "
+        "greedy generations, one sample per probe.",
         *_left_out(configs), *_past_uniform(tables.folders, metas),
         f"- Hardware: {'; '.join(devices)} ({env.get('cpu_count')} cores); torch "
         f"{env.get('torch')}, transformers {env.get('transformers')}; prefstudy commit "
-        f"`{env.get('git_commit')}`; started {min(m.get('started', '') for m in metas)}.",
+        f"`{env.get('git_commit')}`; started {min(m.get('started', '') for m in metas)}; "
+        f"training took {seconds / 60:.0f} min in all (the runs' own start-to-end times).",
     ])
 
 
@@ -103,142 +114,198 @@ def _past_uniform(folders: list[Path], metas: list[dict]) -> list[str]:
             + (", ".join(flagged) if flagged else f"no run (of {len(known)})") + "."]
 
 
-def length_section(tables: Tables, out: Path, order: list[str]) -> str:
-    gaps = dg.gap_normalisations(tables.records)
-    gaps = gaps[gaps.step <= EARLY_STEPS]  # every run still close to the starting model
-    effect = dg.length_effect(gaps, by=("normalisation",), n_boot=500)
-    bins = dg.variance_by_length_bin(gaps, by=("normalisation",))
-    table = effect.merge(bins[["normalisation", "eta2"]], on="normalisation")
+def _families(tables: Tables) -> dict[str, str]:
+    """label → family of every label of the study (labels whose objective is unknown: none)."""
+    runs = tables.runs.dropna(subset=["family"]).drop_duplicates("label")
+    return dict(zip(runs.label, runs.family))
+
+
+def _lrs(tables: Tables) -> str:
+    values = sorted({float(v) for v in tables.runs.lr.dropna()})
+    return ", ".join(f"{v:g}" for v in values) or "?"
+
+
+def _cell(row, name: str, digits: int = 2) -> str:
+    return interval_label(row[name], row.get(f"{name}_lo"), row.get(f"{name}_hi"), digits=digits)
+
+
+def _share_cell(row) -> str:
+    if not row.n:
+        return "– (no evaluation where neutral text held)"
+    return (f"{row.k} of {row.n} ({percent(row.share, 0)} [{percent(row.share_lo, 0)}, "
+            f"{percent(row.share_hi, 0)}])")
+
+
+def length_section(tables: Tables, out: Path, audit_parts: dict | None) -> str:
+    """C1 from the audit of the pairs the study trains on, at the starting model."""
+    if audit_parts is None:
+        return ("This study has no audit of its training pairs (`prefstudy.study.audit_study`, "
+                "run by `prefstudy study`), so C1 is not measured here.\n")
+    return "\n".join([
+        "Measured at the starting model on the pairs the study trains on, cut as training cuts "
+        "them (`prefstudy.study.audit_study`, the audit's page is in the study's `audit/` "
+        "folder). Each pair is one unit; intervals are 95% pair bootstraps, shares exact "
+        "Clopper–Pearson.", "", audit_parts["claims"], "", audit_parts["length"],
+        "### Dose-response: only the length changes", "", audit_parts["dose"]])
+
+
+def noise_section(tables: Tables, out: Path, order: list[str], audit_parts: dict | None) -> str:
+    text = []
+    if audit_parts is not None:
+        text += ["### At the starting model", "", audit_parts["gradients"]]
+    if "grad_cos" not in tables.records.columns or tables.records.grad_cos.isna().all():
+        return "\n".join(text + ["Gradient statistics were off in the training runs.", ""])
+    noise = _ordered(dg.gradient_noise(tables.records, tables.steps), order)
+    ax = plots.interval_plot(noise, x="grad_cos", order=order, refline=0)
+    ax.set_xlabel("cosine of a pair's gradient to the other pairs' mean gradient")
+    plots.save(ax, out / "figures" / "gradient_agreement.png")
     view = pd.DataFrame({
-        "gap normalised by": table.normalisation,
-        "pairs×steps": table.n,
-        "R² of gap on Δlen": interval_column(table, "r2", 3),
-        "Spearman ρ": interval_column(table, "spearman", 3),
-        "slope (nats / token)": interval_column(table, "slope", 4),
-        "variance between Δlen bins": table.eta2.map(percent),
+        "objective": noise.label, "runs": noise.n_seeds,
+        "leave-one-out cosine (orthogonal: 0)": noise.grad_cos.map(partial(number, digits=3)),
+        "cosine incl. the pair itself": noise.grad_cos_with_self.map(partial(number, digits=3)),
+        "the same, orthogonal gradients": noise.grad_cos_with_self_orthogonal.map(
+            partial(number, digits=3)),
+        "pair rows pulling against the rest": noise.share_opposed.map(percent),
+        "noise scale tr(Σ)/|G|², pooled": noise.gns.map(partial(number, digits=1)),
     })
-    figure = plots.gap_vs_length(gaps, effect=dg.length_effect(gaps, by=("normalisation",),
-                                                               n_boot=200))
-    plots.save(figure, out / "figures" / "gap_vs_length.png")
+    return "\n".join(text + [
+        "### During training", "",
+        "Every training step of every run (all learning rates): each pair's own gradient "
+        "(linear weights of the trainable blocks) against the mean gradient of the other pairs "
+        "of its batch — the leave-one-out cosine, 0 for orthogonal gradients (the line in the "
+        "figure). Beside it the cosine with the batch mean including the pair, which "
+        "orthogonal gradients of the same norms already raise to |g_i|/√Σ_j|g_j|² (0.5 at "
+        "B = 4), and the gradient noise scale with numerator and denominator pooled over a "
+        "run's steps (McCandlish et al. 2018). Means over pair rows and runs; no interval: "
+        "rows of one pair at many steps are not independent pairs.", "",
+        markdown_table(view), "", "![gradient agreement](figures/gradient_agreement.png)", ""])
+
+
+def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.DataFrame,
+                     levels: list[float]) -> str:
+    plots.save(plots.frontier(paths, hue_order=order), out / "figures" / "frontier.png")
     text = [
-        f"The training records of the first {EARLY_STEPS} steps of every run, while every model "
-        "is still close to where it started (each loss is recorded from the forward pass that "
-        "produced the gradient). Δlen = len_n − len_p in tokens; the gap is loss_n − loss_p "
-        "under each normalisation (`reference`: the gap in log-ratios against the frozen "
-        "starting model, as DPO sees it; only runs with a reference). Intervals: bootstrap over "
-        "pairs. The summary table gives the same R² within each run over all its steps.",
-        "", markdown_table(view), "",
-        "![gap against length difference](figures/gap_vs_length.png)", "",
-    ]
-    if len(tables.dose):
-        dr = dg.dose_gap_response(tables.dose)
-        view = pd.DataFrame({"gap normalised by": dr.normalisation, "rejected × factor": dr.factor,
-                             "pairs": dr.n, "mean gap": interval_column(dr, "mean", 2),
-                             "slope per doubling": interval_column(dr, "slope", 2)})
-        text += ["Dose-response: the same pairs with only the rejected response lengthened "
-                 "(neutral filler) or shortened (trailing sentences dropped), scored by the "
-                 "starting model (`prefstudy.data.length_variants`).", "",
-                 markdown_table(view), ""]
+        "Each run is a path: one point per evaluation, held-out margin gain (the per-token gap "
+        "loss_n − loss_p on held-out pairs, minus its value at step 0: preference progress) "
+        "against Δ NLL of neutral held-out text (nats per token: capability cost), from the "
+        "starting model at (0, 0). Markers tell the learning rates apart. An objective that "
+        "learns without breaking runs up the left edge.", "",
+        "![progress against cost](figures/frontier.png)", ""]
+    table = findings.matched(tables, levels)
+    if len(table):
+        table = _ordered(table, order)
+        plots.save(plots.matched_plot(table, y="d_chosen", hue_order=order),
+                   out / "figures" / "matched_chosen.png")
+        view = pd.DataFrame({
+            "objective": table.label, "margin gain": table.level.map("+{:g}".format),
+            "runs reaching it": table.n_runs.astype(str) + " of " + table.label.map(
+                tables.runs.groupby("label").size()).astype(str),
+            "Δ chosen loss": [_cell(r, "d_chosen") for _, r in table.iterrows()],
+            "Δ rejected loss": [_cell(r, "d_rejected") for _, r in table.iterrows()],
+            "Δ neutral NLL": [_cell(r, "d_neutral", 3) for _, r in table.iterrows()]})
+        text += [
+            "**At matched progress.** Where each objective's runs first reached the same "
+            "held-out margin gain (nats per token), interpolated along their paths and averaged "
+            "over the runs (learning rates) that reached it: the change of the held-out chosen "
+            "and rejected losses and of neutral NLL since step 0, nats per token. Intervals: "
+            f"95% bootstrap over the {int(table.n_pairs.max())} held-out pairs (neutral text is "
+            "one fixed set, not resampled). Levels: those at least half the objectives reached.",
+            "", markdown_table(view), "",
+            "![chosen loss at matched progress](figures/matched_chosen.png)", ""]
+    col = findings.collapse(tables)
+    col = col.assign(_o=col.label.map({label: i for i, label in enumerate(order)})) \
+        .sort_values(["_o", "lr"])
+    view = pd.DataFrame({
+        "objective": col.label, "lr": col.lr.map("{:g}".format),
+        "collapse onset": col.onset_step.map(lambda v: "–" if pd.isna(v) else f"step {v:g}"),
+        "Δ chosen loss at the end": [_cell(r, "d_chosen") for _, r in col.iterrows()],
+        "margin gain at the end": col.margin_gain.map(partial(number, digits=2)),
+        **({"distinct-2": col.distinct_2.map(partial(number, digits=2)),
+            "4-gram repetition": col.repetition.map(percent),
+            "perplexity ratio": col.ppl_ratio.map(partial(number, digits=2))}
+           if "distinct_2" in col.columns else {}),
+        "past a uniform guess": col.above_uniform.map({True: "yes", False: "no"})})
+    text += [
+        "**Collapse, run by run.** An evaluation collapses when the held-out chosen loss is "
+        "above its step-0 value by more than its 95% pair-bootstrap bound while the margin has "
+        "grown; the onset is the first of two such evaluations in a row. Degeneration is "
+        "judged apart, at the last evaluation: distinct bigrams and repeated 4-grams of the "
+        "greedy probe answers, the neutral-text perplexity ratio, and whether any per-token "
+        "loss passed ln|V| (a uniform guess) by a nat.", "", markdown_table(view), ""]
+    refusal = findings.refusals(tables)
+    if len(refusal):
+        text += [_refusal_table(refusal, order), ""]
+    plots.save(plots.normalisation_grid(tables.records, col_order=order),
+               out / "figures" / "normalisation_grid.png")
+    text += ["Training losses of every configuration (all learning rates; each panel on its own "
+             "scale):", "", "![all normalisations](figures/normalisation_grid.png)", ""]
     return "\n".join(text)
 
 
-def noise_section(tables: Tables, out: Path, order: list[str]) -> str:
-    if tables.records.grad_cos.isna().all():
-        return "Gradient statistics were off in these runs.\n"
-    noise = _ordered(dg.gradient_noise(tables.records, tables.steps), order)
-    ax = plots.interval_plot(noise, x="grad_cos", order=order, refline=0)
-    ax.set_xlabel("cosine to the mean gradient of the other pairs")
-    plots.save(ax, out / "figures" / "gradient_agreement.png")
+def _refusal_table(refusal: pd.DataFrame, order: list[str]) -> str:
+    wide = {}
+    for row in refusal.itertuples():
+        wide.setdefault(row.label, {})[row.kind] = (
+            f"{row.k} of {row.n} [{percent(row.share_lo, 0)}, {percent(row.share_hi, 0)}]")
+    kinds = sorted({k for v in wide.values() for k in v}, key=lambda k: (k != "harmful", k))
+    rows = [{"objective": label, **{f"refused, {k} probes": wide[label].get(k, "–")
+                                    for k in kinds}}
+            for label in ["(start)", *order] if label in wide]
+    return ("**Refusals** (greedy answers opening with a refusal phrase), before training and at "
+            "the end of each objective's largest-learning-rate run; over-refusal shows on the "
+            "benign probes. Exact intervals over probes:\n\n" + markdown_table(pd.DataFrame(rows)))
+
+
+def displacement_section(tables: Tables, out: Path, order: list[str],
+                         paths: pd.DataFrame) -> str:
+    calm = _ordered(findings.displacement(tables, paths), order)
     view = pd.DataFrame({
-        "objective": noise.label, "seeds": noise.n_seeds,
-        "cos(pair grad, other pairs' mean grad)": interval_column(noise, "grad_cos", 3),
-        "cos(pair grad, batch grad incl. itself)": interval_column(noise, "grad_cos_with_self", 3),
-        "the same, orthogonal grads": interval_column(noise, "grad_cos_with_self_orthogonal", 3),
-        "pairs pulling against the rest": interval_column(noise, "share_opposed", 1, share=True),
-        "gradient noise scale B_simple": interval_column(noise, "gns", 1),
-    })
-    return "\n".join([
-        "Each pair's own gradient (linear weights of the trainable blocks) against the mean "
-        "gradient of the other pairs of its batch: the leave-one-out cosine, 0 for orthogonal "
-        "gradients (the line in the figure). Beside it the cosine with the batch mean including "
-        "the pair itself, which orthogonal gradients of the same norms would already raise to "
-        "|g_i|/√Σ_j|g_j|² (1/√B at equal norms, 0.5 at B = 4): read it against that column, never "
-        "alone. Then the share of pairs whose leave-one-out cosine is negative, and the gradient "
-        "noise scale tr(Σ)/|G|² per step (McCandlish et al. 2018). Lower cosine and a larger noise "
-        "scale mean a noisier direction. Intervals: across seeds.", "", markdown_table(view), "",
-        "![gradient agreement](figures/gradient_agreement.png)", ""])
-
-
-def collapse_section(tables: Tables, out: Path, order: list[str]) -> str:
-    col = dg.collapse(tables.records, tables.perplexity)
-    grid = plots.loss_trajectories(tables.evals if _has_trajectory(tables.evals)
-                                   else tables.records, onset=col, hue_order=order)
-    plots.save(grid, out / "figures" / "loss_trajectories.png")
-    plots.save(plots.normalisation_grid(tables.records, col_order=order),
-               out / "figures" / "normalisation_grid.png")
-    per_label = col.groupby("label", sort=False).agg(
-        seeds=("run_id", "size"), onset=("onset_step", lambda s: int(s.notna().sum())),
-        diverged=("diverged", "sum"), loss_p_start=("loss_p_start", "mean"),
-        loss_p_end=("loss_p_end", "mean"), loss_n_end=("loss_n_end", "mean"),
-        ppl_ratio=("ppl_ratio", "mean")).reset_index()
-    per_label = _ordered(per_label, order)
-    view = pd.DataFrame({
-        "objective": per_label.label,
-        "seeds with a collapse onset": per_label.onset.astype(str) + "/" +
-        per_label.seeds.astype(str),
-        "diverged": per_label.diverged.astype(int),
-        "loss_p start → end": [f"{a:.2f} → {b:.2f}" for a, b in
-                               zip(per_label.loss_p_start, per_label.loss_p_end)],
-        "loss_n end": per_label.loss_n_end.map(partial(number, digits=2)),
-        "held-out perplexity end / start": per_label.ppl_ratio.map(partial(number, digits=2)),
-    })
-    return "\n".join([
-        "A collapse onset is the first step from which the rolling mean of loss_p stays above "
-        "its starting value while the gap keeps widening (`diagnostics.collapse`). Perplexity is "
-        "on held-out neutral text the model never trains on.", "", markdown_table(view), "",
-        "![loss trajectories](figures/loss_trajectories.png)", "",
-        "Every configuration on the same axes:", "",
-        "![all normalisations](figures/normalisation_grid.png)", ""])
-
-
-def _has_trajectory(evals: pd.DataFrame) -> bool:
-    return len(evals) > 0 and evals.step.nunique() > 2
-
-
-def displacement_section(tables: Tables, out: Path, order: list[str]) -> str:
-    source = tables.heldout_or_records
-    table = _ordered(dg.displacement(source, tables.pairs), order)
-    overall = _ordered(dg.displacement(source), order)
-    plots.save(plots.displacement_bars(table, hue_order=order),
-               out / "figures" / "displacement.png")
-    view = pd.DataFrame({
-        "objective": overall.label, "pairs × seeds": overall.n_pairs,
-        "chosen log-prob fell": interval_column(overall, "share_below_start", 1, share=True),
-        "chosen below the reference": interval_column(overall, "share_below_ref", 1, share=True),
-    })
-    return "\n".join([
-        "Held-out pairs: the share whose chosen log-probability at the end is below its value "
-        "before training (likelihood displacement), overall and by edit distance between chosen "
-        "and rejected. Intervals: across seeds.", "", markdown_table(view), "",
-        "![displacement](figures/displacement.png)", ""])
-
-
-def summary_section(tables: Tables, order: list[str]) -> str:
-    summary = _ordered(dg.summary_table(tables.records, tables.evals, tables.perplexity,
-                                        tables.steps, tables.pairs), order)
-    view = pd.DataFrame({
-        "objective": summary.label, "seeds": summary.n_seeds, "diverged": summary.n_diverged,
-        "held-out loss_p": interval_column(summary, "loss_p"),
-        "held-out loss_n": interval_column(summary, "loss_n"),
-        "held-out gap": interval_column(summary, "gap"),
-        "R² (sum)": interval_column(summary, "r2_sum"), "R² (mean)": interval_column(summary, "r2_mean"),
-        "grad cos (leave-one-out)": interval_column(summary, "grad_cos"),
-        "collapse onsets": interval_column(summary, "onset_share", 0, share=True),
-        "displaced": interval_column(summary, "displacement", 0, share=True),
-        "ppl end/start": interval_column(summary, "ppl_ratio"),
-    })
-    return markdown_table(view) + "\n"
-
+        "objective": calm.label,
+        "where": [f"lr {r.lr:g}, step {r.step:g}" if r.n else "–" for r in calm.itertuples()],
+        "margin gain": calm.margin_gain.map(partial(number, digits=2)),
+        "Δ neutral NLL": calm.d_neutral.map(partial(number, digits=3)),
+        "chosen log-prob fell": [_share_cell(r) for r in calm.itertuples()],
+        "Δ chosen − Δ neutral (nats/token)": calm.d_chosen_minus_neutral.map(
+            partial(number, digits=3))})
+    text = [
+        f"Likelihood displacement is the chosen answer's log-probability falling *while neutral "
+        f"text holds*. For each objective: of its runs' evaluations where neutral NLL moved by "
+        f"at most {findings.NEUTRAL_HOLD:g} nats per token, the one with the largest margin "
+        "gain; there, the held-out pairs whose chosen log-prob fell below its step-0 value "
+        "(exact Clopper–Pearson interval over pairs), and the chosen loss change minus the "
+        "neutral one.", "", markdown_table(view), ""]
+    share = calm[calm.n > 0]
+    if len(share):
+        plots.save(plots.interval_plot(share.assign(displaced=share.share,
+                                                    displaced_lo=share.share_lo,
+                                                    displaced_hi=share.share_hi),
+                                       x="displaced", order=list(share.label), refline=0.5),
+                   out / "figures" / "displacement.png")
+        text += ["![displacement where neutral text held](figures/displacement.png)", ""]
+    predictors = findings.predictors_of_displacement(tables, calm)
+    if len(predictors):
+        predictors = _ordered(predictors, order)
+        wide = predictors.assign(cell=[_cell(r, "rho") for _, r in predictors.iterrows()]) \
+            .pivot(index="label", columns="predictor", values="cell")
+        wide = wide.reindex([lab for lab in order if lab in wide.index])
+        text += [
+            "**What predicts it.** Spearman ρ across held-out pairs between each predictor and "
+            "the change of the pair's chosen log-prob at the point above (negative: the larger "
+            "the predictor, the more the chosen answer fell); 95% pair-bootstrap intervals. "
+            "Edit distance is between chosen and rejected texts; entanglement (the cosine of a "
+            "pair's chosen and rejected log-prob gradients) and CHES (Razin et al. 2024) are "
+            "the audit's, at the starting model.", "",
+            markdown_table(wide.reset_index().rename(columns={"label": "objective"})), ""]
+    lang = findings.per_language(tables, calm)
+    if len(lang) and lang.lang.nunique() > 1:
+        lang = _ordered(lang, order)
+        wide = lang.assign(cell=[f"{r.k} of {r.n}" for r in lang.itertuples()]).pivot(
+            index="label", columns="lang", values="cell")
+        wide = wide.reindex([lab for lab in order if lab in wide.index])
+        text += ["By language of the held-out pair (chosen log-prob fell, at the same point):",
+                 "", markdown_table(wide.reset_index().rename(columns={"label": "objective"})),
+                 ""]
+    return "\n".join(text)
 
 def generations_section(tables: Tables, order: list[str], per_label: int = 2) -> str:
     gen = tables.generations
@@ -268,6 +335,83 @@ def _quote(text: str) -> str:
     return f"“{text[:160]}{'…' if len(text) > 160 else ''}”" if text else "(empty)"
 
 
+# --------------------------------------------------------------------------- what held
+
+
+def _verdict(held: bool | None, condition: str = "") -> str:
+    if held is None:
+        return "could not be judged here"
+    return ("held" + (f" ({condition})" if condition else "")) if held else "did not hold"
+
+
+def held_section(tables: Tables, paths: pd.DataFrame, levels: list[float],
+                 order: list[str]) -> str:
+    """One plain sentence per claim of the seed, each with the number it rests on."""
+    lines = []
+    audit = tables.audit
+    if audit is not None and len(audit.length):
+        rows = audit.length.set_index("normalisation")
+        if {"sum", "mean"} <= set(rows.index):
+            s, m = rows.loc["sum"], rows.loc["mean"]
+            lines.append(
+                f"- **C1, the gap follows length:** {_verdict(bool(s.r2_lo > m.r2_hi), 'for summed losses')}. "
+                f"On the {int(s.n)} training pairs at the starting model, Δlen explains R² = "
+                f"{interval_label(s.r2, s.r2_lo, s.r2_hi, digits=3)} of the summed gap and "
+                f"{interval_label(m.r2, m.r2_lo, m.r2_hi, digits=3)} of the token-mean gap "
+                "(pair bootstrap).")
+    if audit is not None and len(audit.gradient_summary):
+        g = audit.gradient_summary
+        key = dg.gradient_key(audit.gradients)
+        sums = g[g[key] == "naive-sum"]
+        means = g[g[key] == "naive-mean"]
+        if len(sums) and len(means):
+            s, m = sums.iloc[0], means.iloc[0]
+            lines.append(
+                f"- **C2, a noisy direction:** {_verdict(bool(s.norm_r2 > m.norm_r2), 'the norm follows length under summed loss')}. "
+                f"A pair's gradient norm against its length: R² = {number(s.norm_r2, 3)} "
+                f"summed, {number(m.norm_r2, 3)} token-mean; the leave-one-out cosine to the "
+                f"other pairs' mean gradient is {interval_label(s.cos_loo, s.cos_loo_lo, s.cos_loo_hi, digits=3)} "
+                f"(summed) and {interval_label(m.cos_loo, m.cos_loo_lo, m.cos_loo_hi, digits=3)} "
+                f"(token-mean) against 0 for orthogonal gradients, over {int(s.n_pairs)} pairs "
+                "at the starting model.")
+    col = findings.collapse(tables) if len(tables.evals) else pd.DataFrame()
+    if len(col):
+        onsets = col[col.onset_step.notna()]
+        naive = col[col.label.str.startswith("naive")]
+        per_label = onsets.groupby("label").size()
+        named = ", ".join(f"{lab} ({per_label[lab]} of {int((col.label == lab).sum())} runs)"
+                          for lab in order if lab in per_label.index) or "none"
+        lines.append(
+            f"- **C3, both losses grow:** {_verdict(bool(len(naive) and naive.onset_step.notna().any()), 'for the naive objective at the larger learning rates')}"
+            if len(naive) else "- **C3, both losses grow:** could not be judged (no naive run)")
+        lines[-1] += (f". Runs with a collapse onset (held-out chosen loss above its step-0 bound "
+                      f"while the margin grows, two evaluations in a row): {named}; "
+                      f"{int(col.above_uniform.sum())} of {len(col)} runs passed a uniform "
+                      "guess.")
+        matched = findings.matched(tables, levels[-1:]) if levels else pd.DataFrame()
+        if len(matched):
+            at = _ordered(matched, order)
+            cells = "; ".join(f"{r.label} {_cell(r._asdict(), 'd_chosen')}"
+                              for r in at.itertuples() if r.n_runs)
+            lines.append(f"  At matched progress (held-out margin gain +{levels[-1]:g} nats per "
+                         f"token), Δ held-out chosen loss: {cells}.")
+    calm = findings.displacement(tables, paths) if len(paths) else pd.DataFrame()
+    if len(calm) and (calm.n > 0).any():
+        shown = _ordered(calm[calm.n > 0], order)
+        cells = "; ".join(f"{r.label} {r.k} of {r.n}" for r in shown.itertuples())
+        majority = shown[shown.share_lo > 0.5].label.tolist()
+        lines.append(
+            f"- **C4, displacement:** {_verdict(bool(majority), 'for ' + ', '.join(majority)) if len(shown) else _verdict(None)}"
+            f". Held-out pairs whose chosen log-prob fell, where neutral NLL moved by at most "
+            f"{findings.NEUTRAL_HOLD:g} nats per token (at each objective's furthest such "
+            f"point): {cells}; held means the exact interval lies above one half.")
+    seeds = sorted({int(s) for s in tables.runs.seed.dropna()})
+    lines.append(f"- **C5, seeds and intervals:** seeds {seeds} are data-order replicates on one "
+                 "starting model; every interval above resamples held-out or training pairs, "
+                 "the unit of replication, or is exact over pairs.")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- the page
 
 
@@ -278,21 +422,29 @@ def build_report(runs: str | os.PathLike | None = None,
     tables = load_tables(runs)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    order = tables.labels
-    plots.set_style(order)
+    families = _families(tables)
+    order = (plots.family_order({lab: families[lab] for lab in tables.labels})
+             if set(tables.labels) <= set(families) else tables.labels)
+    plots.set_style(order, families=families if set(order) <= set(families) else None)
+    audit_parts = (audit_sections(tables.audit, out) if tables.audit is not None else None)
+    path_table = findings.paths(tables)
+    levels = findings.comparison_levels(path_table)
     sections = [
         "# prefstudy report: how stable are preference objectives?", "",
         "Regenerated by `prefstudy report` from the runs it names; every number and figure "
-        "below comes from the per-pair records. Where a number has an interval it is a 95% "
-        "interval; with one seed no interval across seeds exists and none is shown.", "",
-        "## Provenance", "", provenance(tables), "",
-        "## Summary", "", summary_section(tables, order),
+        "below comes from the per-pair records and the study's audit. Objectives are compared "
+        "along a learning-rate sweep, at matched preference progress, never at one setting. "
+        "Every interval is 95%; its kind and unit of replication are said where it is given.",
+        "", "## Provenance", "", provenance(tables), "",
+        "## What held", "", held_section(tables, path_table, levels, order),
         "## C1 — the gap follows length, not preference", "",
-        length_section(tables, out, order),
-        "## C2 — a noisy optimisation direction", "", noise_section(tables, out, order),
-        "## C3 — collapse: both losses grow", "", collapse_section(tables, out, order),
+        length_section(tables, out, audit_parts),
+        "## C2 — a noisy optimisation direction", "",
+        noise_section(tables, out, order, audit_parts),
+        "## C3 — collapse: both losses grow", "",
+        collapse_section(tables, out, order, path_table, levels),
         "## C4 — displacement of the chosen response", "",
-        displacement_section(tables, out, order),
+        displacement_section(tables, out, order, path_table),
         "## Generations", "", generations_section(tables, order),
     ]
     page = out / "README.md"
