@@ -44,7 +44,9 @@ def whole(value) -> str:
 
 
 def percent(value, digits: int = 1) -> str:
-    """A share (0–1) as a percentage with `digits` decimals."""
+    """A share (0–1) as a percentage with `digits` decimals; "–" when it is missing."""
+    if is_missing(value):
+        return MISSING
     return f"{100 * value:.{digits}f}%"
 
 

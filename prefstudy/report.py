@@ -114,6 +114,14 @@ def _past_uniform(folders: list[Path], metas: list[dict]) -> list[str]:
             + (", ".join(flagged) if flagged else f"no run (of {len(known)})") + "."]
 
 
+def _save(figure, path: Path) -> None:
+    """Write a figure (`plots.save`) and close it: a report draws many."""
+    import matplotlib.pyplot as plt
+
+    plots.save(figure, path)
+    plt.close(getattr(figure, "figure", figure))  # an Axes or grid: its figure
+
+
 def _families(tables: Tables) -> dict[str, str]:
     """label → family of every label of the study (labels whose objective is unknown: none)."""
     runs = tables.runs.dropna(subset=["family"]).drop_duplicates("label")
@@ -158,7 +166,7 @@ def noise_section(tables: Tables, out: Path, order: list[str], audit_parts: dict
     noise = _ordered(dg.gradient_noise(tables.records, tables.steps), order)
     ax = plots.interval_plot(noise, x="grad_cos", order=order, refline=0)
     ax.set_xlabel("cosine of a pair's gradient to the other pairs' mean gradient")
-    plots.save(ax, out / "figures" / "gradient_agreement.png")
+    _save(ax, out / "figures" / "gradient_agreement.png")
     view = pd.DataFrame({
         "objective": noise.label, "runs": noise.n_seeds,
         "leave-one-out cosine (orthogonal: 0)": noise.grad_cos.map(partial(number, digits=3)),
@@ -183,7 +191,7 @@ def noise_section(tables: Tables, out: Path, order: list[str], audit_parts: dict
 
 def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.DataFrame,
                      levels: list[float]) -> str:
-    plots.save(plots.frontier(paths, hue_order=order), out / "figures" / "frontier.png")
+    _save(plots.frontier(paths, hue_order=order), out / "figures" / "frontier.png")
     text = [
         "Each run is a path: one point per evaluation, held-out margin gain (the per-token gap "
         "loss_n − loss_p on held-out pairs, minus its value at step 0: preference progress) "
@@ -194,7 +202,7 @@ def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.Data
     table = findings.matched(tables, levels)
     if len(table):
         table = _ordered(table, order)
-        plots.save(plots.matched_plot(table, y="d_chosen", hue_order=order),
+        _save(plots.matched_plot(table, y="d_chosen", hue_order=order),
                    out / "figures" / "matched_chosen.png")
         view = pd.DataFrame({
             "objective": table.label, "margin gain": table.level.map("+{:g}".format),
@@ -235,7 +243,7 @@ def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.Data
     refusal = findings.refusals(tables)
     if len(refusal):
         text += [_refusal_table(refusal, order), ""]
-    plots.save(plots.normalisation_grid(tables.records, col_order=order),
+    _save(plots.normalisation_grid(tables.records, col_order=order),
                out / "figures" / "normalisation_grid.png")
     text += ["Training losses of every configuration (all learning rates; each panel on its own "
              "scale):", "", "![all normalisations](figures/normalisation_grid.png)", ""]
@@ -254,6 +262,9 @@ def _refusal_table(refusal: pd.DataFrame, order: list[str]) -> str:
     return ("**Refusals** (greedy answers opening with a refusal phrase), before training and at "
             "the end of each objective's largest-learning-rate run; over-refusal shows on the "
             "benign probes. Exact intervals over probes:\n\n" + markdown_table(pd.DataFrame(rows)))
+
+
+PREDICTORS = {"edit_distance": "edit distance", "entanglement": "entanglement", "ches": "CHES"}
 
 
 def displacement_section(tables: Tables, out: Path, order: list[str],
@@ -276,7 +287,7 @@ def displacement_section(tables: Tables, out: Path, order: list[str],
         "neutral one.", "", markdown_table(view), ""]
     share = calm[calm.n > 0]
     if len(share):
-        plots.save(plots.interval_plot(share.assign(displaced=share.share,
+        _save(plots.interval_plot(share.assign(displaced=share.share,
                                                     displaced_lo=share.share_lo,
                                                     displaced_hi=share.share_hi),
                                        x="displaced", order=list(share.label), refline=0.5),
@@ -287,7 +298,9 @@ def displacement_section(tables: Tables, out: Path, order: list[str],
         predictors = _ordered(predictors, order)
         wide = predictors.assign(cell=[_cell(r, "rho") for _, r in predictors.iterrows()]) \
             .pivot(index="label", columns="predictor", values="cell")
-        wide = wide.reindex([lab for lab in order if lab in wide.index])
+        wide = wide.reindex(index=[lab for lab in order if lab in wide.index],
+                            columns=[c for c in PREDICTORS if c in wide.columns])
+        wide = wide.rename(columns=PREDICTORS)
         text += [
             "**What predicts it.** Spearman ρ across held-out pairs between each predictor and "
             "the change of the pair's chosen log-prob at the point above (negative: the larger "
@@ -381,9 +394,11 @@ def held_section(tables: Tables, paths: pd.DataFrame, levels: list[float],
         per_label = onsets.groupby("label").size()
         named = ", ".join(f"{lab} ({per_label[lab]} of {int((col.label == lab).sum())} runs)"
                           for lab in order if lab in per_label.index) or "none"
-        lines.append(
-            f"- **C3, both losses grow:** {_verdict(bool(len(naive) and naive.onset_step.notna().any()), 'for the naive objective at the larger learning rates')}"
-            if len(naive) else "- **C3, both losses grow:** could not be judged (no naive run)")
+        collapsed = naive[naive.onset_step.notna()]
+        where = ", ".join(f"{r.label} at lr {r.lr:g}" for r in collapsed.itertuples())
+        lines.append(f"- **C3, both losses grow:** {_verdict(bool(len(collapsed)), where)}"
+                     if len(naive) else "- **C3, both losses grow:** could not be judged (no "
+                     "naive run)")
         lines[-1] += (f". Runs with a collapse onset (held-out chosen loss above its step-0 bound "
                       f"while the margin grows, two evaluations in a row): {named}; "
                       f"{int(col.above_uniform.sum())} of {len(col)} runs passed a uniform "
@@ -401,10 +416,11 @@ def held_section(tables: Tables, paths: pd.DataFrame, levels: list[float],
         cells = "; ".join(f"{r.label} {r.k} of {r.n}" for r in shown.itertuples())
         majority = shown[shown.share_lo > 0.5].label.tolist()
         lines.append(
-            f"- **C4, displacement:** {_verdict(bool(majority), 'for ' + ', '.join(majority)) if len(shown) else _verdict(None)}"
-            f". Held-out pairs whose chosen log-prob fell, where neutral NLL moved by at most "
-            f"{findings.NEUTRAL_HOLD:g} nats per token (at each objective's furthest such "
-            f"point): {cells}; held means the exact interval lies above one half.")
+            f"- **C4, displacement:** {_verdict(bool(majority), 'for ' + ', '.join(majority))}"
+            " — counted as held for an objective when most of the held-out pairs' chosen "
+            "log-probs fell (the exact interval of the share lies above one half) where neutral "
+            f"NLL moved by at most {findings.NEUTRAL_HOLD:g} nats per token, at the objective's "
+            f"furthest such point: {cells}.")
     seeds = sorted({int(s) for s in tables.runs.seed.dropna()})
     lines.append(f"- **C5, seeds and intervals:** seeds {seeds} are data-order replicates on one "
                  "starting model; every interval above resamples held-out or training pairs, "
@@ -413,6 +429,8 @@ def held_section(tables: Tables, paths: pd.DataFrame, levels: list[float],
 
 
 # --------------------------------------------------------------------------- the page
+
+
 
 
 def build_report(runs: str | os.PathLike | None = None,

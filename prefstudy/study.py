@@ -166,8 +166,12 @@ def pending(study: Study) -> list[TrainConfig]:
 def run_study(study: Study, *, progress: bool = True) -> list[Path]:
     """Train every run of the study that has not ended, then audit the pairs it trains on
     (`audit_study`) if not done yet; returns all run folders."""
+    from .inputs import heldout_pairs, training_pairs
     from .train import train
 
+    first = study.configs()[0]
+    training_pairs(first)  # a bad dataset fails here, in one line, before any model loads
+    heldout_pairs(first)
     study.output.mkdir(parents=True, exist_ok=True)
     (study.output / STUDY_FILE).write_text(json.dumps(
         {"name": study.name, "profile": study.profile, "seeds": study.seeds, "lrs": study.lrs,
