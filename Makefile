@@ -26,9 +26,9 @@ setup: $(VENV)/.installed
 study: setup
 	$(BIN)/prefstudy study
 
-# Regenerate reports/ from the committed runs in reports/runs (seconds, no training).
+# Regenerate reports/ and the README's findings from the committed runs in reports/runs (no training).
 report: setup
-	$(BIN)/prefstudy report
+	$(BIN)/prefstudy report --readme README.md
 
 demo: setup
 	$(BIN)/prefstudy demo

@@ -157,9 +157,13 @@ def _slug(source) -> str:
 
 
 def _report(args) -> int:
-    from .report import build_report
+    from .report import build_report, update_readme
 
-    print(build_report(args.runs, args.out))
+    page = build_report(args.runs, args.out)
+    print(page)
+    if args.readme:
+        changed = update_readme(args.readme, page)
+        print(f"{args.readme}: findings {'regenerated' if changed else 'unchanged'}")
     return 0
 
 
@@ -234,6 +238,9 @@ def _add_report(sub) -> None:
     report = sub.add_parser("report", help="regenerate every figure and the report page")
     report.add_argument("--runs", help="folder of runs (default: the committed runs, reports/runs)")
     report.add_argument("--out", default=str(resolve_path("reports")), help="default: reports/")
+    report.add_argument("--readme", help="also regenerate the findings block of this README "
+                        "(between <!-- findings:start --> and <!-- findings:end -->) from the "
+                        "report's What-held section")
     report.set_defaults(func=_report)
 
 

@@ -222,9 +222,9 @@ def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.Data
             "![chosen loss at matched progress](figures/matched_chosen.png)", ""]
     col = findings.collapse(tables)
     col = col.assign(_o=col.label.map({label: i for i, label in enumerate(order)})) \
-        .sort_values(["_o", "lr"])
+        .sort_values(["_o", "lr", "seed"])
     view = pd.DataFrame({
-        "objective": col.label, "lr": col.lr.map("{:g}".format),
+        "objective": col.label, "lr": col.lr.map("{:g}".format), "seed": col.seed,
         "collapse onset": col.onset_step.map(lambda v: "–" if pd.isna(v) else f"step {v:g}"),
         "Δ chosen loss at the end": [_cell(r, "d_chosen") for _, r in col.iterrows()],
         "margin gain at the end": col.margin_gain.map(partial(number, digits=2)),
@@ -468,3 +468,28 @@ def build_report(runs: str | os.PathLike | None = None,
     page = out / "README.md"
     page.write_text("\n".join(sections).rstrip() + "\n")
     return page
+
+
+FINDINGS = ("<!-- findings:start -->", "<!-- findings:end -->")  # the README's block
+
+
+def held_block(page: str) -> str:
+    """The report page's "What held" section (without its heading): the README's findings."""
+    return page.split("## What held\n\n", 1)[1].split("\n## ", 1)[0].strip() + "\n"
+
+
+def update_readme(readme: str | os.PathLike, page: str | os.PathLike) -> bool:
+    """Replace the block between FINDINGS markers in `readme` with the report page's "What
+    held" section; ValueError naming the file where it has no such block. Returns whether the
+    file changed."""
+    readme = Path(readme)
+    text = readme.read_text()
+    start, end = FINDINGS
+    if start not in text or end not in text:
+        raise ValueError(f"{readme}: no {start} … {end} block to regenerate")
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    new = f"{before}{start}\n{held_block(Path(page).read_text())}{end}{after}"
+    readme.write_text(new)
+    return new != text
+

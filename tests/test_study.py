@@ -62,7 +62,7 @@ def test_study_trains_every_label_and_seed(tiny_study):
     assert records.groupby("label").run_id.nunique().to_dict() == {
         "naive-sum": 2, "dpo": 2, "sft": 2}
     assert pending(study) == []  # nothing left: re-running trains nothing
-    assert (root / "runs" / "dose.parquet").exists()
+    assert (root / "runs" / "audit" / "audit.json").exists()  # C1, C2 on its training pairs
     assert json.loads((root / "runs" / "study.json").read_text())["labels"] == [
         "naive-sum", "dpo", "sft"]
 
@@ -71,15 +71,19 @@ def test_load_tables_reads_every_table_the_study_names(tiny_study):
     _, root = tiny_study
     tables = load_tables(root / "runs")
     assert len(tables.folders) == 6 and tables.labels == ["naive-sum", "dpo", "sft"]
-    for name in ("records", "evals", "perplexity", "generations", "steps", "dose"):
+    for name in ("records", "evals", "perplexity", "generations", "steps"):
         assert len(getattr(tables, name)), name
+    assert tables.audit is not None and len(tables.audit.dose) and len(tables.audit.gradients)
+    assert set(tables.audit.pairs.pair_id) == set(tables.records.pair_id)  # the pairs it trains on
+    assert list(tables.runs.run_id) == sorted(f.name for f in tables.folders)
+    assert set(tables.runs.family) == {"likelihood", "reference-based"}
     # the pairs the runs' configs name, train and held-out, cover every pair they recorded
     assert set(tables.pairs.split) == {"train", "heldout"}
     assert set(tables.records.pair_id) | set(tables.evals.pair_id) <= set(tables.pairs.pair_id)
     assert tables.heldout_or_records is tables.evals
     # a list of run folders, or one run folder, reads the study.json beside them
     some = load_tables([root / "runs" / "sft-s0", root / "runs" / "dpo-s1"])
-    assert some.labels == ["dpo", "sft"] and len(some.dose)
+    assert some.labels == ["dpo", "sft"] and some.audit is not None
     assert load_tables(root / "runs" / "sft-s1").labels == ["sft"]
     # labels the study does not list come last, in the order they first appear
     records = tables.records.assign(label=tables.records.label.replace({"dpo": "dpo-2"}))
@@ -94,14 +98,14 @@ def test_report_is_regenerated_identically(tiny_study):
     first = build_report(root / "runs", root / "a").read_text()
     second = build_report(root / "runs", root / "b").read_text()
     assert first == second
-    for name in ("gap_vs_length", "loss_trajectories", "normalisation_grid",
-                 "gradient_agreement", "displacement"):
+    for name in ("gap_vs_length", "frontier", "normalisation_grid", "gradient_agreement",
+                 "dose", "gradient_norm"):
         a, b = root / "a" / "figures" / f"{name}.png", root / "b" / "figures" / f"{name}.png"
         assert a.read_bytes() == b.read_bytes(), name
-    for heading in ("## Provenance", "## Summary", "## C1", "## C2", "## C3", "## C4",
+    for heading in ("## Provenance", "## What held", "## C1", "## C2", "## C3", "## C4",
                     "## Generations"):
         assert heading in first
-    assert "| naive-sum | 2 |" in first  # two seeds per label
+    assert "seeds [0, 1]" in first and "data-order replicates" in first
     assert "Dose-response" in first
 
 
@@ -109,10 +113,11 @@ def test_report_numbers_come_from_the_records(tiny_study):
     _, root = tiny_study
     page = build_report(root / "runs", root / "c").read_text()
     evals = load_runs(root / "runs", "evals")
-    final = evals[evals.step == evals.step.max()]
-    sft = final[final.label == "sft"].groupby("run_id").loss_p.mean().mean()
-    row = next(line for line in page.splitlines() if line.startswith("| sft | 2 |"))
-    assert f"{sft:.2f}" in row
+    start, end = evals[evals.step == 0], evals[evals.step == evals.step.max()]
+    run = end[end.run_id == "sft-s1"].set_index("pair_id")
+    d_chosen = (run.loss_p - start[start.run_id == "sft-s1"].set_index("pair_id").loss_p).mean()
+    row = next(line for line in page.splitlines() if line.startswith("| sft | 0.001 | 1 |"))
+    assert f"{d_chosen:.2f}" in row  # Δ chosen loss at the end of one of sft's runs
 
 
 def test_study_file_errors_name_the_problem(tmp_path):
