@@ -243,10 +243,15 @@ def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.Data
     refusal = findings.refusals(tables)
     if len(refusal):
         text += [_refusal_table(refusal, order), ""]
-    _save(plots.normalisation_grid(tables.records, col_order=order),
-               out / "figures" / "normalisation_grid.png")
-    text += ["Training losses of every configuration (all learning rates; each panel on its own "
-             "scale):", "", "![all normalisations](figures/normalisation_grid.png)", ""]
+    top = tables.runs.lr.max()
+    records = findings.with_lr(tables.records, tables.runs)
+    records = records[records.lr == top] if pd.notna(top) else records
+    _save(plots.normalisation_grid(records, col_order=[lab for lab in order
+                                                       if lab in set(records.label)]),
+          out / "figures" / "normalisation_grid.png")
+    text += [f"Training losses of every configuration at the largest learning rate (lr "
+             f"{top:g}; each panel on its own scale, bands across seeds where there are "
+             "several):", "", "![all normalisations](figures/normalisation_grid.png)", ""]
     return "\n".join(text)
 
 
@@ -287,11 +292,11 @@ def displacement_section(tables: Tables, out: Path, order: list[str],
         "neutral one.", "", markdown_table(view), ""]
     share = calm[calm.n > 0]
     if len(share):
-        _save(plots.interval_plot(share.assign(displaced=share.share,
-                                                    displaced_lo=share.share_lo,
-                                                    displaced_hi=share.share_hi),
-                                       x="displaced", order=list(share.label), refline=0.5),
-                   out / "figures" / "displacement.png")
+        ax = plots.interval_plot(share, x="share", order=list(share.label), refline=0.5)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of held-out pairs whose chosen log-prob fell,\nwhere neutral text "
+                      f"held (|Δ NLL| ≤ {findings.NEUTRAL_HOLD:g}); exact 95% interval")
+        _save(ax, out / "figures" / "displacement.png")
         text += ["![displacement where neutral text held](figures/displacement.png)", ""]
     predictors = findings.predictors_of_displacement(tables, calm)
     if len(predictors):
@@ -421,11 +426,29 @@ def held_section(tables: Tables, paths: pd.DataFrame, levels: list[float],
             "log-probs fell (the exact interval of the share lies above one half) where neutral "
             f"NLL moved by at most {findings.NEUTRAL_HOLD:g} nats per token, at the objective's "
             f"furthest such point: {cells}.")
+        lines += _predictor_line(tables, calm)
     seeds = sorted({int(s) for s in tables.runs.seed.dropna()})
     lines.append(f"- **C5, seeds and intervals:** seeds {seeds} are data-order replicates on one "
                  "starting model; every interval above resamples held-out or training pairs, "
                  "the unit of replication, or is exact over pairs.")
     return "\n".join(lines) + "\n"
+
+
+def _predictor_line(tables: Tables, calm: pd.DataFrame) -> list[str]:
+    """Razin et al.'s question: does entanglement (or CHES) predict displacement better than
+    edit distance? Per predictor, the objectives whose ρ interval excludes 0, and how often it
+    has the largest |ρ|."""
+    rho = findings.predictors_of_displacement(tables, calm)
+    if not len(rho) or rho.predictor.nunique() < 2:
+        return []
+    rho = rho.assign(excludes=(rho.rho_lo > 0) | (rho.rho_hi < 0), size=rho.rho.abs())
+    best = rho.dropna(subset=["size"]).sort_values("size").groupby("label").tail(1)
+    n = rho.label.nunique()
+    parts = [f"{PREDICTORS.get(name, name)} ρ excludes 0 for {int(group.excludes.sum())} of {n} "
+             f"objectives and is the strongest for {int((best.predictor == name).sum())}"
+             for name, group in rho.groupby("predictor", sort=False)]
+    return ["  What predicts which held-out pairs' chosen log-prob falls (Spearman ρ with its "
+            "change, pair bootstrap): " + "; ".join(parts) + "."]
 
 
 # --------------------------------------------------------------------------- the page
