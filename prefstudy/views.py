@@ -1,5 +1,6 @@
-"""What the interactive views (`prefstudy.explorer`, `prefstudy.whatif`) share: figures rendered
-to PNG display data of an `ipywidgets.Output`, messages in its place, and CSS class names.
+"""What the interactive views (`prefstudy.explorer`, `prefstudy.whatif`) and the notebooks share:
+figures rendered to PNG display data of an `ipywidgets.Output`, messages in its place, CSS class
+names, and the order and families a study's labels are listed and coloured in (`study_order`).
 
 Figures go into Output widgets as display data, so the views need no front-end build and work
 wherever ipywidgets do (JupyterLab, VS Code, Notebook 7); what a view shows stays readable from
@@ -14,6 +15,8 @@ import io
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+
+from . import plots
 
 
 def display_png(fig_or_grid, name: str, dpi: int = 80) -> dict:
@@ -40,6 +43,19 @@ def show(output: widgets.Output, *items: dict) -> None:
     output.outputs = tuple(items)
 
 
+def study_order(tables) -> tuple[list[str], dict[str, str] | None]:
+    """The labels of a `tables.Tables` as figures list them, and label → family for
+    `plots.set_style(order, families=...)`: family by family (`plots.family_order`), each family
+    in the study's order, where every label's objective has a family (`tables.runs.family`);
+    else the study's own order and None (colour by label)."""
+    known = tables.runs.dropna(subset=["family"]).drop_duplicates("label")
+    family = dict(zip(known.label, known.family))
+    if not tables.labels or not set(tables.labels) <= set(family):
+        return list(tables.labels), None
+    families = {label: family[label] for label in tables.labels}
+    return plots.family_order(families), families
+
+
 def add_classes(view: widgets.DOMWidget, name: str, **parts: widgets.DOMWidget) -> None:
     """CSS classes `prefstudy-<name>` on the view and `prefstudy-<part>` on its parts, so a page
     (or a browser test) can find them."""
@@ -48,4 +64,4 @@ def add_classes(view: widgets.DOMWidget, name: str, **parts: widgets.DOMWidget) 
         widget.add_class(f"prefstudy-{part}")
 
 
-__all__ = ["add_classes", "display_png", "message", "show"]
+__all__ = ["add_classes", "display_png", "message", "show", "study_order"]
