@@ -749,10 +749,13 @@ def _markers(data: pd.DataFrame, style: str | None, order: Sequence | None) -> d
 
 def _symlog_ticks(values: pd.Series, linthresh: float) -> list[float]:
     """0 and ± the powers of ten from the first above `linthresh` to the largest |value|: a
-    symlog axis's ticks without one crowding 0 (those outside the view are not drawn)."""
+    symlog axis's ticks without one crowding 0 (those outside the view are not drawn); where
+    every value lies below the first such power, ±linthresh/2 and ±linthresh instead."""
     v = np.abs(values.to_numpy(float))
     top = max(v[np.isfinite(v)].max(initial=0.0), linthresh)
     decades = 10.0 ** np.arange(np.ceil(np.log10(linthresh)), np.ceil(np.log10(top)) + 1)
+    if top < decades[0]:  # every value in the linear part: ticks inside it, not 0 alone
+        decades = np.array([linthresh / 2, linthresh])
     return sorted([0.0, *decades, *(-decades)])
 
 
