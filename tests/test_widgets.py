@@ -293,4 +293,4 @@ def test_notebook_runs_rerun_trains_the_study_into_a_fresh_folder(tmp_path, monk
     records = load_runs(runs)
     assert W.study_labels(records, runs) == ["naive-sum", "naive-mean"]
     assert records.groupby("run_id").step.max().eq(2).all()
-    assert (runs / "dose.parquet").exists()
+    assert (runs / "audit" / "audit.json").exists()  # the audit of the pairs it trains on
