@@ -691,8 +691,9 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
              hue_order: Sequence | None = None, style_order: Sequence | None = None,
              palette: Mapping | None = None, col: str | None = None,
              col_order: Sequence | None = None, col_wrap: int | None = None,
-             xscale: str = "symlog", linthresh: float = 0.05, height: float = 3.2,
-             aspect: float = 1.3, ax: Axes | None = None) -> Axes | sns.FacetGrid:
+             xscale: str = "symlog", linthresh: float = 0.05, yscale: str = "linear",
+             ylinthresh: float = 0.2, height: float = 3.2, aspect: float = 1.3,
+             ax: Axes | None = None) -> Axes | sns.FacetGrid:
     """Each run's path of preference progress (`y`) against capability cost (`x`), as the DPO
     paper draws reward against KL.
 
@@ -703,7 +704,9 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
     a marker per `style` value (PATH_MARKERS) at each evaluation. Thin lines mark x = 0 and y = 0.
     xscale: "symlog" (linear within ±`linthresh`, logarithmic beyond) keeps a run-away cost
     (negative_only reaches 100× the others) from squeezing every other path against x = 0; or
-    "linear". col (e.g. "family"): one panel per value, sharing both axes. The legend sits right
+    "linear". yscale: "linear", or "symlog" (linear within ±`ylinthresh`) where one objective's
+    progress runs far past the rest. col (e.g. "family"): one panel per value, sharing both
+    axes. The legend sits right
     of the data. Each path's Line2D has its run as gid. Returns the Axes, or the FacetGrid with col.
     """
     require_columns(data, [x, y, hue, style, units, col, "step"], "frontier", nonempty=True)
@@ -720,6 +723,7 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
             if ax is None:
                 _, ax = plt.subplots(figsize=(height * aspect, height))
             _draw_paths(ax, data, **kws)
+            _scale_y(ax, data[y], yscale, ylinthresh)
             ax.set_xlabel(_axis_name(x))
             ax.set_ylabel(_axis_name(y))
             ax.legend(legend.values(), legend.keys(), loc="upper left",
@@ -731,6 +735,7 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
                              sharey=True, height=height, aspect=aspect, despine=False)
         for name, panel in grid.axes_dict.items():
             _draw_paths(panel, data[data[col] == name], **kws)
+            _scale_y(panel, data[y], yscale, ylinthresh)
             panel.set_title(str(name))
         grid.set_axis_labels(_axis_name(x), _axis_name(y))
         grid.add_legend(legend_data=legend)
@@ -745,6 +750,17 @@ def _markers(data: pd.DataFrame, style: str | None, order: Sequence | None) -> d
         raise ValueError(f"frontier: {len(order)} values of {style!r}; at most "
                          f"{len(PATH_MARKERS)} can have a marker each")
     return dict(zip(order, PATH_MARKERS))
+
+
+def _scale_y(ax: Axes, values: pd.Series, yscale: str, linthresh: float) -> None:
+    if yscale == "symlog":
+        ax.set_yscale("symlog", linthresh=linthresh)
+        ticks = sorted({*_symlog_ticks(values, linthresh), linthresh, -linthresh})
+        ax.yaxis.set_major_locator(mpl.ticker.FixedLocator(ticks))
+        ax.yaxis.set_minor_locator(mpl.ticker.NullLocator())
+        ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        ax.set_yscale(yscale)
 
 
 def _symlog_ticks(values: pd.Series, linthresh: float) -> list[float]:

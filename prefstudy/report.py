@@ -18,6 +18,7 @@ from . import diagnostics as dg
 from . import findings, plots
 from .audit import sections as audit_sections
 from .formatting import interval_label, markdown_table, number, percent
+from .objectives import FAMILIES
 from .records import read_config, read_meta
 from .tables import Tables, load_tables
 
@@ -26,7 +27,7 @@ EARLY_STEPS = 5  # C1 is measured on the steps before any objective has moved th
 
 def _ordered(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     key = {label: i for i, label in enumerate(order)}
-    return df.sort_values("label", key=lambda s: s.map(key)).reset_index(drop=True)
+    return df.sort_values("label", key=lambda s: s.map(key), kind="stable").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- sections
@@ -191,17 +192,22 @@ def noise_section(tables: Tables, out: Path, order: list[str], audit_parts: dict
 
 def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.DataFrame,
                      levels: list[float]) -> str:
-    _save(plots.frontier(paths, hue_order=order), out / "figures" / "frontier.png")
+    families = [f for f in FAMILIES if f in set(paths.family)]
+    _save(plots.frontier(paths, hue_order=order, col="family", col_order=families,
+                         col_wrap=2, yscale="symlog") if families
+          else plots.frontier(paths, hue_order=order, yscale="symlog"),
+          out / "figures" / "frontier.png")
     text = [
         "Each run is a path: one point per evaluation, held-out margin gain (the per-token gap "
         "loss_n − loss_p on held-out pairs, minus its value at step 0: preference progress) "
         "against Δ NLL of neutral held-out text (nats per token: capability cost), from the "
-        "starting model at (0, 0). Markers tell the learning rates apart. An objective that "
-        "learns without breaking runs up the left edge.", "",
+        "starting model at (0, 0); one panel per family of objectives, on shared axes that are "
+        "linear near 0 and logarithmic beyond. Markers tell the learning rates apart. An "
+        "objective that learns without breaking runs up the left edge.", "",
         "![progress against cost](figures/frontier.png)", ""]
     table = findings.matched(tables, levels)
     if len(table):
-        table = _ordered(table, order)
+        table = _ordered(table.sort_values("level", kind="stable"), order)
         _save(plots.matched_plot(table, y="d_chosen", hue_order=order),
                    out / "figures" / "matched_chosen.png")
         view = pd.DataFrame({
