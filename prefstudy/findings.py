@@ -102,14 +102,16 @@ def displacement(tables, path_table: pd.DataFrame, *,
 
 def pair_predictors(tables) -> pd.DataFrame:
     """Per held-out pair: edit_distance (chosen vs rejected) and, where the study audited its
-    held-out pairs' gradients, entanglement and CHES (Razin et al. 2024)."""
+    held-out pairs' gradients, entanglement, CHES and its length-normalised ln-CHES (Razin et
+    al. 2024)."""
     pairs = tables.pairs
     held = pairs[pairs.split == "heldout"] if "split" in pairs.columns else pairs
     out = dg.pair_features(held)[["pair_id", "edit_distance"]] if len(held) else \
         pd.DataFrame(columns=["pair_id", "edit_distance"])
     audit = tables.audit_heldout
     if audit is not None and len(audit.gradients):
-        per_pair = audit.gradients.drop_duplicates("pair_id")[["pair_id", "entanglement", "ches"]]
+        keep = [c for c in ("entanglement", "ches", "ln_ches") if c in audit.gradients.columns]
+        per_pair = audit.gradients.drop_duplicates("pair_id")[["pair_id", *keep]]
         out = out.merge(per_pair, on="pair_id", how="left")
     return out
 
@@ -128,7 +130,8 @@ def predictors_of_displacement(tables, calm: pd.DataFrame, *, n_boot: int = N_BO
     a pair-bootstrap interval. A negative ρ: the larger the predictor, the more the chosen
     answer fell. Returns label, predictor, n, rho, rho_lo, rho_hi."""
     features = pair_predictors(tables)
-    names = [c for c in ("edit_distance", "entanglement", "ches") if c in features.columns]
+    names = [c for c in ("edit_distance", "entanglement", "ches", "ln_ches")
+             if c in features.columns]
     changes = pg.pair_changes(tables.evals)
     rng = np.random.default_rng(seed)
     rows = []

@@ -12,6 +12,8 @@ import os
 from functools import partial
 from pathlib import Path
 
+import matplotlib as mpl
+import numpy as np
 import pandas as pd
 
 from . import diagnostics as dg
@@ -165,8 +167,13 @@ def noise_section(tables: Tables, out: Path, order: list[str], audit_parts: dict
     if "grad_cos" not in tables.records.columns or tables.records.grad_cos.isna().all():
         return "\n".join(text + ["Gradient statistics were off in the training runs.", ""])
     noise = _ordered(dg.gradient_noise(tables.records, tables.steps), order)
-    ax = plots.interval_plot(noise, x="grad_cos", order=order, refline=0)
-    ax.set_xlabel("cosine of a pair's gradient to the other pairs' mean gradient")
+    # one point per objective, no interval: its runs are different learning rates, and rows of
+    # one pair at many steps are not independent pairs
+    ax = plots.interval_plot(noise.drop(columns=["grad_cos_lo", "grad_cos_hi"]), x="grad_cos",
+                             order=order, refline=0)
+    ax.set_xscale("symlog", linthresh=0.05)  # negative_only's cosine is 10× the others'
+    ax.set_xlabel("mean cosine of a pair's gradient to the other pairs' mean gradient\n"
+                  "(orthogonal gradients: 0; over every run and step)")
     _save(ax, out / "figures" / "gradient_agreement.png")
     view = pd.DataFrame({
         "objective": noise.label, "runs": noise.n_seeds,
@@ -208,8 +215,13 @@ def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.Data
     table = findings.matched(tables, levels)
     if len(table):
         table = _ordered(table.sort_values("level", kind="stable"), order)
-        _save(plots.matched_plot(table, y="d_chosen", hue_order=order),
-                   out / "figures" / "matched_chosen.png")
+        ax = plots.matched_plot(table, y="d_chosen", hue_order=order)
+        ax.set_yscale("symlog", linthresh=0.1)  # intervals of a collapsing run reach 10×
+        ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        _save(ax, out / "figures" / "matched_chosen.png")
+        never = [lab for lab in order if lab in set(table.label)
+                 and not table[table.label == lab].n_runs.any()]
+        table = table[table.n_runs > 0]
         view = pd.DataFrame({
             "objective": table.label, "margin gain": table.level.map("+{:g}".format),
             "runs reaching it": table.n_runs.astype(str) + " of " + table.label.map(
@@ -225,6 +237,8 @@ def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.Data
             f"95% bootstrap over the {int(table.n_pairs.max())} held-out pairs (neutral text is "
             "one fixed set, not resampled). Levels: those at least half the objectives reached.",
             "", markdown_table(view), "",
+            *([f"No run of {', '.join(never)} reached a margin gain of +{min(levels):g}.", ""]
+              if never else []),
             "![chosen loss at matched progress](figures/matched_chosen.png)", ""]
     col = findings.collapse(tables)
     col = col.assign(_o=col.label.map({label: i for i, label in enumerate(order)})) \
@@ -236,7 +250,7 @@ def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.Data
         "margin gain at the end": col.margin_gain.map(partial(number, digits=2)),
         **({"distinct-2": col.distinct_2.map(partial(number, digits=2)),
             "4-gram repetition": col.repetition.map(percent),
-            "perplexity ratio": col.ppl_ratio.map(partial(number, digits=2))}
+            "Δ neutral NLL (nats/token)": np.log(col.ppl_ratio).map(partial(number, digits=3))}
            if "distinct_2" in col.columns else {}),
         "past a uniform guess": col.above_uniform.map({True: "yes", False: "no"})})
     text += [
@@ -244,7 +258,9 @@ def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.Data
         "above its step-0 value by more than its 95% pair-bootstrap bound while the margin has "
         "grown; the onset is the first of two such evaluations in a row. Degeneration is "
         "judged apart, at the last evaluation: distinct bigrams and repeated 4-grams of the "
-        "greedy probe answers, the neutral-text perplexity ratio, and whether any per-token "
+        "greedy probe answers, the change of neutral-text NLL (the log of the perplexity "
+        "ratio, which for a destroyed model runs to many orders of magnitude), and whether any "
+        "per-token "
         "loss passed ln|V| (a uniform guess) by a nat.", "", markdown_table(view), ""]
     refusal = findings.refusals(tables)
     if len(refusal):
@@ -275,7 +291,8 @@ def _refusal_table(refusal: pd.DataFrame, order: list[str]) -> str:
             "benign probes. Exact intervals over probes:\n\n" + markdown_table(pd.DataFrame(rows)))
 
 
-PREDICTORS = {"edit_distance": "edit distance", "entanglement": "entanglement", "ches": "CHES"}
+PREDICTORS = {"edit_distance": "edit distance", "entanglement": "entanglement", "ches": "CHES",
+              "ln_ches": "ln-CHES"}
 
 
 def displacement_section(tables: Tables, out: Path, order: list[str],
@@ -317,7 +334,8 @@ def displacement_section(tables: Tables, out: Path, order: list[str],
             "the change of the pair's chosen log-prob at the point above (negative: the larger "
             "the predictor, the more the chosen answer fell); 95% pair-bootstrap intervals. "
             "Edit distance is between chosen and rejected texts; entanglement (the cosine of a "
-            "pair's chosen and rejected log-prob gradients) and CHES (Razin et al. 2024) are "
+            "pair's chosen and rejected log-prob gradients), CHES and its length-normalised ln-CHES "
+            "(Razin et al. 2024) are "
             "the audit's, at the starting model.", "",
             markdown_table(wide.reset_index().rename(columns={"label": "objective"})), ""]
     lang = findings.per_language(tables, calm)
@@ -426,12 +444,18 @@ def held_section(tables: Tables, paths: pd.DataFrame, levels: list[float],
         shown = _ordered(calm[calm.n > 0], order)
         cells = "; ".join(f"{r.label} {r.k} of {r.n}" for r in shown.itertuples())
         majority = shown[shown.share_lo > 0.5].label.tolist()
+        most = shown[shown.share > 0.5]
+        verdict = (_verdict(True, "for " + ", ".join(majority)) if majority else
+                   "not established: no objective's exact interval lies above one half (the "
+                   "largest shares: " + ", ".join(
+                       f"{r.label} {percent(r.share, 0)} [{percent(r.share_lo, 0)}, "
+                       f"{percent(r.share_hi, 0)}]" for r in most.nlargest(3, "share")
+                       .itertuples()) + ")" if len(most) else _verdict(False))
         lines.append(
-            f"- **C4, displacement:** {_verdict(bool(majority), 'for ' + ', '.join(majority))}"
-            " — counted as held for an objective when most of the held-out pairs' chosen "
-            "log-probs fell (the exact interval of the share lies above one half) where neutral "
-            f"NLL moved by at most {findings.NEUTRAL_HOLD:g} nats per token, at the objective's "
-            f"furthest such point: {cells}.")
+            f"- **C4, displacement:** {verdict} — held counts an objective whose held-out pairs' "
+            "chosen log-probs mostly fell (the exact interval of the share above one half) "
+            f"where neutral NLL moved by at most {findings.NEUTRAL_HOLD:g} nats per token, at "
+            f"the objective's furthest such point: {cells}.")
         lines += _predictor_line(tables, calm)
     seeds = sorted({int(s) for s in tables.runs.seed.dropna()})
     lines.append(f"- **C5, seeds and intervals:** seeds {seeds} are data-order replicates on one "
@@ -451,10 +475,13 @@ def _predictor_line(tables: Tables, calm: pd.DataFrame) -> list[str]:
     best = rho.dropna(subset=["size"]).sort_values("size").groupby("label").tail(1)
     n = rho.label.nunique()
     parts = [f"{PREDICTORS.get(name, name)} ρ excludes 0 for {int(group.excludes.sum())} of {n} "
-             f"objectives and is the strongest for {int((best.predictor == name).sum())}"
+             f"objectives (median ρ {group.rho.median():+.2f}) and is the strongest for "
+             f"{int((best.predictor == name).sum())}"
              for name, group in rho.groupby("predictor", sort=False)]
     return ["  What predicts which held-out pairs' chosen log-prob falls (Spearman ρ with its "
-            "change, pair bootstrap): " + "; ".join(parts) + "."]
+            "change, pair bootstrap; a negative ρ: the larger the predictor, the more the "
+            "chosen answer fell — the sign Razin et al. 2024 report for CHES): "
+            + "; ".join(parts) + "."]
 
 
 # --------------------------------------------------------------------------- the page

@@ -203,7 +203,8 @@ def audit_study(study: Study) -> Path:
     result.settings["source"] = f"{cfg.data} (the {len(pairs)} pairs the study trains on)"
     held = heldout_pairs(cfg)
     if held is not None:  # entanglement and CHES of the pairs displacement is measured on
-        result_held = audit(held, **given, factors=(), gradient_pairs=None)
+        result_held = audit(held, **given, factors=(), gradient_pairs=None,
+                            objectives=(("dpo", {}),))  # a pair's own: one objective suffices
         result_held.settings["source"] = f"{cfg.heldout} (the {len(held)} held-out pairs)"
         write_audit(result_held, study.output / AUDIT_DIR / "heldout")
     return write_audit(result, study.output / AUDIT_DIR)
