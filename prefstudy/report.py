@@ -172,6 +172,9 @@ def noise_section(tables: Tables, out: Path, order: list[str], audit_parts: dict
     ax = plots.interval_plot(noise.drop(columns=["grad_cos_lo", "grad_cos_hi"]), x="grad_cos",
                              order=order, refline=0)
     ax.set_xscale("symlog", linthresh=0.05)  # negative_only's cosine is 10× the others'
+    ax.set_xlim(-0.05, 1.0)  # a cosine's own bounds on this side
+    ax.xaxis.set_major_locator(mpl.ticker.FixedLocator([-0.05, 0, 0.05, 0.1, 0.2, 0.5, 1]))
+    ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("mean cosine of a pair's gradient to the other pairs' mean gradient\n"
                   "(orthogonal gradients: 0; over every run and step)")
     _save(ax, out / "figures" / "gradient_agreement.png")
