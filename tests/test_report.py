@@ -87,3 +87,22 @@ def test_comparison_levels_are_those_most_labels_reached():
     assert findings.comparison_levels(paths, ladder=(0.05, 0.1, 0.2, 0.5)) == [0.05, 0.1]
     assert findings.comparison_levels(paths, ladder=(0.05, 0.2), min_reached=0.3) == [0.05, 0.2]
     assert findings.comparison_levels(paths.iloc[:0]) == []
+
+
+def test_the_readme_findings_are_the_committed_reports_what_held(tmp_path):
+    from pathlib import Path
+
+    from prefstudy.report import FINDINGS, held_block, update_readme
+
+    repo = Path(__file__).resolve().parent.parent
+    readme = (repo / "README.md").read_text()
+    block = readme.split(FINDINGS[0] + "\n", 1)[1].split(FINDINGS[1], 1)[0]
+    assert block == held_block((repo / "reports" / "README.md").read_text()), (
+        "regenerate: prefstudy report --readme README.md")
+    copy = tmp_path / "README.md"  # the regeneration itself: only the block changes
+    copy.write_text(readme.replace(block, "- stale\n"))
+    assert update_readme(copy, repo / "reports" / "README.md")
+    assert copy.read_text() == readme
+    (tmp_path / "plain.md").write_text("# no block\n")
+    with pytest.raises(ValueError, match="plain.md: no <!-- findings:start -->"):
+        update_readme(tmp_path / "plain.md", repo / "reports" / "README.md")
