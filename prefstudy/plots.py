@@ -723,7 +723,7 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
             if ax is None:
                 _, ax = plt.subplots(figsize=(height * aspect, height))
             _draw_paths(ax, data, **kws)
-            _scale_y(ax, data[y], yscale, ylinthresh)
+            _path_scale_y(ax, data[y], yscale, ylinthresh)
             ax.set_xlabel(_axis_name(x))
             ax.set_ylabel(_axis_name(y))
             ax.legend(legend.values(), legend.keys(), loc="upper left",
@@ -735,7 +735,7 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
                              sharey=True, height=height, aspect=aspect, despine=False)
         for name, panel in grid.axes_dict.items():
             _draw_paths(panel, data[data[col] == name], **kws)
-            _scale_y(panel, data[y], yscale, ylinthresh)
+            _path_scale_y(panel, data[y], yscale, ylinthresh)
             panel.set_title(str(name))
         grid.set_axis_labels(_axis_name(x), _axis_name(y))
         grid.add_legend(legend_data=legend)
@@ -752,7 +752,7 @@ def _markers(data: pd.DataFrame, style: str | None, order: Sequence | None) -> d
     return dict(zip(order, PATH_MARKERS))
 
 
-def _scale_y(ax: Axes, values: pd.Series, yscale: str, linthresh: float) -> None:
+def _path_scale_y(ax: Axes, values: pd.Series, yscale: str, linthresh: float) -> None:
     if yscale == "symlog":
         ax.set_yscale("symlog", linthresh=linthresh)
         ticks = sorted({*_symlog_ticks(values, linthresh), linthresh, -linthresh})

@@ -283,7 +283,7 @@ def test_the_report_reads_plain_train_runs_on_a_users_hh_data(tmp_path):
                           data=str(data), heldout=str(held)), progress=False)
     page = build_report(tmp_path / "runs", tmp_path / "report").read_text()
     assert "12 training pairs from" in page and str(data) in page
-    assert "| dpo | 1 |" in page and "| naive-sum | 1 |" in page
+    assert "| dpo | 0.001 | 0 |" in page and "| naive-sum | 0.001 | 0 |" in page  # a row a run
     assert "Left out or cut (per run): 0 records skipped" in page
     assert "by more than a nat: no run (of 2)" in page
     assert "## C4" in page  # displacement reads the held-out pairs the runs name

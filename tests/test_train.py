@@ -303,7 +303,7 @@ def test_committed_compacted_runs_are_read_and_survive_truncation(tmp_path):
     from prefstudy.records import MERGED, RunWriter, default_runs_dir
 
     run = tmp_path / "run"
-    shutil.copytree(default_runs_dir() / "dpo-s0", run)
+    shutil.copytree(default_runs_dir() / "dpo-lr0.001-s0", run)
     before = load_table(run)
     assert all(MERGED.fullmatch(p.name) for p in (run / "records").glob("*.parquet"))
     writer = RunWriter(run)
