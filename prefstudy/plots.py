@@ -148,6 +148,25 @@ def set_style(labels: Iterable[str] | None = None,
         _study_palette = label_palette(labels)
 
 
+@contextlib.contextmanager
+def study_palette(labels: Iterable[str], families: Mapping[str, str] | None = None):
+    """Pin the study's label → colour map (as `set_style` does) for the figures drawn inside,
+    and restore whatever was pinned before: a report leaves a notebook's colours as they were."""
+    global _study_palette
+    before = _study_palette
+    try:
+        if families is not None:
+            missing = [str(lab) for lab in labels if str(lab) not in families]
+            if missing:
+                raise ValueError(f"study_palette: no family for {missing}")
+            _study_palette = family_palette(families)
+        else:
+            _study_palette = label_palette(labels)
+        yield _study_palette
+    finally:
+        _study_palette = before
+
+
 def label_palette(labels: Iterable[str]) -> dict[str, tuple]:
     """Label → RGB colour, assigned in sorted label order (the same labels, the same colours)."""
     names = sorted({str(label) for label in labels})

@@ -502,7 +502,15 @@ def build_report(runs: str | os.PathLike | None = None,
     families = _families(tables)
     order = (plots.family_order({lab: families[lab] for lab in tables.labels})
              if set(tables.labels) <= set(families) else tables.labels)
-    plots.set_style(order, families=families if set(order) <= set(families) else None)
+    with plots.study_palette(order, families if set(order) <= set(families) else None):
+        page = _page(tables, out, order)
+    path = out / "README.md"
+    path.write_text(page)
+    return path
+
+
+def _page(tables: Tables, out: Path, order: list[str]) -> str:
+    """The report page's Markdown, drawing every figure into `out/figures/`."""
     audit_parts = (audit_sections(tables.audit, out) if tables.audit is not None else None)
     path_table = findings.paths(tables)
     levels = findings.comparison_levels(path_table)
@@ -524,9 +532,7 @@ def build_report(runs: str | os.PathLike | None = None,
         displacement_section(tables, out, order, path_table),
         "## Generations", "", generations_section(tables, order),
     ]
-    page = out / "README.md"
-    page.write_text("\n".join(sections).rstrip() + "\n")
-    return page
+    return "\n".join(sections).rstrip() + "\n"
 
 
 FINDINGS = ("<!-- findings:start -->", "<!-- findings:end -->")  # the README's block

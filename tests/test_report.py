@@ -106,3 +106,12 @@ def test_the_readme_findings_are_the_committed_reports_what_held(tmp_path):
     (tmp_path / "plain.md").write_text("# no block\n")
     with pytest.raises(ValueError, match="plain.md: no <!-- findings:start -->"):
         update_readme(tmp_path / "plain.md", repo / "reports" / "README.md")
+
+
+def test_a_report_leaves_the_callers_colours_as_they_were(sweep):
+    from prefstudy import plots
+
+    plots.set_style(["a", "b"])
+    pinned = dict(plots._study_palette)
+    build_report(sweep / "runs", sweep / "d")
+    assert plots._study_palette == pinned
