@@ -632,7 +632,8 @@ def _gradient_section(result: Audit, out: Path) -> str:
     plots.save(plots.distribution_plot(grads, x="grad_cos_loo", y=key,
                                        baseline="grad_cos_orthogonal", refline=0),
                figures / "gradient_cosine.png")
-    plots.save(plots.distribution_panels(per_pair, columns=("entanglement", "ches"), y="pairs"),
+    plots.save(plots.distribution_panels(per_pair, columns=("entanglement", "ches"), y="pairs",
+                                       symlog=("ches",)),
                figures / "entanglement.png")
     return "\n".join([
         f"Per-pair gradients at the starting weights of {g.n_pairs.max()} pairs (a stratified "

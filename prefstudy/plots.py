@@ -1079,9 +1079,11 @@ def histogram_plot(data: pd.DataFrame, *, x: str = "edit_distance", hue: str | N
 
 def distribution_panels(data: pd.DataFrame, *, columns: Sequence[str], y: str = "objective",
                         order: Sequence | None = None, palette: Mapping | None = None,
-                        width: float = 4.5) -> Figure:
+                        width: float = 4.5, symlog: Sequence[str] = ()) -> Figure:
     """`distribution_plot` of each of `columns` side by side, sharing the `y` rows (e.g. the
-    gradient audit's entanglement and CHES per objective). Returns the Figure."""
+    gradient audit's entanglement and CHES per objective). Columns named in `symlog` get a
+    symlog axis, linear within their median |value|, so a few extreme pairs do not squeeze the
+    rest against 0. Returns the Figure."""
     require_columns(data, [*columns, y], "distribution_panels", nonempty=True)
     order = _order(data[y], order)
     with _themed():
@@ -1090,6 +1092,9 @@ def distribution_panels(data: pd.DataFrame, *, columns: Sequence[str], y: str = 
                                  sharey=True, squeeze=False)
     for ax, column in zip(axes[0], columns):
         distribution_plot(data, x=column, y=y, order=order, palette=palette, ax=ax)
+        scale = float(data[column].abs().median())
+        if column in symlog and scale > 0:
+            ax.set_xscale("symlog", linthresh=scale)
     return fig
 
 
