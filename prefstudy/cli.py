@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _demo(args) -> int:
@@ -157,12 +158,12 @@ def _slug(source) -> str:
 
 
 def _report(args) -> int:
-    from .report import build_report, update_readme
+    from .report import build_report
 
-    page = build_report(args.runs, args.out)
-    print(page)
+    before = Path(args.readme).read_text() if args.readme else None
+    print(build_report(args.runs, args.out, readme=args.readme))
     if args.readme:
-        changed = update_readme(args.readme, page)
+        changed = Path(args.readme).read_text() != before
         print(f"{args.readme}: findings {'regenerated' if changed else 'unchanged'}")
     return 0
 
@@ -204,7 +205,7 @@ def _add_runs(sub) -> None:
 
 
 def _add_study(sub) -> None:
-    from .config import resolve_path
+    from .paths import resolve_path
     from .study import DEFAULT_STUDY
 
     study = sub.add_parser("study", help="train every objective of a study, then the report",
@@ -233,7 +234,7 @@ def _add_objectives(sub) -> None:
 
 
 def _add_report(sub) -> None:
-    from .config import resolve_path
+    from .paths import resolve_path
 
     report = sub.add_parser("report", help="regenerate every figure and the report page")
     report.add_argument("--runs", help="folder of runs (default: the committed runs, reports/runs)")

@@ -14,8 +14,7 @@ from typing import Any
 
 from .errors import PrefstudyError
 from .models import DTYPES, PRESETS
-from .objectives import OBJECTIVES, get_objective, resolve_params
-from .paths import in_repo
+from .objectives import get_objective, resolve_params
 
 
 class ConfigError(PrefstudyError):
@@ -202,18 +201,3 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     if "objective" in overrides and overrides["objective"] and "params" not in overrides:
         values.pop("params", None)  # another objective's parameters would not fit
     return from_dict(values, str(path))
-
-
-def objective_names() -> list[str]:
-    return list(OBJECTIVES)
-
-
-def resolve_path(path: str | None) -> Path | None:
-    """A data path as given if it exists, else relative to the repository root."""
-    if path is None:
-        return None
-    p = Path(path)
-    if p.exists() or p.is_absolute():
-        return p
-    repo = in_repo(str(p))
-    return repo if repo.exists() else p

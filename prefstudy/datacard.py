@@ -299,14 +299,6 @@ def replace_section(card: str, section: str) -> str:
     return card[: start + len(START)] + "\n" + section + card[end:]
 
 
-def card_section(card: str) -> str:
-    """The text between the stats markers of `card`."""
-    start, end = card.find(START), card.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"the card has no {START} … {END} section")
-    return card[start + len(START): end].lstrip("\n")
-
-
 def write_card(path: str | Path | None = None, stats: dict[str, pd.DataFrame] | None = None) -> Path:
     """Regenerate the statistics section of the card at `path` (default data/README.md)."""
     path = Path(path) if path is not None else card_path()

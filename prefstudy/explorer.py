@@ -20,10 +20,12 @@ import pandas as pd
 
 from . import diagnostics as dg
 from . import plots
+from .columns import require_columns
 from .diagnostics import length_bins
 from .formatting import is_missing
-from .records import default_runs_dir, require_columns
+from .records import default_runs_dir
 from .tables import Runs, load_tables
+from .theme import label_palette
 from .views import add_classes, display_png, message, show
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ def explorer_data(records: pd.DataFrame, objectives: Sequence[str] | None = None
     records: per-pair records or evals of one or more runs (with label, as `prefstudy.tables.load_tables` gives).
     objectives: labels to show (None: all); seeds: seeds to show (None: all).
     pair_id or length_bin (a label of `length_bins(records, bins)`): exactly one of them.
-    pairs: pair texts (`prefstudy.tables.run_pairs`), for the chosen pair's text.
+    pairs: the runs' per-pair facts (`prefstudy.tables.Tables.pairs`), for the chosen pair's text.
     normalisation: the gap in the cloud, one of `diagnostics.NORMALISATIONS` ("sum": summed
     cross-entropy, "mean": token-mean, "reference": DPO's log-ratio gap, where refs exist).
     """
@@ -163,7 +165,7 @@ def draw_cloud(data: ExplorerData, *, palette: Mapping | None = None):
                                height=3.0, aspect=1.15, scatter_kws={"s": 12, "alpha": 0.4})
     ax = grid.ax
     focus = data.cloud[data.cloud.focus]
-    palette = palette or plots.label_palette(data.cloud.label.unique())
+    palette = palette or label_palette(data.cloud.label.unique())
     colours = [palette[lab] for lab in focus.label]
     ax.scatter(focus.dlen, focus.gap_value, s=70, facecolors="none", edgecolors=colours,
                linewidths=1.6, zorder=5)
@@ -198,7 +200,7 @@ class Explorer(widgets.VBox):
         self.tables, self.pairs, self.bins = tables, pairs, bins
         every = pd.concat([df[["label", "seed"]] for df in tables.values()])
         self.labels = list(labels) if labels else list(dict.fromkeys(every.label))
-        self.palette = plots.label_palette(self.labels)
+        self.palette = label_palette(self.labels)
         seeds = sorted(int(s) for s in every.seed.unique())
         first = [lab for lab in (objectives or self.labels[:3]) if lab in self.labels]
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from .config import TrainConfig, resolve_path
-from .data import DataError, PairSet, load_any, load_probes, load_texts, sample_pairs
+from .config import TrainConfig
+from .data import DataError, PairSet, load_any, load_probes, load_texts, pair_facts, sample_pairs
 from .encode import Encoded, encode_pairs
+from .paths import resolve_path
 
 
 def batch_indices(n_pairs: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -32,10 +33,12 @@ def batch_indices(n_pairs: int, batch_size: int, seed: int, step: int) -> list[i
     return out
 
 
-STRATA = ("lang", "kind", "category")  # what held-out samples are balanced over, where present
+# what the held-out samples (pairs, neutral text, probes) are balanced over, where present
+ROUND_ROBIN_STRATA = ("lang", "kind", "category")
 
 
-def round_robin(df: pd.DataFrame, n: int, by: str | tuple[str, ...] = STRATA) -> pd.DataFrame:
+def round_robin(df: pd.DataFrame, n: int,
+                by: str | tuple[str, ...] = ROUND_ROBIN_STRATA) -> pd.DataFrame:
     """n rows taken round-robin over the combinations of the `by` columns the frame has (e.g.
     language × probe kind, so harmful and benign probes of every language are represented), in
     file order within each combination; the first n rows when it has none of them."""
@@ -56,6 +59,7 @@ class Inputs:
     probes: pd.DataFrame | None  # prompts for greedy generations
     dropped: int  # training pairs truncation would have emptied (or left identical)
     counts: dict = field(default_factory=dict)  # what loading and truncation left out or cut
+    pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # `facts`: the pairs kept
 
 
 def _load_pairs(path, cfg: TrainConfig) -> PairSet:
@@ -63,7 +67,7 @@ def _load_pairs(path, cfg: TrainConfig) -> PairSet:
     return pairs.filter(lang=cfg.lang) if cfg.lang else pairs
 
 
-def _sample(df: pd.DataFrame, cfg: TrainConfig, n: int) -> pd.DataFrame:
+def _in_lang(df: pd.DataFrame, cfg: TrainConfig, n: int) -> pd.DataFrame:
     """n rows of `df` in the config's language (all languages without one), round-robin."""
     return round_robin(df[df.lang == cfg.lang] if cfg.lang else df, n)
 
@@ -101,11 +105,26 @@ def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
     if held is not None:
         heldout = encode_pairs(held, tokenizer, **enc)
     if cfg.neutral_text and cfg.n_neutral:
-        neutral = _sample(load_texts(resolve_path(cfg.neutral_text)), cfg, cfg.n_neutral)
+        neutral = _in_lang(load_texts(resolve_path(cfg.neutral_text)), cfg, cfg.n_neutral)
     if cfg.probes and cfg.n_probes:
-        probes = _sample(load_probes(resolve_path(cfg.probes)), cfg, cfg.n_probes)
+        probes = _in_lang(load_probes(resolve_path(cfg.probes)), cfg, cfg.n_probes)
     counts = {**_counts("", pairs, train), **(_counts("heldout_", held, heldout) if heldout else {})}
-    return Inputs(train, heldout, neutral, probes, len(train.dropped), counts)
+    return Inputs(train, heldout, neutral, probes, len(train.dropped), counts,
+                  facts(pairs, train, held, heldout))
+
+
+def facts(pairs: PairSet, train: Encoded, held: PairSet | None,
+          heldout: Encoded | None) -> pd.DataFrame:
+    """The per-pair facts (`data.pair_facts`) of the training and held-out pairs a run keeps
+    after truncation, one row per pair: what its folder holds for the analysis."""
+    frames = [_kept(pair_facts(pairs, "train"), train)]
+    if held is not None and heldout is not None:
+        frames.append(_kept(pair_facts(held, "heldout"), heldout))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _kept(frame: pd.DataFrame, encoded: Encoded) -> pd.DataFrame:
+    return frame[frame.pair_id.isin({e.pair_id for e in encoded.items})]
 
 
 def _counts(prefix: str, pairs: PairSet | list, encoded: Encoded) -> dict[str, int]:

@@ -55,7 +55,7 @@ when TRL precomputed the reference. What is recorded:
       computes from the unweighted log-probs) is computed on LD-DPO's length-desensitised
       log-probs of all four sides, recorded as "ld(<objective>)".
     * use_weighting (WPO): each term's per-pair loss times the pair's WPO weight
-      (`objectives.wpo_weights`, from the log Σ_v π² TRL's fused head returns), before
+      (`logprobs.wpo_weights`, from the log Σ_v π² TRL's fused head returns), before
       loss_weights, as TRL; recorded as "wpo(<objective>)".
   Every micro-batch checks that the rows' mean equals the loss TRL back-propagates and stops the
   run if it does not, so the recorded losses are the ones TRL optimised (meta.json keeps the
@@ -97,8 +97,8 @@ from torch import Tensor
 from transformers import Trainer, TrainerCallback
 
 from .data import DataError, UnusableRecord, parse_record
-from .logprobs import TokenLogps, split_pairs
-from .objectives import PairLogps, compute, resolve_params, wpo_weights
+from .logprobs import TokenLogps, split_pairs, wpo_weights
+from .objectives import PairLogps, compute, resolve_params
 from .records import RunWriter, as_records, pair_records
 
 SUPPORTED_TRL = ">=1.16,<1.17"  # the TRL versions whose DPOTrainer internals this module reads
@@ -221,7 +221,7 @@ class PerExample:
 
     def rows(self, pair_ids: Sequence[str], **constants: Any) -> pd.DataFrame:
         """One record per example (prefstudy.records.pair_records): `constants` (run_id,
-        objective, norm, seed, step, lr, batch) and what this holds; NaN for what it does not."""
+        objective, norm, seed, step, step_lr, batch) and what this holds; NaN for what it does not."""
         n = len(pair_ids)
         if self.loss.shape != (n,):
             raise ValueError(f"expected one loss per example, Shape: ({n},); got a loss of shape "
@@ -356,7 +356,8 @@ class _Recording:
                                "the PairIdCollator this trainer installs")
         step, rank = self.state.global_step + 1, self.accelerator.process_index
         batch = f"s{step}-r{rank}-m{self._recorder.micro_batches(step)}"  # the pairs seen together
-        records = out.rows(pair_ids, **self._constants, step=step, lr=self._get_learning_rate(),
+        records = out.rows(pair_ids, **self._constants, step=step,
+                           step_lr=self._get_learning_rate(),
                            batch=batch)
         self._recorder.add(records, out.finite())
 
@@ -520,17 +521,6 @@ _LD_DPO = _trl("ld_dpo", "beta", alpha="ld_alpha")
 _TRL_CANNOT_WEIGHT = ("sft", "hinge")  # TRL 1.16's use_weighting fails on these (`_unmappable`)
 
 
-def _sums_on_mask(sums: Tensor, mask: Tensor) -> TokenLogps:
-    """Summed log-probs as a TokenLogps whose `.sum` and `.mean` are exact.
-
-    The sum sits on each row's first response token; per-token values are not known (TRL
-    precomputed only the sums), so nothing position-dependent may be read from it.
-    """
-    first = mask & (mask.long().cumsum(-1) == 1)
-    logps = torch.where(first, sums.to(mask.device).float()[:, None], 0.0)
-    return TokenLogps(logps, mask)
-
-
 def _ld_sum(side: TokenLogps, public: Tensor, alpha: float) -> Tensor:
     """LD-DPO's log π̂(y) = Σ_{t<l} log p_t + α·Σ_{t>=l} log p_t (objectives.ld_dpo), l =
     `public`, summed as TRL sums it (the two parts apart), so the loss matches TRL's in float32
@@ -545,7 +535,7 @@ def _ld_view(logps: PairLogps, alpha: float) -> PairLogps:
     and `.count` are exact (every TRL loss reads only those). A precomputed reference (already
     LD-weighted, on its first token: weight 1) passes through unchanged."""
     public = torch.minimum(logps.chosen.count, logps.rejected.count)
-    return PairLogps(*(None if s is None else _sums_on_mask(_ld_sum(s, public, alpha), s.mask)
+    return PairLogps(*(None if s is None else TokenLogps.from_sums(_ld_sum(s, public, alpha).float(), s.mask)
                        for s in (logps.chosen, logps.rejected, logps.ref_chosen,
                                  logps.ref_rejected)))
 
@@ -696,13 +686,6 @@ def trl_loss(args) -> TrlLoss:
     return TrlLoss(components, bool(args.use_weighting), args.ld_alpha)
 
 
-def trl_objective(args) -> tuple[str, dict[str, Any]]:
-    """(the records' objective, its parameters) for a DPOConfig: `trl_loss(args)`'s name and
-    params, e.g. ("dpo", {"beta": 0.1, ...}) or ("dpo+sft", {"components": [...]})."""
-    loss = trl_loss(args)
-    return loss.name, loss.params
-
-
 @contextlib.contextmanager
 def _outputs_of(**modules):
     """Records what each named module returns while the block runs: name → list of outputs."""
@@ -771,8 +754,8 @@ class PerPairDPOTrainer(_Recording, _DPOTrainer):
         policy, mask = seen["policy"][0], inputs["completion_mask"][:, 1:].bool()
         chosen, rejected = split_pairs(_token_logps(policy, mask))
         if self.precompute_ref_logps:
-            ref_c = _sums_on_mask(inputs["ref_chosen_logps"], chosen.mask)
-            ref_r = _sums_on_mask(inputs["ref_rejected_logps"], rejected.mask)
+            ref_c = TokenLogps.from_sums(inputs["ref_chosen_logps"].float(), chosen.mask)
+            ref_r = TokenLogps.from_sums(inputs["ref_rejected_logps"].float(), rejected.mask)
         else:  # a separate reference model, or (PEFT) the policy's second call
             ref_out = seen["ref"][0] if self.ref_model is not None else seen["policy"][1]
             ref_c, ref_r = split_pairs(_token_logps(ref_out, mask))
@@ -817,4 +800,4 @@ class PerPairDPOTrainer(_Recording, _DPOTrainer):
 __all__ = ["SUPPORTED_TRL", "TRL_OBJECTIVES", "PairIdCollator", "PerExample",
            "PerExampleLossTrainer", "PerPairDPOTrainer", "RecordsCallback", "TrlComponent",
            "TrlLoss", "TrlMapping", "as_records", "check_trl", "text_pair_id", "token_pair_id",
-           "trl_loss", "trl_objective", "with_pair_ids"]
+           "trl_loss", "with_pair_ids"]

@@ -5,7 +5,8 @@ policy / reference). `token_logps` computes it from logits without materialising
 log-softmax over the whole vocabulary for the whole batch: it gathers the target logit and
 subtracts a logsumexp computed a few rows at a time. Asked (`sum_sq=True`), it also gives
 log Σ_v p(v|·)² at each token from the same chunks, the statistic of WPO's weights
-(prefstudy.objectives.wpo_weights), without a gradient.
+(`wpo_weights`), without a gradient. Where only each response's summed log-prob is known (the
+records, TRL's precomputed reference), `TokenLogps.from_sums` builds the TokenLogps.
 """
 
 from __future__ import annotations
@@ -52,6 +53,18 @@ class TokenLogps:
     def position(self) -> Tensor:
         """0-based index of each token within its response (−1 off the mask). Shape: (batch, T)."""
         return torch.where(self.mask, self.mask.long().cumsum(-1) - 1, -1)
+
+    @classmethod
+    def from_sums(cls, sums: Tensor, mask: Tensor) -> TokenLogps:
+        """Summed log-probs as a TokenLogps whose `.sum`, `.mean` and `.count` are exact.
+
+        sums: one summed log-prob per row, Shape: (batch,); mask: the response tokens, Shape:
+        (batch, T). Each row's sum sits on its first response token and the other tokens hold 0:
+        the per-token values are not known, so nothing position-dependent (a per-token function,
+        a weight by position) may be read from it. The log-probs have the dtype of `sums`.
+        """
+        first = mask & (mask.long().cumsum(-1) == 1)
+        return cls(torch.where(first, sums.to(mask.device)[:, None], 0.0), mask)
 
     def detach(self) -> TokenLogps:
         return TokenLogps(self.logps.detach(), self.mask, self.log_sum_sq)
@@ -174,8 +187,8 @@ def token_logps(model, batch, *, chunk_tokens: int | None = None,
     mask = batch.response_mask[:, 1:]
     h, targets = hidden[:, :-1][mask], batch.input_ids[:, 1:][mask]
     head = model.get_output_embeddings()
-    chunk_tokens = chunk_tokens or max(16, CHUNK_LOGITS // head.weight.shape[0])
-    flat, flat_sq = _head_logps(h, targets, head, chunk_tokens, sum_sq)
+    flat, flat_sq = head_logps(h, targets, head.weight, head.bias, chunk=chunk_tokens,
+                               sum_sq=sum_sq)
 
     def on_mask(values: Tensor) -> Tensor:
         return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device) \
@@ -184,13 +197,17 @@ def token_logps(model, batch, *, chunk_tokens: int | None = None,
     return TokenLogps(on_mask(flat), mask, None if flat_sq is None else on_mask(flat_sq))
 
 
-def _head_logps(h: Tensor, targets: Tensor, head, chunk: int,
-                sum_sq: bool) -> tuple[Tensor, Tensor | None]:
-    """(log p(target), log Σ_v p_v² or None) at the flat response positions. Shape: (N,) each."""
-    if not len(h):
-        empty = h.new_zeros(0, dtype=torch.float32)
+def head_logps(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None, *,
+               chunk: int | None = None, sum_sq: bool = False) -> tuple[Tensor, Tensor | None]:
+    """(log p(target), log Σ_v p_v² or None) of rows of hidden states through the output head
+    `weight`, `bias`, `chunk` rows at a time (default: as many as give CHUNK_LOGITS logits), in
+    float32 (`_HeadLogps`). hidden: Shape: (N, d); targets: Shape: (N,). Returns Shape: (N,) each.
+    """
+    if not len(hidden):
+        empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, empty if sum_sq else None
-    out = _HeadLogps.apply(h, targets, head.weight, head.bias, chunk, sum_sq)
+    chunk = chunk or max(16, CHUNK_LOGITS // weight.shape[0])
+    out = _HeadLogps.apply(hidden, targets, weight, bias, chunk, sum_sq)
     return out if sum_sq else (out, None)
 
 
@@ -209,3 +226,21 @@ def split_pairs(t: TokenLogps) -> tuple[TokenLogps, TokenLogps]:
     """(chosen, rejected) from a collated batch whose first half of rows is chosen."""
     half = t.logps.shape[0] // 2
     return t.index(slice(0, half)), t.index(slice(half, None))
+
+
+@torch.no_grad()
+def wpo_weights(chosen: TokenLogps, chosen_log_sum_sq: Tensor, rejected: TokenLogps,
+                rejected_log_sum_sq: Tensor) -> Tensor:
+    """Per-pair WPO weight w(y_c)·w(y_r), to multiply any objective's per-pair loss by.
+
+    Zhou et al. 2024, WPO: Enhancing RLHF with Weighted Preference Optimization, Eq. 2, as TRL's
+    use_weighting: w(y) = exp((1/|y|)·Σ_t (log π(y_t|·) − log Σ_v π(v|·)²)), the sequence's
+    probability under the policy relative to a sample of the policy itself, per token. A weight,
+    not a loss: no gradient flows through it.
+    chosen_log_sum_sq / rejected_log_sum_sq: log Σ_v π(v|·)² at each token, Shape: as each side's
+    log-probs (values off the mask are ignored). Returns Shape: (batch,).
+    """
+    def weight(side: TokenLogps, log_sum_sq: Tensor) -> Tensor:
+        return torch.exp(TokenLogps(side.logps - log_sum_sq, side.mask).mean)
+
+    return weight(chosen, chosen_log_sum_sq) * weight(rejected, rejected_log_sum_sq)

@@ -19,23 +19,20 @@ Notation in the docstrings, per pair (y_c chosen, y_r rejected, |y| = number of 
 from __future__ import annotations
 
 import difflib
-import functools
 import inspect
 import math
-import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import KW_ONLY, dataclass, replace
+from dataclasses import dataclass, replace
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prefstudy.hyperparams import Param
 from prefstudy.logprobs import TokenLogps
-from prefstudy.records import require_columns
 
 # ---------------------------------------------------------------------------------------------
 # Inputs and outputs
@@ -73,63 +70,7 @@ class ObjectiveOutput:
 
 
 # ---------------------------------------------------------------------------------------------
-# Parameters
-
-
-@dataclass(frozen=True)
-class Param:
-    """One hyper-parameter of an objective: its default and what values are allowed.
-
-    The type of `default` is the type a value must have (an int is accepted for a float). Bounds:
-    `low`/`high` are inclusive (value >= low, value <= high), `above`/`below` exclusive (value >
-    above, value < below). Numbers must be finite.
-    """
-
-    default: float | str | bool
-    _: KW_ONLY
-    help: str
-    choices: tuple | None = None
-    low: float | None = None
-    above: float | None = None
-    high: float | None = None
-    below: float | None = None
-
-    def describe(self) -> str:
-        """What values are allowed, in words: "a finite number > 0", "one of 'sum', 'mean'"."""
-        if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        if isinstance(self.default, bool):
-            return "True or False"
-        if isinstance(self.default, str):
-            return "a string"
-        lower = (f">= {self.low:g}" if self.low is not None
-                 else f"> {self.above:g}" if self.above is not None else None)
-        upper = (f"<= {self.high:g}" if self.high is not None
-                 else f"< {self.below:g}" if self.below is not None else None)
-        bounds = [b for b in (lower, upper) if b]
-        return "a finite number " + " and ".join(bounds) if bounds else "a finite number"
-
-    def coerce(self, value):
-        """`value` in the type of the default (float for numbers), or None if it is not allowed."""
-        if isinstance(self.default, bool):
-            return value if isinstance(value, bool) else None
-        if isinstance(self.default, str):
-            ok = isinstance(value, str) and (self.choices is None or value in self.choices)
-            return value if ok else None
-        # A number; bool is an int subclass but `beta = true` is surely a mistake.
-        if not isinstance(value, numbers.Real) or isinstance(value, bool):
-            return None
-        value = float(value)
-        in_bounds = (
-            math.isfinite(value)
-            and (self.low is None or value >= self.low)
-            and (self.above is None or value > self.above)
-            and (self.high is None or value <= self.high)
-            and (self.below is None or value < self.below)
-            and (self.choices is None or value in self.choices)
-        )
-        return value if in_bounds else None
-
+# Parameters, each declared as a `hyperparams.Param`
 
 # agg: how a `norm` parameter reduces token log-probs to one number per sequence.
 _AGGREGATES: dict[str, Callable[[TokenLogps], Tensor]] = {
@@ -794,9 +735,10 @@ def nca_pair(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
     freely (unlike DPO, NCA's optimum raises it). margin = β·(cl − rl).
     Shape: (batch,) for every field.
     """
-    margin, cw, rw = _dpo_terms(*_logratios(logps), beta)
-    loss = -F.logsigmoid(cw) - 0.5 * F.logsigmoid(-cw) - 0.5 * F.logsigmoid(-rw)
-    return ObjectiveOutput(loss, margin, cw, rw)
+    margin, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps), beta)
+    loss = (-F.logsigmoid(chosen_reward) - 0.5 * F.logsigmoid(-chosen_reward)
+            - 0.5 * F.logsigmoid(-rejected_reward))
+    return ObjectiveOutput(loss, margin, chosen_reward, rejected_reward)
 
 
 @register("bco_pair", family="reference-based", needs_reference=True,
@@ -811,8 +753,9 @@ def bco_pair(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
     margin = β·(cl − rl).
     Shape: (batch,) for every field.
     """
-    margin, cw, rw = _dpo_terms(*_logratios(logps), beta)
-    return ObjectiveOutput(-F.logsigmoid(cw) - F.logsigmoid(-rw), margin, cw, rw)
+    margin, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps), beta)
+    loss = -F.logsigmoid(chosen_reward) - F.logsigmoid(-rejected_reward)
+    return ObjectiveOutput(loss, margin, chosen_reward, rejected_reward)
 
 
 @register("sppo_hard", family="reference-based", needs_reference=True,
@@ -828,9 +771,10 @@ def sppo_hard(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
     Shape: (batch,) for every field.
     """
     chosen_lr, rejected_lr = _logratios(logps)
-    margin, cw, rw = _dpo_terms(chosen_lr, rejected_lr, beta)
+    margin, chosen_reward, rejected_reward = _dpo_terms(chosen_lr, rejected_lr, beta)
     target = 0.5 / beta
-    return ObjectiveOutput((chosen_lr - target) ** 2 + (rejected_lr + target) ** 2, margin, cw, rw)
+    loss = (chosen_lr - target) ** 2 + (rejected_lr + target) ** 2
+    return ObjectiveOutput(loss, margin, chosen_reward, rejected_reward)
 
 
 @register("apo_zero", family="anchored", needs_reference=True,
@@ -845,8 +789,9 @@ def apo_zero(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
     traded for the rejected one. margin = β·(cl − rl).
     Shape: (batch,) for every field.
     """
-    margin, cw, rw = _dpo_terms(*_logratios(logps), beta)
-    return ObjectiveOutput((1.0 - torch.sigmoid(cw)) + torch.sigmoid(rw), margin, cw, rw)
+    margin, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps), beta)
+    loss = (1.0 - torch.sigmoid(chosen_reward)) + torch.sigmoid(rejected_reward)
+    return ObjectiveOutput(loss, margin, chosen_reward, rejected_reward)
 
 
 @register("apo_down", family="anchored", needs_reference=True,
@@ -860,8 +805,9 @@ def apo_down(logps: PairLogps, *, beta: float) -> ObjectiveOutput:
     log-ratio is pushed down while the margin is pushed up. margin = β·(cl − rl).
     Shape: (batch,) for every field.
     """
-    margin, cw, rw = _dpo_terms(*_logratios(logps), beta)
-    return ObjectiveOutput(torch.sigmoid(cw) + (1.0 - torch.sigmoid(margin)), margin, cw, rw)
+    margin, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps), beta)
+    loss = torch.sigmoid(chosen_reward) + (1.0 - torch.sigmoid(margin))
+    return ObjectiveOutput(loss, margin, chosen_reward, rejected_reward)
 
 
 @register("discopop", family="reference-based", needs_reference=True,
@@ -892,13 +838,15 @@ def _by_rank(values: Tensor, sorted_terms: Tensor) -> Tensor:
     return torch.empty_like(sorted_terms).scatter(0, order, sorted_terms)
 
 
-def _aot_output(policy: Tensor, reference: Tensor, beta: float, eps: float, cw, rw):
+def _aot_output(policy: Tensor, reference: Tensor, beta: float, eps: float,
+                chosen_reward: Tensor, rejected_reward: Tensor) -> ObjectiveOutput:
     """The AOT loss on δ_i = sort(policy)_i − sort(reference)_i, each term given back to the pair
-    whose policy value ranks i-th."""
+    whose policy value ranks i-th; the rewards pass through."""
     delta = beta * (torch.sort(policy, dim=0, stable=True).values
                     - torch.sort(reference, dim=0, stable=True).values)
     loss = -F.logsigmoid(delta) * (1 - eps) - F.logsigmoid(-delta) * eps
-    return ObjectiveOutput(_by_rank(policy, loss), _by_rank(policy, delta), cw, rw)
+    return ObjectiveOutput(_by_rank(policy, loss), _by_rank(policy, delta), chosen_reward,
+                           rejected_reward)
 
 
 @register("aot", family="reference-based", needs_reference=True, batch_level=True,
@@ -915,10 +863,10 @@ def aot(logps: PairLogps, *, beta: float, label_smoothing: float) -> ObjectiveOu
     pairs of its batch (the batch mean is TRL's loss exactly). margin = β·δ of that rank.
     Shape: (batch,) for every field.
     """
-    _, cw, rw = _dpo_terms(*_logratios(logps), beta)
+    _, chosen_reward, rejected_reward = _dpo_terms(*_logratios(logps), beta)
     policy = logps.chosen.sum - logps.rejected.sum
     reference = logps.ref_chosen.sum - logps.ref_rejected.sum
-    return _aot_output(policy, reference, beta, label_smoothing, cw, rw)
+    return _aot_output(policy, reference, beta, label_smoothing, chosen_reward, rejected_reward)
 
 
 @register("aot_unpaired", family="reference-based", needs_reference=True, batch_level=True,
@@ -936,133 +884,6 @@ def aot_unpaired(logps: PairLogps, *, beta: float, label_smoothing: float) -> Ob
     Shape: (batch,) for every field.
     """
     chosen_lr, rejected_lr = _logratios(logps)
-    _, cw, rw = _dpo_terms(chosen_lr, rejected_lr, beta)
-    return _aot_output(chosen_lr, rejected_lr, beta, label_smoothing, cw, rw)
-
-
-# ---------------------------------------------------------------------------------------------
-# WPO weighting (Zhou et al. 2024), as TRL's `use_weighting`
-
-
-@torch.no_grad()
-def wpo_weights(chosen: TokenLogps, chosen_log_sum_sq: Tensor, rejected: TokenLogps,
-                rejected_log_sum_sq: Tensor) -> Tensor:
-    """Per-pair WPO weight w(y_c)·w(y_r), to multiply any objective's per-pair loss by.
-
-    Zhou et al. 2024, WPO: Enhancing RLHF with Weighted Preference Optimization, Eq. 2, as TRL's
-    use_weighting: w(y) = exp((1/|y|)·Σ_t (log π(y_t|·) − log Σ_v π(v|·)²)), the sequence's
-    probability under the policy relative to a sample of the policy itself, per token. A weight,
-    not a loss: no gradient flows through it.
-    chosen_log_sum_sq / rejected_log_sum_sq: log Σ_v π(v|·)² at each token, Shape: as each side's
-    log-probs (values off the mask are ignored). Returns Shape: (batch,).
-    """
-    def weight(side: TokenLogps, log_sum_sq: Tensor) -> Tensor:
-        return torch.exp(TokenLogps(side.logps - log_sum_sq, side.mask).mean)
-
-    return weight(chosen, chosen_log_sum_sq) * weight(rejected, rejected_log_sum_sq)
-
-
-# ---------------------------------------------------------------------------------------------
-# Recomputing an objective from logged sums
-#
-# The per-pair records keep each response's summed log-prob and token count, not its tokens
-# (prefstudy.records). Objectives that read only sums, means and counts can be recomputed from
-# them exactly, on any parameters, without the model: `sequence_logps` turns records back into
-# a `PairLogps`, `sums_suffice` says which objectives that serves, `cannot_recompute` why not.
-
-
-def has_reference_logps(records) -> np.ndarray:
-    """Per row of `records` (a DataFrame): whether it has both reference log-probs
-    (ref_logp_p, ref_logp_n finite). All False when the columns are absent."""
-    if not {"ref_logp_p", "ref_logp_n"} <= set(records.columns):
-        return np.zeros(len(records), dtype=bool)
-    return (np.isfinite(records["ref_logp_p"].to_numpy(float))
-            & np.isfinite(records["ref_logp_n"].to_numpy(float)))
-
-
-def _uniform_tokens(sums: np.ndarray, lengths: np.ndarray, dtype) -> TokenLogps:
-    """Row b: lengths[b] tokens, each of log-prob sums[b] / lengths[b]; .sum, .mean and .count
-    are then exactly the logged ones."""
-    lengths = np.maximum(lengths.astype(np.int64), 0)
-    width = max(int(lengths.max()) if len(lengths) else 0, 1)
-    mask = torch.arange(width)[None, :] < torch.as_tensor(lengths)[:, None]
-    per_token = torch.as_tensor(sums / np.maximum(lengths, 1), dtype=dtype)
-    return TokenLogps(torch.where(mask, per_token[:, None], 0.0).to(dtype), mask)
-
-
-def sequence_logps(records, *, dtype: torch.dtype = torch.float64) -> PairLogps:
-    """Per-pair records' logged log-probs as a `PairLogps`, one row per record row.
-
-    records: a DataFrame with nll_sum_p, nll_sum_n (summed cross-entropies: the log-probs are
-    their negatives), len_p, len_n (token counts) and, optionally, ref_logp_p, ref_logp_n.
-    Each response becomes len tokens of equal log-prob sum/len, so every objective that reads
-    only sums, means and counts gets exactly the values it had in training (`sums_suffice` says
-    which do). The reference sides are there when every row has both reference log-probs, else
-    None. Shape of every side: (rows, longest response).
-    """
-    require_columns(records, ["nll_sum_p", "nll_sum_n", "len_p", "len_n"], "sequence_logps")
-    len_p, len_n = records["len_p"].to_numpy(), records["len_n"].to_numpy()
-    chosen = _uniform_tokens(-records["nll_sum_p"].to_numpy(float), len_p, dtype)
-    rejected = _uniform_tokens(-records["nll_sum_n"].to_numpy(float), len_n, dtype)
-    ref_c = ref_r = None
-    if len(records) and has_reference_logps(records).all():
-        ref_c = _uniform_tokens(records["ref_logp_p"].to_numpy(float), len_p, dtype)
-        ref_r = _uniform_tokens(records["ref_logp_n"].to_numpy(float), len_n, dtype)
-    return PairLogps(chosen, rejected, ref_c, ref_r)
-
-
-def _probe_side(lengths: Tensor, spread: bool) -> TokenLogps:
-    """A fixed batch of responses: the same sums and counts, tokens equal or spread around them."""
-    width = int(lengths.max())
-    mask = torch.arange(width)[None, :] < lengths[:, None]
-    mean = -1.5 - 0.25 * torch.arange(len(lengths), dtype=torch.float64)[:, None]
-    position = torch.arange(width, dtype=torch.float64)[None, :]
-    centred = (position - (lengths[:, None] - 1) / 2) / lengths[:, None].clamp(min=1)
-    logps = mean + (0.9 * centred if spread else 0.0)  # spread: zero-sum deviations, still < 0
-    return TokenLogps(logps * mask, mask)
-
-
-@functools.cache
-def sums_suffice(name: str) -> bool:
-    """Whether objective `name` is a function of each response's summed log-prob and token count
-    alone, so that `sequence_logps` reproduces it exactly.
-
-    Checked, not listed: the objective is computed on a fixed batch twice, once with equal token
-    log-probs and once with the same sums spread unevenly over the tokens, at its default
-    parameters and at every choice of a parameter that has choices (e.g. norm); it suffices when
-    the losses and margins agree. (Unlikelihood, log(1 − p_t) per token, and LD-DPO, which weighs
-    tokens by position, do not.)
-    """
-    objective = OBJECTIVES[name]
-    lengths_c, lengths_r = torch.tensor([3, 8, 5, 1, 6]), torch.tensor([7, 2, 5, 6, 1])
-    variants = [{}]
-    for pname, spec in objective.params.items():
-        if spec.choices:
-            variants = [{**v, pname: c} for v in variants for c in spec.choices]
-    for params in variants:
-        outputs = []
-        for spread in (False, True):
-            sides = [_probe_side(n, spread) for n in (lengths_c, lengths_r)]
-            refs = [TokenLogps(s.logps * 1.1, s.mask) for s in sides]  # a reference unlike π
-            logps = PairLogps(*sides, *refs) if objective.needs_reference else PairLogps(*sides)
-            outputs.append(compute(name, logps, **params))
-        same = (torch.allclose(outputs[0].loss, outputs[1].loss, rtol=1e-9, atol=1e-9)
-                and torch.allclose(outputs[0].margin, outputs[1].margin, rtol=1e-9, atol=1e-9))
-        if not same:
-            return False
-    return True
-
-
-def cannot_recompute(name: str, *, has_reference: bool) -> str:
-    """Why objective `name` cannot be recomputed from logged sums ('' when it can): it couples
-    the pairs of a batch, it needs each token's log-prob (`sums_suffice`), or a reference the
-    records lack (has_reference=False)."""
-    if get_objective(name).batch_level:
-        return ("a batch-level objective: a pair's loss depends on the other pairs of its batch, "
-                "not on its own logged sums")
-    if not sums_suffice(name):
-        return "needs each token's log-probability; the records keep only each response's sum"
-    if get_objective(name).needs_reference and not has_reference:
-        return ("needs the reference log-probs, which these records lack (runs of "
-                "reference-free objectives do not log them)")
-    return ""
+    _, chosen_reward, rejected_reward = _dpo_terms(chosen_lr, rejected_lr, beta)
+    return _aot_output(chosen_lr, rejected_lr, beta, label_smoothing, chosen_reward,
+                       rejected_reward)

@@ -14,3 +14,14 @@ REPO = Path(__file__).resolve().parent.parent
 def in_repo(*parts: str) -> Path:
     """A path inside the repository, e.g. `in_repo("reports", "runs")`."""
     return REPO.joinpath(*parts)
+
+
+def resolve_path(path: str | None) -> Path | None:
+    """A data path as given if it exists, else relative to the repository root."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.exists() or p.is_absolute():
+        return p
+    repo = in_repo(str(p))
+    return repo if repo.exists() else p

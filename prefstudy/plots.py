@@ -6,46 +6,37 @@ Every function follows seaborn's calling convention: `data` first, column names 
 new one, and return it) and a FacetGrid for faceted ones. Statistics are never computed here: a
 figure draws a table a diagnostic returned (`prefstudy.diagnostics`), passed in (`effect=`,
 `onset=`) or asked for: a trajectory is `diagnostics.run_step_means` with its band across seeds
-from `diagnostics.seed_intervals` (seeds are the units, as in every table), divergence is
-`diagnostics.run_table`'s.
+from `stats.seed_intervals` (seeds are the units, as in every table), divergence is
+`diagnostics.run_status`'s.
 
     gap_vs_length        C1: per-pair gap against Δlen, one panel per normalisation, OLS line
     loss_trajectories    C3: loss_p and loss_n per step, one line per label, collapse onsets
     normalisation_grid   every label in its own panel, each on its own y scale
-    interval_plot        one point (or bar) with its interval per label: C2, C5 (noise_comparison
-                         is its former name)
-    displacement_bars    C4: shares of displaced pairs per label and edit-distance bin
+    interval_plot        one point (or bar) with its interval per label
+    gradient_agreement   C2: each objective's leave-one-out gradient cosine, on a symlog axis
+    displacement_shares  C4: the share of pairs whose chosen log-prob fell where neutral text held
     frontier             each run's path of preference progress against capability cost
+    family_frontier      the same, one panel per family of objectives
     matched_plot         a quantity with its interval per label at matched progress levels
+    matched_chosen       the same on a symlog axis (the report's chosen loss at matched progress)
+    accuracy_plot, dose_plot, distribution_plot, distribution_panels, histogram_plot,
+    gradient_norm_plot   the audit's figures (`prefstudy.audit`)
 
-Look: `THEME` is the seaborn theme (context "paper"); every function draws inside it without
-changing global state, and `set_style()` applies it globally for a notebook. Colours: a label
-always gets the colour of its place in the *sorted* list of labels (`label_palette`), so "dpo" is
-the same colour in every figure that shows the same labels; `set_style(labels=...)` pins the
-study's full label list, so that figures showing a subset keep the study's colours. Given each
-label's family (`objectives.family_of`), `family_palette` colours by family instead: one hue of
-the colour-blind palette per family (FAMILY_HUES), the labels of a family told apart by
-lightness, darkest first in sorted label order; `set_style(labels, families=...)` pins that.
-`family_order` lists labels family by family, in `objectives.FAMILIES` order (summed likelihood
-losses, then token-mean ones, then reference log-ratios, then anchored ones).
-
-Legibility: axis labels and titles are words (AXIS_NAMES), never bare column names; legends sit
-outside the panels (to the right, or below a wide grid), inside the bounding box `save` writes;
-where one label can run 100× past the others, the axis is logarithmic or each panel has its
-own scale, so that no panel is flattened by one extreme.
+The look (theme, colours, orders, axis names) and writing a figure to a file are
+`prefstudy.theme`'s. Legends sit outside the panels, inside the bounding box `theme.save` writes;
+where one label can run 100× past the others, the axis is logarithmic or each panel has its own
+scale. A function named for a report figure (gradient_agreement, displacement_shares,
+family_frontier, matched_chosen) returns it finished, its axes scaled and named after the draw:
+the report and the notebooks call the same function.
 
 Nothing here picks a backend or calls `plt.show()`: matplotlib falls back to Agg where there is no
-display, and notebooks show the returned figure themselves. `save` writes files whose bytes do not
-depend on the matplotlib version or the date.
+display, and notebooks show the returned figure themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
@@ -57,231 +48,20 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from . import diagnostics as dg
+from .columns import require_columns
 from .formatting import interval_label
-from .records import require_columns
+from .stats import seed_intervals
+from .theme import axis_name, colours_of, order_of, themed
 
 # ---------------------------------------------------------------------------------------------
-# Look
+# Names and scales
 
-THEME = {"context": "paper", "style": "whitegrid", "font_scale": 1.0,
-         "rc": {"axes.titlesize": "medium", "legend.frameon": False, "savefig.bbox": "tight"}}
-BASE_PALETTE = "colorblind"  # 10 colours; more labels than that use husl (evenly spaced hues)
-DPI = 200  # `save` writes every figure at this resolution
-
-# Axis names for the columns the diagnostics produce; other columns are shown by their own name.
-AXIS_NAMES = {
-    "step": "training step", "dlen": "len_n − len_p (tokens)",
-    "dlen_rel": "(len_n − len_p) / (len_n + len_p)",
-    "gap_value": "gap, rejected − chosen (nats)", "gap": "gap = loss_n − loss_p (nats)",
-    "loss_p": "loss_p, chosen (nats/token)", "loss_n": "loss_n, rejected (nats/token)",
-    "grad_cos": "cosine to the other pairs' mean gradient", "grad_norm": "per-pair gradient norm",
-    "gns": "gradient noise scale tr(Σ)/|G|²", "factor": "rejected lengthened ×",
-    "label": "objective", "lr": "learning rate", "family": "family",
-    "share_below_start": "share of pairs whose chosen\nlog-prob fell below its start",
-    "share_below_ref": "share of pairs whose chosen\nlog-prob is below the reference's",
-    "edit_bin": "edit distance, chosen ↔ rejected (0 = identical, 1 = nothing shared)",
-    "d_neutral": "Δ NLL of neutral text (nats/token):\ncapability cost",
-    "margin_gain": "held-out margin gain (nats/token):\npreference progress",
-    "d_chosen": "Δ held-out chosen loss (nats/token)",
-    "d_rejected": "Δ held-out rejected loss (nats/token)",
-    "level": "held-out margin gain reached (nats/token)",
-    "ppl_ratio": "held-out perplexity, end ÷ before training",
-    "onset_share": "share of seeds with a collapse onset",
-    "diverged_share": "share of seeds that diverged",
-    "displacement": "share of pairs whose chosen log-prob fell below its start",
-}
 QUANTITY_NAMES = {"loss_p": "chosen loss (loss_p)", "loss_n": "rejected loss (loss_n)",
                   "gap": "gap (loss_n − loss_p)"}
 QUANTITY_DASHES = {"loss_p": "", "loss_n": (4, 2), "gap": (1, 1.5)}
-
-# One hue of BASE_PALETTE per family (its index there): four that stay apart under the common
-# colour-vision deficiencies. A family's labels are shades of its hue, at evenly spaced positions
-# of FAMILY_SHADES along black (0) → the hue (0.5) → white (1): dark enough to read on white.
-FAMILY_HUES = {"likelihood": 3, "length-normalised": 4, "reference-based": 0, "anchored": 2}
-FAMILY_SHADES = (0.3, 0.68)
-
-_study_palette: dict[str, tuple] | None = None  # pinned by set_style(labels=...)
-
-
-def _theme_rc() -> dict:
-    rc = {**sns.axes_style(THEME["style"]),
-          **sns.plotting_context(THEME["context"], font_scale=THEME["font_scale"]), **THEME["rc"]}
-    rc["axes.prop_cycle"] = mpl.cycler(color=sns.color_palette(BASE_PALETTE))
-    return rc
-
-
-@contextlib.contextmanager
-def _themed():
-    """Draw inside THEME without touching the caller's global matplotlib state.
-
-    Only the theme's own keys are restored afterwards: `mpl.rc_context` restores every key, so
-    a backend first loaded inside it (Jupyter's inline backend on a session's first figure) had
-    its `interactive` setting undone and later figures stopped showing.
-    """
-    rc = _theme_rc()
-    saved = {key: mpl.rcParams[key] for key in rc}
-    try:
-        mpl.rcParams.update(rc)
-        yield
-    finally:
-        mpl.rcParams.update(saved)
-
-
-def set_style(labels: Iterable[str] | None = None,
-              families: Mapping[str, str] | None = None) -> None:
-    """Apply THEME globally (for notebooks); with `labels`, pin the study's label → colour map.
-
-    Pinning matters when a figure shows a subset of the study's labels: without it the subset is
-    coloured by its own sorted order and "dpo" could change colour between figures.
-    families: label → family (`objectives.family_of`) of every label of the study; the pinned map
-    is then `family_palette(families)` (each label of `labels` must have a family).
-    """
-    global _study_palette
-    sns.set_theme(context=THEME["context"], style=THEME["style"], palette=BASE_PALETTE,
-                  font_scale=THEME["font_scale"], rc=THEME["rc"])
-    if families is not None:
-        missing = [str(lab) for lab in labels or () if str(lab) not in families]
-        if missing:
-            raise ValueError(f"set_style: no family for {missing}")
-        _study_palette = family_palette(families)
-    elif labels is not None:
-        _study_palette = label_palette(labels)
-
-
-@contextlib.contextmanager
-def study_palette(labels: Iterable[str], families: Mapping[str, str] | None = None):
-    """Pin the study's label → colour map (as `set_style` does) for the figures drawn inside,
-    and restore whatever was pinned before: a report leaves a notebook's colours as they were."""
-    global _study_palette
-    before = _study_palette
-    try:
-        if families is not None:
-            missing = [str(lab) for lab in labels if str(lab) not in families]
-            if missing:
-                raise ValueError(f"study_palette: no family for {missing}")
-            _study_palette = family_palette(families)
-        else:
-            _study_palette = label_palette(labels)
-        yield _study_palette
-    finally:
-        _study_palette = before
-
-
-def label_palette(labels: Iterable[str]) -> dict[str, tuple]:
-    """Label → RGB colour, assigned in sorted label order (the same labels, the same colours)."""
-    names = sorted({str(label) for label in labels})
-    n_base = len(sns.color_palette(BASE_PALETTE))
-    colours = (sns.color_palette(BASE_PALETTE, len(names)) if len(names) <= n_base
-               else sns.color_palette("husl", len(names)))
-    return dict(zip(names, colours))
-
-
-def _families() -> tuple[str, ...]:
-    from .objectives import FAMILIES  # imported here: objectives needs torch, figures do not
-
-    return FAMILIES
-
-
-def _checked_families(labels: Mapping[str, str]) -> dict[str, str]:
-    """label → family as text, every family one of `objectives.FAMILIES` (ValueError if not)."""
-    families = _families()
-    unknown = sorted({str(f) for f in labels.values() if f not in families})
-    if unknown:
-        raise ValueError(f"unknown family {unknown}; allowed: {', '.join(families)}")
-    return {str(label): family for label, family in labels.items()}
-
-
-def _shade(colour: Sequence[float], position: float) -> tuple:
-    """`colour` moved to `position` along black (0) → `colour` (0.5) → white (1)."""
-    rgb = np.asarray(colour, dtype=float)[:3]
-    target, weight = ((np.zeros(3), 1 - 2 * position) if position < 0.5
-                      else (np.ones(3), 2 * position - 1))
-    return tuple(float(v) for v in rgb + weight * (target - rgb))
-
-
-def family_palette(labels: Mapping[str, str]) -> dict[str, tuple]:
-    """Label → RGB colour from label → family: the family's hue (FAMILY_HUES), one shade each.
-
-    A family's labels, in sorted order, take evenly spaced shades of FAMILY_SHADES, darkest
-    first; a family's only label takes the hue itself. The colours depend on the labels and
-    their families alone, so the same study gives the same colours in every figure. Keys come
-    family by family, in `objectives.FAMILIES` order.
-    """
-    labels = _checked_families(labels)
-    base = sns.color_palette(BASE_PALETTE)
-    palette = {}
-    for family in _families():
-        names = sorted(label for label, f in labels.items() if f == family)
-        shades = [0.5] if len(names) == 1 else np.linspace(*FAMILY_SHADES, len(names))
-        hue = base[FAMILY_HUES[family]]
-        palette.update({name: _shade(hue, s) for name, s in zip(names, shades)})
-    return palette
-
-
-def family_order(labels: Mapping[str, str]) -> list[str]:
-    """The labels of label → family, family by family (`objectives.FAMILIES` order), each family
-    in the mapping's own order: how figures and tables list a study's labels."""
-    labels = _checked_families(labels)
-    rank = {family: i for i, family in enumerate(_families())}
-    return sorted(labels, key=lambda label: rank[labels[label]])
-
-
-def _colours(order: Sequence, palette: Mapping | None = None, *, labels: bool = True) -> dict:
-    """A colour for each value of `order`, keyed by the values themselves.
-
-    `palette` if given; else, for labels, the pinned study palette if it covers them, or
-    `label_palette(order)`; for anything else (labels=False), the base palette in `order`.
-    """
-    if palette is None and not labels:
-        return dict(zip(order, sns.color_palette(BASE_PALETTE, len(order))))
-    if palette is None:
-        pinned = _study_palette is not None and all(str(v) in _study_palette for v in order)
-        palette = _study_palette if pinned else label_palette(order)
-    colours, missing = {}, []
-    for value in order:
-        if value in palette or str(value) in palette:
-            colours[value] = palette[value] if value in palette else palette[str(value)]
-        else:
-            missing.append(value)
-    if missing:
-        raise ValueError(f"palette has no colour for {missing}")
-    return colours
-
-
-_INTERVAL = re.compile(r"^[\[(]\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*[\])]$")
-
-
-def _interval_key(value) -> tuple[float, float] | None:
-    """(lo, hi) of an interval written as text, "[0, 0.1]" or "(0.1, 0.3]"; None otherwise."""
-    match = _INTERVAL.match(str(value))
-    try:
-        return (float(match[1]), float(match[2])) if match else None
-    except ValueError:
-        return None
-
-
-def _order(values: Iterable, order: Sequence | None = None) -> list:
-    """`order` if given; else a categorical's own category order (e.g. `pd.cut` bins), else the
-    distinct values sorted: intervals written as text ("[0, 0.1]", "(0.1, 0.3]") by their bounds,
-    anything else as itself (labels alphabetically, so panels come in the palette's order)."""
-    if order is not None:
-        return list(order)
-    values = values if isinstance(values, pd.Series) else pd.Series(list(values))
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        present = set(values.dropna())
-        return [c for c in values.cat.categories if c in present]
-    distinct = pd.unique(values.dropna()).tolist()
-    keys = [_interval_key(v) for v in distinct]
-    if distinct and all(k is not None for k in keys):
-        return [v for _, v in sorted(zip(keys, distinct))]
-    try:
-        return sorted(distinct)
-    except TypeError:  # mixed types
-        return sorted(distinct, key=str)
-
-
-def _axis_name(column: str) -> str:
-    return AXIS_NAMES.get(column, column)
+def _plain(value: float, _position=None) -> str:
+    """A tick label written as a plain number (0.05, 1, 1e+06), not as 10^n."""
+    return f"{value:g}"
 
 
 def _scale_y(ax: Axes, values: Iterable[float], yscale: str = "auto") -> None:
@@ -298,7 +78,7 @@ def _scale_y(ax: Axes, values: Iterable[float], yscale: str = "auto") -> None:
         ax.set_ylim(v.min() / 1.25, v.max() * 1.25)
     if yscale == "log":
         ax.yaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(_plain))
         ax.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
 
 
@@ -325,7 +105,7 @@ def _diverged_runs(data: pd.DataFrame, *, x: str, hue: str | None,
                    onset: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per diverged run: run_id, `hue`, `last` = the last step it has records at.
 
-    Which runs diverged is `diagnostics.run_table`'s verdict, from the records' status and
+    Which runs diverged is `diagnostics.run_status`'s verdict, from the records' status and
     diverged_step (`records.load_run` adds them), else from `onset` (`collapse` output).
     """
     cols = ["run_id"] + ([hue] if hue else [])
@@ -333,7 +113,7 @@ def _diverged_runs(data: pd.DataFrame, *, x: str, hue: str | None,
     source = data if {"status", "diverged_step"} & set(data.columns) else onset
     if source is None or "run_id" not in source.columns:
         return runs.iloc[:0]
-    diverged = dg.run_table(source).set_index("run_id").diverged
+    diverged = dg.run_status(source).set_index("run_id").diverged
     return runs[runs.run_id.map(diverged).fillna(False).astype(bool)].reset_index(drop=True)
 
 
@@ -341,7 +121,7 @@ def _lineplot(ax: Axes, long: pd.DataFrame, *, x: str, errorbar, groups: Sequenc
               band_colour: Callable[[dict], object], **line_kwargs) -> None:
     """seaborn's lineplot of long.value against `x`, one line per group of `groups`.
 
-    errorbar "seed": the band is `diagnostics.seed_intervals`' 95% t-interval across runs,
+    errorbar "seed": the band is `stats.seed_intervals`' 95% t-interval across runs,
     computed for every group and x at once (seaborn would call a function per point: minutes
     for runs of thousands of steps); no band where a point has one run. Anything else goes to
     seaborn's lineplot as its errorbar.
@@ -351,7 +131,7 @@ def _lineplot(ax: Axes, long: pd.DataFrame, *, x: str, errorbar, groups: Sequenc
                      **line_kwargs)
         return
     groups = list(groups)
-    bands = dg.seed_intervals(long.dropna(subset=["value"]), [*groups, x], "value")
+    bands = seed_intervals(long.dropna(subset=["value"]), [*groups, x], "value")
     sns.lineplot(data=bands, x=x, y="value", errorbar=None, ax=ax, legend=False, **line_kwargs)
     for key, band in bands.groupby(groups, sort=False, observed=True):
         key = key if isinstance(key, tuple) else (key,)
@@ -399,11 +179,11 @@ def gap_vs_length(data: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
                            for _, d in frame.groupby(panel, sort=False)])
     hue_kws = {}
     if hue is not None:
-        hue_order = _order(frame[hue], hue_order)
+        hue_order = order_of(frame[hue], hue_order)
         hue_kws = {"hue": hue, "hue_order": hue_order,
-                   "palette": _colours(hue_order, palette, labels=hue == "label")}
-    with _themed():
-        grid = sns.FacetGrid(shown, col=panel, col_order=_order(frame[panel], col_order),
+                   "palette": colours_of(hue_order, palette, labels=hue == "label")}
+    with themed():
+        grid = sns.FacetGrid(shown, col=panel, col_order=order_of(frame[panel], col_order),
                              sharex=True, sharey=False, height=height, aspect=aspect,
                              despine=False)
         for name, ax in grid.axes_dict.items():
@@ -417,8 +197,8 @@ def gap_vs_length(data: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
                 ax.plot(xs, row["intercept"] + row["slope"] * xs,
                         **{"color": "black", "linewidth": 1.5, **(line_kws or {})})
             ax.set_title(_effect_title(name if col is not None else "", row))
-            ax.set_xlabel(_axis_name(x))
-            ax.set_ylabel(_axis_name(y))
+            ax.set_xlabel(axis_name(x))
+            ax.set_ylabel(axis_name(y))
         grid.tight_layout()  # room for the two-line titles, before the legend claims its own
         if hue is not None:
             grid.add_legend(legend_data={str(k): Line2D([], [], marker="o", linestyle="",
@@ -451,12 +231,13 @@ def loss_trajectories(data: pd.DataFrame, *, x: str = "step", hue: str = "label"
     data: per-pair records (or evals) with `x`, `hue`, run_id, seed and the quantities; status
     and diverged_step (added by `records.load_run`) mark diverged runs. Each run is first averaged
     over its pairs at each step (`diagnostics.run_step_means`); the line is the mean of those
-    across runs and the band is `errorbar` across runs: "seed" = `diagnostics.seed_interval`'s
+    across runs and the band is `errorbar` across runs: "seed" = `stats.seed_interval`'s
     95% t-interval (no band with one seed), or anything seaborn's lineplot takes (None for no
     band). `row` (e.g. "label") splits further into rows, in `row_order` (default: sorted).
 
-    onset: the output of `diagnostics.collapse` (run_id, `hue`, onset_step): each label's median
-    onset across its seeds is a dashed vertical line, the range of its seeds' onsets a shaded band.
+    onset: collapse onsets, e.g. `progress.collapse_onsets` (run_id, `hue`, onset_step): each
+    label's median onset across its seeds is a dashed vertical line, the range of its seeds'
+    onsets a shaded band.
     A diverged run's line ends at its last recorded step, marked "x". yscale: "auto" makes a
     panel's y axis logarithmic where one label's loss runs 10× past another's (a collapsing
     label would otherwise flatten every other line), else linear; or any matplotlib scale.
@@ -466,12 +247,12 @@ def loss_trajectories(data: pd.DataFrame, *, x: str = "step", hue: str = "label"
                     nonempty=True)
     keys = [k for k in (hue, row) if k is not None]
     long = _run_step_means(data, x=x, values=quantities, keys=keys)
-    hue_order = _order(data[hue], hue_order)
-    colours = _colours(hue_order, palette, labels=hue == "label")
+    hue_order = order_of(data[hue], hue_order)
+    colours = colours_of(hue_order, palette, labels=hue == "label")
     diverged = _diverged_runs(data, x=x, hue=hue, onset=onset)
-    row_order = _order(data[row], row_order) if row else None
+    row_order = order_of(data[row], row_order) if row else None
 
-    with _themed():
+    with themed():
         grid = sns.FacetGrid(long, col="quantity", col_order=list(quantities), row=row,
                              row_order=row_order, sharex=True, sharey=sharey, height=height,
                              aspect=aspect, despine=False)
@@ -489,14 +270,14 @@ def loss_trajectories(data: pd.DataFrame, *, x: str = "step", hue: str = "label"
             _scale_y(ax, sub.groupby([hue, x], observed=True).value.mean(), yscale)
             title = QUANTITY_NAMES.get(quantity, quantity)
             ax.set_title(f"{row_value} · {title}" if row else title)
-            ax.set_xlabel(_axis_name(x))
+            ax.set_xlabel(axis_name(x))
             ax.set_ylabel(_quantity_axis([quantity]))
         legend = {str(k): Line2D([], [], color=colours[k]) for k in hue_order}
         if len(diverged):
             legend["diverged"] = Line2D([], [], color="0.2", marker="x", linestyle="")
         if onset is not None:
             legend["collapse onset"] = Line2D([], [], color="0.2", linestyle="--")
-        grid.add_legend(legend_data=legend, title=_axis_name(hue))
+        grid.add_legend(legend_data=legend, title=axis_name(hue))
     return grid
 
 
@@ -506,7 +287,7 @@ def _quantity_axis(quantities: Sequence[str]) -> str:
         return "loss (nats per token)"
     if all(q in QUANTITY_NAMES for q in quantities):
         return "nats per token"
-    return ", ".join(_axis_name(q) for q in quantities)
+    return ", ".join(axis_name(q) for q in quantities)
 
 
 def _mark_onsets(ax: Axes, onset: pd.DataFrame | None, *, hue: str, colours: Mapping,
@@ -556,13 +337,13 @@ def normalisation_grid(data: pd.DataFrame, *, x: str = "step", col: str = "label
     require_columns(data, [x, col, "run_id", "seed", *quantities], "normalisation_grid",
                     nonempty=True)
     long = _run_step_means(data, x=x, values=quantities, keys=[col])
-    order = _order(data[col], col_order)
-    colours = _colours(order, palette, labels=col == "label")
+    order = order_of(data[col], col_order)
+    colours = colours_of(order, palette, labels=col == "label")
     diverged = _diverged_runs(data, x=x, hue=col)
     n_seeds = data.groupby(col)["run_id"].nunique()
     wrap = col_wrap if col_wrap and len(order) > col_wrap else None
 
-    with _themed():
+    with themed():
         grid = sns.FacetGrid(long, col=col, col_order=order, col_wrap=wrap, sharex=True,
                              sharey=False, height=height, aspect=aspect, despine=False)
         for name, ax in grid.axes_dict.items():
@@ -578,7 +359,7 @@ def normalisation_grid(data: pd.DataFrame, *, x: str = "step", col: str = "label
             if n_div:
                 title += f"\n{n_div}/{n_seeds[name]} runs diverged"
             ax.set_title(title)
-        grid.set_axis_labels(_axis_name(x), _quantity_axis(quantities))
+        grid.set_axis_labels(axis_name(x), _quantity_axis(quantities))
         legend = {QUANTITY_NAMES.get(q, q): Line2D([], [], color="0.3",
                                                     dashes=QUANTITY_DASHES.get(q, ""))
                   for q in quantities}
@@ -596,9 +377,9 @@ def interval_plot(data: pd.DataFrame, *, x: str = "grad_cos", y: str = "label",
                   **kwargs) -> Axes:
     """One point (or bar) per `y` value with its interval: `x` between `<x>_lo` and `<x>_hi`.
 
-    data: one row per label, e.g. from `diagnostics.gradient_noise` or
-    `diagnostics.summary_table` (any metric of either works, e.g. x="gns", "ppl_ratio"), or one
-    row per factor of `diagnostics.dose_response` (y="factor"). The `y` values are on the y axis
+    data: one row per label, e.g. from `diagnostics.gradient_noise` (any of its metrics, e.g.
+    x="gns"), `findings.displacement` (x="share") or `findings.predictors_of_displacement` of
+    one predictor (x="rho"). The `y` values are on the y axis
     (long names stay readable), in `order` or sorted. A NaN interval (one seed) draws the point
     alone. `refline` draws a vertical reference line (e.g. 0 for grad_cos).
     Returns the Axes.
@@ -609,15 +390,15 @@ def interval_plot(data: pd.DataFrame, *, x: str = "grad_cos", y: str = "label",
     if data[y].duplicated().any():
         raise ValueError(f"interval_plot: several rows per {y!r}; pass one row per {y} "
                          "(the diagnostics tables have one)")
-    order = _order(data[y], order)
-    colours = _colours(order, palette, labels=y == "label")
+    order = order_of(data[y], order)
+    colours = colours_of(order, palette, labels=y == "label")
     rows = data.set_index(y).reindex(order)
     values = rows[x].astype(float).to_numpy()
     lo = rows.get(f"{x}_lo", pd.Series(np.nan, index=rows.index)).astype(float).to_numpy()
     hi = rows.get(f"{x}_hi", pd.Series(np.nan, index=rows.index)).astype(float).to_numpy()
     positions = np.arange(len(order))
 
-    with _themed():
+    with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(4.5, 0.45 * len(order) + 1.2))
         for i, name in enumerate(order):
@@ -634,68 +415,52 @@ def interval_plot(data: pd.DataFrame, *, x: str = "grad_cos", y: str = "label",
             ax.axvline(refline, color="0.4", linewidth=0.8, zorder=0)
         ax.set_yticks(positions, [str(name) for name in order])
         ax.set_ylim(len(order) - 0.5, -0.5)
-        ax.set_xlabel(_axis_name(x))
+        ax.set_xlabel(axis_name(x))
         ax.set_ylabel("")
     return ax
 
 
-def noise_comparison(data: pd.DataFrame, *, metric: str = "grad_cos", **kwargs) -> Axes:
-    """The former name of `interval_plot` (its `metric` is interval_plot's `x`)."""
-    return interval_plot(data, x=metric, **kwargs)
+def gradient_agreement(data: pd.DataFrame, *, x: str = "grad_cos", y: str = "label",
+                       order: Sequence | None = None, palette: Mapping | None = None,
+                       ax: Axes | None = None) -> Axes:
+    """C2: each objective's mean leave-one-out cosine of a pair's gradient to the other pairs'
+    mean gradient, one point per `y` value, with a line at 0 (orthogonal gradients).
 
-
-def displacement_bars(data: pd.DataFrame, *, y: str = "share_below_start",
-                      x: str | None = "edit_bin", hue: str = "label",
-                      order: Sequence | None = None, hue_order: Sequence | None = None,
-                      palette: Mapping | None = None, ax: Axes | None = None, **kwargs) -> Axes:
-    """Grouped bars of a share (0–1) per `hue` (label) within each `x` group (edit-distance bin).
-
-    data: `diagnostics.displacement` output: one row per (label, edit_bin) when it was given
-    `pairs`, else one per label (x="edit_bin" then falls back to one bar per label, as x=None
-    does). y: "share_below_start" (chosen log-prob fell) or "share_below_ref" (below the
-    reference). Bars are the table's values; `<y>_lo` / `<y>_hi`, where present, are drawn as
-    intervals. Bins keep the table's categorical order. A dotted line at 0.5 marks half the pairs.
+    data: `diagnostics.gradient_noise` output (one row per label). The points have no interval
+    (`<x>_lo`/`<x>_hi` are left out): an objective's runs are different learning rates, and rows
+    of one pair at many steps are not independent pairs. The x axis is symlog, linear within
+    ±0.05 (negative_only's cosine is 10× the others'), from -0.05 to a cosine's bound 1.
     Returns the Axes.
     """
-    if x == "edit_bin" and isinstance(data, pd.DataFrame) and x not in data.columns:
-        x = None
-    require_columns(data, [y, x, hue], "displacement_bars", nonempty=True)
-    keys = [k for k in (x, hue) if k is not None]
-    if data.duplicated(keys).any():
-        raise ValueError(f"displacement_bars: several rows per {keys}; pass one row each")
-    hue_order = _order(data[hue], hue_order)
-    colours = _colours(hue_order, palette, labels=hue == "label")
-    groups = _order(data[x], order) if x is not None else [None]
-    width = 0.8 / len(hue_order)
+    shown = data.drop(columns=[f"{x}_lo", f"{x}_hi"], errors="ignore")
+    ax = interval_plot(shown, x=x, y=y, order=order, palette=palette, refline=0, ax=ax)
+    ax.set_xscale("symlog", linthresh=0.05)
+    ax.set_xlim(-0.05, 1.0)
+    ax.xaxis.set_major_locator(mpl.ticker.FixedLocator([-0.05, 0, 0.05, 0.1, 0.2, 0.5, 1]))
+    ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_plain))
+    ax.set_xlabel("mean cosine of a pair's gradient to the other pairs' mean gradient\n"
+                  "(orthogonal gradients: 0; over every run and step)")
+    return ax
 
-    with _themed():
-        if ax is None:
-            _, ax = plt.subplots(figsize=(1.0 + 0.35 * len(groups) * len(hue_order), 3.0))
-        for j, name in enumerate(hue_order):
-            sel = data[data[hue] == name]
-            if x is not None:
-                sel = sel.set_index(x).reindex(groups)
-            heights = sel[y].astype(float).to_numpy()
-            if x is None and not len(heights):
-                heights = np.array([np.nan])
-            pos = np.arange(len(groups)) + (j - (len(hue_order) - 1) / 2) * width
-            ax.bar(pos, heights, width=width, color=colours[name], label=str(name),
-                   **kwargs)
-            if f"{y}_lo" in sel.columns and f"{y}_hi" in sel.columns:
-                lo = sel[f"{y}_lo"].astype(float).to_numpy()
-                hi = sel[f"{y}_hi"].astype(float).to_numpy()
-                ok = np.isfinite(lo) & np.isfinite(hi)
-                if ok.any():
-                    ax.vlines(pos[ok], lo[ok], hi[ok], color="0.15", linewidth=1.2)
-        ax.axhline(0.5, color="0.4", linewidth=0.8, linestyle=":", zorder=0)
-        ax.set_ylim(0, 1)
-        if x is not None:
-            ax.set_xticks(np.arange(len(groups)), [str(g) for g in groups])
-            ax.set_xlabel(_axis_name(x))
-        else:
-            ax.set_xticks([])
-        ax.set_ylabel(_axis_name(y))
-        ax.legend(title=_axis_name(hue), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+def displacement_shares(data: pd.DataFrame, *, max_neutral: float, x: str = "share",
+                        y: str = "label", order: Sequence | None = None,
+                        palette: Mapping | None = None, ax: Axes | None = None) -> Axes:
+    """C4: per `y` value, the share of held-out pairs whose chosen log-prob fell where neutral
+    text held, with its exact interval, on 0–1 with a dotted line at one half.
+
+    data: `findings.displacement` output; rows without such an evaluation (n = 0) are left
+    out, and so are their labels from `order`. max_neutral: the bound on |Δ neutral NLL| the
+    rows were found under (`findings.NEUTRAL_HOLD`), written on the axis. Returns the Axes.
+    """
+    require_columns(data, [x, y, "n"], "displacement_shares", nonempty=True)
+    shown = data[data["n"] > 0]
+    present = set(shown[y])
+    order = [v for v in order_of(shown[y], order) if v in present]
+    ax = interval_plot(shown, x=x, y=y, order=order, palette=palette, refline=0.5, ax=ax)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of held-out pairs whose chosen log-prob fell,\nwhere neutral text "
+                  f"held (|Δ NLL| ≤ {max_neutral:g}); exact 95% interval")
     return ax
 
 
@@ -731,24 +496,24 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
     require_columns(data, [x, y, hue, style, units, col, "step"], "frontier", nonempty=True)
     if col is not None and ax is not None:
         raise ValueError("frontier: pass ax= or col=, not both (col makes its own grid)")
-    hue_order = _order(data[hue], hue_order)
+    hue_order = order_of(data[hue], hue_order)
     kws = {"x": x, "y": y, "hue": hue, "style": style, "units": units,
-           "colours": _colours(hue_order, palette, labels=hue == "label"),
+           "colours": colours_of(hue_order, palette, labels=hue == "label"),
            "markers": _markers(data, style, style_order), "xscale": xscale,
            "linthresh": linthresh, "xticks": _symlog_ticks(data[x], linthresh)}
     legend = _path_legend(hue, hue_order, kws["colours"], style, kws["markers"])
-    with _themed():
+    with themed():
         if col is None:
             if ax is None:
                 _, ax = plt.subplots(figsize=(height * aspect, height))
             _draw_paths(ax, data, **kws)
             _path_scale_y(ax, data[y], yscale, ylinthresh)
-            ax.set_xlabel(_axis_name(x))
-            ax.set_ylabel(_axis_name(y))
+            ax.set_xlabel(axis_name(x))
+            ax.set_ylabel(axis_name(y))
             ax.legend(legend.values(), legend.keys(), loc="upper left",
                       bbox_to_anchor=(1.02, 1.0))
             return ax
-        order = _order(data[col], col_order)
+        order = order_of(data[col], col_order)
         wrap = col_wrap if col_wrap and len(order) > col_wrap else None
         grid = sns.FacetGrid(data, col=col, col_order=order, col_wrap=wrap, sharex=True,
                              sharey=True, height=height, aspect=aspect, despine=False)
@@ -756,15 +521,32 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
             _draw_paths(panel, data[data[col] == name], **kws)
             _path_scale_y(panel, data[y], yscale, ylinthresh)
             panel.set_title(str(name))
-        grid.set_axis_labels(_axis_name(x), _axis_name(y))
+        grid.set_axis_labels(axis_name(x), axis_name(y))
         grid.add_legend(legend_data=legend)
     return grid
+
+
+def family_frontier(data: pd.DataFrame, *, col: str = "family",
+                    hue_order: Sequence | None = None, col_wrap: int = 2,
+                    yscale: str = "symlog", **kwargs) -> sns.FacetGrid | Axes:
+    """`frontier` with one panel per family of objectives that `data[col]` holds, in
+    `objectives.FAMILIES` order, `col_wrap` panels to a row, progress on a symlog axis; a single
+    panel (the Axes) where no row has a known family. Other keywords go to `frontier`.
+    Returns the FacetGrid, or the Axes."""
+    from .objectives import FAMILIES  # imported here: objectives needs torch, figures do not
+
+    require_columns(data, [col], "family_frontier", nonempty=True)
+    families = [f for f in FAMILIES if f in set(data[col])]
+    if not families:
+        return frontier(data, hue_order=hue_order, yscale=yscale, **kwargs)
+    return frontier(data, hue_order=hue_order, col=col, col_order=families, col_wrap=col_wrap,
+                    yscale=yscale, **kwargs)
 
 
 def _markers(data: pd.DataFrame, style: str | None, order: Sequence | None) -> dict:
     if style is None:
         return {}
-    order = _order(data[style], order)
+    order = order_of(data[style], order)
     if len(order) > len(PATH_MARKERS):
         raise ValueError(f"frontier: {len(order)} values of {style!r}; at most "
                          f"{len(PATH_MARKERS)} can have a marker each")
@@ -777,7 +559,7 @@ def _path_scale_y(ax: Axes, values: pd.Series, yscale: str, linthresh: float) ->
         ticks = sorted({*_symlog_ticks(values, linthresh), linthresh, -linthresh})
         ax.yaxis.set_major_locator(mpl.ticker.FixedLocator(ticks))
         ax.yaxis.set_minor_locator(mpl.ticker.NullLocator())
-        ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(_plain))
     else:
         ax.set_yscale(yscale)
 
@@ -813,7 +595,7 @@ def _draw_paths(ax: Axes, data: pd.DataFrame, *, x: str, y: str, hue: str, style
         ax.set_xscale("symlog", linthresh=linthresh)
         ax.xaxis.set_major_locator(mpl.ticker.FixedLocator(xticks))
         ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
-        ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_plain))
     else:
         ax.set_xscale(xscale)
 
@@ -822,10 +604,10 @@ def _path_legend(hue: str, hue_order: Sequence, colours: Mapping, style: str | N
                  markers: Mapping) -> dict:
     """Legend entries of `frontier`: a heading, then one entry per hue value and style value."""
     blank = Line2D([], [], linestyle="", marker="")
-    legend = {_axis_name(hue): blank}
+    legend = {axis_name(hue): blank}
     legend.update({str(k): Line2D([], [], color=colours[k]) for k in hue_order})
     if style is not None:
-        legend[_axis_name(style)] = blank
+        legend[axis_name(style)] = blank
         legend.update({f"{k:g}" if isinstance(k, float) else str(k):
                        Line2D([], [], color="0.3", marker=m, linestyle="")
                        for k, m in markers.items()})
@@ -849,11 +631,11 @@ def matched_plot(data: pd.DataFrame, *, x: str = "level", y: str = "d_chosen",
     require_columns(data, [x, y, hue], "matched_plot", nonempty=True)
     if data.duplicated([x, hue]).any():
         raise ValueError(f"matched_plot: several rows per ({x}, {hue}); pass one row each")
-    order = _order(data[x], order)
-    hue_order = _order(data[hue], hue_order)
-    colours = _colours(hue_order, palette, labels=hue == "label")
+    order = order_of(data[x], order)
+    hue_order = order_of(data[hue], hue_order)
+    colours = colours_of(hue_order, palette, labels=hue == "label")
     step = 0.7 / len(hue_order)
-    with _themed():
+    with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(min(1.6 + 0.2 * len(order) * len(hue_order), 11), 3.2))
         for j, name in enumerate(hue_order):
@@ -871,62 +653,29 @@ def matched_plot(data: pd.DataFrame, *, x: str = "level", y: str = "d_chosen",
             ax.axhline(refline, color="0.4", linewidth=0.8, linestyle=":", zorder=0)
         ax.set_xticks(np.arange(len(order)),
                       [f"{v:g}" if isinstance(v, float) else str(v) for v in order])
-        ax.set_xlabel(_axis_name(x))
-        ax.set_ylabel(_axis_name(y))
-        ax.legend(title=_axis_name(hue), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_xlabel(axis_name(x))
+        ax.set_ylabel(axis_name(y))
+        ax.legend(title=axis_name(hue), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
 
-# ---------------------------------------------------------------------------------------------
-# Files
-
-
-def _figure(obj) -> Figure:
-    if isinstance(obj, Figure):
-        return obj
-    figure = getattr(obj, "figure", None)  # FacetGrid, Axes
-    if isinstance(figure, Figure):
-        return figure
-    raise TypeError(f"save: expected a Figure, Axes or seaborn grid, got {type(obj).__name__}")
-
-
-# Metadata keys that carry the matplotlib version or the date, per format; None drops them.
-_NO_PROVENANCE = {
-    "png": {"Software": None},
-    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
-    "svg": {"Creator": None, "Date": None},
-}
-
-
-def save(fig_or_grid, path: str | os.PathLike, *, dpi: int = DPI) -> Path:
-    """Write a Figure / Axes / FacetGrid to `path` (PNG, PDF or SVG by suffix) at `dpi`.
-
-    The bytes do not depend on the matplotlib version or the time: version and date metadata are
-    dropped (PNG "Software"; PDF Creator/Producer/CreationDate; SVG Creator/Date, with a fixed
-    hash salt for SVG ids). The folder is created. Returns the path.
-    """
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower()
-    if fmt not in _NO_PROVENANCE:
-        raise ValueError(f"save: {path.name!r}: format {fmt!r}; allowed: {sorted(_NO_PROVENANCE)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with mpl.rc_context({"svg.hashsalt": "prefstudy"}):
-        _figure(fig_or_grid).savefig(path, format=fmt, dpi=dpi, bbox_inches="tight",
-                                     metadata=_NO_PROVENANCE[fmt])
-    return path
+def matched_chosen(data: pd.DataFrame, *, x: str = "level", y: str = "d_chosen",
+                   hue: str = "label", order: Sequence | None = None,
+                   hue_order: Sequence | None = None, palette: Mapping | None = None,
+                   linthresh: float = 0.1, ax: Axes | None = None) -> Axes:
+    """`matched_plot` of the held-out chosen loss's change (`y`) on a symlog y axis, linear
+    within ±`linthresh`: the intervals of a collapsing run reach 10× the others'.
+    Returns the Axes."""
+    ax = matched_plot(data, x=x, y=y, hue=hue, order=order, hue_order=hue_order,
+                      palette=palette, ax=ax)
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(_plain))
+    return ax
 
 
 # === Audit: a dataset scored at the starting model (prefstudy.audit) ==========================
-# The audit's tables come from `diagnostics` (preference_accuracy, dose_gaps, dose_by_factor,
+# The audit's tables come from `auditstats` (preference_accuracy, dose_gaps, dose_by_factor,
 # dose_slope_summary, the gradient audit's per-pair rows); these functions only draw them.
-
-AXIS_NAMES.update({
-    "accuracy": "share of pairs whose gap favours chosen", "length_kind": "",
-    "token_ratio": "rejected tokens ÷ original (achieved)", "edit_distance": "edit distance, chosen ↔ rejected",
-    "tokens": "len_p + len_n (response tokens)", "grad_cos_loo": "leave-one-out cosine",
-    "entanglement": "chosen ↔ rejected gradient entanglement", "ches": "CHES score",
-    "grad_cos_orthogonal": "orthogonal baseline",
-})
 
 
 def accuracy_plot(data: pd.DataFrame, *, x: str = "accuracy", y: str = "length_kind",
@@ -935,16 +684,16 @@ def accuracy_plot(data: pd.DataFrame, *, x: str = "accuracy", y: str = "length_k
                   refline: float | None = 0.5, ax: Axes | None = None) -> Axes:
     """A share with its interval per `y` value, one dodged point per `hue` value.
 
-    data: `diagnostics.preference_accuracy` output (one row per hue × y; `<x>_lo`, `<x>_hi`
+    data: `auditstats.preference_accuracy` output (one row per hue × y; `<x>_lo`, `<x>_hi`
     drawn as the interval, and "k of n" written beside it when the table has k and n).
     `refline` draws a vertical line (0.5: a coin's accuracy). Returns the Axes.
     """
     require_columns(data, [x, y, hue], "accuracy_plot", nonempty=True)
-    order = _order(data[y], order)
-    hue_order = _order(data[hue], hue_order)
-    colours = _colours(hue_order, palette, labels=hue == "label")
+    order = order_of(data[y], order)
+    hue_order = order_of(data[hue], hue_order)
+    colours = colours_of(hue_order, palette, labels=hue == "label")
     step = 0.7 / max(len(hue_order), 1)
-    with _themed():
+    with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(5.5, 0.55 * len(order) * len(hue_order) + 1.0))
         for j, name in enumerate(hue_order):
@@ -965,8 +714,8 @@ def accuracy_plot(data: pd.DataFrame, *, x: str = "accuracy", y: str = "length_k
         ax.set_yticks(np.arange(len(order)), [str(v) for v in order])
         ax.set_ylim(len(order) - 0.5, -0.5)
         ax.set_xlim(0, 1)
-        ax.set_xlabel(_axis_name(x))
-        ax.set_ylabel(_axis_name(y))
+        ax.set_xlabel(axis_name(x))
+        ax.set_ylabel(axis_name(y))
         ax.legend(title=hue, loc="upper left", bbox_to_anchor=(1.12, 1.0))
     return ax
 
@@ -979,10 +728,10 @@ def dose_plot(data: pd.DataFrame, *, x: str = "token_ratio", y: str = "gap_value
     """Each pair's gap across its length-controlled variants, on a log2 axis of the achieved
     ratio, one panel per `col`.
 
-    data: `diagnostics.dose_gaps` output (one row per variant and normalisation). One thin line
+    data: `auditstats.dose_gaps` output (one row per variant and normalisation). One thin line
     per `units` value (at most `max_units` of them, a sample seeded by `seed`; None = all).
-    summary: `diagnostics.dose_by_factor` output, drawn as each factor's mean gap (with its
-    interval) at its mean achieved ratio. slopes: `diagnostics.dose_slope_summary` output, whose
+    summary: `auditstats.dose_by_factor` output, drawn as each factor's mean gap (with its
+    interval) at its mean achieved ratio. slopes: `auditstats.dose_slope_summary` output, whose
     mean per-pair slope and interval title each panel. The y axes are not shared.
     Returns the FacetGrid.
     """
@@ -992,8 +741,8 @@ def dose_plot(data: pd.DataFrame, *, x: str = "token_ratio", y: str = "gap_value
         shown_units = shown_units.sample(max_units, random_state=seed)
     shown = data[data[units].isin(set(shown_units))]
     slope_of = {} if slopes is None else {r[col]: r for _, r in slopes.iterrows()}
-    with _themed():
-        grid = sns.FacetGrid(shown, col=col, col_order=_order(data[col], col_order),
+    with themed():
+        grid = sns.FacetGrid(shown, col=col, col_order=order_of(data[col], col_order),
                              sharex=True, sharey=False, height=height, aspect=aspect,
                              despine=False)
         for name, ax in grid.axes_dict.items():
@@ -1013,8 +762,8 @@ def dose_plot(data: pd.DataFrame, *, x: str = "token_ratio", y: str = "gap_value
                 title += (f"\nper doubling: "
                           f"{interval_label(row['slope'], row['slope_lo'], row['slope_hi'])}")
             ax.set_title(title)
-            ax.set_xlabel(_axis_name(x))
-            ax.set_ylabel(_axis_name(y))
+            ax.set_xlabel(axis_name(x))
+            ax.set_ylabel(axis_name(y))
         grid.tight_layout()
     return grid
 
@@ -1022,36 +771,51 @@ def dose_plot(data: pd.DataFrame, *, x: str = "token_ratio", y: str = "gap_value
 def distribution_plot(data: pd.DataFrame, *, x: str, y: str = "objective",
                       order: Sequence | None = None, baseline: str | None = None,
                       refline: float | None = None, palette: Mapping | None = None,
-                      ax: Axes | None = None) -> Axes:
+                      seed: int = 0, ax: Axes | None = None) -> Axes:
     """The distribution of `x` per `y` value: a box and every row as a point.
 
     data: one row per unit (e.g. the gradient audit: one per objective × pair). baseline: a
     column drawn beside each row's point as a red tick (e.g. grad_cos_orthogonal, what
-    orthogonal gradients of equal norm would give). `refline`: a vertical line. Returns the Axes.
+    orthogonal gradients of equal norm would give). `refline`: a vertical line. The points'
+    jitter is drawn from `seed` (the same data, the same figure), leaving numpy's global random
+    state as it was. Returns the Axes.
     """
     require_columns(data, [x, y, baseline], "distribution_plot", nonempty=True)
-    order = [str(v) for v in _order(data[y], order)]
+    order = [str(v) for v in order_of(data[y], order)]
     frame = data.assign(**{y: data[y].astype(str)})
-    colours = _colours(order, palette, labels=y == "label")
-    with _themed():
+    colours = colours_of(order, palette, labels=y == "label")
+    with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(5.0, 0.55 * len(order) + 1.2))
         sns.boxplot(data=frame, x=x, y=y, order=order, hue=y, hue_order=order, palette=colours,
                     fliersize=0, width=0.55, linewidth=0.8, ax=ax, legend=False,
                     boxprops={"alpha": 0.35})
-        sns.stripplot(data=frame, x=x, y=y, order=order, hue=y, hue_order=order,
-                      palette=colours, size=2.5, alpha=0.6, jitter=0.2, ax=ax, legend=False)
+        with _seeded(seed):  # seaborn draws the jitter from numpy's global random state
+            sns.stripplot(data=frame, x=x, y=y, order=order, hue=y, hue_order=order,
+                          palette=colours, size=2.5, alpha=0.6, jitter=0.2, ax=ax,
+                          legend=False)
         if baseline is not None:
             base = frame.dropna(subset=[baseline])
             ax.plot(base[baseline], base[y].map({v: i for i, v in enumerate(order)}),
                     marker="|", markersize=14, linestyle="", color="tab:red",
-                    label=_axis_name(baseline))
+                    label=axis_name(baseline))
             ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         if refline is not None:
             ax.axvline(refline, color="0.4", linewidth=0.8, zorder=0)
-        ax.set_xlabel(_axis_name(x))
+        ax.set_xlabel(axis_name(x))
         ax.set_ylabel("")
     return ax
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """numpy's global random state seeded with `seed` inside, restored afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def histogram_plot(data: pd.DataFrame, *, x: str = "edit_distance", hue: str | None = None,
@@ -1063,16 +827,16 @@ def histogram_plot(data: pd.DataFrame, *, x: str = "edit_distance", hue: str | N
     require_columns(data, [x, hue], "histogram_plot", nonempty=True)
     kws = {}
     if hue is not None:
-        hue_order = [str(v) for v in _order(data[hue], hue_order)]
+        hue_order = [str(v) for v in order_of(data[hue], hue_order)]
         data = data.assign(**{hue: data[hue].astype(str)})
         kws = {"hue": hue, "hue_order": hue_order, "multiple": "stack",
-               "palette": _colours(hue_order, palette, labels=hue == "label")}
-    with _themed():
+               "palette": colours_of(hue_order, palette, labels=hue == "label")}
+    with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(4.5, 2.8))
         sns.histplot(data=data, x=x, bins=bins, binrange=binrange, ax=ax, linewidth=0.3,
                      **({"color": "0.45"} if hue is None else kws))
-        ax.set_xlabel(_axis_name(x))
+        ax.set_xlabel(axis_name(x))
         ax.set_ylabel("pairs")
     return ax
 
@@ -1085,8 +849,8 @@ def distribution_panels(data: pd.DataFrame, *, columns: Sequence[str], y: str = 
     symlog axis, linear within their median |value|, so a few extreme pairs do not squeeze the
     rest against 0. Returns the Figure."""
     require_columns(data, [*columns, y], "distribution_panels", nonempty=True)
-    order = _order(data[y], order)
-    with _themed():
+    order = order_of(data[y], order)
+    with themed():
         fig, axes = plt.subplots(1, len(columns), figsize=(width * len(columns),
                                                           0.55 * len(order) + 1.4),
                                  sharey=True, squeeze=False)
@@ -1111,8 +875,8 @@ def gradient_norm_plot(data: pd.DataFrame, *, x: str = "tokens", y: str = "grad_
     if effect is None:
         effect = dg.length_effect(data, x=x, y=y, by=(col,), n_boot=0)
     fits = {row[col]: row for _, row in effect.iterrows()}
-    order = _order(data[col], col_order)
-    with _themed():
+    order = order_of(data[col], col_order)
+    with themed():
         grid = sns.FacetGrid(data, col=col, col_order=order, sharex=True, sharey=False,
                              height=height, aspect=aspect, despine=False,
                              col_wrap=col_wrap if len(order) > col_wrap else None)
@@ -1124,7 +888,7 @@ def gradient_norm_plot(data: pd.DataFrame, *, x: str = "tokens", y: str = "grad_
                 xs = np.array([sub[x].min(), sub[x].max()], dtype=float)
                 ax.plot(xs, row["intercept"] + row["slope"] * xs, color="black", linewidth=1.5)
             ax.set_title(_effect_title(name, row))
-            ax.set_xlabel(_axis_name(x))
-            ax.set_ylabel(_axis_name(y))
+            ax.set_xlabel(axis_name(x))
+            ax.set_ylabel(axis_name(y))
         grid.tight_layout()
     return grid

@@ -1,9 +1,9 @@
 """Matched progress: how far each run moved its held-out preferences, and what that cost.
 
 An objective that moves the model further both learns more and breaks more, so objectives are
-compared where they reached the same preference progress, never at one learning rate and step
-(../shared/STUDY.md). Every run is a path, one point per evaluation step, measured on its held-out
-pairs and neutral text relative to step 0 (the starting model, before any update):
+compared where they reached the same preference progress, never at one learning rate and step.
+Every run is a path, one point per evaluation step, measured on its held-out pairs and neutral
+text relative to step 0 (the starting model, before any update):
 
     accuracy      share of held-out pairs whose implicit reward margin against the starting model
                   is positive: (log π_t(y_c) − log π_0(y_c)) − (log π_t(y_r) − log π_0(y_r)) > 0
@@ -29,8 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .diagnostics import share_interval
-from .records import require_columns
+from .columns import require_columns
+from .stats import share_interval
 
 PATH_COLUMNS = ("run_id", "label", "seed", "step", "n_pairs", "accuracy", "margin_gain",
                 "d_chosen", "d_rejected", "d_neutral")
@@ -113,22 +113,6 @@ def first_crossing(x: np.ndarray, y: np.ndarray, level: float) -> np.ndarray:
     return np.where(hit.any(axis=0), out, np.nan)
 
 
-def at_levels(paths: pd.DataFrame, levels: Sequence[float], *, x: str = "margin_gain",
-              y: Sequence[str] = ("d_chosen", "d_neutral")) -> pd.DataFrame:
-    """Each run's `y` where its path first reaches each level of `x` (`first_crossing`):
-    run_id, label, seed, level, `y`…; NaN where a run never reached the level."""
-    require_columns(paths, ["run_id", "label", "seed", "step", x, *y], "at_levels")
-    rows = []
-    for (run_id, label, seed), path in paths.sort_values("step").groupby(
-            ["run_id", "label", "seed"], sort=True):
-        xs = path[x].to_numpy(float)[:, None]
-        for level in levels:
-            rows.append({"run_id": run_id, "label": label, "seed": seed, "level": float(level),
-                         **{c: float(first_crossing(xs, path[c].to_numpy(float)[:, None],
-                                                    level)[0]) for c in y}})
-    return pd.DataFrame(rows)
-
-
 def _resampled_paths(changes: pd.DataFrame, counts: np.ndarray,
                      columns: Sequence[str]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Per (run, step): each column's mean over pairs under each resample of the pairs.
@@ -158,7 +142,8 @@ def matched_progress(evals: pd.DataFrame, perplexity: pd.DataFrame | None,
                      confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """`y` of each label at each progress level of `x`, with a pair-bootstrap interval.
 
-    Per run, the path is interpolated where it first reaches each level (`at_levels`); a label's
+    Per run, the path is interpolated where it first reaches each level (`first_crossing`); a
+    label's
     value is the mean over its runs (seeds) that reached the level. The interval (percentile,
     `confidence`) resamples the held-out pairs with replacement — the same resample in every run,
     as the runs share their pairs — and recomputes the paths; the neutral text is one fixed set,
@@ -221,40 +206,6 @@ def _bounds(out: pd.DataFrame, y: Sequence[str], confidence: float) -> pd.DataFr
         out[c] = draws[:, 0]
     return out[["label", "level", "n_runs", "n_pairs",
                 *(f"{c}{end}" for c in y for end in ("", "_lo", "_hi"))]]
-
-
-def displacement_at_neutral(evals: pd.DataFrame, perplexity: pd.DataFrame | None, *,
-                            max_neutral: float = 0.05) -> pd.DataFrame:
-    """Likelihood displacement where neutral text has barely moved (Razin et al. 2024): per run,
-    at its last evaluation with |d_neutral| ≤ max_neutral nats per token, the share of held-out
-    pairs whose chosen log-probability fell below its step-0 value, "k of n" with an exact
-    binomial interval over pairs, and chosen Δ per token minus neutral Δ per token (so a model
-    that got worse at everything is not counted as displaced). Runs without such an evaluation
-    have step NaN.
-
-    Returns run_id, label, seed, step, d_neutral, k, n, share, share_lo, share_hi,
-    d_chosen_minus_neutral.
-    """
-    changes = pair_changes(evals)
-    neutral = neutral_change(perplexity)
-    merged = changes.merge(neutral, on=["run_id", "step"], how="left")
-    rows = []
-    for (run_id, label, seed), run in merged.groupby(["run_id", "label", "seed"], sort=True):
-        calm = run[run.d_neutral.abs() <= max_neutral]
-        row = {"run_id": run_id, "label": label, "seed": seed, "step": float("nan"),
-               "d_neutral": float("nan"), "k": 0, "n": 0}
-        if len(calm):
-            at = calm[calm.step == calm.step.max()]
-            fell = int((at.d_chosen_logp < 0).sum())
-            row.update(step=float(at.step.iloc[0]), d_neutral=float(at.d_neutral.iloc[0]),
-                       k=fell, n=len(at),
-                       d_chosen_minus_neutral=float(at.d_chosen.mean() - at.d_neutral.iloc[0]))
-        row["share"], row["share_lo"], row["share_hi"] = share_interval(row["k"], row["n"])
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    if "d_chosen_minus_neutral" not in out.columns:
-        out["d_chosen_minus_neutral"] = float("nan")
-    return out
 
 
 def collapse_onsets(evals: pd.DataFrame, *, consecutive: int = 2, n_boot: int = 1000,

@@ -9,6 +9,8 @@ A run folder:
     <run>/perplexity/*.parquet   held-out text: step, text_id, lang, nll_sum, n_tokens
     <run>/generations/*.parquet  step, probe_id, lang, kind, prompt, text
     <run>/steps/*.parquet        per-step gradient statistics (gradient noise scale), when on
+    <run>/pairs.parquet          the per-pair facts of the pairs it trains and evaluates on
+                                 (PAIRS_FILE: ids, split, texts, meta, edit distance)
     <run>/checkpoint/            the latest resumable state (prefstudy.checkpoint owns it)
 
 Each shard is written to a temporary name and renamed into place, so a run killed at any moment
@@ -42,10 +44,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .cache import write_atomic
+from .columns import SchemaError, parquet_safe
 from .errors import PrefstudyError
 from .paths import in_repo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this prefstudy reads, each upgraded to SCHEMA_VERSION as it is read (`_upgrade`).
+# Version 1: the learning rate applied at a step was a column `lr` (now `step_lr`; `lr` is the
+# run's configured learning rate, from its config), evaluations carried an empty `lr`, and records
+# older still held the with-self cosine as `grad_cos`.
+READABLE_VERSIONS = (1, 2)
+PAIRS_FILE = "pairs.parquet"  # beside config.json: the per-pair facts (`RunWriter.pairs`)
 TABLES = ("records", "evals", "perplexity", "generations", "steps")
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 
@@ -70,14 +79,14 @@ RECORD_COLUMNS = {
     "ref_logp_n": "reference log π_ref(rejected), summed (NaN without a reference)",
     "margin": "the objective's own margin (e.g. β·h for DPO)",
     "pair_loss": "the objective's per-pair loss",
-    "lr": "learning rate at this step",
+    "step_lr": "learning rate the optimiser applied at this step (the schedule's value; NaN in "
+               "evaluations). The run's configured learning rate is its config's `lr`",
     "grad_norm": "this pair's gradient norm (NaN unless gradient statistics are on)",
     "grad_cos": "leave-one-out cosine of this pair's gradient to the mean gradient of the OTHER "
                 "pairs of its batch; orthogonal gradients give 0 (NaN unless on)",
     "grad_cos_with_self": "cosine of this pair's gradient to the batch-mean gradient including "
                           "the pair itself: biased, 1/√B for B orthogonal equal-norm gradients "
-                          "(NaN unless on; runs written before grad_cos was leave-one-out "
-                          "stored this as grad_cos, and are read so)",
+                          "(NaN unless on)",
     "batch": "the pairs the objective saw together (a batch-level objective such as AOT couples "
              "them): 's<step>-r<process>' in training, 'e<step>-<chunk>' in evaluation, "
              "'s<step>-r<process>-m<micro-batch>' under TRL",
@@ -85,14 +94,10 @@ RECORD_COLUMNS = {
 REQUIRED_COLUMNS = ("run_id", "objective", "seed", "step", "pair_id", "len_p", "len_n",
                     "loss_p", "loss_n", "gap")
 # The columns whose value a run gives all rows of a step alike; the others are measured per pair.
-RUN_COLUMNS = ("run_id", "objective", "norm", "seed", "step", "lr")
+STEP_COLUMNS = ("run_id", "objective", "norm", "seed", "step", "step_lr")
 
 SHARD = re.compile(r"r(?P<rank>\d+)-s(?P<step>\d+)\.parquet")  # one append: rank, first step
 MERGED = re.compile(r"all-s(?P<shards>\d+)\.parquet")  # one compaction: shards merged
-
-
-class SchemaError(PrefstudyError):
-    """A record set of another schema version, or one missing required columns."""
 
 
 # --------------------------------------------------------------------------- record rows
@@ -130,8 +135,9 @@ def pair_records(pair_ids: Sequence[str], *, logp_p=None, logp_n=None, len_p=Non
     logp_p, logp_n: the policy's summed log π(response | prompt) per pair; len_p, len_n: response
         tokens per pair. They give nll_sum_* (= −logp_*), loss_* (= nll_sum_* / len_*) and gap.
     columns: any other column of RECORD_COLUMNS, as one value per pair (a sequence or 1-D
-        tensor, Shape: (pairs,)) or one value for every row (run_id, step, lr, ...). Columns not
-        given (or None) are NaN, except the RUN_COLUMNS, left out for `as_records` to fill in.
+        tensor, Shape: (pairs,)) or one value for every row (run_id, step, step_lr, ...).
+        Columns not given (or None) are NaN, except the STEP_COLUMNS, left out for `as_records`
+        to fill in.
     """
     built = ("pair_id", "len_p", "len_n", "nll_sum_p", "nll_sum_n", "loss_p", "loss_n", "gap")
     unknown = sorted(set(columns) - set(RECORD_COLUMNS).difference(built))
@@ -148,7 +154,7 @@ def pair_records(pair_ids: Sequence[str], *, logp_p=None, logp_n=None, len_p=Non
     out["nll_sum_n"] = [-v for v in _values(logp_n, n)]
     _derive(out)
     for column in RECORD_COLUMNS:
-        if column not in out.columns and column not in RUN_COLUMNS:
+        if column not in out.columns and column not in STEP_COLUMNS:
             out[column] = math.nan
     return out[[c for c in RECORD_COLUMNS if c in out.columns]]
 
@@ -271,6 +277,12 @@ class RunWriter:
             meta["resumed"] = meta.get("resumed", 0) + 1
         _atomic_write_json(self.folder / "meta.json", meta)
 
+    def pairs(self, facts: pd.DataFrame) -> Path:
+        """Write the per-pair facts of the run's pairs (`inputs.facts`) to PAIRS_FILE."""
+        table = pa.Table.from_pandas(parquet_safe(facts.reset_index(drop=True)),
+                                     preserve_index=False)
+        return _write_parquet(self.folder / PAIRS_FILE, table)
+
     def append(self, table: str, rows: pd.DataFrame | Iterable[Mapping], *, step: int) -> Path:
         """Write one shard of `table` holding `rows`; returns its path."""
         if table not in TABLES:
@@ -354,10 +366,10 @@ def read_meta(run: str | os.PathLike) -> dict[str, Any]:
     if not (Path(run) / "meta.json").exists():
         raise FileNotFoundError(f"{run}: not a run folder (no meta.json)")
     meta = _read_json(run, "meta.json")
-    if meta.get("schema_version") != SCHEMA_VERSION:
+    if meta.get("schema_version") not in READABLE_VERSIONS:
         raise SchemaError(f"{run}: record schema version {meta.get('schema_version')!r}; this "
-                          f"prefstudy reads version {SCHEMA_VERSION}. Re-run it, or read it "
-                          "with the prefstudy version that wrote it.")
+                          f"prefstudy reads versions {list(READABLE_VERSIONS)}. Re-run it, or "
+                          "read it with the prefstudy version that wrote it.")
     return meta
 
 
@@ -384,10 +396,12 @@ def _live_shards(folder: Path) -> list[Path]:
 
 
 def _read_shard(shard: Path, table: str) -> pd.DataFrame:
-    """One shard, checked: its schema version and the columns its table needs."""
+    """One shard, checked (its schema version, the columns its table needs) and upgraded to
+    SCHEMA_VERSION (`_upgrade`)."""
     version = _shard_metadata(shard).get(b"prefstudy_schema", b"?").decode(errors="replace")
-    if version != str(SCHEMA_VERSION):
-        raise SchemaError(f"{shard}: record schema version {version}; expected {SCHEMA_VERSION}")
+    if version not in {str(v) for v in READABLE_VERSIONS}:
+        raise SchemaError(f"{shard}: record schema version {version}; this prefstudy reads "
+                          f"versions {list(READABLE_VERSIONS)}")
     try:
         df = pd.read_parquet(shard)
     except (pa.ArrowException, OSError) as e:
@@ -396,15 +410,27 @@ def _read_shard(shard: Path, table: str) -> pd.DataFrame:
     missing = [c for c in TABLE_COLUMNS[table] if c not in df.columns]
     if missing:
         raise SchemaError(f"{shard}: a {table} shard without the required column(s) {missing}")
+    return _upgrade(df, int(version), table)
+
+
+def _upgrade(df: pd.DataFrame, version: int, table: str) -> pd.DataFrame:
+    """A shard of schema `version` in SCHEMA_VERSION's columns. From version 1: the applied
+    learning rate `lr` of records and steps becomes `step_lr`, evaluations' empty `lr` is
+    dropped, and a `grad_cos` without `grad_cos_with_self` (the with-self cosine) becomes
+    `grad_cos_with_self`, its leave-one-out `grad_cos` derived by `_leave_one_out_cosines`."""
+    if version >= 2:
+        return df
+    if "lr" in df.columns:
+        df = df.rename(columns={"lr": "step_lr"}) if table in ("records", "steps") \
+            else df.drop(columns="lr")
     if "grad_cos" in df.columns and "grad_cos_with_self" not in df.columns:
-        # written when grad_cos was the cosine with the batch mean including the pair
         df = df.rename(columns={"grad_cos": "grad_cos_with_self"}).assign(grad_cos=math.nan)
     return df
 
 
-def _leave_one_out_of_old_records(run: str | os.PathLike, df: pd.DataFrame) -> pd.DataFrame:
-    """Fill grad_cos, the leave-one-out cosine, where records written before it existed hold
-    only grad_cos_with_self: exactly, from that cosine, grad_norm, the step's |ḡ|² (the steps
+def _leave_one_out_cosines(run: str | os.PathLike, df: pd.DataFrame) -> pd.DataFrame:
+    """Fill grad_cos, the leave-one-out cosine, where version-1 records hold only
+    grad_cos_with_self: exactly, from that cosine, grad_norm, the step's |ḡ|² (the steps
     table's mean_grad_sq) and the step's batch size (its rows), by
     gradstats.leave_one_out_cosine. Left NaN where the steps table lacks the step."""
     todo = df.grad_cos.isna() & df.grad_cos_with_self.notna()
@@ -427,36 +453,38 @@ def _leave_one_out_of_old_records(run: str | os.PathLike, df: pd.DataFrame) -> p
     return df.assign(grad_cos=np.where(todo, loo, df.grad_cos))
 
 
-def load_table(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
-    """All shards of one table of one run, in step order (an empty frame if none).
-
-    Records written when grad_cos was the cosine with the batch mean including the pair are
-    read in today's columns: that value as grad_cos_with_self, and grad_cos, leave-one-out,
-    derived from it (`_leave_one_out_of_old_records`).
+def load_table(run: str | os.PathLike, table: str = "records", *,
+               meta: Mapping | None = None) -> pd.DataFrame:
+    """All shards of one table of one run, in step order (an empty frame if none), in
+    SCHEMA_VERSION's columns whatever version wrote them (`_upgrade`, `_leave_one_out_cosines`).
+    meta: the run's meta.json where the caller has read it already (its version is checked).
     """
     if table not in TABLES:
         raise ValueError(f"table={table!r}; allowed: {TABLES}")
-    read_meta(run)  # checks the schema version
+    if meta is None:
+        read_meta(run)  # checks the schema version
     shards = _live_shards(Path(run) / table)
     if not shards:
         return pd.DataFrame()
     df = pd.concat([_read_shard(shard, table) for shard in shards], ignore_index=True)
     if table == "records" and {"grad_cos", "grad_cos_with_self"} <= set(df.columns):
-        df = _leave_one_out_of_old_records(run, df)
+        df = _leave_one_out_cosines(run, df)
     order = [c for c in ("step", "pair_id", "text_id", "probe_id") if c in df.columns]
     return df.sort_values(order, kind="stable").reset_index(drop=True) if order else df
 
 
-def load_run(run: str | os.PathLike, table: str = "records") -> pd.DataFrame:
+def load_run(run: str | os.PathLike, table: str = "records", config: Mapping | None = None,
+             meta: Mapping | None = None) -> pd.DataFrame:
     """A run's table as a tidy DataFrame.
 
     Adds, where the table lacks them: run_id, objective, norm, seed, and `label` (the name a study
     gives the configuration, by default `objective[-norm]`); and always the run's `status` and
-    `diverged_step` (NaN unless it diverged).
+    `diverged_step` (NaN unless it diverged). config, meta: the run's config.json and meta.json
+    where the caller has read them already.
     """
-    df = load_table(run, table)
-    meta = read_meta(run)
-    cfg = read_config(run)
+    meta = read_meta(run) if meta is None else meta
+    cfg = read_config(run) if config is None else config
+    df = load_table(run, table, meta=meta)
     norm = (cfg.get("params") or {}).get("norm", "")
     label = run_label(cfg.get("objective"), norm, cfg.get("label"))
     for key, value in (("run_id", cfg.get("run_id")), ("objective", cfg.get("objective")),
@@ -552,22 +580,6 @@ def runs_summary(runs: str | os.PathLike | Iterable | None = None) -> pd.DataFra
     and loss_n, above_uniform_step (first step a per-token loss passed ln|V|, NaN if none),
     what loading and truncation left out (SUMMARY_COUNTS), the error of a failed run, path."""
     return pd.DataFrame([_summary_row(folder) for folder in run_list(runs)])
-
-
-def require_columns(df: pd.DataFrame, columns: Iterable[str | None], where: str, *,
-                    nonempty: bool = False) -> None:
-    """Raise SchemaError naming the columns of `columns` that `df` lacks (None entries are
-    unused options and ignored); TypeError if `df` is not a DataFrame; with `nonempty`,
-    ValueError for a frame without rows. The one column check every module uses."""
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
-    wanted = [c for c in dict.fromkeys(columns) if c is not None]
-    missing = [c for c in wanted if c not in df.columns]
-    if missing:
-        raise SchemaError(f"{where}: missing column(s) {missing}; it needs {wanted} "
-                          f"(columns present: {list(df.columns)})")
-    if nonempty and not len(df):
-        raise ValueError(f"{where}: the frame is empty")
 
 
 def check_records(df: pd.DataFrame, where: str = "records") -> pd.DataFrame:

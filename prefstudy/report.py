@@ -1,9 +1,10 @@
 """The report: every figure and the report page, regenerated from runs in seconds.
 
-`build_report(runs, out)` reads the runs' tables, computes every number with
-`prefstudy.diagnostics` (seeded bootstraps: the same runs give the same numbers, byte for byte),
-draws every figure with `prefstudy.plots`, and writes `out/README.md` and `out/figures/*.png`.
-Nothing here trains or loads a model; numbers come from records, never typed by hand.
+`build_report(runs, out)` reads the runs' tables once (`tables.load_tables`), takes every
+finding from `findings.summarise` (seeded bootstraps: the same runs give the same numbers, byte
+for byte), draws each figure with one call to `prefstudy.plots`, and writes `out/README.md` and
+`out/figures/*.png`. This module writes prose and tables only; nothing here trains or loads a
+model, and numbers come from records, never typed by hand.
 """
 
 from __future__ import annotations
@@ -12,45 +13,34 @@ import os
 from functools import partial
 from pathlib import Path
 
-import matplotlib as mpl
 import numpy as np
 import pandas as pd
 
-from . import diagnostics as dg
 from . import findings, plots
-from .audit import sections as audit_sections
+from .auditpage import sections as audit_sections
+from .auditstats import gradient_key
+from .findings import Findings, in_order
 from .formatting import interval_label, markdown_table, number, percent
-from .objectives import FAMILIES
-from .records import read_config, read_meta
 from .tables import Tables, load_tables
+from .theme import save, study_palette
 
-EARLY_STEPS = 5  # C1 is measured on the steps before any objective has moved the model far
-
-
-def _ordered(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    key = {label: i for i, label in enumerate(order)}
-    return df.sort_values("label", key=lambda s: s.map(key), kind="stable").reset_index(drop=True)
+PREDICTOR_NAMES = {"edit_distance": "edit distance", "entanglement": "entanglement",
+                   "ches": "CHES", "ln_ches": "ln-CHES"}
 
 
-# --------------------------------------------------------------------------- sections
+# --------------------------------------------------------------------------- provenance
 
 
-class _Given(dict):
-    """A run's config where a missing field reads as "?" instead of failing the report."""
-
-    def __missing__(self, key):
-        return "?"
-
-    def number(self, key) -> str:
-        value = self.get(key)
-        return f"{value:g}" if isinstance(value, (int, float)) else "?"
+def _given(config: dict, key: str) -> str:
+    """A config field as the page shows it: "?" where a run made elsewhere lacks it."""
+    return str(config[key]) if key in config else "?"
 
 
 def provenance(tables: Tables) -> str:
-    metas = [read_meta(f) for f in tables.folders]
-    configs = [read_config(f) for f in tables.folders]
+    metas = [tables.metas[f.name] for f in tables.folders]
+    configs = [tables.configs[f.name] for f in tables.folders]
     env = metas[0].get("environment", {})
-    cfg = _Given(configs[0])  # a run made elsewhere (an integration) may lack some fields
+    cfg = configs[0]  # a run made elsewhere (an integration) may lack some fields
     seeds = sorted({c.get("seed") for c in configs}, key=str)
     statuses = pd.Series([m.get("status", "?") for m in metas]).value_counts().to_dict()
     devices = sorted({m.get("environment", {}).get("device", "?") for m in metas})
@@ -59,22 +49,23 @@ def provenance(tables: Tables) -> str:
     lrs = len({c.get("lr") for c in configs})
     evals = sorted(set(tables.evals.step)) if len(tables.evals) else []
     seconds = tables.runs.seconds.sum() if len(tables.runs) else float("nan")
+    given = partial(_given, cfg)
     return "\n".join([
         f"- Runs: {len(tables.folders)} ({', '.join(f'{v} {k}' for k, v in statuses.items())}), "
         f"{len(tables.labels)} configurations × {lrs} learning rate(s) ({_lrs(tables)}) × "
         f"seeds {seeds}. The seeds change only the order of the training pairs: every run "
         "starts from the same weights, so seeds are data-order replicates, not independent "
         "models.",
-        f"- Model: `{cfg['model']}`, {trainable} trainable, {cfg['steps']} steps of "
-        f"{cfg['batch_size']} pairs, AdamW, gradient clipping {cfg.get('max_grad_norm')}, "
-        f"sequences up to {cfg['max_length']} tokens (prompt up to "
-        f"{cfg['max_prompt_length']}), dtype {cfg['dtype']}; held-out evaluations at steps "
+        f"- Model: `{given('model')}`, {trainable} trainable, {given('steps')} steps of "
+        f"{given('batch_size')} pairs, AdamW, gradient clipping {cfg.get('max_grad_norm')}, "
+        f"sequences up to {given('max_length')} tokens (prompt up to "
+        f"{given('max_prompt_length')}), dtype {given('dtype')}; held-out evaluations at steps "
         f"{', '.join(str(int(s)) for s in evals) or '–'} (step 0: the starting model itself).",
-        f"- Data: {cfg['pairs_train']} training pairs from `{cfg['data']}` (a stratified sample "
-        f"over language × category, the same in every run), {cfg['n_heldout']} held-out pairs "
-        f"from `{cfg['heldout']}` (balanced over language × category), {cfg['n_neutral']} "
-        f"neutral held-out passages, {cfg['n_probes']} probe prompts (harmful and benign); "
-        "greedy generations, one sample per probe.",
+        f"- Data: {given('pairs_train')} training pairs from `{given('data')}` (a stratified "
+        f"sample over language × category, the same in every run), {given('n_heldout')} held-out "
+        f"pairs from `{given('heldout')}` (balanced over language × category), "
+        f"{given('n_neutral')} neutral held-out passages, {given('n_probes')} probe prompts "
+        "(harmful and benign); greedy generations, one sample per probe.",
         *_left_out(configs), *_past_uniform(tables.folders, metas),
         f"- Hardware: {'; '.join(devices)} ({env.get('cpu_count')} cores); torch "
         f"{env.get('torch')}, transformers {env.get('transformers')}; prefstudy commit "
@@ -89,8 +80,8 @@ def _counted(configs: list[dict], key: str) -> str:
 
 
 def _left_out(configs: list[dict]) -> list[str]:
-    """What loading and truncation left out or cut, as the runs' configs counted it (runs
-    trained before prefstudy counted it have no such line)."""
+    """What loading and truncation left out or cut, as the runs' configs counted it (no line
+    where their configs hold no such count, as in runs made by the integrations)."""
     if not any("records_skipped" in c for c in configs):
         return []
     line = (f"- Left out or cut (per run): {_counted(configs, 'records_skipped')} records skipped "
@@ -118,17 +109,11 @@ def _past_uniform(folders: list[Path], metas: list[dict]) -> list[str]:
 
 
 def _save(figure, path: Path) -> None:
-    """Write a figure (`plots.save`) and close it: a report draws many."""
+    """Write a figure (`theme.save`) and close it: a report draws many."""
     import matplotlib.pyplot as plt
 
-    plots.save(figure, path)
+    save(figure, path)
     plt.close(getattr(figure, "figure", figure))  # an Axes or grid: its figure
-
-
-def _families(tables: Tables) -> dict[str, str]:
-    """label → family of every label of the study (labels whose objective is unknown: none)."""
-    runs = tables.runs.dropna(subset=["family"]).drop_duplicates("label")
-    return dict(zip(runs.label, runs.family))
 
 
 def _lrs(tables: Tables) -> str:
@@ -160,24 +145,15 @@ def length_section(tables: Tables, out: Path, audit_parts: dict | None) -> str:
         "### Dose-response: only the length changes", "", audit_parts["dose"]])
 
 
-def noise_section(tables: Tables, out: Path, order: list[str], audit_parts: dict | None) -> str:
+def noise_section(found: Findings, out: Path, order: list[str],
+                  audit_parts: dict | None) -> str:
     text = []
     if audit_parts is not None:
         text += ["### At the starting model", "", audit_parts["gradients"]]
-    if "grad_cos" not in tables.records.columns or tables.records.grad_cos.isna().all():
+    if not len(found.noise):
         return "\n".join(text + ["Gradient statistics were off in the training runs.", ""])
-    noise = _ordered(dg.gradient_noise(tables.records, tables.steps), order)
-    # one point per objective, no interval: its runs are different learning rates, and rows of
-    # one pair at many steps are not independent pairs
-    ax = plots.interval_plot(noise.drop(columns=["grad_cos_lo", "grad_cos_hi"]), x="grad_cos",
-                             order=order, refline=0)
-    ax.set_xscale("symlog", linthresh=0.05)  # negative_only's cosine is 10× the others'
-    ax.set_xlim(-0.05, 1.0)  # a cosine's own bounds on this side
-    ax.xaxis.set_major_locator(mpl.ticker.FixedLocator([-0.05, 0, 0.05, 0.1, 0.2, 0.5, 1]))
-    ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("mean cosine of a pair's gradient to the other pairs' mean gradient\n"
-                  "(orthogonal gradients: 0; over every run and step)")
-    _save(ax, out / "figures" / "gradient_agreement.png")
+    noise = in_order(found.noise, order)
+    _save(plots.gradient_agreement(noise, order=order), out / "figures" / "gradient_agreement.png")
     view = pd.DataFrame({
         "objective": noise.label, "runs": noise.n_seeds,
         "leave-one-out cosine (orthogonal: 0)": noise.grad_cos.map(partial(number, digits=3)),
@@ -200,14 +176,14 @@ def noise_section(tables: Tables, out: Path, order: list[str], audit_parts: dict
         markdown_table(view), "", "![gradient agreement](figures/gradient_agreement.png)", ""])
 
 
-def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.DataFrame,
-                     levels: list[float]) -> str:
-    families = [f for f in FAMILIES if f in set(paths.family)]
-    _save(plots.frontier(paths, hue_order=order, col="family", col_order=families,
-                         col_wrap=2, yscale="symlog") if families
-          else plots.frontier(paths, hue_order=order, yscale="symlog"),
-          out / "figures" / "frontier.png")
-    text = [
+def collapse_section(tables: Tables, found: Findings, out: Path, order: list[str]) -> str:
+    return "\n".join([*_frontier_part(found, out, order), *_matched_part(tables, found, out, order),
+                      *_collapse_part(found, order), *_losses_part(tables, out, order)])
+
+
+def _frontier_part(found: Findings, out: Path, order: list[str]) -> list[str]:
+    _save(plots.family_frontier(found.paths, hue_order=order), out / "figures" / "frontier.png")
+    return [
         "Each run is a path: one point per evaluation, held-out margin gain (the per-token gap "
         "loss_n − loss_p on held-out pairs, minus its value at step 0: preference progress) "
         "against Δ NLL of neutral held-out text (nats per token: capability cost), from the "
@@ -215,35 +191,38 @@ def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.Data
         "linear near 0 and logarithmic beyond. Markers tell the learning rates apart. An "
         "objective that learns without breaking runs up the left edge.", "",
         "![progress against cost](figures/frontier.png)", ""]
-    table = findings.matched(tables, levels)
-    if len(table):
-        table = _ordered(table.sort_values("level", kind="stable"), order)
-        ax = plots.matched_plot(table, y="d_chosen", hue_order=order)
-        ax.set_yscale("symlog", linthresh=0.1)  # intervals of a collapsing run reach 10×
-        ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        _save(ax, out / "figures" / "matched_chosen.png")
-        never = [lab for lab in order if lab in set(table.label)
-                 and not table[table.label == lab].n_runs.any()]
-        table = table[table.n_runs > 0]
-        view = pd.DataFrame({
-            "objective": table.label, "margin gain": table.level.map("+{:g}".format),
-            "runs reaching it": table.n_runs.astype(str) + " of " + table.label.map(
-                tables.runs.groupby("label").size()).astype(str),
-            "Δ chosen loss": [_cell(r, "d_chosen") for _, r in table.iterrows()],
-            "Δ rejected loss": [_cell(r, "d_rejected") for _, r in table.iterrows()],
-            "Δ neutral NLL": [_cell(r, "d_neutral", 3) for _, r in table.iterrows()]})
-        text += [
-            "**At matched progress.** Where each objective's runs first reached the same "
-            "held-out margin gain (nats per token), interpolated along their paths and averaged "
-            "over the runs (learning rates) that reached it: the change of the held-out chosen "
-            "and rejected losses and of neutral NLL since step 0, nats per token. Intervals: "
-            f"95% bootstrap over the {int(table.n_pairs.max())} held-out pairs (neutral text is "
-            "one fixed set, not resampled). Levels: those at least half the objectives reached.",
-            "", markdown_table(view), "",
-            *([f"No run of {', '.join(never)} reached a margin gain of +{min(levels):g}.", ""]
-              if never else []),
-            "![chosen loss at matched progress](figures/matched_chosen.png)", ""]
-    col = findings.collapse(tables)
+
+
+def _matched_part(tables: Tables, found: Findings, out: Path, order: list[str]) -> list[str]:
+    if not len(found.matched):
+        return []
+    table = in_order(found.matched.sort_values("level", kind="stable"), order)
+    _save(plots.matched_chosen(table, hue_order=order), out / "figures" / "matched_chosen.png")
+    never = [lab for lab in order if lab in set(table.label)
+             and not table[table.label == lab].n_runs.any()]
+    table = table[table.n_runs > 0]
+    view = pd.DataFrame({
+        "objective": table.label, "margin gain": table.level.map("+{:g}".format),
+        "runs reaching it": table.n_runs.astype(str) + " of " + table.label.map(
+            tables.runs.groupby("label").size()).astype(str),
+        "Δ chosen loss": [_cell(r, "d_chosen") for _, r in table.iterrows()],
+        "Δ rejected loss": [_cell(r, "d_rejected") for _, r in table.iterrows()],
+        "Δ neutral NLL": [_cell(r, "d_neutral", 3) for _, r in table.iterrows()]})
+    return [
+        "**At matched progress.** Where each objective's runs first reached the same "
+        "held-out margin gain (nats per token), interpolated along their paths and averaged "
+        "over the runs (learning rates) that reached it: the change of the held-out chosen "
+        "and rejected losses and of neutral NLL since step 0, nats per token. Intervals: "
+        f"95% bootstrap over the {int(table.n_pairs.max())} held-out pairs (neutral text is "
+        "one fixed set, not resampled). Levels: those at least half the objectives reached.",
+        "", markdown_table(view), "",
+        *([f"No run of {', '.join(never)} reached a margin gain of +{min(found.levels):g}.", ""]
+          if never else []),
+        "![chosen loss at matched progress](figures/matched_chosen.png)", ""]
+
+
+def _collapse_part(found: Findings, order: list[str]) -> list[str]:
+    col = found.collapse
     col = col.assign(_o=col.label.map({label: i for i, label in enumerate(order)})) \
         .sort_values(["_o", "lr", "seed"])
     view = pd.DataFrame({
@@ -256,7 +235,7 @@ def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.Data
             "Δ neutral NLL (nats/token)": np.log(col.ppl_ratio).map(partial(number, digits=3))}
            if "distinct_2" in col.columns else {}),
         "past a uniform guess": col.above_uniform.map({True: "yes", False: "no"})})
-    text += [
+    text = [
         "**Collapse, run by run.** An evaluation collapses when the held-out chosen loss is "
         "above its step-0 value by more than its 95% pair-bootstrap bound while the margin has "
         "grown; the onset is the first of two such evaluations in a row. Degeneration is "
@@ -265,19 +244,20 @@ def collapse_section(tables: Tables, out: Path, order: list[str], paths: pd.Data
         "ratio, which for a destroyed model runs to many orders of magnitude), and whether any "
         "per-token "
         "loss passed ln|V| (a uniform guess) by a nat.", "", markdown_table(view), ""]
-    refusal = findings.refusals(tables)
-    if len(refusal):
-        text += [_refusal_table(refusal, order), ""]
+    if len(found.refusals):
+        text += [_refusal_table(found.refusals, order), ""]
+    return text
+
+
+def _losses_part(tables: Tables, out: Path, order: list[str]) -> list[str]:
     top = tables.runs.lr.max()
-    records = findings.with_lr(tables.records, tables.runs)
-    records = records[records.lr == top] if pd.notna(top) else records
+    records = tables.records[tables.records.lr == top] if pd.notna(top) else tables.records
     _save(plots.normalisation_grid(records, col_order=[lab for lab in order
                                                        if lab in set(records.label)]),
           out / "figures" / "normalisation_grid.png")
-    text += [f"Training losses of every configuration at the largest learning rate (lr "
-             f"{top:g}; each panel on its own scale, bands across seeds where there are "
-             "several):", "", "![all normalisations](figures/normalisation_grid.png)", ""]
-    return "\n".join(text)
+    return [f"Training losses of every configuration at the largest learning rate (lr "
+            f"{top:g}; each panel on its own scale, bands across seeds where there are "
+            "several):", "", "![all normalisations](figures/normalisation_grid.png)", ""]
 
 
 def _refusal_table(refusal: pd.DataFrame, order: list[str]) -> str:
@@ -294,20 +274,15 @@ def _refusal_table(refusal: pd.DataFrame, order: list[str]) -> str:
             "benign probes. Exact intervals over probes:\n\n" + markdown_table(pd.DataFrame(rows)))
 
 
-PREDICTORS = {"edit_distance": "edit distance", "entanglement": "entanglement", "ches": "CHES",
-              "ln_ches": "ln-CHES"}
-
-
-def displacement_section(tables: Tables, out: Path, order: list[str],
-                         paths: pd.DataFrame) -> str:
-    calm = _ordered(findings.displacement(tables, paths), order)
+def displacement_section(found: Findings, out: Path, order: list[str]) -> str:
+    shift = in_order(found.displacement, order)
     view = pd.DataFrame({
-        "objective": calm.label,
-        "where": [f"lr {r.lr:g}, step {r.step:g}" if r.n else "–" for r in calm.itertuples()],
-        "margin gain": calm.margin_gain.map(partial(number, digits=2)),
-        "Δ neutral NLL": calm.d_neutral.map(partial(number, digits=3)),
-        "chosen log-prob fell": [_share_cell(r) for r in calm.itertuples()],
-        "Δ chosen − Δ neutral (nats/token)": calm.d_chosen_minus_neutral.map(
+        "objective": shift.label,
+        "where": [f"lr {r.lr:g}, step {r.step:g}" if r.n else "–" for r in shift.itertuples()],
+        "margin gain": shift.margin_gain.map(partial(number, digits=2)),
+        "Δ neutral NLL": shift.d_neutral.map(partial(number, digits=3)),
+        "chosen log-prob fell": [_share_cell(r) for r in shift.itertuples()],
+        "Δ chosen − Δ neutral (nats/token)": shift.d_chosen_minus_neutral.map(
             partial(number, digits=3))})
     text = [
         f"Likelihood displacement is the chosen answer's log-probability falling *while neutral "
@@ -316,41 +291,45 @@ def displacement_section(tables: Tables, out: Path, order: list[str],
         "gain; there, the held-out pairs whose chosen log-prob fell below its step-0 value "
         "(exact Clopper–Pearson interval over pairs), and the chosen loss change minus the "
         "neutral one.", "", markdown_table(view), ""]
-    share = calm[calm.n > 0]
+    share = shift[shift.n > 0]
     if len(share):
-        ax = plots.interval_plot(share, x="share", order=list(share.label), refline=0.5)
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("share of held-out pairs whose chosen log-prob fell,\nwhere neutral text "
-                      f"held (|Δ NLL| ≤ {findings.NEUTRAL_HOLD:g}); exact 95% interval")
-        _save(ax, out / "figures" / "displacement.png")
+        _save(plots.displacement_shares(share, order=order, max_neutral=findings.NEUTRAL_HOLD),
+              out / "figures" / "displacement.png")
         text += ["![displacement where neutral text held](figures/displacement.png)", ""]
-    predictors = findings.predictors_of_displacement(tables, calm)
-    if len(predictors):
-        predictors = _ordered(predictors, order)
-        wide = predictors.assign(cell=[_cell(r, "rho") for _, r in predictors.iterrows()]) \
-            .pivot(index="label", columns="predictor", values="cell")
-        wide = wide.reindex(index=[lab for lab in order if lab in wide.index],
-                            columns=[c for c in PREDICTORS if c in wide.columns])
-        wide = wide.rename(columns=PREDICTORS)
-        text += [
-            "**What predicts it.** Spearman ρ across held-out pairs between each predictor and "
-            "the change of the pair's chosen log-prob at the point above (negative: the larger "
-            "the predictor, the more the chosen answer fell); 95% pair-bootstrap intervals. "
-            "Edit distance is between chosen and rejected texts; entanglement (the cosine of a "
-            "pair's chosen and rejected log-prob gradients), CHES and its length-normalised ln-CHES "
-            "(Razin et al. 2024) are "
-            "the audit's, at the starting model.", "",
-            markdown_table(wide.reset_index().rename(columns={"label": "objective"})), ""]
-    lang = findings.per_language(tables, calm)
-    if len(lang) and lang.lang.nunique() > 1:
-        lang = _ordered(lang, order)
-        wide = lang.assign(cell=[f"{r.k} of {r.n}" for r in lang.itertuples()]).pivot(
-            index="label", columns="lang", values="cell")
-        wide = wide.reindex([lab for lab in order if lab in wide.index])
-        text += ["By language of the held-out pair (chosen log-prob fell, at the same point):",
-                 "", markdown_table(wide.reset_index().rename(columns={"label": "objective"})),
-                 ""]
-    return "\n".join(text)
+    return "\n".join(text + _predictor_table(found, order) + _language_table(found, order))
+
+
+def _predictor_table(found: Findings, order: list[str]) -> list[str]:
+    if not len(found.predictors):
+        return []
+    predictors = in_order(found.predictors, order)
+    wide = predictors.assign(cell=[_cell(r, "rho") for _, r in predictors.iterrows()]) \
+        .pivot(index="label", columns="predictor", values="cell")
+    wide = wide.reindex(index=[lab for lab in order if lab in wide.index],
+                        columns=[c for c in PREDICTOR_NAMES if c in wide.columns])
+    wide = wide.rename(columns=PREDICTOR_NAMES)
+    return [
+        "**What predicts it.** Spearman ρ across held-out pairs between each predictor and "
+        "the change of the pair's chosen log-prob at the point above (negative: the larger "
+        "the predictor, the more the chosen answer fell); 95% pair-bootstrap intervals. "
+        "Edit distance is between chosen and rejected texts; entanglement (the cosine of a "
+        "pair's chosen and rejected log-prob gradients), CHES and its length-normalised ln-CHES "
+        "(Razin et al. 2024) are "
+        "the audit's, at the starting model.", "",
+        markdown_table(wide.reset_index().rename(columns={"label": "objective"})), ""]
+
+
+def _language_table(found: Findings, order: list[str]) -> list[str]:
+    lang = found.by_language
+    if not len(lang) or lang.lang.nunique() < 2:
+        return []
+    lang = in_order(lang, order)
+    wide = lang.assign(cell=[f"{r.k} of {r.n}" for r in lang.itertuples()]).pivot(
+        index="label", columns="lang", values="cell")
+    wide = wide.reindex([lab for lab in order if lab in wide.index])
+    return ["By language of the held-out pair (chosen log-prob fell, at the same point):",
+            "", markdown_table(wide.reset_index().rename(columns={"label": "objective"})), ""]
+
 
 def generations_section(tables: Tables, order: list[str], per_label: int = 2) -> str:
     gen = tables.generations
@@ -389,77 +368,11 @@ def _verdict(held: bool | None, condition: str = "") -> str:
     return ("held" + (f" ({condition})" if condition else "")) if held else "did not hold"
 
 
-def held_section(tables: Tables, paths: pd.DataFrame, levels: list[float],
-                 order: list[str]) -> str:
-    """One plain sentence per claim of the seed, each with the number it rests on."""
-    lines = []
-    audit = tables.audit
-    if audit is not None and len(audit.length):
-        rows = audit.length.set_index("normalisation")
-        if {"sum", "mean"} <= set(rows.index):
-            s, m = rows.loc["sum"], rows.loc["mean"]
-            lines.append(
-                f"- **C1, the gap follows length:** {_verdict(bool(s.r2_lo > m.r2_hi), 'for summed losses')}. "
-                f"On the {int(s.n)} training pairs at the starting model, Δlen explains R² = "
-                f"{interval_label(s.r2, s.r2_lo, s.r2_hi, digits=3)} of the summed gap and "
-                f"{interval_label(m.r2, m.r2_lo, m.r2_hi, digits=3)} of the token-mean gap "
-                "(pair bootstrap).")
-    if audit is not None and len(audit.gradient_summary):
-        g = audit.gradient_summary
-        key = dg.gradient_key(audit.gradients)
-        sums = g[g[key] == "naive-sum"]
-        means = g[g[key] == "naive-mean"]
-        if len(sums) and len(means):
-            s, m = sums.iloc[0], means.iloc[0]
-            lines.append(
-                f"- **C2, a noisy direction:** {_verdict(bool(s.norm_r2 > m.norm_r2), 'the norm follows length under summed loss')}. "
-                f"A pair's gradient norm against its length: R² = {number(s.norm_r2, 3)} "
-                f"summed, {number(m.norm_r2, 3)} token-mean; the leave-one-out cosine to the "
-                f"other pairs' mean gradient is {interval_label(s.cos_loo, s.cos_loo_lo, s.cos_loo_hi, digits=3)} "
-                f"(summed) and {interval_label(m.cos_loo, m.cos_loo_lo, m.cos_loo_hi, digits=3)} "
-                f"(token-mean) against 0 for orthogonal gradients, over {int(s.n_pairs)} pairs "
-                "at the starting model.")
-    col = findings.collapse(tables) if len(tables.evals) else pd.DataFrame()
-    if len(col):
-        onsets = col[col.onset_step.notna()]
-        naive = col[col.label.str.startswith("naive")]
-        per_label = onsets.groupby("label").size()
-        named = ", ".join(f"{lab} ({per_label[lab]} of {int((col.label == lab).sum())} runs)"
-                          for lab in order if lab in per_label.index) or "none"
-        collapsed = naive[naive.onset_step.notna()]
-        where = ", ".join(f"{r.label} at lr {r.lr:g}" for r in collapsed.itertuples())
-        lines.append(f"- **C3, both losses grow:** {_verdict(bool(len(collapsed)), where)}"
-                     if len(naive) else "- **C3, both losses grow:** could not be judged (no "
-                     "naive run)")
-        lines[-1] += (f". Runs with a collapse onset (held-out chosen loss above its step-0 bound "
-                      f"while the margin grows, two evaluations in a row): {named}; "
-                      f"{int(col.above_uniform.sum())} of {len(col)} runs passed a uniform "
-                      "guess.")
-        matched = findings.matched(tables, levels[-1:]) if levels else pd.DataFrame()
-        if len(matched):
-            at = _ordered(matched, order)
-            cells = "; ".join(f"{r.label} {_cell(r._asdict(), 'd_chosen')}"
-                              for r in at.itertuples() if r.n_runs)
-            lines.append(f"  At matched progress (held-out margin gain +{levels[-1]:g} nats per "
-                         f"token), Δ held-out chosen loss: {cells}.")
-    calm = findings.displacement(tables, paths) if len(paths) else pd.DataFrame()
-    if len(calm) and (calm.n > 0).any():
-        shown = _ordered(calm[calm.n > 0], order)
-        cells = "; ".join(f"{r.label} {r.k} of {r.n}" for r in shown.itertuples())
-        majority = shown[shown.share_lo > 0.5].label.tolist()
-        most = shown[shown.share > 0.5]
-        verdict = (_verdict(True, "for " + ", ".join(majority)) if majority else
-                   "not established: no objective's exact interval lies above one half (the "
-                   "largest shares: " + ", ".join(
-                       f"{r.label} {percent(r.share, 0)} [{percent(r.share_lo, 0)}, "
-                       f"{percent(r.share_hi, 0)}]" for r in most.nlargest(3, "share")
-                       .itertuples()) + ")" if len(most) else _verdict(False))
-        lines.append(
-            f"- **C4, displacement:** {verdict} — held counts an objective whose held-out pairs' "
-            "chosen log-probs mostly fell (the exact interval of the share above one half) "
-            f"where neutral NLL moved by at most {findings.NEUTRAL_HOLD:g} nats per token, at "
-            f"the objective's furthest such point: {cells}.")
-        lines += _predictor_line(tables, calm)
+def what_held(tables: Tables, found: Findings, order: list[str]) -> str:
+    """One plain sentence per claim, each with the number it rests on: the report's "What
+    held" section and the README's findings block."""
+    lines = [*_length_line(tables), *_noise_line(tables), *_collapse_lines(found, order),
+             *_displacement_lines(found, order)]
     seeds = sorted({int(s) for s in tables.runs.seed.dropna()})
     lines.append(f"- **C5, seeds and intervals:** seeds {seeds} are data-order replicates on one "
                  "starting model; every interval above resamples held-out or training pairs, "
@@ -467,18 +380,100 @@ def held_section(tables: Tables, paths: pd.DataFrame, levels: list[float],
     return "\n".join(lines) + "\n"
 
 
-def _predictor_line(tables: Tables, calm: pd.DataFrame) -> list[str]:
+def _length_line(tables: Tables) -> list[str]:
+    audit = tables.audit
+    if audit is None or not len(audit.length):
+        return []
+    rows = audit.length.set_index("normalisation")
+    if not {"sum", "mean"} <= set(rows.index):
+        return []
+    s, m = rows.loc["sum"], rows.loc["mean"]
+    return [
+        f"- **C1, the gap follows length:** {_verdict(bool(s.r2_lo > m.r2_hi), 'for summed losses')}. "
+        f"On the {int(s.n)} training pairs at the starting model, Δlen explains R² = "
+        f"{interval_label(s.r2, s.r2_lo, s.r2_hi, digits=3)} of the summed gap and "
+        f"{interval_label(m.r2, m.r2_lo, m.r2_hi, digits=3)} of the token-mean gap "
+        "(pair bootstrap)."]
+
+
+def _noise_line(tables: Tables) -> list[str]:
+    audit = tables.audit
+    if audit is None or not len(audit.gradient_summary):
+        return []
+    g = audit.gradient_summary
+    key = gradient_key(audit.gradients)
+    sums, means = g[g[key] == "naive-sum"], g[g[key] == "naive-mean"]
+    if not len(sums) or not len(means):
+        return []
+    s, m = sums.iloc[0], means.iloc[0]
+    return [
+        f"- **C2, a noisy direction:** {_verdict(bool(s.norm_r2 > m.norm_r2), 'the norm follows length under summed loss')}. "
+        f"A pair's gradient norm against its length: R² = {number(s.norm_r2, 3)} "
+        f"summed, {number(m.norm_r2, 3)} token-mean; the leave-one-out cosine to the "
+        f"other pairs' mean gradient is {interval_label(s.cos_loo, s.cos_loo_lo, s.cos_loo_hi, digits=3)} "
+        f"(summed) and {interval_label(m.cos_loo, m.cos_loo_lo, m.cos_loo_hi, digits=3)} "
+        f"(token-mean) against 0 for orthogonal gradients, over {int(s.n_pairs)} pairs "
+        "at the starting model."]
+
+
+def _collapse_lines(found: Findings, order: list[str]) -> list[str]:
+    col = found.collapse
+    if not len(col):
+        return []
+    onsets = col[col.onset_step.notna()]
+    naive = col[col.label.str.startswith("naive")]
+    per_label = onsets.groupby("label").size()
+    named = ", ".join(f"{lab} ({per_label[lab]} of {int((col.label == lab).sum())} runs)"
+                      for lab in order if lab in per_label.index) or "none"
+    collapsed = naive[naive.onset_step.notna()]
+    where = ", ".join(f"{r.label} at lr {r.lr:g}" for r in collapsed.itertuples())
+    line = (f"- **C3, both losses grow:** {_verdict(bool(len(collapsed)), where)}" if len(naive)
+            else "- **C3, both losses grow:** could not be judged (no naive run)")
+    lines = [line + f". Runs with a collapse onset (held-out chosen loss above its step-0 bound "
+                    f"while the margin grows, two evaluations in a row): {named}; "
+                    f"{int(col.above_uniform.sum())} of {len(col)} runs passed a uniform guess."]
+    if len(found.matched):
+        at = in_order(found.matched[found.matched.level == found.levels[-1]], order)
+        cells = "; ".join(f"{r.label} {_cell(r._asdict(), 'd_chosen')}"
+                          for r in at.itertuples() if r.n_runs)
+        lines.append(f"  At matched progress (held-out margin gain +{found.levels[-1]:g} nats "
+                     f"per token), Δ held-out chosen loss: {cells}.")
+    return lines
+
+
+def _displacement_lines(found: Findings, order: list[str]) -> list[str]:
+    shift = found.displacement
+    if not len(shift) or not (shift.n > 0).any():
+        return []
+    shown = in_order(shift[shift.n > 0], order)
+    cells = "; ".join(f"{r.label} {r.k} of {r.n}" for r in shown.itertuples())
+    majority = shown[shown.share_lo > 0.5].label.tolist()
+    most = shown[shown.share > 0.5]
+    verdict = (_verdict(True, "for " + ", ".join(majority)) if majority else
+               "not established: no objective's exact interval lies above one half (the "
+               "largest shares: " + ", ".join(
+                   f"{r.label} {percent(r.share, 0)} [{percent(r.share_lo, 0)}, "
+                   f"{percent(r.share_hi, 0)}]" for r in most.nlargest(3, "share")
+                   .itertuples()) + ")" if len(most) else _verdict(False))
+    return [
+        f"- **C4, displacement:** {verdict} — held counts an objective whose held-out pairs' "
+        "chosen log-probs mostly fell (the exact interval of the share above one half) "
+        f"where neutral NLL moved by at most {findings.NEUTRAL_HOLD:g} nats per token, at "
+        f"the objective's furthest such point: {cells}.", *_predictor_line(found)]
+
+
+def _predictor_line(found: Findings) -> list[str]:
     """Razin et al.'s question: does entanglement (or CHES) predict displacement better than
     edit distance? Per predictor, the objectives whose ρ interval excludes 0, and how often it
     has the largest |ρ|."""
-    rho = findings.predictors_of_displacement(tables, calm)
+    rho = found.predictors
     if not len(rho) or rho.predictor.nunique() < 2:
         return []
     rho = rho.assign(excludes=(rho.rho_lo > 0) | (rho.rho_hi < 0), size=rho.rho.abs())
     best = rho.dropna(subset=["size"]).sort_values("size").groupby("label").tail(1)
     n = rho.label.nunique()
-    parts = [f"{PREDICTORS.get(name, name)} ρ excludes 0 for {int(group.excludes.sum())} of {n} "
-             f"objectives (median ρ {group.rho.median():+.2f}) and is the strongest for "
+    parts = [f"{PREDICTOR_NAMES.get(name, name)} ρ excludes 0 for {int(group.excludes.sum())} "
+             f"of {n} objectives (median ρ {group.rho.median():+.2f}) and is the strongest for "
              f"{int((best.predictor == name).sum())}"
              for name, group in rho.groupby("predictor", sort=False)]
     return ["  What predicts which held-out pairs' chosen log-prob falls (Spearman ρ with its "
@@ -490,30 +485,30 @@ def _predictor_line(tables: Tables, calm: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------- the page
 
 
-
-
-def build_report(runs: str | os.PathLike | None = None,
-                 out: str | os.PathLike = "reports") -> Path:
+def build_report(runs: str | os.PathLike | None = None, out: str | os.PathLike = "reports", *,
+                 readme: str | os.PathLike | None = None) -> Path:
     """Regenerate `out/README.md` and `out/figures/` from the runs (a folder of runs, or None for
-    the committed study: see `prefstudy.tables`). Returns the page's path."""
+    the committed study: see `prefstudy.tables`), and with `readme` that file's findings block
+    (`update_readme`). Returns the page's path."""
     tables = load_tables(runs)
+    found = findings.summarise(tables)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    families = _families(tables)
-    order = (plots.family_order({lab: families[lab] for lab in tables.labels})
-             if set(tables.labels) <= set(families) else tables.labels)
-    with plots.study_palette(order, families if set(order) <= set(families) else None):
-        page = _page(tables, out, order)
+    with study_palette(tables.order, tables.families):
+        page, held = _page(tables, found, out)
     path = out / "README.md"
     path.write_text(page)
+    if readme is not None:
+        update_readme(readme, held)
     return path
 
 
-def _page(tables: Tables, out: Path, order: list[str]) -> str:
-    """The report page's Markdown, drawing every figure into `out/figures/`."""
+def _page(tables: Tables, found: Findings, out: Path) -> tuple[str, str]:
+    """The report page's Markdown, drawing every figure into `out/figures/`, and its "What
+    held" section."""
+    order = tables.order
     audit_parts = (audit_sections(tables.audit, out) if tables.audit is not None else None)
-    path_table = findings.paths(tables)
-    levels = findings.comparison_levels(path_table)
+    held = what_held(tables, found, order)
     sections = [
         "# prefstudy report: how stable are preference objectives?", "",
         "Regenerated by `prefstudy report` from the runs it names; every number and figure "
@@ -521,32 +516,27 @@ def _page(tables: Tables, out: Path, order: list[str]) -> str:
         "along a learning-rate sweep, at matched preference progress, never at one setting. "
         "Every interval is 95%; its kind and unit of replication are said where it is given.",
         "", "## Provenance", "", provenance(tables), "",
-        "## What held", "", held_section(tables, path_table, levels, order),
+        "## What held", "", held,
         "## C1 — the gap follows length, not preference", "",
         length_section(tables, out, audit_parts),
         "## C2 — a noisy optimisation direction", "",
-        noise_section(tables, out, order, audit_parts),
+        noise_section(found, out, order, audit_parts),
         "## C3 — collapse: both losses grow", "",
-        collapse_section(tables, out, order, path_table, levels),
+        collapse_section(tables, found, out, order),
         "## C4 — displacement of the chosen response", "",
-        displacement_section(tables, out, order, path_table),
+        displacement_section(found, out, order),
         "## Generations", "", generations_section(tables, order),
     ]
-    return "\n".join(sections).rstrip() + "\n"
+    return "\n".join(sections).rstrip() + "\n", held
 
 
 FINDINGS = ("<!-- findings:start -->", "<!-- findings:end -->")  # the README's block
 
 
-def held_block(page: str) -> str:
-    """The report page's "What held" section (without its heading): the README's findings."""
-    return page.split("## What held\n\n", 1)[1].split("\n## ", 1)[0].strip() + "\n"
-
-
-def update_readme(readme: str | os.PathLike, page: str | os.PathLike) -> bool:
-    """Replace the block between FINDINGS markers in `readme` with the report page's "What
-    held" section; ValueError naming the file where it has no such block. Returns whether the
-    file changed."""
+def update_readme(readme: str | os.PathLike, held: str) -> bool:
+    """Replace the block between FINDINGS markers in `readme` with `held` (the report's "What
+    held" section, `what_held`); ValueError naming the file where it has no such block.
+    Returns whether the file changed."""
     readme = Path(readme)
     text = readme.read_text()
     start, end = FINDINGS
@@ -554,7 +544,6 @@ def update_readme(readme: str | os.PathLike, page: str | os.PathLike) -> bool:
         raise ValueError(f"{readme}: no {start} … {end} block to regenerate")
     before, rest = text.split(start, 1)
     after = rest.split(end, 1)[1]
-    new = f"{before}{start}\n{held_block(Path(page).read_text())}{end}{after}"
+    new = f"{before}{start}\n{held.strip()}\n{end}{after}"
     readme.write_text(new)
     return new != text
-

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from .encode import Encoded, collate_sequences, encode_pairs
-from .logprobs import token_logps
+from .logprobs import head_logps, token_logps
 
 UNLIMITED = 2 ** 62  # a max_length no sequence reaches: encode_pairs then cuts nothing
 
@@ -65,7 +65,7 @@ def _shared_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 def length_table(encoded: Encoded) -> pd.DataFrame:
     """Token counts of encoded pairs: pair_id, prompt_len_full, len_p_full, len_n_full and
     shared_prefix (how many leading response tokens chosen and rejected share). Given the uncut
-    encoding (`ScoringInput.full`), what `diagnostics.cut_table` needs to say what a cut does."""
+    encoding (`ScoringInput.full`), what `auditstats.cut_table` needs to say what a cut does."""
     return pd.DataFrame([{"pair_id": e.pair_id, "prompt_len_full": len(e.prompt_ids),
                           "len_p_full": e.len_chosen, "len_n_full": e.len_rejected,
                           "shared_prefix": _shared_prefix(e.chosen_ids, e.rejected_ids)}
@@ -82,7 +82,6 @@ def length_table(encoded: Encoded) -> pd.DataFrame:
 # rounding), a fifth to a third fewer tokens through the model.
 
 MAX_ROW_TOKENS = 4096  # responses of one prompt share a row up to this many tokens
-CHUNK_LOGITS = 2 ** 23  # logits per output-head chunk: 32 MiB in float32
 PACKABLE_ATTENTION = ("sdpa", "eager")  # attention that takes an arbitrary 4D mask
 
 
@@ -155,18 +154,12 @@ def _packed_mask(segment: torch.Tensor, attention: str, dtype: torch.dtype) -> t
 
 def _target_logps(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) for rows of hidden states through the output head, a chunk of rows at a
-    time (the full logits of every position never exist at once), in float32 whatever the
-    model's dtype (a bfloat16 logit has three significant digits)."""
+    time (`logprobs.head_logps`: the full logits of every position never exist at once), with
+    the hidden states and the head in float32 whatever the model's dtype (a bfloat16 logit has
+    three significant digits)."""
     head = model.get_output_embeddings()
-    weight = head.weight.float()
     bias = None if head.bias is None else head.bias.float()
-    chunk = max(16, CHUNK_LOGITS // weight.shape[0])
-    out = []
-    for i in range(0, len(hidden), chunk):
-        logits = torch.nn.functional.linear(hidden[i:i + chunk].float(), weight, bias)
-        out.append(logits.gather(-1, targets[i:i + chunk, None]).squeeze(-1)
-                   - logits.logsumexp(-1))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+    return head_logps(hidden.float(), targets, head.weight.float(), bias)[0]
 
 
 def _packed_logps(model, rows, pad_id: int) -> list[tuple[float, int]]:

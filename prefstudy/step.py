@@ -22,9 +22,9 @@ from .cache import cached, save_torch
 from .config import TrainConfig
 from .encode import Batch, Encoded, collate
 from .gradstats import PerPairGradients
-from .logprobs import TokenLogps, split_pairs, token_logps
+from .logprobs import TokenLogps, split_pairs, token_logps, wpo_weights
 from .models import cache_dir
-from .objectives import PairLogps, compute, wpo_weights
+from .objectives import PairLogps, compute
 from .records import pair_records
 
 # --------------------------------------------------------------------------- reference log-probs
@@ -92,7 +92,7 @@ def forward(model, batch: Batch, cfg: TrainConfig, ref: dict | None, *,
     start: per-token log-probs of the untrained starting model (`reference_logps`' output, for
     these pairs), standing in for the model's forward pass when the model is that model.
     cfg.use_weighting: the loss is the objective's per-pair loss times the pair's WPO weight
-    (objectives.wpo_weights, Zhou et al. 2024 Eq. 2, as TRL's use_weighting), from the policy's
+    (logprobs.wpo_weights, Zhou et al. 2024 Eq. 2, as TRL's use_weighting), from the policy's
     log Σ_v p_v² at each token; a weight, so no gradient flows through it. `start` has no
     Σ_v p_v², so it cannot stand in then (ValueError): run the model instead.
     """
@@ -118,7 +118,7 @@ def forward(model, batch: Batch, cfg: TrainConfig, ref: dict | None, *,
     return Forward(logps, out.loss * weight, out.margin, weight)
 
 
-def forward_records(fw: Forward, batch: Batch, cfg: TrainConfig, step: int, lr: float,
+def forward_records(fw: Forward, batch: Batch, cfg: TrainConfig, step: int, step_lr: float,
                     batch_id: str, **per_pair) -> pd.DataFrame:
     """The records of the batch's pairs (prefstudy.records.RECORD_COLUMNS); `batch_id` names
     the batch they shared; `per_pair`: the gradient statistics, where measured."""
@@ -130,7 +130,7 @@ def forward_records(fw: Forward, batch: Batch, cfg: TrainConfig, step: int, lr: 
         ref_logp_n=None if ref_r is None else ref_r.sum,
         margin=fw.margin.detach(), pair_loss=fw.loss.detach(), **per_pair,
         batch=batch_id, run_id=cfg.run_id, objective=cfg.objective, norm=cfg.norm,
-        seed=cfg.seed, step=step, lr=lr)
+        seed=cfg.seed, step=step, step_lr=step_lr)
 
 
 # --------------------------------------------------------------------------- one update
@@ -222,7 +222,7 @@ def train_step(model, batch: Batch, cfg: TrainConfig, ref: dict | None, opt: Opt
                            lambda t: accelerator.reduce(t.to(accelerator.device), "sum").cpu())
         per_pair = {"grad_norm": out.norm, "grad_cos": out.cos,
                     "grad_cos_with_self": out.cos_with_self}
-        stats = {"step": step, **out.step_stats, "lr": lr}
+        stats = {"step": step, **out.step_stats, "step_lr": lr}
     records = forward_records(fw, batch, cfg, step, lr, f"s{step}-r{accelerator.process_index}",
                               **per_pair)
     if not opt.update():

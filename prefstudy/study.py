@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from .config import FIELDS, ConfigError, TrainConfig, from_dict, read_toml, resolve_path
+from .config import FIELDS, ConfigError, TrainConfig, from_dict, read_toml
+from .paths import resolve_path
 from .records import default_runs_dir, read_meta, run_folders
 from .tables import AUDIT_DIR, STUDY_FILE
 

@@ -1,25 +1,24 @@
-"""A study's runs and every table they hold, loaded once: what the report, the widgets and the
-notebooks read.
+"""A study's runs and every table they hold, read from disk once: the only reader of a study
+folder, and what the findings, the report, the widgets and the notebooks start from.
 
 A study folder (what `prefstudy study` writes; reports/runs is the committed one):
 
     <study>/study.json      the study's name, profile, seeds and label order (STUDY_FILE)
-    <study>/audit/          the audit of the pairs it trains on, at the starting model (AUDIT_DIR)
-    <study>/dose.parquet    length-controlled variants (DOSE_FILE; studies before the audit)
-    <study>/<run>/          one folder per run (see `prefstudy.records`)
+    <study>/audit/          the audit of the pairs it trains on, at the starting model (AUDIT_DIR),
+                            and audit/heldout/ of its held-out pairs
+    <study>/<run>/          one folder per run (see `prefstudy.records`), its per-pair facts in
+                            <run>/pairs.parquet (`records.PAIRS_FILE`)
 
-`load_tables(runs)` returns a `Tables`: the runs' records, evals, perplexity, generations and
-steps (`records.load_runs`), the texts of the pairs their configs name (`run_pairs`), the
-study's audit and the study's label order (`study_labels`). `runs` is, everywhere here, a folder of run
-folders, one run folder, a list of run folders, or None for the committed study
-(`records.default_runs_dir()`, i.e. reports/runs or `$PREFSTUDY_RUNS`).
+`load_tables(runs)` returns a `Tables`. Everything a report needs is in the study folder, so it
+regenerates from a copy of the folder anywhere, without the data it was trained on. `runs` is,
+everywhere here, a folder of run folders, one run folder, a list of run folders, or None for the
+committed study (`records.default_runs_dir()`, i.e. reports/runs or `$PREFSTUDY_RUNS`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,21 +26,31 @@ from typing import Any
 
 import pandas as pd
 
-from .config import resolve_path
-from .data import load_any
-from .records import default_runs_dir, load_runs, read_config, read_meta, run_label, run_list
+from .records import (
+    PAIRS_FILE,
+    TABLES,
+    default_runs_dir,
+    load_run,
+    read_config,
+    read_meta,
+    run_label,
+    run_list,
+)
 
 STUDY_FILE = "study.json"  # the study's name, profile, seeds and label order, beside its runs
-DOSE_FILE = "dose.parquet"  # the length-controlled variants of studies before the audit
 AUDIT_DIR = "audit"  # the audit of the pairs the study trains on (study.audit_study)
-PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "split"]  # run_pairs, beside meta
+PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "split", "len_ratio", "edit_distance"]
+# One row per run (`run_table`): what its config and meta say of it.
+RUN_COLUMNS = ["run_id", "label", "objective", "family", "lr", "seed", "steps", "status",
+               "seconds", "above_uniform_step"]
+PER_RUN = ("lr", "family")  # run columns every table carries (`Tables.with_runs`)
 
 Runs = str | os.PathLike | Iterable | None
 
 
 def study_dir(runs: Runs = None) -> Path | None:
-    """The folder the runs sit in, where their study.json and dose.parquet are; None when the
-    runs do not share one (or there are none)."""
+    """The folder the runs sit in, where their study.json and audit are; None when the runs do
+    not share one (or there are none)."""
     parents = {folder.parent for folder in run_list(runs)}
     return parents.pop() if len(parents) == 1 else None
 
@@ -51,13 +60,17 @@ class Tables:
     """Everything the analysis reads, loaded once. Every table is a DataFrame: empty where the
     runs have none (the diagnostics take an empty optional table as "not there").
 
-    records, evals, perplexity, generations, steps: `records.load_runs` of each table.
-    pairs:  `run_pairs`, the texts of the training and held-out pairs the runs name.
-    dose:   the dose.parquet of a study made before studies were audited, else empty.
-    audit:  the audit of the pairs the study trains on (`<study>/audit`, `audit.read_audit`),
-            None if it has none; audit_heldout: the held-out pairs' (`<study>/audit/heldout`).
-    runs:   one row per run folder (`run_table`).
-    labels: the labels present, in the study's order (`study_labels`).
+    records, evals, perplexity, generations, steps: `records.load_run` of each table, each row
+        with its run's configured `lr` and `family` (`with_runs`).
+    pairs:   the per-pair facts of the pairs the runs trained and evaluated on (PAIR_COLUMNS
+             and the pairs' meta columns: lang, category, …), one row per pair id.
+    runs:    one row per run (`run_table`); configs, metas: each run's config.json and
+             meta.json, by run id.
+    labels:  the labels present, in the study's order (`study_labels`); order: the same as
+             figures list them, family by family where every label has a family; families:
+             label → family then, else None (figures colour by label).
+    audit, audit_heldout: the audits of the study's training and held-out pairs
+             (`audit.read_audit`), None where it has none.
     folders: the run folders.
     """
 
@@ -67,18 +80,22 @@ class Tables:
     generations: pd.DataFrame
     steps: pd.DataFrame
     pairs: pd.DataFrame
-    dose: pd.DataFrame
+    runs: pd.DataFrame
+    configs: dict[str, dict]
+    metas: dict[str, dict]
     labels: list[str]
+    order: list[str]
+    families: dict[str, str] | None
     folders: list[Path]
     audit: Any = None  # prefstudy.audit.Audit
-    audit_heldout: Any = None  # the same of the held-out pairs, where the study has it
-    runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # `run_table`: one row per run
+    audit_heldout: Any = None
+    root: Path | None = field(default=None)  # the study folder, where the runs share one
 
-    @property
-    def heldout_or_records(self) -> pd.DataFrame:
-        """The pairs final-state numbers are measured on: the held-out evals where the runs have
-        them, else the training records (as `diagnostics.summary_table` chooses)."""
-        return self.evals if len(self.evals) else self.records
+    def with_runs(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """`frame` (with a run_id column) with each run's PER_RUN columns joined on run_id."""
+        extra = self.runs[["run_id", *PER_RUN]].drop_duplicates("run_id")
+        return frame.drop(columns=[c for c in PER_RUN if c in frame.columns]).merge(
+            extra, on="run_id", how="left")
 
 
 def load_tables(runs: Runs = None) -> Tables:
@@ -88,18 +105,32 @@ def load_tables(runs: Runs = None) -> Tables:
     if not folders:
         raise FileNotFoundError(f"{runs or default_runs_dir()}: no runs (run `prefstudy study` "
                                 "first)")
-    loaded = {name: load_runs(folders, name)
-              for name in ("records", "evals", "perplexity", "generations", "steps")}
+    configs = {folder.name: read_config(folder) for folder in folders}
+    metas = {folder.name: read_meta(folder) for folder in folders}
+    runs_table = run_table(folders, configs, metas)
+    loaded = {name: _joined(_concat([load_run(f, name, configs[f.name], metas[f.name])
+                                     for f in folders]), runs_table) for name in TABLES}
     root = study_dir(folders)
-    dose = root / DOSE_FILE if root is not None else None
-    present = pd.concat([df[["label"]] for df in (loaded["records"], loaded["evals"])
-                         if "label" in df.columns], ignore_index=True)
+    present = _concat([df[["label"]] for df in (loaded["records"], loaded["evals"])
+                       if "label" in df.columns])
     labels = study_labels(present, folders) if len(present) else []
-    return Tables(**loaded, pairs=run_pairs(folders),
-                  dose=pd.read_parquet(dose) if dose and dose.exists() else pd.DataFrame(),
-                  labels=labels, folders=folders, runs=run_table(folders),
+    order, families = _display_order(labels, runs_table)
+    return Tables(**loaded, pairs=_pairs(folders), runs=runs_table, configs=configs,
+                  metas=metas, labels=labels, order=order, families=families, folders=folders,
                   audit=_audit(root and root / AUDIT_DIR),
-                  audit_heldout=_audit(root and root / AUDIT_DIR / "heldout"))
+                  audit_heldout=_audit(root and root / AUDIT_DIR / "heldout"), root=root)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _joined(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    if not len(frame):
+        return frame
+    extra = runs[["run_id", *PER_RUN]].drop_duplicates("run_id")
+    return frame.merge(extra, on="run_id", how="left")
 
 
 def _audit(folder: Path | None):
@@ -109,31 +140,38 @@ def _audit(folder: Path | None):
         else None
 
 
-RUN_COLUMNS = ["run_id", "label", "objective", "family", "lr", "seed", "steps", "status",
-               "seconds"]
+def _pairs(folders: list[Path]) -> pd.DataFrame:
+    """The per-pair facts every run folder holds (PAIRS_FILE), one row per pair id."""
+    frames = [pd.read_parquet(f / PAIRS_FILE) for f in folders if (f / PAIRS_FILE).exists()]
+    if not frames:
+        return pd.DataFrame(columns=PAIR_COLUMNS)
+    return pd.concat(frames, ignore_index=True).drop_duplicates("pair_id").reset_index(drop=True)
 
 
-def run_table(runs: Runs = None) -> pd.DataFrame:
+def run_table(folders: list[Path], configs: dict[str, dict],
+              metas: dict[str, dict]) -> pd.DataFrame:
     """One row per run: RUN_COLUMNS from its config and meta (family: `objectives.family_of`;
     seconds: from its start to its end, NaN where either is missing). A field a run's config
     lacks (a run made elsewhere) is NaN."""
     from .objectives import family_of
 
     rows = []
-    for folder in run_list(runs):
-        cfg, meta = read_config(folder), read_meta(folder)
+    for folder in folders:
+        cfg, meta = configs[folder.name], metas[folder.name]
+        params = cfg.get("params") or {}
         try:
-            family = family_of(cfg.get("objective"), cfg.get("params") or {})
+            family = family_of(cfg.get("objective"), params)
         except (KeyError, ValueError):
             family = None
         began, ended = (pd.to_datetime(meta.get(k), errors="coerce") for k in ("started", "ended"))
-        rows.append({"run_id": folder.name, "label": run_label(cfg.get("objective"),
-                     str((cfg.get("params") or {}).get("norm", "")), cfg.get("label")),
-                     "objective": cfg.get("objective"), "family": family, "lr": cfg.get("lr"),
-                     "seed": cfg.get("seed"), "steps": cfg.get("steps"),
-                     "status": meta.get("status"),
+        rows.append({"run_id": folder.name, "objective": cfg.get("objective"),
+                     "label": run_label(cfg.get("objective"), str(params.get("norm", "")),
+                                        cfg.get("label")),
+                     "family": family, "lr": cfg.get("lr"), "seed": cfg.get("seed"),
+                     "steps": cfg.get("steps"), "status": meta.get("status"),
                      "seconds": (ended - began).total_seconds() if pd.notna(began)
-                     and pd.notna(ended) else float("nan")})
+                     and pd.notna(ended) else float("nan"),
+                     "above_uniform_step": meta.get("above_uniform_step")})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
@@ -149,26 +187,19 @@ def study_labels(records: pd.DataFrame, runs: Runs = None) -> list[str]:
     return listed + [lab for lab in present if lab not in listed]
 
 
-def run_pairs(runs: Runs = None) -> pd.DataFrame:
-    """The texts of the pairs the runs trained and were evaluated on, from their configs' `data`
-    and `heldout` paths: pair_id, prompt, chosen, rejected, the meta columns (lang, category…)
-    and split ("train" / "heldout"). One row per pair id."""
-    sources = {}
-    for folder in run_list(runs):
-        cfg = read_config(folder)
-        for split, key in (("train", "data"), ("heldout", "heldout")):
-            if cfg.get(key):
-                sources.setdefault(str(resolve_path(cfg[key])), split)
-    frames = []
-    for path, split in sources.items():
-        if Path(path).exists():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # skipped records are the loader's business
-                frames.append(load_any(path).to_frame().assign(split=split))
-    if not frames:
-        return pd.DataFrame(columns=PAIR_COLUMNS)
-    return pd.concat(frames, ignore_index=True).drop_duplicates("pair_id").reset_index(drop=True)
+def _display_order(labels: list[str], runs: pd.DataFrame) -> tuple[list[str], dict | None]:
+    """The labels as figures list them and label → family: family by family
+    (`theme.family_order`), each family in the study's order, where every label's objective has
+    a family; else the study's own order and None (colour by label)."""
+    from .theme import family_order
+
+    known = runs.dropna(subset=["family"]).drop_duplicates("label")
+    family = dict(zip(known.label, known.family))
+    if not labels or not set(labels) <= set(family):
+        return list(labels), None
+    families = {label: family[label] for label in labels}
+    return family_order(families), families
 
 
-__all__ = ["AUDIT_DIR", "DOSE_FILE", "RUN_COLUMNS", "STUDY_FILE", "Tables", "load_tables",
-           "run_list", "run_pairs", "run_table", "study_dir", "study_labels"]
+__all__ = ["AUDIT_DIR", "PAIR_COLUMNS", "RUN_COLUMNS", "STUDY_FILE", "Tables", "load_tables",
+           "run_table", "study_dir", "study_labels"]

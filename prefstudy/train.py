@@ -27,8 +27,6 @@ import json
 import math
 import shutil
 import sys
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ from .gradstats import PerPairGradients
 from .inputs import Inputs, batch_indices, prepare_inputs
 from .models import load_model, set_trainable
 from .objectives import get_objective, resolve_params
-from .records import RunError, RunWriter, load_table, read_config, read_meta
+from .records import RunError, RunWriter, read_config, read_meta
 from .step import Optimisation, StepResult, reference_logps, train_step
 
 ENDED = ("completed", "diverged")  # statuses of a run that is evaluated, compacted, not resumed
@@ -192,6 +190,7 @@ def _begin(run: Run, resume: bool) -> None:
                   "pairs_dropped_by_truncation": run.inputs.dropped, **run.inputs.counts,
                   "num_processes": run.accelerator.num_processes}
         run.writer.start(config, resume=resume and run.start > 0)
+        run.writer.pairs(run.inputs.pairs)
         if run.start == 0:
             run.evaluate(0)
     run.accelerator.wait_for_everyone()
@@ -331,21 +330,4 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     return folder
 
 
-def completed_steps(run: Path) -> int:
-    """The last step with records on disk (0 if none)."""
-    rec = load_table(run, "records")
-    return int(rec.step.max()) if len(rec) else 0
-
-
-def train_many(configs: Sequence[TrainConfig], *, resume: bool = True, progress: bool = True):
-    """Train several configs one after the other; returns their run folders."""
-    out = []
-    for cfg in configs:
-        started = time.time()
-        out.append(train(cfg, resume=resume, progress=progress))
-        if progress:
-            print(f"{out[-1].name}: {time.time() - started:.0f} s")
-    return out
-
-
-__all__ = ["batch_indices", "completed_steps", "reference_logps", "train", "train_many"]
+__all__ = ["batch_indices", "reference_logps", "train"]

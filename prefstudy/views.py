@@ -16,7 +16,7 @@ import io
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
-from . import plots
+from . import theme
 
 
 def display_png(fig_or_grid, name: str, dpi: int = 80) -> dict:
@@ -45,7 +45,7 @@ def show(output: widgets.Output, *items: dict) -> None:
 
 def study_order(tables) -> tuple[list[str], dict[str, str] | None]:
     """The labels of a `tables.Tables` as figures list them, and label → family for
-    `plots.set_style(order, families=...)`: family by family (`plots.family_order`), each family
+    `theme.set_style(order, families=...)`: family by family (`theme.family_order`), each family
     in the study's order, where every label's objective has a family (`tables.runs.family`);
     else the study's own order and None (colour by label)."""
     known = tables.runs.dropna(subset=["family"]).drop_duplicates("label")
@@ -53,7 +53,7 @@ def study_order(tables) -> tuple[list[str], dict[str, str] | None]:
     if not tables.labels or not set(tables.labels) <= set(family):
         return list(tables.labels), None
     families = {label: family[label] for label in tables.labels}
-    return plots.family_order(families), families
+    return theme.family_order(families), families
 
 
 def add_classes(view: widgets.DOMWidget, name: str, **parts: widgets.DOMWidget) -> None:

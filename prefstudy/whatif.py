@@ -4,9 +4,9 @@ parameters a reader chooses, without retraining.
 `what_if(records)` builds the `WhatIf` view: β, SimPO's margin γ and the normalisation in; each
 chosen objective's recomputed margin against the length difference and a summary table out.
 The numbers are `recompute` and `what_if_summary`, pure functions; the formulas are the
-registry's own: each record row becomes a `PairLogps` (`objectives.sequence_logps`) and goes
+registry's own: each record row becomes a `PairLogps` (`recompute.sequence_logps`) and goes
 through `objectives.compute`. Which objectives the logged sums can give, and why not the others,
-is `objectives.sums_suffice` / `objectives.cannot_recompute`, tabulated by `what_if_objectives`.
+is `recompute.sums_suffice` / `recompute.cannot_recompute`, tabulated by `what_if_objectives`.
 """
 
 from __future__ import annotations
@@ -20,16 +20,10 @@ import pandas as pd
 
 from . import diagnostics as dg
 from . import plots
+from .columns import require_columns
 from .formatting import number, percent
-from .objectives import (
-    OBJECTIVES,
-    cannot_recompute,
-    compute,
-    has_reference_logps,
-    resolve_params,
-    sequence_logps,
-)
-from .records import require_columns
+from .objectives import OBJECTIVES, compute, resolve_params
+from .recompute import cannot_recompute, has_reference_logps, sequence_logps
 from .tables import load_tables
 from .views import add_classes, display_png, show
 
@@ -43,7 +37,7 @@ def what_if_objectives(records: pd.DataFrame) -> pd.DataFrame:
     """Which objectives `recompute` can give for `records`, and why not where it cannot.
 
     One row per registered objective: objective, available (bool), reason ('' where available:
-    `objectives.cannot_recompute`), needs_reference, params (the `WHAT_IF_PARAMS` it takes, e.g.
+    `recompute.cannot_recompute`), needs_reference, params (the `WHAT_IF_PARAMS` it takes, e.g.
     ("beta",)), n_rows (the rows it is computed on: all, or for reference objectives those with
     reference log-probs).
     """

@@ -7,17 +7,16 @@
   recompute every objective's per-pair loss and margin from the logged log-probs, without
   retraining.
 - `notebook_runs(rerun)` (`prefstudy.study`): the notebooks' one switch, the committed study
-  runs or a fresh re-run; `study_labels` and `run_pairs` (`prefstudy.tables`) read a study's
-  label order and pair texts.
+  runs or a fresh re-run; `study_labels` (`prefstudy.tables`) reads a study's label order.
 
 Everything here is defined in the modules named; this one only gathers their public names.
 """
 
 from .diagnostics import length_bins
 from .explorer import Explorer, ExplorerData, draw_cloud, draw_trajectories, explore, explorer_data
-from .objectives import sequence_logps, sums_suffice
+from .recompute import sequence_logps, sums_suffice
 from .study import notebook_runs
-from .tables import run_pairs, study_labels
+from .tables import study_labels
 from .whatif import (
     WhatIf,
     draw_what_if,
@@ -30,5 +29,5 @@ from .whatif import (
 
 __all__ = ["Explorer", "ExplorerData", "WhatIf", "draw_cloud", "draw_trajectories",
            "draw_what_if", "explore", "explorer_data", "length_bins", "notebook_runs",
-           "objective_params", "recompute", "run_pairs", "sequence_logps", "study_labels",
+           "objective_params", "recompute", "sequence_logps", "study_labels",
            "sums_suffice", "what_if", "what_if_objectives", "what_if_summary"]

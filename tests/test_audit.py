@@ -12,23 +12,23 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from prefstudy import auditstats, plots
 from prefstudy import diagnostics as dg
-from prefstudy import plots
-from prefstudy.audit import Audit, audit, audit_tables, render_page, write_audit
+from prefstudy.audit import Audit, audit, audit_tables, write_audit
+from prefstudy.auditpage import render_page
 from prefstudy.cli import main
 from prefstudy.data import (
     DataError,
     PairSet,
     PreferencePair,
     data_dir,
-    length_variants,
     load_any,
     load_pairs,
     sample_pairs,
-    script_lang,
     strata_keys,
 )
 from prefstudy.scoring import encode_for_scoring, length_table, score_pairs
+from prefstudy.variants import length_variants, script_lang
 
 
 @pytest.fixture(scope="module")
@@ -189,13 +189,13 @@ def test_cut_table_says_what_encode_pairs_does(tiny, bundled):
     _, tok = tiny
     pairs = sample_pairs(bundled, 60, seed=1)
     inputs = encode_for_scoring(pairs, tok, max_length=48, max_prompt_length=40)
-    cuts = dg.cut_table(length_table(inputs.full), max_length=48, max_prompt_length=40)
+    cuts = auditstats.cut_table(length_table(inputs.full), max_length=48, max_prompt_length=40)
     kept = {e.pair_id: e.truncated for e in inputs.encoded.items}
     dropped = {pid for pid, _ in inputs.dropped}
     assert set(cuts.pair_id[cuts.identical]) == dropped and dropped
     live = cuts[~cuts.identical]
     assert dict(zip(live.pair_id, live.truncated)) == kept
-    summary = dg.cut_summary(cuts)
+    summary = auditstats.cut_summary(cuts)
     assert summary["identical"] == len(dropped) and summary["truncated"] == int(cuts.truncated.sum())
 
 
@@ -234,9 +234,9 @@ ACCURACY_ROWS = [  # len_p, len_n, gap_sum, gap
 
 def test_accuracy_counts_by_hand():
     scores = _scores(ACCURACY_ROWS)
-    assert list(dg.length_kinds(scores)) == ["chosen longer"] * 3 + ["rejected longer"] * 2 + [
-        "similar"] * 3
-    acc = dg.preference_accuracy(scores).set_index(["normalisation", "length_kind"])
+    assert list(auditstats.length_kinds(scores)) == (
+        ["chosen longer"] * 3 + ["rejected longer"] * 2 + ["similar"] * 3)
+    acc = auditstats.preference_accuracy(scores).set_index(["normalisation", "length_kind"])
     by_hand = {("sum", "chosen longer"): (1, 3, 0), ("sum", "rejected longer"): (2, 2, 0),
                ("sum", "similar"): (1, 3, 1), ("sum", "all"): (4, 8, 1),
                ("mean", "chosen longer"): (2, 3, 1), ("mean", "rejected longer"): (1, 2, 0),
@@ -248,7 +248,7 @@ def test_accuracy_counts_by_hand():
         lo = stats.beta.ppf(0.025, k, n - k + 1) if k else 0.0
         hi = stats.beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
         assert (row.accuracy_lo, row.accuracy_hi) == pytest.approx((lo, hi), abs=1e-9), key
-    longer = dg.chosen_longer_share(scores).iloc[0]
+    longer = auditstats.chosen_longer_share(scores).iloc[0]
     assert (longer.k, longer.n, longer.n_equal) == (4, 8, 1)
 
 
@@ -267,16 +267,16 @@ def _dose_rows():
 
 
 def test_dose_slope_per_achieved_doubling_on_constructed_variants():
-    dose = dg.dose_token_ratios(_dose_rows())
+    dose = auditstats.dose_token_ratios(_dose_rows())
     assert dose.token_ratio.round(6).tolist() == [0.4, 1.0, 2.5, 3.0] * 3
-    slopes = dg.dose_pair_slopes(dose)
+    slopes = auditstats.dose_pair_slopes(dose)
     per_pair = slopes[slopes.normalisation == "sum"].set_index("variant_of").slope
     assert per_pair.to_dict() == pytest.approx({"v0": 3.0, "v1": 4.0, "v2": 5.0})
     assert slopes[slopes.normalisation == "mean"].slope.abs().max() < 1e-12
-    summary = dg.dose_slope_summary(slopes, n_boot=500).set_index("normalisation")
+    summary = auditstats.dose_slope_summary(slopes, n_boot=500).set_index("normalisation")
     assert summary.slope["sum"] == pytest.approx(4.0) and summary.n_pairs["sum"] == 3
     assert 3.0 <= summary.slope_lo["sum"] <= 4.0 <= summary.slope_hi["sum"] <= 5.0
-    factors = dg.dose_by_factor(dose).set_index(["normalisation", "factor"])
+    factors = auditstats.dose_by_factor(dose).set_index(["normalisation", "factor"])
     assert factors.token_ratio[("sum", 2.0)] == pytest.approx(2.5)
     assert factors.char_ratio[("sum", 4.0)] == pytest.approx(4.4)
     assert factors.dgap[("sum", 2.0)] == pytest.approx(4.0 * math.log2(2.5))
@@ -285,7 +285,7 @@ def test_dose_slope_per_achieved_doubling_on_constructed_variants():
 def test_dose_variants_without_a_scored_control_are_left_out():
     rows = _dose_rows()
     rows = rows[~((rows.variant_of == "v1") & (rows.factor == 1.0))]
-    assert set(dg.dose_token_ratios(rows).variant_of) == {"v0", "v2"}
+    assert set(auditstats.dose_token_ratios(rows).variant_of) == {"v0", "v2"}
 
 
 def test_near_duplicates_are_pairs_of_one_prompt_with_close_answers():
@@ -293,7 +293,7 @@ def test_near_duplicates_are_pairs_of_one_prompt_with_close_answers():
                           "prompt": ["Hi there", "hi  THERE", "Hi there", "Other"],
                           "chosen": ["Hello, friend!", "Hello, friend.", "Something else", "x"],
                           "rejected": ["Go away now.", "Go away now!", "Go away now.", "y"]})
-    got = dg.near_duplicates(frame).set_index("pair_id")
+    got = auditstats.near_duplicates(frame).set_index("pair_id")
     assert got.prompt_group.to_dict() == {"a": 3, "b": 3, "c": 3, "d": 1}
     assert got.duplicate_of.isna().tolist() == [True, False, True, True]
     assert got.duplicate_of["b"] == "a"
@@ -322,14 +322,14 @@ def _fake_gradients():
 
 def test_gradient_summary_and_the_dpo_scale():
     grads = _fake_gradients()
-    summary = dg.gradient_summary(grads, n_boot=200).set_index("label")
+    summary = auditstats.gradient_summary(grads, n_boot=200).set_index("label")
     assert summary.norm_r2["naive-sum"] == pytest.approx(1.0)
     assert summary.cos_loo["naive-sum"] == pytest.approx(np.mean([-0.05, 0.05, 0.15, 0.25]))
     assert summary.n_pairs["dpo"] == 12
     assert summary.share_opposed["naive-sum"] == pytest.approx(0.25)
-    assert dg.gradient_summary(grads.drop(columns="label"), n_boot=0).objective.tolist() == [
-        "dpo", "naive"]  # without labels, by objective
-    scale = dg.gradient_scale(grads, of="dpo", to="naive-sum")
+    unlabelled = auditstats.gradient_summary(grads.drop(columns="label"), n_boot=0)
+    assert unlabelled.objective.tolist() == ["dpo", "naive"]  # without labels, by objective
+    scale = auditstats.gradient_scale(grads, of="dpo", to="naive-sum")
     assert scale["n"] == 12 and scale["median"] == pytest.approx(0.05)
 
 
@@ -365,15 +365,15 @@ def test_audit_calls_the_gradient_audit_by_its_contract(tiny, bundled, monkeypat
 
 def test_audit_figures_draw_the_tables_they_are_given():
     scores = _scores(ACCURACY_ROWS)
-    acc = dg.preference_accuracy(scores)
+    acc = auditstats.preference_accuracy(scores)
     acc = acc[acc.length_kind != "all"]
-    ax = plots.accuracy_plot(acc, order=list(dg.LENGTH_KINDS), hue_order=["sum", "mean"])
-    assert [t.get_text() for t in ax.get_yticklabels()] == list(dg.LENGTH_KINDS)
+    ax = plots.accuracy_plot(acc, order=list(auditstats.LENGTH_KINDS), hue_order=["sum", "mean"])
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(auditstats.LENGTH_KINDS)
     assert "1 of 3" in [t.get_text() for t in ax.texts]
-    dose = dg.dose_token_ratios(_dose_rows())
-    slopes = dg.dose_slope_summary(dg.dose_pair_slopes(dose), n_boot=100)
-    grid = plots.dose_plot(dg.dose_gaps(dose), summary=dg.dose_by_factor(dose), slopes=slopes,
-                           col_order=["sum", "mean"])
+    dose = auditstats.dose_token_ratios(_dose_rows())
+    slopes = auditstats.dose_slope_summary(auditstats.dose_pair_slopes(dose), n_boot=100)
+    grid = plots.dose_plot(auditstats.dose_gaps(dose), summary=auditstats.dose_by_factor(dose),
+                           slopes=slopes, col_order=["sum", "mean"])
     titles = [ax.get_title() for ax in grid.axes.flat]
     assert titles[0].startswith("sum\nper doubling: 4.00") and len(titles) == 2
     assert len(grid.axes.flat[0].lines) >= 3  # one line per pair, then the means
@@ -474,7 +474,7 @@ def test_audit_with_the_real_gradient_audit(tiny, bundled, tmp_path):
                    gradient_pairs=8, objectives=(("naive", {"norm": "sum"}), ("dpo", {})),
                    dose_pairs=2, factors=(2.0,), n_boot=50)
     assert set(result.gradients.label) == {"naive-sum", "dpo"}
-    scale = dg.gradient_scale(result.gradients, of="dpo", to="naive-sum")
+    scale = auditstats.gradient_scale(result.gradients, of="dpo", to="naive-sum")
     assert scale["n"] == 8 and scale["min"] == pytest.approx(0.05, rel=1e-3)  # β/2, β = 0.1
     assert scale["max"] == pytest.approx(0.05, rel=1e-3)
     assert "grad_norm(dpo) / grad_norm(naive-sum) = 0.0500" in write_audit(

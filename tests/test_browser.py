@@ -3,12 +3,12 @@ Chromium (Debian's package). The notebook is run, a widget changed, and the page
 
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 from browser.lab import CHROMIUM, CHROMIUM_ARGS, JupyterLab
 
-REPO = Path(__file__).resolve().parent.parent
+from prefstudy.paths import REPO
+
 NOTEBOOK = REPO / "notebooks" / "05_explorer.ipynb"
 ARTIFACTS = REPO / "tests" / "artifacts"
 SCREENSHOT = ARTIFACTS / "browser_explorer.png"

@@ -120,3 +120,13 @@ def test_filter_and_frame(tmp_path):
     df = pairs.to_frame()
     assert list(df.columns[:4]) == ["pair_id", "prompt", "chosen", "rejected"]
     assert df.lang.tolist() == ["en", "zh"]
+
+
+def test_text_facts_give_length_ratio_and_edit_distance():
+    from prefstudy.data import text_facts
+
+    pairs = pd.DataFrame({"pair_id": ["a", "b", "c"], "prompt": "q",
+                          "chosen": ["same", "abcd", "abc"], "rejected": ["same", "abce", "xyzxyz"]})
+    out = text_facts(pairs)
+    assert list(out.edit_distance) == pytest.approx([0.0, 0.25, 1.0])  # 1 − 2·3/8 for b
+    assert list(out.len_ratio) == pytest.approx([1.0, 1.0, 2.0])

@@ -12,13 +12,12 @@ from prefstudy.data import (
     PreferencePair,
     SkippedPairsWarning,
     data_dir,
-    length_variants,
     load_pairs,
     load_probes,
     load_texts,
-    split_sentences,
 )
 from prefstudy.formatting import markdown_table
+from prefstudy.variants import length_variants, split_sentences
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +96,14 @@ def test_loaders_read_every_bundled_file_without_warnings():
 # --------------------------------------------------------------------------- the card
 
 
+def _section(card: str) -> str:
+    """The text between the stats markers of `card`."""
+    return card.split(datacard.START, 1)[1].split(datacard.END, 1)[0].lstrip("\n")
+
+
 def test_card_statistics_are_current(stats, request):
     card = (data_dir() / "README.md").read_text(encoding="utf-8")
-    section = datacard.card_section(card)
+    section = _section(card)
     if "--tokens" in section.splitlines()[0]:  # written with token counts: recount them
         current = datacard.data_stats(tokenizer=request.getfixturevalue("tokenizer"))
     else:
@@ -114,7 +118,7 @@ def test_write_card_replaces_only_the_section(tmp_path, stats):
     datacard.write_card(card, stats)
     text = card.read_text(encoding="utf-8")
     assert text.startswith("# head\n\n") and text.endswith(f"{datacard.END}\n\ntail\n")
-    assert "old" not in text and datacard.card_section(text) == datacard.render_card(stats)
+    assert "old" not in text and _section(text) == datacard.render_card(stats)
     with pytest.raises(ValueError, match="stats:start"):
         datacard.replace_section("no markers", "x")
 

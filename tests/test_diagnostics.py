@@ -1,8 +1,8 @@
 """Diagnostics on hand-built frames whose answers are known.
 
 Every frame is written out here (no model, no training): an exactly linear gap must give R² = 1
-and its slope, a trajectory that starts rising at step k must give onset k, and the intervals are
-checked against t and binomial quantiles typed in from tables.
+and its slope, known strings give known distinct-n, and the across-seed intervals are checked
+against t quantiles typed in from tables. The intervals and fits themselves: test_stats.py.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from prefstudy import diagnostics as dg
-from prefstudy.records import SchemaError
+from prefstudy.columns import SchemaError
+from prefstudy.stats import FIT_STATISTICS
 
 T_975_1 = 12.706204736174694  # Student t, 97.5% quantile, 1 degree of freedom
-T_975_3 = 3.1824463052837078  # ... 3 degrees of freedom
 
 
 def records_frame(rows: list[dict], **defaults) -> pd.DataFrame:
@@ -37,59 +37,6 @@ def records_frame(rows: list[dict], **defaults) -> pd.DataFrame:
         r["gap"] = r["loss_n"] - r["loss_p"]
         full.append(r)
     return pd.DataFrame(full)
-
-
-def trajectory(loss_p: list[float], gap: list[float], **run) -> pd.DataFrame:
-    """A run whose every step has two pairs with the given step-mean loss_p and gap."""
-    rows = [{"step": s, "pair_id": f"p{j}", "loss_p": lp + d, "loss_n": lp + d + g}
-            for s, (lp, g) in enumerate(zip(loss_p, gap), start=1) for j, d in enumerate((-.1, .1))]
-    return records_frame(rows, **run)
-
-
-# ---------------------------------------------------------------------------------------------
-# Intervals
-
-
-def test_seed_interval_matches_the_t_interval_by_hand():
-    # [1, 2, 3, 4]: mean 2.5, sd = sqrt(5/3), sem = sd / 2, 3 degrees of freedom
-    half = T_975_3 * math.sqrt(5 / 3) / 2
-    assert dg.seed_interval([1, 2, 3, 4]) == pytest.approx((2.5, 2.5 - half, 2.5 + half))
-
-
-def test_seed_interval_edge_cases():
-    mean, lo, hi = dg.seed_interval([0.7])
-    assert mean == 0.7 and math.isnan(lo) and math.isnan(hi)  # one seed: no interval
-    assert dg.seed_interval([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
-    assert all(math.isnan(v) for v in dg.seed_interval([]))
-    mean, lo, hi = dg.seed_interval([1.0, math.nan, 3.0])  # NaN is not skipped
-    assert math.isnan(mean) and math.isnan(lo) and math.isnan(hi)
-
-
-def test_seed_intervals_match_seed_interval_per_group():
-    rng = np.random.default_rng(2)
-    frame = pd.DataFrame({"label": np.repeat(["a", "b", "c", "d", "e"], 4),
-                          "step": np.tile([0, 0, 1, 1], 5), "v": rng.normal(size=20)})
-    frame.loc[frame.label == "b", "v"] = 3.0                       # constant: zero width
-    frame.loc[(frame.label == "c") & (frame.step == 1), "v"] = [1.0, math.nan]
-    frame.loc[(frame.label == "d") & (frame.step == 0), "v"] = [math.inf, 1.0]
-    frame = frame[~((frame.label == "e") & (frame.step == 1) & (frame.index % 2 == 1))]
-    out = dg.seed_intervals(frame, ["label", "step"], "v")
-    assert len(out) == 10
-    for _, row in out.iterrows():
-        values = frame[(frame.label == row.label) & (frame.step == row.step)].v
-        want = dg.seed_interval(values)
-        assert row.n == len(values)
-        np.testing.assert_allclose([row.v, row.v_lo, row.v_hi], want, rtol=1e-12)
-
-
-def test_share_interval_is_clopper_pearson():
-    share, lo, hi = dg.share_interval(0, 3)
-    assert (share, lo) == (0.0, 0.0)
-    assert hi == pytest.approx(1 - 0.025 ** (1 / 3))
-    share, lo, hi = dg.share_interval(3, 3)
-    assert (share, hi) == (1.0, 1.0)
-    assert lo == pytest.approx(0.025 ** (1 / 3))
-    assert all(math.isnan(v) for v in dg.share_interval(0, 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,74 +110,6 @@ def test_length_effect_bootstrap_is_seeded():
     pd.testing.assert_frame_equal(a, b)
 
 
-def _refit_on_rows(x, y, cluster, sample):
-    """A resample scored the slow, obvious way: copy every row of every drawn cluster, refit."""
-    rows = np.concatenate([np.flatnonzero(cluster == c) for c in sample])
-    fit = dg._fit(x[rows], y[rows])
-    return np.array([fit[s] for s in dg.FIT_STATISTICS])
-
-
-@pytest.mark.parametrize("values", [
-    np.array([3.0, -1.0, 3.0, 7.0, -1.0, 0.0, 3.0]),        # whole numbers: counted
-    np.array([0.5, 0.25, 0.5, 2.0, -3.5]),                  # fractions: scipy's rankdata
-    np.random.default_rng(8).integers(-50, 50, 1000).astype(float),
-    np.random.default_rng(9).normal(size=2000),             # > RANK_LEVELS values: binned codes
-])
-def test_ranks_are_scipys_average_ranks_with_order_keeping_codes(values):
-    from scipy import stats
-
-    ranks, codes = dg._ranks(values)
-    np.testing.assert_array_equal(ranks, stats.rankdata(values))
-    exact = dg._ranks(values, None)[1]
-    assert len(np.unique(exact)) == len(np.unique(values))  # levels=None: always exact
-    assert codes.min() == 0 and codes.max() < dg.RANK_LEVELS
-    order = np.argsort(values, kind="stable")
-    assert (np.diff(codes[order]) >= 0).all()  # codes follow the values' order
-    distinct = len(np.unique(values))
-    tied = pd.Series(codes).groupby(values).nunique()
-    assert (tied == 1).all()  # a tie keeps one code
-    if distinct <= dg.RANK_LEVELS:
-        assert len(np.unique(codes)) == distinct  # exact: one code per value
-
-
-def test_cluster_resamples_score_as_a_refit_on_copied_rows():
-    # pairs recur at several steps with different gaps; ties in x (dlen) and in y
-    rng = np.random.default_rng(4)
-    n_pairs, steps = 40, 5
-    cluster = np.tile(np.arange(n_pairs), steps)
-    x = np.tile(rng.integers(-20, 20, n_pairs), steps).astype(float)
-    y = np.round(0.3 * x + rng.normal(size=len(x)), 1)
-    fits = dg._ClusterFits(x, y, cluster)
-    samples = rng.integers(0, n_pairs, (25, n_pairs))
-    got = fits(samples)
-    assert got.shape == (3, 25)
-    for b, sample in enumerate(samples):
-        np.testing.assert_allclose(got[:, b], _refit_on_rows(x, y, cluster, sample), rtol=1e-9,
-                                   atol=1e-12)
-    np.testing.assert_allclose(fits(np.arange(n_pairs)), _refit_on_rows(x, y, cluster,
-                                                                         np.arange(n_pairs)))
-
-
-def test_cluster_resamples_rank_many_distinct_values_on_bins_closely():
-    # more rows than EXACT_RANK_ROWS and more distinct gaps than RANK_LEVELS: ρ is ranked on
-    # equal-count bins, r2 and slope stay exact
-    rng = np.random.default_rng(5)
-    n_pairs, steps = 300, 40
-    cluster = np.tile(np.arange(n_pairs), steps)
-    x = np.tile(rng.integers(-60, 60, n_pairs), steps).astype(float)
-    y = 0.05 * x + rng.standard_t(3, size=len(x))
-    assert len(np.unique(y)) > dg.RANK_LEVELS
-    binned = dg._ClusterFits(x, y, cluster, codes=(dg._ranks(x)[1], dg._ranks(y)[1]))
-    exact = dg._ClusterFits(x, y, cluster)  # 12,000 rows ≤ EXACT_RANK_ROWS: exact ranks
-    assert binned.cells < exact.cells
-    for sample in rng.integers(0, n_pairs, (5, n_pairs)):
-        want = _refit_on_rows(x, y, cluster, sample)
-        np.testing.assert_allclose(exact(sample[None, :])[:, 0], want, rtol=1e-9)
-        got = binned(sample[None, :])[:, 0]
-        np.testing.assert_allclose(got[[0, 2]], want[[0, 2]], rtol=1e-9)
-        assert got[1] == pytest.approx(want[1], abs=1e-4)
-
-
 def test_length_effect_intervals_cover_the_estimate_on_many_rows():
     rng = np.random.default_rng(6)
     n_pairs, steps = 200, 50
@@ -239,7 +118,7 @@ def test_length_effect_intervals_cover_the_estimate_on_many_rows():
     frame["gap_value"] = 2.0 * frame.dlen + np.tile(rng.normal(0, 30, n_pairs), steps) \
         + rng.normal(0, 5, len(frame))
     row = dg.length_effect(frame, n_boot=300).iloc[0]
-    for stat in dg.FIT_STATISTICS:
+    for stat in FIT_STATISTICS:
         assert row[f"{stat}_lo"] < row[stat] < row[f"{stat}_hi"]
     assert row.slope_lo < 2.0 < row.slope_hi
     # resampling rows instead of pairs ignores that a pair recurs: a narrower slope interval
@@ -282,22 +161,6 @@ def test_variance_by_length_bin_constant_x_is_one_bin():
     frame = pd.DataFrame({"normalisation": "sum", "dlen": [2] * 6, "gap_value": range(6)})
     row = dg.variance_by_length_bin(frame).iloc[0]
     assert (row.n_bins, row.eta2, row.share_within) == (1, 0.0, 1.0)
-
-
-def test_dose_response_means_intervals_and_slope():
-    factors = [0.5, 1, 2, 4]
-    rows = [{"normalisation": "mean", "factor": f, "gap_value": 3 + 2 * math.log2(f) + d}
-            for f in factors for d in (-1.0, 1.0)]
-    out = dg.dose_response(pd.DataFrame(rows))
-    assert list(out.factor) == factors
-    assert list(out["mean"]) == pytest.approx([1.0, 3.0, 5.0, 7.0])
-    # two rows a ± 1 per factor: sem = 1, 1 degree of freedom
-    assert list(out.mean_hi - out["mean"]) == pytest.approx([T_975_1] * 4)
-    assert out.slope.iloc[0] == pytest.approx(2.0)
-    assert out.slope_lo.iloc[0] < 2.0 < out.slope_hi.iloc[0]
-    with pytest.raises(ValueError, match="> 0"):
-        dg.dose_response(pd.DataFrame({"normalisation": "mean", "factor": [0, 1, 2],
-                                       "gap_value": [1.0, 2.0, 3.0]}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,61 +217,7 @@ def test_gradient_noise_without_statistics_is_nan_not_zero():
 
 
 # ---------------------------------------------------------------------------------------------
-# C3: collapse and degeneration
-
-
-def rising_from(k: int, n_steps: int = 14) -> tuple[list[float], list[float]]:
-    """loss_p = 2 and gap = 1 up to step k − 1, both rising by 0.1 a step from step k on."""
-    rise = [max(0, s - k + 1) * 0.1 for s in range(1, n_steps + 1)]
-    return [2.0 + r for r in rise], [1.0 + r for r in rise]
-
-
-def test_collapse_onset_is_the_step_the_rise_starts():
-    loss_p, gap = rising_from(k=7)
-    row = dg.collapse(trajectory(loss_p, gap), window=3).iloc[0]
-    assert row.loss_p_start == pytest.approx(2.0)
-    assert row.gap_start == pytest.approx(1.0)
-    assert row.onset_step == 7
-    assert row.last_step == 14
-    assert row.loss_p_end == pytest.approx(2.0 + 0.8)
-    assert row.gap_end == pytest.approx(1.0 + 0.8)
-    assert row.loss_n_end == pytest.approx(row.loss_p_end + row.gap_end)
-    assert not row.diverged
-
-
-def test_collapse_ignores_a_transient_rise():
-    loss_p, gap = rising_from(k=9)
-    loss_p[3] += 1.0  # step 4 spikes, then comes back
-    gap[3] += 1.0
-    assert dg.collapse(trajectory(loss_p, gap), window=3).onset_step.iloc[0] == 9
-
-
-def test_collapse_needs_the_gap_to_widen():
-    loss_p, _ = rising_from(k=5)
-    gap = [1.0 - 0.05 * s for s in range(len(loss_p))]  # loss_p rises, gap narrows
-    assert math.isnan(dg.collapse(trajectory(loss_p, gap), window=3).onset_step.iloc[0])
-
-
-def test_collapse_reports_a_diverged_run_as_diverged():
-    loss_p, gap = rising_from(k=4, n_steps=7)
-    rec = pd.concat([trajectory(loss_p, gap, run_id="ok"),
-                     trajectory(loss_p, gap, run_id="bad", seed=1, status="diverged",
-                                diverged_step=8)])
-    out = dg.collapse(rec, window=3).set_index("run_id")
-    assert out.loc["bad", "diverged"] and out.loc["bad", "status"] == "diverged"
-    assert out.loc["bad", "diverged_step"] == 8 and out.loc["bad", "last_step"] == 7
-    assert not out.loc["ok", "diverged"]
-    assert out.loc["bad", "onset_step"] == 4  # judged on the steps it recorded
-
-
-def test_collapse_with_perplexity():
-    loss_p, gap = rising_from(k=4, n_steps=6)
-    ppl = pd.DataFrame({"run_id": "r0", "step": [0, 0, 6, 6], "text_id": [0, 1, 0, 1],
-                        "nll_sum": [10.0, 20.0, 30.0, 30.0], "n_tokens": [10, 10, 10, 10]})
-    row = dg.collapse(trajectory(loss_p, gap), ppl, window=3).iloc[0]
-    assert row.ppl_start == pytest.approx(math.exp(1.5))
-    assert row.ppl_end == pytest.approx(math.exp(3.0))
-    assert row.ppl_ratio == pytest.approx(math.exp(1.5))
+# C3: perplexity and degeneration
 
 
 def test_perplexity_by_step_keeps_nan():
@@ -451,129 +260,16 @@ def test_degeneration_with_perplexity():
 
 
 # ---------------------------------------------------------------------------------------------
-# C4: displacement
-
-
-def test_pair_features():
-    pairs = pd.DataFrame({"pair_id": ["a", "b", "c"], "prompt": "q",
-                          "chosen": ["same", "abcd", "abc"], "rejected": ["same", "abce", "xyzxyz"],
-                          "lang": ["en", "en", "zh"]})
-    out = dg.pair_features(pairs)
-    assert list(out.columns) == ["pair_id", "lang", "category", "len_ratio", "edit_distance"]
-    assert list(out.edit_distance) == pytest.approx([0.0, 0.25, 1.0])  # 1 − 2·3/8 for b
-    assert list(out.len_ratio) == pytest.approx([1.0, 1.0, 2.0])
-    assert out.category.isna().all()
-
-
-def evals_run(run_id: str, seed: int, end: list[float], *, label="dpo", ref=None,
-              **run) -> pd.DataFrame:
-    """Evals at steps 0 and 10: every pair's chosen nll_sum is 5 before and `end` after."""
-    rows = [{"step": step, "pair_id": f"p{i}", "loss_p": v, "loss_n": 1.0, "len_p": 1,
-             "ref_logp_p": math.nan if ref is None else ref[i]}
-            for step, values in ((0, [5.0] * len(end)), (10, end)) for i, v in enumerate(values)]
-    return records_frame(rows, run_id=run_id, seed=seed, label=label, **run)
-
-
-def test_displacement_shares_across_seeds():
-    evals = pd.concat([
-        evals_run("a", 0, [6.0, 4.0, 4.0, 4.0], ref=[-5.5] * 4),  # 1 of 4 fell; 1 below ref
-        evals_run("b", 1, [6.0, 6.0, 6.0, 4.0], ref=[-5.5] * 4),  # 3 of 4 fell and below ref
-        evals_run("c", 2, [9.0, 9.0, 9.0, 9.0], ref=[-5.5] * 4, status="diverged",
-                  diverged_step=7),
-    ])
-    row = dg.displacement(evals).iloc[0]
-    assert (row.n_seeds, row.n_diverged, row.n_pairs) == (3, 1, 8)
-    # per seed 0.25 and 0.75: sem 0.25, 1 degree of freedom; the diverged run is left out
-    assert (row.share_below_start, row.share_below_start_lo, row.share_below_start_hi) == (
-        pytest.approx((0.5, 0.5 - 0.25 * T_975_1, 0.5 + 0.25 * T_975_1)))
-    assert row.share_below_ref == pytest.approx(0.5)
-
-
-def test_displacement_without_reference_is_nan():
-    row = dg.displacement(evals_run("a", 0, [6.0, 4.0])).iloc[0]
-    assert row.share_below_start == pytest.approx(0.5)
-    assert math.isnan(row.share_below_ref)
-
-
-def test_displacement_in_training_records_skips_pairs_seen_once():
-    rec = records_frame([
-        {"step": 1, "pair_id": "p0", "loss_p": 2.0, "loss_n": 1.0},
-        {"step": 4, "pair_id": "p0", "loss_p": 3.0, "loss_n": 1.0},  # fell
-        {"step": 2, "pair_id": "p1", "loss_p": 2.0, "loss_n": 1.0},
-        {"step": 5, "pair_id": "p1", "loss_p": 1.0, "loss_n": 1.0},  # rose
-        {"step": 3, "pair_id": "p2", "loss_p": 9.0, "loss_n": 1.0},  # seen once: left out
-    ])
-    row = dg.displacement(rec).iloc[0]
-    assert (row.n_pairs, row.share_below_start) == (2, 0.5)
-
-
-def test_displacement_by_edit_distance_bin():
-    evals = evals_run("a", 0, [6.0, 6.0, 4.0])
-    pairs = pd.DataFrame({"pair_id": ["p0", "p1", "p2"], "chosen": ["abcdefghij"] * 3,
-                          "rejected": ["abcdefghik", "zzzzzzzzzz", "abcdefghiz"]})
-    out = dg.displacement(evals, pairs).set_index("edit_bin")
-    # p0 and p2 differ in one character of ten (distance 0.1), p1 in all
-    assert list(out.index) == ["[0, 0.1]", "(0.3, 1]"]
-    assert out.loc["[0, 0.1]", "share_below_start"] == pytest.approx(0.5)
-    assert out.loc["(0.3, 1]", "share_below_start"] == 1.0
-    assert list(out.n_pairs) == [2, 1]
-    with pytest.raises(ValueError, match="not in `pairs`"):
-        dg.displacement(evals, pairs.iloc[:2])
-
-
-# ---------------------------------------------------------------------------------------------
-# C5: the summary table
-
-
-def test_summary_table():
-    loss_p, gap = rising_from(k=4, n_steps=6)
-    rec = pd.concat([
-        trajectory(loss_p, gap, run_id="n0", label="naive", seed=0),
-        trajectory(loss_p, gap, run_id="n1", label="naive", seed=1),
-        trajectory([2.0] * 6, [1.0] * 6, run_id="d0", label="dpo", seed=0),
-        trajectory([2.0] * 3, [1.0] * 3, run_id="d1", label="dpo", seed=1, status="diverged",
-                   diverged_step=4),
-    ])
-    evals = pd.concat([
-        evals_run("n0", 0, [6.0, 6.0], label="naive"),
-        evals_run("n1", 1, [7.0, 7.0], label="naive"),
-        evals_run("d0", 0, [4.0, 6.0], label="dpo"),
-        evals_run("d1", 1, [math.nan, math.nan], label="dpo", status="diverged", diverged_step=4),
-    ])
-    out = dg.summary_table(rec, evals).set_index("label")
-    assert list(out.index) == ["dpo", "naive"]
-    assert list(out.n_seeds) == [2, 2] and list(out.n_diverged) == [1, 0]
-    for metric in ("loss_p", "gap", "r2_sum", "grad_cos", "onset_share", "diverged_share",
-                   "displacement", "ppl_ratio"):
-        assert {metric, f"{metric}_lo", f"{metric}_hi"} <= set(out.columns)
-    # final held-out loss_p: naive seeds 6 and 7; dpo only its completed seed (the NaN one is out)
-    assert out.loc["naive", "loss_p"] == pytest.approx(6.5)
-    assert out.loc["dpo", "loss_p"] == pytest.approx(5.0)
-    assert math.isnan(out.loc["dpo", "loss_p_lo"])  # one completed seed
-    assert out.loc["naive", "onset_share"] == 1.0 and out.loc["dpo", "onset_share"] == 0.0
-    assert out.loc["dpo", "diverged_share"] == 0.5
-    # 1 of 2 diverged: Clopper–Pearson solves 1 − (1 − p)² = 0.025 for the lower end
-    assert out.loc["dpo", "diverged_share_lo"] == pytest.approx(1 - math.sqrt(0.975))
-    assert out.loc["naive", "displacement"] == 1.0 and out.loc["dpo", "displacement"] == 0.5
-    assert "displacement_close" not in out.columns
-
-    # p0's responses differ in one character of ten (close), p1's in all
-    pairs = pd.DataFrame({"pair_id": ["p0", "p1"], "chosen": ["abcdefghij"] * 2,
-                          "rejected": ["abcdefghik", "zzzzzzzzzz"]})
-    out = dg.summary_table(rec, evals, pairs=pairs).set_index("label")
-    assert out.loc["naive", "displacement_close"] == 1.0
-    assert out.loc["dpo", "displacement_close"] == 0.0  # d0's p0 rose (5 → 4 nats)
+# Optional tables
 
 
 def test_an_empty_optional_table_means_the_same_as_none():
-    loss_p, gap = rising_from(k=4, n_steps=6)
-    rec = trajectory(loss_p, gap, run_id="n0", label="naive", seed=0)
+    rec = records_frame([{"pair_id": f"p{i}", "loss_p": 1, "loss_n": 2} for i in range(3)])
+    gen = pd.DataFrame({"run_id": "r0", "step": [0, 5], "text": ["a b", "a a"]})
     empty = pd.DataFrame()
-    pd.testing.assert_frame_equal(dg.summary_table(rec, empty, empty, empty, empty),
-                                  dg.summary_table(rec))
-    pd.testing.assert_frame_equal(dg.collapse(rec, empty), dg.collapse(rec))
     pd.testing.assert_frame_equal(dg.gradient_noise(rec, empty), dg.gradient_noise(rec))
-    assert math.isnan(dg.collapse(rec, empty).ppl_ratio.iloc[0])
+    pd.testing.assert_frame_equal(dg.degeneration(gen, empty), dg.degeneration(gen))
+    assert dg.degeneration(gen, empty).ppl_ratio.isna().all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,17 +280,13 @@ def test_an_empty_optional_table_means_the_same_as_none():
     lambda df: dg.gap_normalisations(df),
     lambda df: dg.length_effect(df),
     lambda df: dg.variance_by_length_bin(df),
-    lambda df: dg.dose_response(df),
     lambda df: dg.gradient_noise(df),
-    lambda df: dg.collapse(df),
     lambda df: dg.perplexity_by_step(df),
     lambda df: dg.degeneration(df),
-    lambda df: dg.pair_features(df),
-    lambda df: dg.displacement(df),
-    lambda df: dg.summary_table(df),
-], ids=["gap_normalisations", "length_effect", "variance_by_length_bin", "dose_response",
-        "gradient_noise", "collapse", "perplexity_by_step", "degeneration", "pair_features",
-        "displacement", "summary_table"])
+    lambda df: dg.run_step_means(df, ["loss_p"]),
+    lambda df: dg.length_bins(df),
+], ids=["gap_normalisations", "length_effect", "variance_by_length_bin", "gradient_noise",
+        "perplexity_by_step", "degeneration", "run_step_means", "length_bins"])
 def test_missing_columns_are_named(call):
     with pytest.raises(SchemaError, match=r"missing column\(s\) \[.+\]"):
         call(pd.DataFrame({"run_id": ["r0"], "unrelated": [1]}))

@@ -128,6 +128,20 @@ def test_score_pairs_scores_shared_responses_once_and_equals_the_pair_batches(ti
         assert row.loss_n == pytest.approx(-float(r.mean[0]), abs=1e-5)
 
 
+def _random_head(seed: int, with_bias: bool):
+    """A float64 output head and its inputs, drawn from `seed`: (hidden (10, 6), weight (50, 6),
+    bias (50,) or None, targets (10,), upstream gradient (10,), the tensors that take a
+    gradient)."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(10, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(50, dtype=torch.float64, generator=gen).requires_grad_() if with_bias \
+        else None
+    targets = torch.randint(0, 50, (10,), generator=gen)
+    upstream = torch.randn(10, dtype=torch.float64, generator=gen)
+    return hidden, weight, bias, targets, upstream, [hidden, weight] + ([bias] if with_bias else [])
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 64])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_head_logps_values_and_gradients_equal_log_softmax(chunk, with_bias):
@@ -135,16 +149,9 @@ def test_head_logps_values_and_gradients_equal_log_softmax(chunk, with_bias):
     # float64 so that any difference is the method, not rounding
     from prefstudy.logprobs import _HeadLogps
 
-    gen = torch.Generator().manual_seed(chunk)
-    hidden = torch.randn(10, 6, dtype=torch.float64, generator=gen, requires_grad=True)
-    weight = torch.randn(50, 6, dtype=torch.float64, generator=gen, requires_grad=True)
-    bias = torch.randn(50, dtype=torch.float64, generator=gen).requires_grad_() if with_bias \
-        else None
-    targets = torch.randint(0, 50, (10,), generator=gen)
-    upstream = torch.randn(10, dtype=torch.float64, generator=gen)
+    hidden, weight, bias, targets, upstream, inputs = _random_head(chunk, with_bias)
 
     def grads(logps):
-        inputs = [hidden, weight] + ([bias] if with_bias else [])
         return logps, torch.autograd.grad((logps * upstream).sum(), inputs)
 
     plain = torch.log_softmax(torch.nn.functional.linear(hidden, weight, bias), -1)
@@ -174,14 +181,7 @@ def test_head_log_sum_sq_equals_full_softmax_and_leaves_logps_and_gradients_alon
                                                                                    with_bias):
     from prefstudy.logprobs import _HeadLogps
 
-    gen = torch.Generator().manual_seed(10 + chunk)
-    hidden = torch.randn(10, 6, dtype=torch.float64, generator=gen, requires_grad=True)
-    weight = torch.randn(50, 6, dtype=torch.float64, generator=gen, requires_grad=True)
-    bias = torch.randn(50, dtype=torch.float64, generator=gen).requires_grad_() if with_bias \
-        else None
-    targets = torch.randint(0, 50, (10,), generator=gen)
-    upstream = torch.randn(10, dtype=torch.float64, generator=gen)
-    inputs = [hidden, weight] + ([bias] if with_bias else [])
+    hidden, weight, bias, targets, upstream, inputs = _random_head(10 + chunk, with_bias)
 
     plain_logps = _HeadLogps.apply(hidden, targets, weight, bias, chunk)
     plain_grads = torch.autograd.grad((plain_logps * upstream).sum(), inputs)

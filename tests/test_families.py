@@ -2,10 +2,10 @@
 
 import pytest
 
+from prefstudy.hyperparams import Param
 from prefstudy.objectives import (
     FAMILIES,
     OBJECTIVES,
-    Param,
     catalogue,
     family_of,
     register,

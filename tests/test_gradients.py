@@ -111,14 +111,15 @@ def test_runs_written_with_the_biased_cosine_load_with_the_leave_one_out_one(tmp
                       neutral_text=None, probes=None)
     run = train(cfg, progress=False)
     new = load_run(run)
-    for shard in (run / "records").glob("*.parquet"):  # rewrite it as an old run had it
-        table = pq.read_table(shard)
-        old = table.drop(["grad_cos"]).rename_columns(
-            ["grad_cos" if c == "grad_cos_with_self" else c
-             for c in table.drop(["grad_cos"]).column_names])
-        pq.write_table(old.replace_schema_metadata(table.schema.metadata), shard)
+    old_names = {"grad_cos_with_self": "grad_cos", "step_lr": "lr"}
+    for shard in (run / "records").glob("*.parquet"):  # rewrite it as a version-1 run had it
+        table = pq.read_table(shard).drop(["grad_cos"])
+        old = table.rename_columns([old_names.get(c, c) for c in table.column_names])
+        metadata = {**table.schema.metadata, b"prefstudy_schema": b"1"}
+        pq.write_table(old.replace_schema_metadata(metadata), shard)
     assert "grad_cos_with_self" not in pq.read_table(shard).column_names
     read = load_run(run)
+    assert read.step_lr.notna().all() and "lr" not in read.columns
     pd.testing.assert_series_equal(read.grad_cos_with_self, new.grad_cos_with_self)
     assert read.grad_cos.notna().all()
     assert (read.grad_cos - new.grad_cos).abs().max() < 1e-4

@@ -204,7 +204,7 @@ def test_an_unknown_model_names_the_presets(monkeypatch):
 
 
 def test_every_prefstudy_error_shares_one_base():
-    from prefstudy.records import SchemaError
+    from prefstudy.columns import SchemaError
 
     for kind in (DataError, ConfigError, SchemaError, ModelError):
         assert issubclass(kind, PrefstudyError) and issubclass(kind, ValueError)

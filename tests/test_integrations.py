@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback, TrainingArguments
 
+from prefstudy.columns import SchemaError
 from prefstudy.data import PreferencePair
 from prefstudy.encode import EncodedPair, collate, encode_pairs
 from prefstudy.integrations import (
@@ -26,14 +27,13 @@ from prefstudy.integrations import (
     PerExample,
     PerExampleLossTrainer,
     as_records,
-    trl_objective,
+    trl_loss,
 )
 from prefstudy.logprobs import split_pairs, token_logps
 from prefstudy.models import load_model
 from prefstudy.objectives import OBJECTIVES, PairLogps
 from prefstudy.records import (
     RECORD_COLUMNS,
-    SchemaError,
     check_records,
     load_run,
     read_config,
@@ -154,7 +154,7 @@ def test_dpo_records_match_logprobs_recomputed_independently(trl, tmp_path, batc
     assert len(df) == steps * 4 and sorted(df.step.unique()) == list(range(1, steps + 1))
     assert (df.groupby("step").pair_id.nunique() == 4).all()
     assert set(df.pair_id) <= IDS and set(df[df.step <= 2].pair_id) == IDS  # prefstudy's ids
-    assert df[df.step == 1].lr.iloc[0] == pytest.approx(args.learning_rate)
+    assert df[df.step == 1].step_lr.iloc[0] == pytest.approx(args.learning_rate)
     micro = [f"s{s}-r0-m{m}" for s in range(1, steps + 1) for m in range(accumulate)]
     assert sorted(df.batch.unique()) == micro and (df.groupby("batch").size() == batch).all()
 
@@ -225,7 +225,8 @@ F_DIVERGENCE_TYPES = ["sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop
     ({"loss_type": ["apo_zero", "sft"]}, "apo_zero+sft", None),
 ])
 def test_trl_options_are_mapped_to_objectives_and_parameters(trl, tmp_path, options, name, params):
-    got_name, got_params = trl_objective(dpo_args(tmp_path, **options))
+    loss = trl_loss(dpo_args(tmp_path, **options))
+    got_name, got_params = loss.name, loss.params
     assert got_name == name
     if params is not None:
         assert got_params == params
@@ -314,7 +315,7 @@ def test_recorded_per_pair_losses_average_to_the_loss_trl_back_propagates(trl, t
     check_records(df)
     check_parity(trainer, df)
     assert len(df) == 4 and (df.batch == "s1-r0-m0").all()
-    assert (df.objective == trl_objective(args)[0]).all()
+    assert (df.objective == trl_loss(args).name).all()
     assert read_config(tmp_path / "run")["trl_loss"]["loss_type"] == args.loss_type
     if options.get("ld_alpha") is not None and options.get("precompute_ref_log_probs"):
         assert df.ref_logp_p.isna().all()  # TRL kept only LD-weighted reference sums

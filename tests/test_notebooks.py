@@ -7,7 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from prefstudy.paths import REPO
+
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 COMMITTED = REPO / "reports" / "runs"
 SLOW = {"01_tour", "06_audit_your_data"}  # load the real model

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -18,21 +17,19 @@ import pandas as pd
 import pytest
 import torch
 
+from prefstudy.hyperparams import Param
 from prefstudy.logprobs import TokenLogps
 from prefstudy.objectives import (
     OBJECTIVES,
     ObjectiveOutput,
     PairLogps,
-    Param,
-    cannot_recompute,
     compute,
     get_objective,
-    has_reference_logps,
     register,
     resolve_params,
-    sequence_logps,
-    sums_suffice,
 )
+from prefstudy.paths import in_repo
+from prefstudy.recompute import cannot_recompute, has_reference_logps, sequence_logps, sums_suffice
 from prefstudy.records import load_runs, read_config, run_folders
 
 
@@ -256,13 +253,16 @@ def hand_exo_pair(p, beta, label_smoothing, f_divergence, f_alpha):
 
 
 def hand_nca_pair(p, beta):
-    cw, rw = rewards(p, beta)
-    return (-log_sigmoid(cw) - 0.5 * log_sigmoid(-cw) - 0.5 * log_sigmoid(-rw), cw - rw, cw, rw)
+    chosen_reward, rejected_reward = rewards(p, beta)
+    loss = (-log_sigmoid(chosen_reward) - 0.5 * log_sigmoid(-chosen_reward)
+            - 0.5 * log_sigmoid(-rejected_reward))
+    return loss, chosen_reward - rejected_reward, chosen_reward, rejected_reward
 
 
 def hand_bco_pair(p, beta):
-    cw, rw = rewards(p, beta)
-    return -log_sigmoid(cw) - log_sigmoid(-rw), cw - rw, cw, rw
+    chosen_reward, rejected_reward = rewards(p, beta)
+    loss = -log_sigmoid(chosen_reward) - log_sigmoid(-rejected_reward)
+    return loss, chosen_reward - rejected_reward, chosen_reward, rejected_reward
 
 
 def hand_sppo_hard(p, beta):
@@ -273,13 +273,15 @@ def hand_sppo_hard(p, beta):
 
 
 def hand_apo_zero(p, beta):
-    cw, rw = rewards(p, beta)
-    return (1 - sigmoid(cw)) + sigmoid(rw), cw - rw, cw, rw
+    chosen_reward, rejected_reward = rewards(p, beta)
+    loss = (1 - sigmoid(chosen_reward)) + sigmoid(rejected_reward)
+    return loss, chosen_reward - rejected_reward, chosen_reward, rejected_reward
 
 
 def hand_apo_down(p, beta):
-    cw, rw = rewards(p, beta)
-    return sigmoid(cw) + (1 - sigmoid(cw - rw)), cw - rw, cw, rw
+    chosen_reward, rejected_reward = rewards(p, beta)
+    loss = sigmoid(chosen_reward) + (1 - sigmoid(chosen_reward - rejected_reward))
+    return loss, chosen_reward - rejected_reward, chosen_reward, rejected_reward
 
 
 def hand_discopop(p, beta, tau, f_divergence, f_alpha):
@@ -681,7 +683,7 @@ def test_register_refuses_duplicates_and_mismatched_signatures():
 # ---------------------------------------------------------------------------------------------
 # Recomputing an objective from logged sums (the what-if view's formulas)
 
-COMMITTED = Path(__file__).resolve().parent.parent / "reports" / "runs"
+COMMITTED = in_repo("reports", "runs")
 
 
 def hand_records():
@@ -841,7 +843,7 @@ def test_wpo_weights_by_hand():
     sq_r = [[-1.0, -0.6], [-0.2, -0.3, -0.9, -0.8], [-0.7, -0.1]]
     chosen_sq = _side(sq_c, 7, torch.float64, fill=5.0).logps.detach()
     rejected_sq = _side(sq_r, 8, torch.float64, fill=5.0).logps.detach()
-    from prefstudy.objectives import wpo_weights
+    from prefstudy.logprobs import wpo_weights
 
     got = wpo_weights(logps.chosen, chosen_sq, logps.rejected, rejected_sq)
     expected = [math.exp(mean([a - b for a, b in zip(p.c, sc)]))
@@ -852,12 +854,10 @@ def test_wpo_weights_by_hand():
 
 
 def test_the_readme_lists_exactly_the_registry():
-    from pathlib import Path
-
     from prefstudy.formatting import catalogue_table
     from prefstudy.objectives import catalogue
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = in_repo("README.md").read_text()
     listed = readme.split("<!-- objectives:start -->\n")[1].split("\n<!-- objectives:end -->")[0]
     assert listed == catalogue_table(catalogue()), "regenerate: prefstudy objectives --markdown"
     for name in OBJECTIVES:

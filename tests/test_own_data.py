@@ -1,5 +1,6 @@
-"""A study on a user's own data, through the command line: pairs in a parquet file without any
-metadata, held-out pairs as Anthropic-HH transcripts; bad input is one line and exit status 2."""
+"""A study on a user's own data, through the command line: the default study's tiny profile on
+pairs in a parquet file without any metadata and held-out pairs as Anthropic-HH transcripts; bad
+input is one line and exit status 2."""
 
 import json
 import os
@@ -12,36 +13,10 @@ import pytest
 
 from prefstudy.cli import main
 from prefstudy.data import PreferencePair
+from prefstudy.paths import in_repo
 from prefstudy.records import read_config, read_meta, run_folders
+from prefstudy.study import DEFAULT_STUDY, load_study
 from prefstudy.tables import load_tables
-
-OWN_STUDY = """
-name = "own"
-model = "tiny"
-max_pairs = 12
-n_heldout = 8
-n_neutral = 4
-n_probes = 2
-gen_max_new_tokens = 4
-max_length = 64
-max_prompt_length = 32
-batch_size = 4
-steps = 4
-eval_every = 2
-
-[[runs]]
-label = "naive-sum"
-objective = "naive"
-params = { norm = "sum" }
-
-[[runs]]
-label = "dpo"
-objective = "dpo"
-
-[profiles.cpu]
-seeds = [0]
-lrs = [1e-4, 1e-3]
-"""
 
 TOPICS = ["tea", "bicycles", "rain", "chess", "bread", "rivers", "owls", "maps", "glass",
           "clocks", "gardens", "trains", "salt", "kites", "bees", "lamps"]
@@ -59,9 +34,10 @@ def _train_rows() -> list[dict]:
 
 
 def _heldout_rows() -> list[dict]:
-    """8 HH transcripts (two of them two-turn): only chosen/rejected text, no prompt, no meta."""
+    """4 HH transcripts (as many as the tiny profile evaluates; the last of them two-turn): only
+    chosen/rejected text, no prompt, no meta."""
     rows = []
-    for i, topic in enumerate(TOPICS[:8]):
+    for i, topic in enumerate(TOPICS[:4]):
         head = f"\n\nHuman: What should I know about {topic}?"
         if i % 4 == 3:
             head = (f"\n\nHuman: Hi there.\n\nAssistant: Hello! How can I help?"
@@ -93,13 +69,12 @@ def own_data(tmp_path_factory):
     pd.DataFrame(_train_rows()).to_parquet(pairs, index=False)
     held = root / "my_heldout_hh.jsonl"
     held.write_text("".join(json.dumps(r) + "\n" for r in _heldout_rows()))
-    (root / "study.toml").write_text(OWN_STUDY)
     return root, pairs, held
 
 
 def _study_argv(root: Path, data, heldout, *extra) -> list[str]:
-    return ["study", "--config", str(root / "study.toml"), "--profile", "cpu",
-            "--data", str(data), "--heldout", str(heldout),
+    """`prefstudy study` of the default study's tiny profile on the user's data."""
+    return ["study", "--profile", "tiny", "--data", str(data), "--heldout", str(heldout),
             "--output", str(root / "runs"), "--report", str(root / "report"), "--quiet", *extra]
 
 
@@ -110,13 +85,13 @@ def own_study(own_data):
     return root, pairs, held
 
 
-# the study, its audit and report: ~65 s on two CPU cores shared with another job
+# the tiny profile's 13 runs, the audit and the report: ~65 s on two CPU cores shared with others
 @pytest.mark.slow
 def test_a_study_runs_on_a_users_parquet_and_hh_transcripts(own_study):
     root, pairs, held = own_study
     folders = run_folders(root / "runs")
-    assert sorted(f.name for f in folders) == sorted(
-        f"{label}-lr{lr}-s0" for label in ("naive-sum", "dpo") for lr in ("0.0001", "0.001"))
+    study = load_study(in_repo(DEFAULT_STUDY), profile="tiny")
+    assert sorted(f.name for f in folders) == sorted(c.run_id for c in study.configs())
     for folder in folders:
         assert read_meta(folder)["status"] in ("completed", "diverged"), folder.name
         cfg = read_config(folder)
@@ -137,14 +112,14 @@ def test_the_report_reads_the_pairs_its_runs_name(own_study):
     train_ids = {PreferencePair(r["prompt"], r["chosen"], r["rejected"]).pair_id
                  for r in _train_rows()}
     held_ids = {_hh_pair(r).pair_id for r in _heldout_rows()}
-    assert len(train_ids) == 16 and len(held_ids) == 8 and not train_ids & held_ids
+    assert len(train_ids) == 16 and len(held_ids) == 4 and not train_ids & held_ids
     tables = load_tables(root / "runs")
     split = tables.pairs.set_index("pair_id").split
     assert set(split[split == "train"].index) == train_ids
     assert set(split[split == "heldout"].index) == held_ids
-    # what the runs recorded: a 12-pair sample of the user's pairs, all 8 held-out pairs
-    trained = set(tables.records.pair_id)
-    assert trained <= train_ids and len(trained) == 12
+    # what the runs recorded: all the user's pairs and all held-out pairs (the tiny profile's
+    # max_pairs = 16 and n_heldout = 4)
+    assert set(tables.records.pair_id) == train_ids
     assert set(tables.evals.pair_id) == held_ids
     row = tables.pairs.set_index("pair_id").loc[sorted(held_ids)[0]]
     assert row.prompt and "Human:" not in row.chosen and "Assistant:" not in row.rejected
@@ -177,10 +152,10 @@ def test_a_parquet_without_chosen_is_one_line(own_data, capsys):
 def test_an_unknown_profile_is_one_line(own_data, capsys):
     root, pairs, held = own_data
     argv = _study_argv(root, pairs, held, "--output", str(root / "bad-3"))
-    argv[argv.index("cpu")] = "nosuch"
+    argv[argv.index("tiny")] = "nosuch"
     assert main(argv) == 2
     line = _one_line(capsys)
-    assert "nosuch" in line and "cpu" in line  # the profile asked for, and those there are
+    assert "nosuch" in line and "tiny" in line  # the profile asked for, and those there are
     assert not (root / "bad-3").exists()  # refused before anything was written
 
 

@@ -1,17 +1,12 @@
 """Figures, checked on the artists and data they return (never pixels), from hand-built frames."""
 
-import os
-import subprocess
-import sys
-
-import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb
 from scipy import stats
 
-from prefstudy import plots
+from prefstudy import plots, theme
 
 STEPS = [1, 2, 3, 4, 5, 6]
 N_PAIRS = 4
@@ -80,98 +75,6 @@ def make_gap_frame(n=41, seed=0):
                             "dlen_rel": dlen / (2 * n)})
               for name, gap in gaps.items()]
     return pd.concat(frames, ignore_index=True)
-
-
-# ------------------------------------------------------------------------------------- palette
-
-
-def test_label_palette_is_fixed_by_sorted_labels():
-    a = plots.label_palette(["simpo", "dpo", "naive-sum", "dpo"])
-    b = plots.label_palette(["naive-sum", "simpo", "dpo"])
-    assert a == b
-    assert list(a) == ["dpo", "naive-sum", "simpo"]
-    assert len(set(a.values())) == 3
-    many = plots.label_palette([f"l{i:02d}" for i in range(14)])  # beyond the base palette
-    assert len(set(many.values())) == 14
-
-
-def test_set_style_pins_the_study_palette_for_subsets(monkeypatch):
-    monkeypatch.setattr(plots, "_study_palette", None)
-    study = ["dpo", "dpop", "naive-mean", "naive-sum", "simpo"]
-    with mpl.rc_context():  # set_style changes global rcParams; restore them after
-        plots.set_style(labels=study)
-        paper = plots.sns.plotting_context("paper")
-        assert mpl.rcParams["axes.labelsize"] == paper["axes.labelsize"]
-    pinned = plots.label_palette(study)
-    table = pd.DataFrame({"label": ["dpop", "simpo"], "grad_cos": [0.1, 0.2]})
-    ax = plots.interval_plot(table)
-    colours = [to_rgb(line.get_color()) for line in ax.get_lines()]
-    assert colours == [to_rgb(pinned["dpop"]), to_rgb(pinned["simpo"])]
-    # without the pin, the subset is coloured by its own sorted order
-    monkeypatch.setattr(plots, "_study_palette", None)
-    ax = plots.interval_plot(table)
-    assert to_rgb(ax.get_lines()[0].get_color()) == to_rgb(plots.label_palette(["dpop"])["dpop"])
-
-
-FAMILIES = {"naive-sum": "likelihood", "negative_only": "likelihood", "sft": "likelihood",
-            "naive-mean": "length-normalised", "simpo": "length-normalised",
-            "dpo": "reference-based", "ipo": "reference-based", "dpop": "anchored"}
-
-
-def test_family_palette_is_one_hue_per_family_in_lightness_steps():
-    from colorsys import rgb_to_hls
-
-    palette = plots.family_palette(FAMILIES)
-    assert list(palette) == ["naive-sum", "negative_only", "sft", "naive-mean", "simpo", "dpo",
-                             "ipo", "dpop"]  # family by family, sorted within each
-    base = plots.sns.color_palette(plots.BASE_PALETTE)
-    hues = {f: rgb_to_hls(*base[i])[0] for f, i in plots.FAMILY_HUES.items()}
-    assert len({round(h, 2) for h in hues.values()}) == 4
-    for label, colour in palette.items():
-        assert rgb_to_hls(*colour)[0] == pytest.approx(hues[FAMILIES[label]], abs=1e-6)
-    # within a family: darkest first in sorted order, none near white or black
-    lightness = [rgb_to_hls(*palette[lab])[1] for lab in ("naive-sum", "negative_only", "sft")]
-    assert lightness == sorted(lightness) and len(set(lightness)) == 3
-    assert all(0.12 < v < 0.85 for v in (rgb_to_hls(*c)[1] for c in palette.values()))
-    # a family's only label is the hue itself
-    assert palette["dpop"] == pytest.approx(tuple(base[plots.FAMILY_HUES["anchored"]]))
-    # the same labels and families, in any order, give the same colours
-    assert plots.family_palette(dict(reversed(list(FAMILIES.items())))) == palette
-    with pytest.raises(ValueError, match="unknown family.*allowed: likelihood"):
-        plots.family_palette({"dpo": "dpo-like"})
-
-
-def test_family_hues_name_exactly_the_objectives_families():
-    from prefstudy.objectives import FAMILIES as DECLARED
-
-    assert set(plots.FAMILY_HUES) == set(DECLARED)
-
-
-def test_family_order_lists_family_by_family_in_the_given_order():
-    given = {"dpo": "reference-based", "simpo": "length-normalised", "dpop": "anchored",
-             "naive-sum": "likelihood", "orpo": "length-normalised", "sft": "likelihood"}
-    assert plots.family_order(given) == ["naive-sum", "sft", "simpo", "orpo", "dpo", "dpop"]
-    with pytest.raises(ValueError, match="unknown family"):
-        plots.family_order({"dpo": "reference"})
-
-
-def test_set_style_pins_the_family_palette(monkeypatch):
-    monkeypatch.setattr(plots, "_study_palette", None)
-    with mpl.rc_context():
-        plots.set_style(list(FAMILIES), families=FAMILIES)
-        with pytest.raises(ValueError, match="no family for"):
-            plots.set_style(["dpo", "rpo"], families=FAMILIES)
-    table = pd.DataFrame({"label": ["simpo", "dpo"], "grad_cos": [0.1, 0.2]})
-    ax = plots.interval_plot(table)
-    pinned = plots.family_palette(FAMILIES)
-    assert [to_rgb(line.get_color()) for line in ax.get_lines()] == [
-        to_rgb(pinned["dpo"]), to_rgb(pinned["simpo"])]
-
-
-def test_figures_do_not_change_global_style():
-    before = dict(mpl.rcParams)
-    plots.interval_plot(pd.DataFrame({"label": ["dpo"], "grad_cos": [0.1]}))
-    assert {k: v for k, v in mpl.rcParams.items() if before[k] != v} == {}
 
 
 # --------------------------------------------------------------------------------- C1 gap/length
@@ -245,7 +148,7 @@ def test_gap_vs_length_single_panel():
 
 
 def test_gap_vs_length_names_missing_columns():
-    from prefstudy.records import SchemaError
+    from prefstudy.columns import SchemaError
 
     with pytest.raises(SchemaError, match="gap_value"):
         plots.gap_vs_length(make_gap_frame().drop(columns="gap_value"))
@@ -269,7 +172,7 @@ def test_loss_trajectories_lines_are_step_means_across_seeds():
             expected = expected_step_mean(records, label, quantity)
             np.testing.assert_array_equal(line.get_xdata(), STEPS)
             np.testing.assert_allclose(line.get_ydata(), expected.to_numpy())
-            assert to_rgb(line.get_color()) == to_rgb(plots.label_palette(
+            assert to_rgb(line.get_color()) == to_rgb(theme.label_palette(
                 ["dpo", "naive-sum"])[label])
 
 
@@ -294,7 +197,7 @@ def test_loss_trajectories_marks_divergence_and_onset():
                           "label": ["naive-sum"] * 3 + ["dpo"], "seed": [0, 1, 2, 0],
                           "onset_step": [3.0, 3.0, 5.0, np.nan]})
     grid = plots.loss_trajectories(records, onset=onset)
-    colour = to_rgb(plots.label_palette(["dpo", "naive-sum"])["naive-sum"])
+    colour = to_rgb(theme.label_palette(["dpo", "naive-sum"])["naive-sum"])
     for ax, quantity in zip(grid.axes.flat, ("loss_p", "loss_n")):
         vlines = [line for line in ax.get_lines()
                   if len(line.get_xdata()) == 2 and line.get_linestyle() == "--"]
@@ -311,16 +214,14 @@ def test_loss_trajectories_marks_divergence_and_onset():
     assert "diverged" in [t.get_text() for t in grid.legend.texts]
 
 
-def test_loss_trajectories_onset_from_collapse():
-    from prefstudy.diagnostics import collapse
-
+def test_loss_trajectories_onset_alone_marks_divergence():
     records = make_records()
-    # window 2: naive-sum's loss_p and gap rise from step 3 on (all three seeds); dpo's loss_p is
-    # flat, so it never collapses
-    onset = collapse(records, window=2)
-    assert onset.set_index("run_id").onset_step.to_dict() == pytest.approx(
-        {"dpo-s0": np.nan, "dpo-s1": np.nan, "dpo-s2": np.nan, "naive-sum-s0": 3.0,
-         "naive-sum-s1": 3.0, "naive-sum-s2": 3.0}, nan_ok=True)
+    # a collapse_onsets-shaped table: every naive-sum seed's onset at step 3, dpo none
+    onset = pd.DataFrame({"run_id": [f"{lab}-s{s}" for lab in ("dpo", "naive-sum")
+                                     for s in (0, 1, 2)],
+                          "label": ["dpo"] * 3 + ["naive-sum"] * 3, "seed": [0, 1, 2] * 2,
+                          "onset_step": [np.nan] * 3 + [3.0] * 3,
+                          "status": ["completed"] * 5 + ["diverged"]})
     grid = plots.loss_trajectories(records, onset=onset)
     for ax in grid.axes.flat:
         (vline,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
@@ -355,7 +256,7 @@ def test_loss_trajectories_never_average_a_nonfinite_pair_away():
 
 
 def test_loss_trajectories_names_missing_columns():
-    from prefstudy.records import SchemaError
+    from prefstudy.columns import SchemaError
 
     with pytest.raises(SchemaError, match=r"loss_n"):
         plots.loss_trajectories(make_records().drop(columns="loss_n"))
@@ -376,7 +277,7 @@ def test_normalisation_grid_gives_each_panel_its_own_y_scale():
     assert len(axes) == 3
     assert not any(axes[0].get_shared_y_axes().joined(axes[0], ax) for ax in axes[1:])
     assert all(axes[0].get_shared_x_axes().joined(axes[0], ax) for ax in axes[1:])
-    palette = plots.label_palette(["dpo", "naive-mean", "naive-sum"])
+    palette = theme.label_palette(["dpo", "naive-mean", "naive-sum"])
     for ax, label in zip(axes, ("dpo", "naive-mean", "naive-sum")):
         assert ax.get_title().splitlines()[0] == label
         loss_p, loss_n = data_lines(ax)
@@ -451,14 +352,6 @@ def test_interval_plot_bars_on_a_given_axes():
         plots.interval_plot(table)
 
 
-def test_noise_comparison_is_interval_plot_under_its_former_name():
-    table = pd.DataFrame({"label": ["a", "b"], "gns": [2.0, 5.0]})
-    old = plots.noise_comparison(table, metric="gns", kind="bar")
-    new = plots.interval_plot(table, x="gns", kind="bar")
-    assert [p.get_width() for p in old.patches] == [p.get_width() for p in new.patches]
-    assert old.get_xlabel() == new.get_xlabel()
-
-
 def test_interval_plot_on_gradient_noise_output():
     from prefstudy.diagnostics import gradient_noise
 
@@ -474,71 +367,48 @@ def test_interval_plot_on_gradient_noise_output():
     np.testing.assert_allclose(intervals, table[["grad_cos_lo", "grad_cos_hi"]].to_numpy())
 
 
-def test_displacement_bars_by_label_and_bin():
-    table = pd.DataFrame({"label": ["dpo", "dpo", "dpop", "dpop"],
-                          "edit_bin": ["(0, 0.1]", "(0.1, 0.3]"] * 2,
-                          "share_below_start": [0.8, 0.6, 0.2, 0.1]})
-    ax = plots.displacement_bars(table)
-    assert len(ax.patches) == 4
-    heights = {(p.get_label() if p.get_label() else None, round(p.get_x(), 6)): p.get_height()
-               for p in ax.patches}
-    assert sorted(heights.values()) == [0.1, 0.2, 0.6, 0.8]
-    # dpo's bars left of dpop's in each bin, in bin order
-    xs = sorted(ax.patches, key=lambda p: p.get_x())
-    assert [p.get_height() for p in xs] == [0.8, 0.2, 0.6, 0.1]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["(0, 0.1]", "(0.1, 0.3]"]
-    assert ax.get_ylim() == (0, 1)
-    # axis names in words, the legend right of the bars
-    assert ax.get_ylabel() == "share of pairs whose chosen\nlog-prob fell below its start"
-    assert ax.get_xlabel().startswith("edit distance, chosen ↔ rejected")
-    assert ax.get_legend().get_title().get_text() == "objective"
-    assert_legend_outside(ax.figure, ax.get_legend(), [ax])
+def test_gradient_agreement_points_without_intervals_on_a_symlog_axis():
+    table = pd.DataFrame({"label": ["dpo", "negative_only"], "grad_cos": [0.02, 0.6],
+                          "grad_cos_lo": [0.01, 0.5], "grad_cos_hi": [0.03, 0.7]})
+    ax = plots.gradient_agreement(table, order=["negative_only", "dpo"])
+    points = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert [(line.get_xdata()[0], line.get_ydata()[0]) for line in points] == [(0.6, 0), (0.02, 1)]
+    assert len(ax.get_lines()) == 3  # the two points and the line at 0: no interval
+    assert any(list(line.get_xdata()) == [0, 0] for line in ax.get_lines())
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["negative_only", "dpo"]
+    assert ax.get_xscale() == "symlog"
+    assert ax.xaxis.get_transform().linthresh == pytest.approx(0.05)
+    assert ax.get_xlim() == (-0.05, 1.0)
+    assert list(ax.get_xticks()) == [-0.05, 0, 0.05, 0.1, 0.2, 0.5, 1]
+    assert [t.get_text() for t in ax.get_xticklabels()][-2:] == ["0.5", "1"]
+    assert ax.get_xlabel().startswith("mean cosine of a pair's gradient")
 
 
-def test_displacement_bars_keep_the_order_of_categorical_bins():
-    bins = pd.Categorical(["[0.3, 1]", "[0, 0.1)", "[0.1, 0.3)"],
-                          categories=["[0, 0.1)", "[0.1, 0.3)", "[0.3, 1]"], ordered=True)
-    table = pd.DataFrame({"label": "dpo", "edit_bin": bins, "share_below_start": [0.3, 0.1, 0.2]})
-    ax = plots.displacement_bars(table)
-    assert [t.get_text() for t in ax.get_xticklabels()] == list(bins.categories)
-    assert [p.get_height() for p in sorted(ax.patches, key=lambda p: p.get_x())] == [0.1, 0.2, 0.3]
+def make_displacement():
+    """A findings.displacement-shaped table: dpo and simpo have a point where neutral text held,
+    ipo has none (n = 0)."""
+    return pd.DataFrame({"label": ["simpo", "ipo", "dpo"], "n": [40, 0, 40], "k": [30, 0, 10],
+                         "share": [0.75, np.nan, 0.25], "share_lo": [0.59, np.nan, 0.13],
+                         "share_hi": [0.87, np.nan, 0.41]})
 
 
-def test_displacement_bars_per_label_with_intervals():
-    table = pd.DataFrame({"label": ["dpo", "dpop"], "share_below_start": [0.7, 0.3],
-                          "share_below_start_lo": [0.6, np.nan],
-                          "share_below_start_hi": [0.8, np.nan]})
-    ax = plots.displacement_bars(table, x=None)
-    assert [p.get_height() for p in ax.patches] == [0.7, 0.3]
-    (interval,) = ax.collections
-    np.testing.assert_allclose(interval.get_segments()[0][:, 1], [0.6, 0.8])
-
-
-def test_displacement_bars_on_displacement_output():
-    from prefstudy.diagnostics import displacement
-
-    records = make_records(diverged=())  # every chosen loss rises (naive-sum) or stays (dpo)
-    per_label = displacement(records)
-    ax = plots.displacement_bars(per_label)  # no edit_bin column: one bar per label
-    assert [p.get_height() for p in ax.patches] == per_label.share_below_start.tolist()
-
-    # pairs whose chosen and rejected texts differ a little (p0, p1) or a lot (p2, p3)
-    pairs = pd.DataFrame({"pair_id": ["p0", "p1", "p2", "p3"],
-                          "chosen": ["abcdefghij", "abcdefghij", "abcdefghij", "abcdefghij"],
-                          "rejected": ["abcdefghiX", "abcdefghij!", "zzzzzzzzzz", "qqqq"]})
-    by_bin = displacement(records, pairs)
-    ax = plots.displacement_bars(by_bin, y="share_below_ref")
-    bins = ["[0, 0.1]", "(0.3, 1]"]  # p0, p1 close; p2, p3 far; no pair in (0.1, 0.3]
-    assert set(by_bin.edit_bin.astype(str)) == set(bins)
-    assert [t.get_text() for t in ax.get_xticklabels()] == bins  # by the bounds, not the text
-    assert len(ax.patches) == len(by_bin)
-
-
-def test_bins_written_as_text_sort_by_their_bounds():
-    assert plots._order(["(0.3, 1]", "[0, 0.1]", "(0.1, 0.3]"]) == [
-        "[0, 0.1]", "(0.1, 0.3]", "(0.3, 1]"]
-    assert plots._order(["simpo", "dpo"]) == ["dpo", "simpo"]
-    assert plots._order([4, 0.5, 2]) == [0.5, 2, 4]
+def test_displacement_shares_leaves_out_objectives_without_a_point():
+    table = make_displacement()
+    ax = plots.displacement_shares(table, order=["ipo", "dpo", "simpo"], max_neutral=0.02)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["dpo", "simpo"]
+    points = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert [line.get_xdata()[0] for line in points] == [0.25, 0.75]
+    intervals = [list(line.get_xdata()) for line in ax.get_lines()
+                 if len(line.get_xdata()) == 2 and line.get_xdata()[0] != line.get_xdata()[1]]
+    assert intervals == [[0.13, 0.41], [0.59, 0.87]]
+    assert any(list(line.get_xdata()) == [0.5, 0.5] for line in ax.get_lines())  # one half
+    assert ax.get_xlim() == (0, 1)
+    assert "(|Δ NLL| ≤ 0.02)" in ax.get_xlabel()
+    colours = theme.label_palette(["dpo", "simpo"])
+    assert [to_rgb(line.get_color()) for line in points] == [to_rgb(colours["dpo"]),
+                                                             to_rgb(colours["simpo"])]
+    default = plots.displacement_shares(table, max_neutral=0.02)  # sorted labels
+    assert [t.get_text() for t in default.get_yticklabels()] == ["dpo", "simpo"]
 
 
 # ----------------------------------------------------------------------------- matched progress
@@ -569,7 +439,7 @@ def test_frontier_draws_each_run_from_the_origin_in_step_order():
     ax = plots.frontier(paths)
     lines = path_lines(ax)
     assert len(lines) == len(known)  # one line per run
-    palette = plots.label_palette(paths.label)
+    palette = theme.label_palette(paths.label)
     markers = {1e-3: "o", 3e-3: "s"}  # PATH_MARKERS in sorted lr order
     for line in lines:
         label, lr, points = known[line.get_gid()]
@@ -596,14 +466,14 @@ def test_frontier_follows_the_pinned_family_palette_and_facets_by_family(monkeyp
     paths, known = make_paths()
     families = {"dpo": "reference-based", "simpo": "length-normalised",
                 "negative_only": "likelihood"}
-    monkeypatch.setattr(plots, "_study_palette", plots.family_palette(families))
+    monkeypatch.setattr(theme, "_study_palette", theme.family_palette(families))
     paths["family"] = paths.label.map(families)
     grid = plots.frontier(paths, col="family", col_order=["likelihood", "length-normalised",
                                                           "reference-based"])
     assert [ax.get_title() for ax in grid.axes.flat] == ["likelihood", "length-normalised",
                                                          "reference-based"]
     assert [len(path_lines(ax)) for ax in grid.axes.flat] == [2, 1, 2]
-    pinned = plots.family_palette(families)
+    pinned = theme.family_palette(families)
     for ax in grid.axes.flat:
         for line in path_lines(ax):
             assert to_rgb(line.get_color()) == to_rgb(pinned[known[line.get_gid()][0]])
@@ -614,7 +484,7 @@ def test_frontier_follows_the_pinned_family_palette_and_facets_by_family(monkeyp
     assert {line.get_marker() for line in path_lines(linear)} == {"o"}
     with pytest.raises(ValueError, match="not both"):
         plots.frontier(paths, col="family", ax=linear)
-    from prefstudy.records import SchemaError
+    from prefstudy.columns import SchemaError
 
     with pytest.raises(SchemaError, match="lr"):
         plots.frontier(paths.drop(columns="lr"))
@@ -644,7 +514,7 @@ def test_matched_plot_points_and_intervals_per_level_dodged_per_label():
     np.testing.assert_allclose(simpo.get_xdata(), np.arange(3))
     np.testing.assert_allclose(dpo.get_ydata(), [0.1, 0.2, 0.4])
     assert np.isnan(simpo.get_ydata()[1:]).all() and np.isnan(neg.get_ydata()).all()
-    palette = plots.label_palette(table.label)
+    palette = theme.label_palette(table.label)
     assert [to_rgb(line.get_color()) for line in lines] == [
         to_rgb(palette[lab]) for lab in ("dpo", "simpo", "negative_only")]
     bars = [c for c in ax.collections if len(c.get_segments())]
@@ -663,44 +533,58 @@ def test_matched_plot_points_and_intervals_per_level_dodged_per_label():
         plots.matched_plot(pd.concat([table, table]))
 
 
-# ---------------------------------------------------------------------------------------- files
+def test_family_frontier_has_one_panel_per_family_in_the_declared_order():
+    from prefstudy.objectives import FAMILIES
+
+    paths, known = make_paths()
+    families = {"dpo": "reference-based", "simpo": "length-normalised",
+                "negative_only": "likelihood"}
+    grid = plots.family_frontier(paths.assign(family=paths.label.map(families)))
+    expected = [f for f in FAMILIES if f in families.values()]
+    assert [ax.get_title() for ax in grid.axes.flat] == expected
+    assert [len(path_lines(ax)) for ax in grid.axes.flat] == [
+        sum(families[label] == f for label, _, _ in known.values()) for f in expected]
+    assert {ax.get_yscale() for ax in grid.axes.flat} == {"symlog"}
+    assert grid.axes.flat[0].yaxis.get_transform().linthresh == pytest.approx(0.2)
+    first, second, third = (ax.get_position() for ax in grid.axes.flat)  # 2 to a row
+    assert first.y0 == second.y0 and third.y0 < first.y0 and third.x0 == first.x0
+    alone = plots.family_frontier(paths.assign(family=None))  # no family known: one panel
+    assert len(path_lines(alone)) == len(known) and alone.get_yscale() == "symlog"
+    from prefstudy.columns import SchemaError
+
+    with pytest.raises(SchemaError, match="family"):
+        plots.family_frontier(paths)
 
 
-@pytest.mark.parametrize("suffix", ["png", "pdf", "svg"])
-def test_save_is_byte_for_byte_repeatable(tmp_path, suffix):
-    grid = plots.normalisation_grid(make_records())
-    first = plots.save(grid, tmp_path / "a" / f"fig.{suffix}")
-    second = plots.save(grid.figure, tmp_path / f"fig.{suffix}")
-    data = first.read_bytes()
-    assert data == second.read_bytes()
-    assert mpl.__version__.encode() not in data  # no "Matplotlib vX.Y" creator/software
-    assert b"CreationDate" not in data and b"<dc:date>" not in data
+def test_matched_chosen_is_matched_plot_on_a_symlog_axis():
+    table = make_matched()
+    order = ["dpo", "simpo", "negative_only"]
+    plain = plots.matched_plot(table, hue_order=order)
+    ax = plots.matched_chosen(table, hue_order=order)
+    assert ax.get_yscale() == "symlog"
+    assert ax.yaxis.get_transform().linthresh == pytest.approx(0.1)
+    for a, b in zip(plain.get_lines(), ax.get_lines()):
+        np.testing.assert_array_equal(a.get_ydata(), b.get_ydata())
+    assert ax.get_ylabel() == plain.get_ylabel()
+    assert plots.matched_chosen(table, linthresh=1.0).yaxis.get_transform().linthresh == 1.0
 
 
-def test_save_png_dpi_and_errors(tmp_path):
-    from PIL import Image
-
-    ax = plots.interval_plot(pd.DataFrame({"label": ["dpo"], "grad_cos": [0.1]}))
-    path = plots.save(ax, tmp_path / "fig.png", dpi=100)
-    with Image.open(path) as image:
-        assert round(image.info["dpi"][0]) == 100
-        assert "Software" not in image.info
-    with pytest.raises(ValueError, match="format"):
-        plots.save(ax, tmp_path / "fig.jpg")
-    with pytest.raises(TypeError):
-        plots.save("not a figure", tmp_path / "fig.png")
+# ----------------------------------------------------------------------------------- the audit
 
 
-def test_works_headless_without_choosing_a_backend(tmp_path):
-    """A fresh interpreter with no display and no MPLBACKEND draws and saves (Agg fallback)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY",
-                                                            "MPLBACKEND")}
-    code = ("import pandas as pd; from prefstudy import plots; "
-            "ax = plots.displacement_bars(pd.DataFrame({'label': ['dpo'], 'share_below_start': "
-            f"[0.5]}}), x=None); plots.save(ax, {str(tmp_path / 'h.png')!r}); "
-            "import matplotlib; print(matplotlib.get_backend())")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120, check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().lower() == "agg"
-    assert (tmp_path / "h.png").stat().st_size > 0
+def test_distribution_plot_jitter_is_seeded_and_leaves_the_global_state_alone():
+    data = pd.DataFrame({"objective": ["a"] * 20 + ["b"] * 20,
+                         "grad_cos_loo": np.linspace(-0.2, 0.3, 40)})
+
+    def offsets(**kwargs):
+        ax = plots.distribution_plot(data, x="grad_cos_loo", **kwargs)
+        return np.concatenate([c.get_offsets()[:, 1] for c in ax.collections
+                               if len(c.get_offsets())])
+
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    first = offsets()
+    np.testing.assert_array_equal(np.random.get_state()[1], state)
+    np.testing.assert_array_equal(first, offsets())
+    assert not np.array_equal(first, offsets(seed=1))
+    assert np.abs(first - np.round(first)).max() <= 0.2  # jitter within ±0.2 of its row

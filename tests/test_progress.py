@@ -90,18 +90,6 @@ def test_a_nan_pair_makes_its_step_nan_not_dropped():
     assert math.isnan(paths.loc[2, "d_chosen"])
 
 
-def test_displacement_only_where_neutral_text_holds(study):
-    evals, ppl = study
-    out = pg.displacement_at_neutral(evals, ppl, max_neutral=0.05).set_index("label")
-    assert math.isnan(out.loc["A", "step"]) and out.loc["A", "n"] == 0  # neutral moved 0.1
-    # B: neutral moved 0.0 then 0.02; at step 2 every chosen log-prob fell (loss_p rose 0.4)
-    assert out.loc["B", "step"] == 2 and (out.loc["B", "k"], out.loc["B", "n"]) == (4, 4)
-    assert out.loc["B", "share"] == 1.0
-    assert out.loc["B", "share_lo"] == pytest.approx(0.025 ** (1 / 4))  # Clopper–Pearson
-    assert out.loc["B", "share_hi"] == 1.0
-    assert out.loc["B", "d_chosen_minus_neutral"] == pytest.approx(0.4 - 0.02)
-
-
 def test_collapse_needs_consecutive_evaluations_above_the_noise():
     # chosen loss rises 0.3 at steps 2 and 3 (gap widening throughout): onset at step 2
     rising = evals_run("r", "R", [0.5, 1.0, 1.5], [0.0, 0.3, 0.3], spread=0.1)

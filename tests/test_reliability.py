@@ -13,12 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from prefstudy.columns import SchemaError
 from prefstudy.config import ConfigError, load_config
+from prefstudy.paths import REPO
 from prefstudy.records import (
     RunError,
     RunsLeftOutWarning,
     RunWriter,
-    SchemaError,
     load_run,
     load_runs,
     load_table,
@@ -28,12 +29,12 @@ from prefstudy.records import (
 )
 from prefstudy.train import train
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.toml"
 QUICK = dict(steps=3, n_heldout=2, n_neutral=2, n_probes=1, eval_every=0, checkpoint_every=1)
 
 
-def tiny(tmp_path, **overrides):
+def tiny_config(tmp_path, **overrides):
+    """configs/tiny.toml made quick (QUICK), run "r" in tmp_path, with `overrides`."""
     return load_config(TINY, output=str(tmp_path), **{"run_id": "r", **QUICK, **overrides})
 
 
@@ -53,7 +54,7 @@ def test_an_exception_in_a_step_leaves_the_run_failed_with_step_type_and_message
 
     monkeypatch.setattr(tr, "train_step", breaks_at_step_2)
     with pytest.raises(RuntimeError, match="the objective broke"):
-        train(tiny(tmp_path), progress=False)
+        train(tiny_config(tmp_path), progress=False)
     meta = read_meta(tmp_path / "r")
     assert meta["status"] == "failed"
     assert (meta["failed_step"], meta["error_type"]) == (2, "RuntimeError")
@@ -74,7 +75,7 @@ def test_a_write_failure_leaves_the_run_failed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(RunWriter, "append", disk_full_at_step_2)
     with pytest.raises(OSError, match="No space left"):
-        train(tiny(tmp_path), progress=False)
+        train(tiny_config(tmp_path), progress=False)
     meta = read_meta(tmp_path / "r")
     assert (meta["status"], meta["failed_step"], meta["error_type"]) == ("failed", 2, "OSError")
 
@@ -91,7 +92,7 @@ def test_a_failing_final_evaluation_leaves_the_run_failed(tmp_path, monkeypatch)
 
     monkeypatch.setattr(tr, "evaluate", breaks_at_the_end)
     with pytest.raises(RuntimeError, match="evaluation broke"):
-        train(tiny(tmp_path), progress=False)
+        train(tiny_config(tmp_path), progress=False)
     meta = read_meta(tmp_path / "r")
     assert meta["status"] == "failed" and meta["error"] == "final evaluation: evaluation broke"
 
@@ -100,7 +101,7 @@ def test_a_failing_final_evaluation_leaves_the_run_failed(tmp_path, monkeypatch)
 
 
 def test_resuming_a_completed_run_is_a_no_op_that_says_so(tmp_path, capsys):
-    cfg = tiny(tmp_path)
+    cfg = tiny_config(tmp_path)
     train(cfg, progress=False)
     before = load_run(tmp_path / "r")
     evals = load_table(tmp_path / "r", "evals")
@@ -112,13 +113,13 @@ def test_resuming_a_completed_run_is_a_no_op_that_says_so(tmp_path, capsys):
 
 
 def test_resuming_with_a_config_that_changes_results_is_refused_naming_the_fields(tmp_path):
-    train(tiny(tmp_path), progress=False)
+    train(tiny_config(tmp_path), progress=False)
     with pytest.raises(ConfigError, match=r"objective: 'naive' → 'dpo'.*"):
-        train(tiny(tmp_path, objective="dpo"), resume=True, progress=False)
+        train(tiny_config(tmp_path, objective="dpo"), resume=True, progress=False)
     with pytest.raises(ConfigError, match=r"batch_size: 4 → 2; .*trainable_blocks: None → 1"):
-        train(tiny(tmp_path, trainable_blocks=1, batch_size=2), resume=True, progress=False)
+        train(tiny_config(tmp_path, trainable_blocks=1, batch_size=2), resume=True, progress=False)
     # where it is written and what figures call it do not change results
-    train(tiny(tmp_path, label="another name"), resume=True, progress=False)
+    train(tiny_config(tmp_path, label="another name"), resume=True, progress=False)
 
 
 def test_prefstudy_study_retrains_a_failed_run(tmp_path):
@@ -145,12 +146,12 @@ def test_a_second_writer_is_refused_while_another_process_holds_the_run(tmp_path
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunError, match="another process is training into this run folder"):
-            train(tiny(tmp_path), progress=False)
+            train(tiny_config(tmp_path), progress=False)
         assert not (tmp_path / "r").exists()  # the refused writer wrote nothing
     finally:
         holder.kill()
         holder.wait()
-    train(tiny(tmp_path), progress=False)  # the lock is free again: the run trains
+    train(tiny_config(tmp_path), progress=False)  # the lock is free again: the run trains
     assert read_meta(tmp_path / "r")["status"] == "completed"
 
 
@@ -178,13 +179,13 @@ def test_two_training_processes_on_one_run_folder_one_is_refused(tmp_path):
 
 
 def test_a_run_past_the_uniform_loss_is_flagged_not_failed(tmp_path):
-    run = train(tiny(tmp_path, lr=1.0, steps=4), progress=False)
+    run = train(tiny_config(tmp_path, lr=1.0, steps=4), progress=False)
     meta = read_meta(run)
     assert meta["status"] == "completed"
     assert meta["above_uniform_step"] >= 1
     assert meta["above_uniform_max_loss"] > meta["uniform_loss"] + 1
     assert runs_summary(tmp_path).above_uniform_step[0] == meta["above_uniform_step"]
-    calm = train(tiny(tmp_path, run_id="calm", lr=1e-4), progress=False)
+    calm = train(tiny_config(tmp_path, run_id="calm", lr=1e-4), progress=False)
     assert "above_uniform_step" not in read_meta(calm)
 
 
@@ -199,7 +200,7 @@ def test_skipped_dropped_and_truncated_pairs_are_stored_with_the_run(tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(lines) + "\n")
     with pytest.warns(UserWarning, match="skipped 2"):
-        run = train(tiny(tmp_path / "runs", data=str(data), heldout=None, max_pairs=None,
+        run = train(tiny_config(tmp_path / "runs", data=str(data), heldout=None, max_pairs=None,
                          max_length=60, max_prompt_length=40, batch_size=2), progress=False)
     cfg = read_config(run)
     assert cfg["records_skipped"] == 2
@@ -376,7 +377,7 @@ def test_sigterm_leaves_the_run_interrupted_and_resumable(tmp_path):
 def test_a_run_saved_before_a_field_existed_still_resumes(tmp_path):
     from prefstudy.train import resume_changes
 
-    cfg = tiny(tmp_path).resolved()
+    cfg = tiny_config(tmp_path).resolved()
     saved = cfg.to_dict()
     del saved["use_weighting"]  # a field added after the run was saved
     saved["params"] = {}  # the objective's parameters at their defaults, as older runs saved them

@@ -5,49 +5,19 @@ import re
 import pytest
 
 from prefstudy import findings
+from prefstudy.paths import REPO
 from prefstudy.report import build_report
-from prefstudy.study import load_study, run_study
+from prefstudy.study import run_study
 from prefstudy.tables import load_tables
-
-SWEEP = """
-name = "sweep"
-model = "tiny"
-max_pairs = 12
-n_heldout = 8
-n_neutral = 4
-n_probes = 4
-gen_max_new_tokens = 6
-max_length = 64
-max_prompt_length = 32
-batch_size = 4
-grad_stats = true
-steps = 4
-eval_every = 2
-
-[[runs]]
-label = "naive-sum"
-objective = "naive"
-params = { norm = "sum" }
-
-[[runs]]
-label = "dpo"
-objective = "dpo"
-
-[[runs]]
-label = "dpop"
-objective = "dpop"
-
-[profiles.cpu]
-seeds = [0]
-lrs = [1e-4, 3e-3]
-"""
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, tiny_profile):
+    """Three runs of the default study's tiny profile, each at two learning rates, 8 held-out
+    pairs: the smallest study with matched progress and C3/C4 to report."""
     root = tmp_path_factory.mktemp("sweep")
-    (root / "study.toml").write_text(SWEEP)
-    study = load_study(root / "study.toml", profile="cpu", output=root / "runs")
+    study = tiny_profile(root / "runs", labels=["naive-sum", "dpo", "dpop"], lrs=[1e-4, 3e-3],
+                         n_heldout=8)
     run_study(study, progress=False)
     return root
 
@@ -69,11 +39,11 @@ def test_a_sweep_study_is_audited_and_its_report_regenerates(sweep):
 
 def test_shares_are_counted_with_exact_intervals(sweep):
     tables = load_tables(sweep / "runs")
-    paths = findings.paths(tables)
+    paths = findings.run_paths(tables)
     assert set(paths.lr) == {1e-4, 3e-3} and paths.step.min() == 2
-    calm = findings.displacement(tables, paths, max_neutral=10.0)  # every evaluation counts
-    assert (calm.n == 8).all()
-    for row in calm.itertuples():  # k of n with an interval that contains k/n, inside [0, 1]
+    shift = findings.displacement(tables, paths, max_neutral=10.0)  # every evaluation counts
+    assert (shift.n == 8).all()
+    for row in shift.itertuples():  # k of n with an interval that contains k/n, inside [0, 1]
         assert 0 <= row.share_lo <= row.k / row.n <= row.share_hi <= 1
         assert row.share_hi - row.share_lo > 0  # never zero-width from 8 pairs
     page = build_report(sweep / "runs", sweep / "c").read_text()
@@ -90,28 +60,26 @@ def test_comparison_levels_are_those_most_labels_reached():
 
 
 def test_the_readme_findings_are_the_committed_reports_what_held(tmp_path):
-    from pathlib import Path
+    from prefstudy.report import FINDINGS, update_readme
 
-    from prefstudy.report import FINDINGS, held_block, update_readme
-
-    repo = Path(__file__).resolve().parent.parent
-    readme = (repo / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     block = readme.split(FINDINGS[0] + "\n", 1)[1].split(FINDINGS[1], 1)[0]
-    assert block == held_block((repo / "reports" / "README.md").read_text()), (
-        "regenerate: prefstudy report --readme README.md")
+    page = (REPO / "reports" / "README.md").read_text()  # the committed report's What held
+    held = page.split("## What held\n\n", 1)[1].split("\n## ", 1)[0].strip() + "\n"
+    assert block == held, "regenerate: prefstudy report --readme README.md"
     copy = tmp_path / "README.md"  # the regeneration itself: only the block changes
     copy.write_text(readme.replace(block, "- stale\n"))
-    assert update_readme(copy, repo / "reports" / "README.md")
+    assert update_readme(copy, held)
     assert copy.read_text() == readme
     (tmp_path / "plain.md").write_text("# no block\n")
     with pytest.raises(ValueError, match="plain.md: no <!-- findings:start -->"):
-        update_readme(tmp_path / "plain.md", repo / "reports" / "README.md")
+        update_readme(tmp_path / "plain.md", held)
 
 
 def test_a_report_leaves_the_callers_colours_as_they_were(sweep):
-    from prefstudy import plots
+    from prefstudy import theme
 
-    plots.set_style(["a", "b"])
-    pinned = dict(plots._study_palette)
+    theme.set_style(["a", "b"])
+    pinned = dict(theme._study_palette)
     build_report(sweep / "runs", sweep / "d")
-    assert plots._study_palette == pinned
+    assert theme._study_palette == pinned

@@ -1,55 +1,23 @@
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from prefstudy.config import ConfigError
+from prefstudy.paths import REPO
 from prefstudy.records import load_runs, read_meta
 from prefstudy.report import build_report
 from prefstudy.study import load_study, pending, run_study
 from prefstudy.tables import load_tables, study_dir, study_labels
 
-REPO = Path(__file__).resolve().parent.parent
-
-TINY_STUDY = """
-name = "tiny"
-model = "tiny"
-max_pairs = 12
-n_heldout = 4
-n_neutral = 4
-n_probes = 2
-gen_max_new_tokens = 6
-max_length = 64
-max_prompt_length = 32
-batch_size = 4
-lr = 1e-3
-grad_stats = true
-
-[[runs]]
-label = "naive-sum"
-objective = "naive"
-params = { norm = "sum" }
-
-[[runs]]
-label = "dpo"
-objective = "dpo"
-
-[[runs]]
-label = "sft"
-objective = "sft"
-
-[profiles.cpu]
-seeds = [0, 1]
-steps = 4
-"""
+LABELS = ["naive-sum", "sft", "dpo"]  # in the study file's order
 
 
 @pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory):
+def tiny_study(tmp_path_factory, tiny_profile):
+    """Three runs of the default study's tiny profile (lr 1e-3), two seeds, trained."""
     root = tmp_path_factory.mktemp("study")
-    (root / "study.toml").write_text(TINY_STUDY)
-    study = load_study(root / "study.toml", profile="cpu", output=root / "runs")
+    study = tiny_profile(root / "runs", labels=LABELS, seeds=[0, 1])
     run_study(study, progress=False)
     return study, root
 
@@ -57,20 +25,19 @@ def tiny_study(tmp_path_factory):
 def test_study_trains_every_label_and_seed(tiny_study):
     study, root = tiny_study
     assert [c.run_id for c in study.configs()] == [
-        "naive-sum-s0", "dpo-s0", "sft-s0", "naive-sum-s1", "dpo-s1", "sft-s1"]
+        "naive-sum-s0", "sft-s0", "dpo-s0", "naive-sum-s1", "sft-s1", "dpo-s1"]
     records = load_runs(root / "runs")
     assert records.groupby("label").run_id.nunique().to_dict() == {
         "naive-sum": 2, "dpo": 2, "sft": 2}
     assert pending(study) == []  # nothing left: re-running trains nothing
     assert (root / "runs" / "audit" / "audit.json").exists()  # C1, C2 on its training pairs
-    assert json.loads((root / "runs" / "study.json").read_text())["labels"] == [
-        "naive-sum", "dpo", "sft"]
+    assert json.loads((root / "runs" / "study.json").read_text())["labels"] == LABELS
 
 
 def test_load_tables_reads_every_table_the_study_names(tiny_study):
     _, root = tiny_study
     tables = load_tables(root / "runs")
-    assert len(tables.folders) == 6 and tables.labels == ["naive-sum", "dpo", "sft"]
+    assert len(tables.folders) == 6 and tables.labels == LABELS
     for name in ("records", "evals", "perplexity", "generations", "steps"):
         assert len(getattr(tables, name)), name
     assert tables.audit is not None and len(tables.audit.dose) and len(tables.audit.gradients)
@@ -80,10 +47,9 @@ def test_load_tables_reads_every_table_the_study_names(tiny_study):
     # the pairs the runs' configs name, train and held-out, cover every pair they recorded
     assert set(tables.pairs.split) == {"train", "heldout"}
     assert set(tables.records.pair_id) | set(tables.evals.pair_id) <= set(tables.pairs.pair_id)
-    assert tables.heldout_or_records is tables.evals
     # a list of run folders, or one run folder, reads the study.json beside them
     some = load_tables([root / "runs" / "sft-s0", root / "runs" / "dpo-s1"])
-    assert some.labels == ["dpo", "sft"] and some.audit is not None
+    assert some.labels == ["sft", "dpo"] and some.audit is not None
     assert load_tables(root / "runs" / "sft-s1").labels == ["sft"]
     # labels the study does not list come last, in the order they first appear
     records = tables.records.assign(label=tables.records.label.replace({"dpo": "dpo-2"}))
@@ -153,19 +119,17 @@ def test_default_study_defines_every_required_objective_and_profile():
     assert cpu.shared["trainable_blocks"] == 4 and gpu.shared.get("trainable_blocks") is None
 
 
-def test_a_sweep_runs_every_label_at_every_learning_rate(tmp_path):
-    path = tmp_path / "sweep.toml"
-    path.write_text(TINY_STUDY + 'lrs = [1e-4, 1e-3]\nlabels = ["dpo", "sft"]\n')
-    study = load_study(path, profile="cpu", overrides={"data": "data/heldout", "model": None})
+def test_a_sweep_runs_every_label_at_every_learning_rate(tiny_profile):
+    study = tiny_profile(labels=["sft", "dpo"], lrs=[1e-4, 1e-3], data="data/heldout",
+                         model=None)
     assert [c.run_id for c in study.configs()][:4] == [
-        "dpo-lr0.0001-s0", "sft-lr0.0001-s0", "dpo-lr0.001-s0", "sft-lr0.001-s0"]
+        "sft-lr0.0001-s0", "dpo-lr0.0001-s0", "sft-lr0.001-s0", "dpo-lr0.001-s0"]
     assert {c.lr for c in study.configs()} == {1e-4, 1e-3}
     assert {c.data for c in study.configs()} == {"data/heldout"} and study.shared["model"] == "tiny"
-    for bad, match in (("lrs = []", "lrs"), ("lrs = [1e-3, 1e-3]", "distinct"),
-                       ("lrs = [0.0]", "> 0"), ('labels = ["nope"]', "labels")):
-        path.write_text(TINY_STUDY + bad + "\n")
+    for bad, match in (({"lrs": []}, "lrs"), ({"lrs": [1e-3, 1e-3]}, "distinct"),
+                       ({"lrs": [0.0]}, "> 0"), ({"labels": ["nope"]}, "labels")):
         with pytest.raises(ConfigError, match=match):
-            load_study(path, profile="cpu")
+            tiny_profile(**{"labels": ["dpo"], **bad})
 
 
 def test_committed_report_regenerates_from_committed_runs(tmp_path):

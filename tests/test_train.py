@@ -5,29 +5,30 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from prefstudy.columns import SchemaError
 from prefstudy.config import ConfigError, TrainConfig, load_config
-from prefstudy.records import RunError, SchemaError, load_run, load_table, read_meta, runs_summary
+from prefstudy.paths import REPO
+from prefstudy.records import RunError, load_run, load_table, read_meta, runs_summary
 from prefstudy.train import batch_indices, train
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.toml"
 PREFSTUDY = [sys.executable, "-m", "prefstudy.cli"]
 LOSSES = ["loss_p", "loss_n", "nll_sum_p", "nll_sum_n", "gap", "margin", "pair_loss"]
 
 
-def tiny(tmp_path, **overrides):
+def tiny_config(tmp_path, **overrides):
+    """configs/tiny.toml with `overrides`, its run folder in tmp_path."""
     return load_config(TINY, output=str(tmp_path), **overrides)
 
 
 def test_tiny_run_writes_every_pair_every_step(tmp_path):
-    run = train(tiny(tmp_path, grad_stats=True), progress=False)
+    run = train(tiny_config(tmp_path, grad_stats=True), progress=False)
     rec = load_run(run)
     cfg = json.loads((run / "config.json").read_text())
     assert read_meta(run)["status"] == "completed"
@@ -47,15 +48,15 @@ def test_tiny_run_writes_every_pair_every_step(tmp_path):
 
 
 def test_same_config_and_seed_give_identical_records(tmp_path):
-    a = load_run(train(tiny(tmp_path / "a", objective="dpo", params={}), progress=False))
-    b = load_run(train(tiny(tmp_path / "b", objective="dpo", params={}), progress=False))
+    a = load_run(train(tiny_config(tmp_path / "a", objective="dpo", params={}), progress=False))
+    b = load_run(train(tiny_config(tmp_path / "b", objective="dpo", params={}), progress=False))
     pd.testing.assert_frame_equal(a[["step", "pair_id", *LOSSES]], b[["step", "pair_id", *LOSSES]])
-    c = load_run(train(tiny(tmp_path / "c", objective="dpo", params={}, seed=1), progress=False))
+    c = load_run(train(tiny_config(tmp_path / "c", objective="dpo", params={}, seed=1), progress=False))
     assert a.pair_id.tolist() != c.pair_id.tolist()
 
 
 def test_reference_is_the_starting_model(tmp_path):
-    rec = load_run(train(tiny(tmp_path, objective="dpo", params={}), progress=False))
+    rec = load_run(train(tiny_config(tmp_path, objective="dpo", params={}), progress=False))
     first = rec[rec.step == 1]
     # before the first update the policy is the reference: DPO margin 0, loss log 2
     assert (first.nll_sum_p + first.ref_logp_p).abs().max() < 1e-4
@@ -82,7 +83,7 @@ def test_diverging_run_stops_cleanly_and_keeps_records(tmp_path, monkeypatch):
 
     blows_up_at_step_4.calls = 0
     monkeypatch.setattr(step, "compute", blows_up_at_step_4)
-    cfg = tiny(tmp_path, n_heldout=0)  # no held-out forward passes: call 4 is step 4
+    cfg = tiny_config(tmp_path, n_heldout=0)  # no held-out forward passes: call 4 is step 4
     run = train(cfg, progress=False)
     meta = read_meta(run)
     assert meta["status"] == "diverged" and meta["diverged_step"] == 4
@@ -109,15 +110,15 @@ def test_bad_config_fails_before_any_model_is_loaded(tmp_path, monkeypatch):
 
 
 def test_other_schema_version_is_refused(tmp_path):
-    run = train(tiny(tmp_path, steps=1, n_heldout=0, n_neutral=0, n_probes=0), progress=False)
+    run = train(tiny_config(tmp_path, steps=1, n_heldout=0, n_neutral=0, n_probes=0), progress=False)
     meta = json.loads((run / "meta.json").read_text())
     (run / "meta.json").write_text(json.dumps({**meta, "schema_version": 99}))
-    with pytest.raises(SchemaError, match="schema version 99; this prefstudy reads version 1"):
+    with pytest.raises(SchemaError, match=r"schema version 99; this prefstudy reads versions \[1, 2\]"):
         load_run(run)
 
 
 def test_existing_run_is_not_overwritten(tmp_path):
-    cfg = tiny(tmp_path, steps=1, n_heldout=0, n_neutral=0, n_probes=0)
+    cfg = tiny_config(tmp_path, steps=1, n_heldout=0, n_neutral=0, n_probes=0)
     train(cfg, progress=False)
     with pytest.raises(RunError, match="the run exists; pass resume=True \\(--resume\\)"):
         train(cfg, progress=False)
@@ -241,7 +242,7 @@ def test_start_evaluations_are_cached_and_equal_a_fresh_computation(tmp_path, mo
 
     for module in (ev, step):  # empty caches
         monkeypatch.setattr(module, "cache_dir", lambda: tmp_path / "cache")
-    first = train(tiny(tmp_path / "a", objective="dpo", params={}), progress=False)
+    first = train(tiny_config(tmp_path / "a", objective="dpo", params={}), progress=False)
     assert len(list((tmp_path / "cache" / "start").glob("*.parquet"))) == 2
 
     def never(*args, **kwargs):
@@ -253,8 +254,8 @@ def test_start_evaluations_are_cached_and_equal_a_fresh_computation(tmp_path, mo
         m.setattr(ev, "generate", never)
         m.setattr(step, "token_logps", never)  # held-out log-probs: the reference cache
         with pytest.raises(AssertionError, match="evaluated again"):
-            train(tiny(tmp_path / "b", objective="sft", params={}, steps=1), progress=False)
-    cfg = tiny(tmp_path / "c", objective="sft", params={}).resolved()
+            train(tiny_config(tmp_path / "b", objective="sft", params={}, steps=1), progress=False)
+    cfg = tiny_config(tmp_path / "c", objective="sft", params={}).resolved()
     second = train(cfg, progress=False)
 
     model, tok = load_model(cfg.model, device="cpu", seed=cfg.model_seed)
@@ -283,7 +284,7 @@ def test_pair_records_is_the_schema_in_order_and_derives_the_losses():
 
     df = pair_records(["a", "b"], logp_p=torch.tensor([-3.0, -4.0]), logp_n=[-10.0, -2.0],
                       len_p=torch.tensor([2, 4]), len_n=[5, 1], run_id="r", objective="dpo",
-                      norm="", seed=0, step=1, lr=1e-5)
+                      norm="", seed=0, step=1, step_lr=1e-5)
     assert list(df.columns) == list(RECORD_COLUMNS)
     assert df.loss_p.tolist() == [1.5, 1.0] and df.gap.tolist() == [0.5, 1.0]
     assert df.len_p.dtype == "int64" and df.step.dtype == "int64" and df.margin.isna().all()

@@ -2,17 +2,17 @@
 
 import base64
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from prefstudy import widgets as W
-from prefstudy.records import SchemaError, load_runs
+from prefstudy.columns import SchemaError
+from prefstudy.paths import in_repo
+from prefstudy.records import load_runs
 
-REPO = Path(__file__).resolve().parent.parent
-COMMITTED = REPO / "reports" / "runs"
+COMMITTED = in_repo("reports", "runs")
 
 
 def _png(output) -> bytes:

@@ -2,7 +2,6 @@
 tiny run's recorded pair losses equal the unweighted loss times weights computed by hand."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +11,12 @@ from prefstudy.config import ConfigError, TrainConfig, check, load_config
 from prefstudy.data import PreferencePair
 from prefstudy.encode import collate, encode_pairs
 from prefstudy.objectives import OBJECTIVES
+from prefstudy.paths import in_repo
 from prefstudy.records import load_run, load_table, read_meta
 from prefstudy.step import forward
 from prefstudy.train import train
 
-TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.toml"
+TINY = in_repo("configs", "tiny.toml")
 
 BATCH_LEVEL = [name for name, o in OBJECTIVES.items() if o.batch_level]
 
