@@ -6,6 +6,7 @@ Not part of the library. Every script imports this as `_common` (scripts are run
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -91,6 +92,18 @@ def print_environment(env: dict) -> None:
 # --------------------------------------------------------------------------- options and workers
 
 MODEL_OPTIONS = ("model", "device", "dtype", "batch_size", "max_length", "max_prompt_length")
+
+
+def parser(doc: str, *, model: bool = True, blocks: str | None = None) -> argparse.ArgumentParser:
+    """A script's argument parser, described by the first paragraph of its docstring `doc`: with
+    the model and batch options (`add_model_args`) unless `model` is False, and with
+    `--trainable-blocks` (`add_blocks_arg`) defaulting to `blocks` where it is given."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if model:
+        add_model_args(p)
+    if blocks is not None:
+        add_blocks_arg(p, blocks)
+    return p
 
 
 def add_model_args(p) -> None:

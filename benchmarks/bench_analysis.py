@@ -42,7 +42,7 @@ REFERENCE = {"dpo", "book_dpo", "ipo", "rdpo", "ld_dpo", "dpop", "rpo"}
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__, model=False)
     p.add_argument("--rows", type=int, default=10_000_000, help="training records in all")
     p.add_argument("--labels", type=int, default=13, help=f"≤ {len(LABELS)} configurations")
     p.add_argument("--seeds", type=int, default=3)
@@ -184,7 +184,7 @@ def report_worker(runs_dir: str, out_dir: str) -> None:
     """What build_report does, section by section, each timed and printed as it ends (so a
     section that does not end within the limit is named). length_section, the one with the
     bootstrap, runs last so the others are measured whatever happens to it."""
-    from prefstudy import plots, report
+    from prefstudy import report, theme
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,7 @@ def report_worker(runs_dir: str, out_dir: str) -> None:
 
     tables = timed("load_tables", lambda: report.load_tables(runs_dir))
     order = tables.labels
-    plots.set_style(order)
+    theme.set_style(order)
     timed("provenance", lambda: report.provenance(tables))
     timed("summary_section", lambda: report.summary_section(tables, order))
     timed("noise_section", lambda: report.noise_section(tables, out, order))
@@ -248,10 +248,9 @@ def main(argv=None):
     if args.report_worker:
         report_worker(*args.report_worker.split("|"))
         return
-    import pandas as pd
 
     from prefstudy import diagnostics as dg
-    from prefstudy.data import load_pairs
+    from prefstudy.progress import collapse_onsets
     from prefstudy.records import load_runs
 
     env = C.environment("cpu")
@@ -277,9 +276,6 @@ def main(argv=None):
     steps = measure("load_runs(steps)", lambda: load_runs(root, "steps"), args, rows)
     evals = measure("load_runs(evals)", lambda: load_runs(root, "evals"), args, rows)
     ppl = measure("load_runs(perplexity)", lambda: load_runs(root, "perplexity"), args, rows)
-    pairs = load_pairs(C.REPO / "data" / "pairs").to_frame()
-    held = load_pairs(C.REPO / "data" / "heldout").to_frame()
-    all_pairs = pd.concat([pairs, held], ignore_index=True)
     print(f"# records frame: {len(records):,} rows, "
           f"{records.memory_usage(deep=True).sum() / 2**30:.2f} GiB", flush=True)
 
@@ -293,11 +289,7 @@ def main(argv=None):
     measure("variance_by_length_bin(gaps)", lambda: dg.variance_by_length_bin(gaps), args, rows)
     measure("gradient_noise(records, steps)", lambda: dg.gradient_noise(records, steps), args,
             rows)
-    measure("collapse(records, perplexity)", lambda: dg.collapse(records, ppl), args, rows)
-    measure("displacement(records)", lambda: dg.displacement(records), args, rows)
-    measure("displacement(evals, pairs)", lambda: dg.displacement(evals, all_pairs), args, rows)
-    measure("summary_table(records, evals, perplexity, steps, pairs)",
-            lambda: dg.summary_table(records, evals, ppl, steps, all_pairs), args, rows)
+    measure("collapse_onsets(evals)", lambda: collapse_onsets(evals), args, rows)
     gaps = None  # frees the long frame before the report process starts
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if args.report_timeout > 0:

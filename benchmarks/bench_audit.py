@@ -10,7 +10,8 @@ shared sequence once, as it always does); every rejected answer is a new sequenc
 scoring with a prompt and its responses packed into one row against one row per sequence (the
 same log-probs).
 
-    python benchmarks/bench_audit.py --pairs 1000 --max-response 256 --json results/audit.json
+    python benchmarks/bench_audit.py --pairs 1000 --max-response 256 \
+        --json benchmarks/results/audit-cpu-float32.json
 
 `--save DIR` writes the audit (page, tables); `--diff A B` compares two saved audits (e.g. float32
 and bfloat16: per-pair differences, accuracy counts, the headline statistics) and exits.
@@ -18,7 +19,6 @@ and bfloat16: per-pair differences, accuracy counts, the headline statistics) an
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
 
@@ -26,7 +26,7 @@ import _common as C
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__, model=False)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
@@ -48,8 +48,9 @@ def parse(argv=None):
 def workload(tokenizer, n: int, max_response: int):
     """(pairs, what they are): bundled pairs, then ×2-rejected variants, each response ≤
     max_response tokens."""
-    from prefstudy.data import PairSet, data_dir, length_variants, load_pairs
+    from prefstudy.data import PairSet, data_dir, load_pairs
     from prefstudy.scoring import encode_for_scoring, length_table
+    from prefstudy.variants import length_variants
 
     train, heldout = load_pairs(data_dir() / "pairs"), load_pairs(data_dir() / "heldout")
     with warnings.catch_warnings():

@@ -15,13 +15,12 @@ study shares (reference log-probs, the starting model's evaluations):
 and reports the wall time of `train()` of each and the largest difference between the uncached
 and cached runs' per-pair training losses.
 
-    python benchmarks/bench_frozen_cache.py --steps 12 --eval-every 6
+    python benchmarks/bench_frozen_cache.py --steps 8 --eval-every 4 \
+        --json benchmarks/results/frozen-cache-cpu.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -46,10 +45,11 @@ def one_run(cache: bool, steps: int, eval_every: int, objective: str, out: Path)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__, model=False)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--eval-every", type=int, default=6)
     p.add_argument("--objective", default="dpo")
+    p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     env = C.environment("cpu")
     C.print_environment(env)
@@ -70,9 +70,8 @@ def main(argv=None) -> None:
     for name, r in runs.items():
         print(f"  {name:13} {r['seconds']:7.1f} s  ×{base['seconds'] / r['seconds']:.2f}")
     print(f"  largest per-pair loss difference from the uncached run: {diff:.2e} nats/token")
-    result = {"env": env, "args": vars(args), "max_loss_diff": diff,
-              "seconds": {name: r["seconds"] for name, r in runs.items()}}
-    (C.REPO / "benchmarks/results/frozen_cache.json").write_text(json.dumps(result, indent=2))
+    C.save_json(args.json, {"env": env, "args": vars(args), "max_loss_diff": diff,
+                            "seconds": {name: r["seconds"] for name, r in runs.items()}})
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ setting is timed `--repeats` times and the table gives the median.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import _common as C
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_model_args(p)
+    p = C.parser(__doc__)
     p.set_defaults(max_length=0, max_prompt_length=0)  # 0: nothing cut, as the audit's default
     p.add_argument("--pairs", type=int, default=256, help="the first N bundled pairs")
     C.add_blocks_arg(p, "4")

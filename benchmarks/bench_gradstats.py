@@ -19,16 +19,13 @@ interleaved, each `--repeats` times after one warm-up round; the table gives med
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import _common as C
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_model_args(p)
-    C.add_blocks_arg(p, "4,all")
+    p = C.parser(__doc__, blocks="4,all")
     p.add_argument("--variants", default="plain,gradstats,naive,per-pair")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--float64", action="store_true",

@@ -43,8 +43,7 @@ DEFAULT_CHUNK = "auto"  # token_logps's default chunk_tokens (None: from the voc
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_model_args(p)
+    p = C.parser(__doc__)
     p.add_argument("--scopes", default=",".join(SCOPES))
     p.add_argument("--chunks", default=f"{DEFAULT_CHUNK},256",
                    help="chunk_tokens values of token_logps to measure, 'auto' for its default "

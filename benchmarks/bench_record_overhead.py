@@ -29,8 +29,7 @@ import _common as C
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_model_args(p)
+    p = C.parser(__doc__)
     p.add_argument("--trainable-blocks", type=int, default=None, help="top k blocks; default all")
     p.add_argument("--objective", default="dpo")
     p.add_argument("--warmup", type=int, default=2)

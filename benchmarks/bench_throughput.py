@@ -59,8 +59,7 @@ DEFAULT_VARIANTS = ["prefstudy", "trl-default", "trl-precompute", "trl-default-n
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_model_args(p)
+    p = C.parser(__doc__)
     p.add_argument("--trainable-blocks", type=int, default=None, help="top k blocks; default all")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first, in every process")
     p.add_argument("--steps", type=int, default=8, help="timed steps per process")

@@ -7,7 +7,7 @@ Per training batch (B pairs, DPO β = 0.1 with cached reference log-probs, as tr
          and the loss is multiplied by the WPO weights;
 - head   the output head alone: the response positions' last hidden states are computed once
          without gradients and handed in as a leaf that requires grad; timed is the chunked head
-         (prefstudy.logprobs._head_logps: the logits, log-probs and, on, log Σ_v p_v²) and its
+         (prefstudy.logprobs.head_logps: the logits, log-probs and, on, log Σ_v p_v²) and its
          backward to the hidden states (and the head weight where it is trained);
 - head-fwd  the same head forward only, without gradients (the reference pass, held-out
          evaluation): on − off is the extra work itself, what every step pays for the weights.
@@ -29,7 +29,6 @@ operator and the timings swing several-fold; one thread gives steadier ratios.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -40,9 +39,7 @@ VARIANTS = ("off", "on")
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_model_args(p)
-    C.add_blocks_arg(p, "4,all")
+    p = C.parser(__doc__, blocks="4,all")
     p.add_argument("--scopes", default="head-fwd,head,step")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -65,7 +62,7 @@ def workloads(model, batch, cfg, ref):
     """{(scope, variant): a function doing one forward + backward}."""
     import torch
 
-    from prefstudy.logprobs import CHUNK_LOGITS, _head_logps
+    from prefstudy.logprobs import CHUNK_LOGITS, head_logps
     from prefstudy.step import forward
 
     head = model.get_output_embeddings()
@@ -90,12 +87,13 @@ def workloads(model, batch, cfg, ref):
 
     def head_only(variant):
         zero()
-        logps, _ = _head_logps(h, targets, head, chunk, variant == "on")
+        logps, _ = head_logps(h, targets, head.weight, head.bias, chunk=chunk,
+                              sum_sq=variant == "on")
         logps.sum().backward()
 
     @torch.no_grad()
     def head_forward(variant):
-        _head_logps(h, targets, head, chunk, variant == "on")
+        head_logps(h, targets, head.weight, head.bias, chunk=chunk, sum_sq=variant == "on")
 
     fns = {"step": step, "head": head_only, "head-fwd": head_forward}
     return ({(scope, v): (lambda fn=fn, v=v: fn(v)) for scope, fn in fns.items()

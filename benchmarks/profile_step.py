@@ -27,9 +27,8 @@ import _common as C
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__)
     p.add_argument("--side", default="prefstudy")
-    C.add_model_args(p)
     p.add_argument("--trainable-blocks", type=int, default=None)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
