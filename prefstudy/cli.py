@@ -37,18 +37,28 @@ def _demo(args) -> int:
 
 
 def _train(args) -> int:
-    from .config import TrainConfig, load_config
+    import os
+
+    from .config import ConfigError, check, describe, from_dict, load_config
     from .records import read_meta
     from .train import train
 
-    overrides = {"objective": args.objective, "seed": args.seed, "device": args.device,
-                 "steps": args.steps, "output": args.output, "run_id": args.run_id}
+    overrides = {**dict(_setting(s) for s in args.set or ()),
+                 **{k: v for k, v in vars(args).items() if k in TRAIN_FLAGS and v is not None}}
+    if overrides.get("heldout") == "none":
+        overrides["heldout"] = None  # no held-out evaluation
+    params = dict(_param(p) for p in args.param or ())
     if args.config:
-        cfg = load_config(args.config, **overrides)
-    else:
-        cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
-    if args.param:
-        cfg.params = {**cfg.params, **dict(_param(p) for p in args.param)}
+        cfg = load_config(args.config, extra_params=params, **overrides)
+    else:  # TrainConfig's defaults, as the line below says: the tiny random model unless --model
+        cfg = from_dict({**overrides, "params": params}, "the command's flags")
+        try:
+            check(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"the command's flags (no --config): {e}") from None
+    cfg = cfg.resolved()
+    if os.environ.get("RANK", "0") == "0":  # one line, also under `accelerate launch`
+        print(describe(cfg), flush=True)
     run = train(cfg, resume=args.resume, progress=not args.quiet)
     meta = read_meta(run)
     print(f"{run}: {meta['status']}" + (f" at step {meta['diverged_step']} ({meta['reason']})"
@@ -56,31 +66,54 @@ def _train(args) -> int:
     return 0
 
 
-def _param(text: str) -> tuple[str, object]:
+# `prefstudy train` flags that set the TrainConfig field of the same name (dest).
+TRAIN_FLAGS = ("objective", "model", "data", "heldout", "lr", "steps", "batch_size", "max_pairs",
+               "eval_every", "seed", "device", "output", "run_id")
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """--set FIELD=VALUE: any TrainConfig field, VALUE read as TOML (as `_param`)."""
+    return _param(text, flag="--set")
+
+
+def _param(text: str, flag: str = "--param") -> tuple[str, object]:
     """NAME=VALUE with VALUE read as TOML (numbers, true/false, quoted or bare strings)."""
     import tomllib
 
+    from .config import ConfigError
+
     name, sep, value = text.partition("=")
-    if not sep:
-        raise SystemExit(f"prefstudy train: --param {text!r}: expected NAME=VALUE")
+    if not sep or not name.strip():
+        raise ConfigError(f"{flag} {text[:80]!r}: expected NAME=VALUE")
     try:
         return name.strip(), tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return name.strip(), value
 
 
 def _runs(args) -> int:
     import pandas as pd
 
-    from .records import runs_summary
+    from .config import TrainConfig
+    from .records import run_folders, runs_summary
 
-    table = runs_summary(args.root)
-    if table.empty:
-        print(f"no runs in {args.root or 'the committed study runs'}")
+    root = Path(args.root or TrainConfig.output)
+    where = f"{root}/" + ("" if args.root else " (where `prefstudy train` writes; the committed "
+                          "study: prefstudy runs reports/runs)")
+    if not root.is_dir() and not args.root:  # nothing trained here yet; a named folder must be
+        print(f"no runs in {where}: no such folder")
         return 0
-    with pd.option_context("display.width", 200, "display.max_columns", 20,
-                           "display.float_format", "{:.3f}".format):
-        print(table.drop(columns="path").to_string(index=False))
+    table = runs_summary(root)
+    studies = [f"{p}/ ({len(run_folders(p))} runs)" for p in sorted(root.iterdir())
+               if p.is_dir() and not (p / "meta.json").exists() and any(p.glob("*/meta.json"))]
+    print(f"{len(table)} run(s) in {where}" + (":" if len(table) else ""))
+    if len(table):
+        table["lr"] = [f"{v:g}" if isinstance(v, (int, float)) else "" for v in table["lr"]]
+        with pd.option_context("display.width", 200, "display.max_columns", 20,
+                               "display.float_format", "{:.3f}".format):
+            print(table.drop(columns="path").to_string(index=False))
+    if studies:
+        print(f"studies' runs, in their own folders (prefstudy runs FOLDER): {', '.join(studies)}")
     return 0
 
 
@@ -94,19 +127,38 @@ def _data_stats(args) -> int:
 def _study(args) -> int:
     import time
 
-    from .report import build_report
-    from .study import describe, load_study, run_study
+    from tqdm.auto import tqdm
 
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    from .records import read_meta
+    from .report import build_report
+    from .study import describe, load_study, pending, run_study
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds[:80]!r}: expected whole numbers separated by "
+                         "commas, e.g. 0,1,2") from None
     study = load_study(args.config, profile=args.profile, seeds=seeds, output=args.output,
                        overrides={"data": args.data, "heldout": args.heldout,
                                   "model": args.model})
     print(describe(study), flush=True)
+    todo, total = len(pending(study)), len(study.configs())
+    print(f"{total - todo} of {total} runs done already, {todo} to train", flush=True)
     started = time.time()
-    run_study(study, progress=not args.quiet)
-    page = build_report(study.output, args.report or study.output / "report")
-    print(f"trained in {time.time() - started:.0f} s; report: {page}")
+
+    def ran(i: int, n: int, folder: Path) -> None:  # beside the progress bars, or alone
+        tqdm.write(f"[{i}/{n}] {folder.name}: {read_meta(folder)['status']} "
+                   f"({_minutes(time.time() - started)} elapsed)")
+
+    run_study(study, progress=not args.quiet, on_run=ran)
+    page = build_report(study.output, args.report or study.output / "report",
+                        progress=not args.quiet)
+    print(f"done in {_minutes(time.time() - started)}; report: {page}")
     return 0
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
 
 
 def _objectives(args) -> int:
@@ -161,7 +213,8 @@ def _report(args) -> int:
     from .report import build_report
 
     before = Path(args.readme).read_text() if args.readme else None
-    print(build_report(args.runs, args.out, readme=args.readme))
+    print(build_report(args.runs, args.out, readme=args.readme, force=args.force,
+                       progress=not args.quiet))
     if args.readme:
         changed = Path(args.readme).read_text() != before
         print(f"{args.readme}: findings {'regenerated' if changed else 'unchanged'}")
@@ -170,37 +223,70 @@ def _report(args) -> int:
 
 def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="score a few bundled pairs with the real model")
-    demo.add_argument("--model", default="smollm2-135m-instruct")
+    demo.add_argument("--model", default="smollm2-135m-instruct",
+                      help="preset, Hugging Face id or local path (default: %(default)s)")
     demo.add_argument("--data", default=None, help="pairs file or folder (default: bundled)")
     demo.add_argument("--pairs", type=int, default=4, help="pairs per language")
-    demo.add_argument("--device", default="auto")
+    demo.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu, "
+                      "cuda, cuda:1, mps")
     demo.set_defaults(func=_demo)
 
 
 def _add_train(sub) -> None:
-    from .objectives import OBJECTIVES
+    from .config import TrainConfig
 
-    train = sub.add_parser("train", help="train one run, writing per-pair records",
-                           description="Train under a config (TOML); flags override its fields.")
-    train.add_argument("--config", help="TOML config, e.g. configs/tiny.toml")
-    train.add_argument("--objective", choices=list(OBJECTIVES), metavar="NAME",
-                       help="one of: " + ", ".join(OBJECTIVES))
+    train = sub.add_parser(
+        "train", help="train one run, writing per-pair records",
+        description="Train one run under a TOML config (e.g. configs/tiny.toml); flags override "
+        "its fields. Without --config, prefstudy's defaults (prefstudy.config.TrainConfig): the "
+        f"random tiny model on the bundled pairs, {TrainConfig.steps} steps, unless flags say "
+        "otherwise. The first "
+        "line printed says exactly what is trained and where it is written.")
+    train.add_argument("--config", help="TOML config, e.g. configs/tiny.toml (default: none, "
+                       "TrainConfig's defaults)")
+    train.add_argument("--objective", metavar="NAME",
+                       help="an objective of `prefstudy objectives` (e.g. naive, dpo, ipo), or "
+                       "TRL's loss_type with TRL's meaning and defaults: sigmoid (dpo), "
+                       "sigmoid_norm (book_dpo, both weights 1), or trl:NAME for any TRL "
+                       "loss_type; where prefstudy has TRL's name, prefstudy's meaning wins "
+                       "(ipo sums over tokens; trl:ipo averages, as TRL)")
     train.add_argument("--param", action="append", metavar="NAME=VALUE",
                        help="objective parameter, e.g. --param beta=0.2 (repeatable)")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--model", help="preset (tiny: random weights; smollm2-135m-instruct), "
+                       "Hugging Face id or local path")
+    train.add_argument("--data", help="training pairs: a JSONL / parquet / CSV file or folder")
+    train.add_argument("--heldout", help="held-out pairs evaluated during training, never "
+                       "trained on ('none': no held-out evaluation)")
+    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--steps", type=int, help="optimiser steps")
+    train.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
+                       help="pairs per optimiser step")
+    train.add_argument("--max-pairs", dest="max_pairs", type=int, metavar="N",
+                       help="a stratified sample of N training pairs (default: all)")
+    train.add_argument("--eval-every", dest="eval_every", type=int, metavar="N",
+                       help="evaluate every N steps (0: at the start and the end only)")
+    train.add_argument("--seed", type=int, help="data-order seed (the tiny model's weights "
+                       "use model_seed)")
+    train.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                       help="any other config field, e.g. --set trainable_blocks=4 (repeatable; "
+                       "the fields: prefstudy.config.TrainConfig)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    train.add_argument("--steps", type=int)
     train.add_argument("--output", help="folder the run folder goes in (default: runs)")
-    train.add_argument("--run-id", dest="run_id")
+    train.add_argument("--run-id", dest="run_id",
+                       help="the run folder's name (default: objective, lr and seed, e.g. "
+                       "naive-sum-lr0.001-s0, and a short hash of any other setting that "
+                       "differs from the defaults)")
     train.add_argument("--resume", action="store_true", help="continue a killed run")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
 
 def _add_runs(sub) -> None:
-    runs = sub.add_parser("runs", help="list runs: status, objective, steps, loss_p / loss_n")
+    runs = sub.add_parser("runs", help="list runs: status, objective, lr, seed, steps, "
+                          "loss_p / loss_n")
     runs.add_argument("root", nargs="?", default=None,
-                      help="folder of run folders (default: the committed study runs)")
+                      help="folder of run folders (default: runs, where `prefstudy train` "
+                      "writes; the committed study: reports/runs)")
     runs.set_defaults(func=_runs)
 
 
@@ -211,7 +297,8 @@ def _add_study(sub) -> None:
     study = sub.add_parser("study", help="train every objective of a study, then the report",
                            description="Train what is missing of a study (a killed study "
                            "resumes), then regenerate its report.")
-    study.add_argument("--config", default=str(resolve_path(DEFAULT_STUDY)))
+    study.add_argument("--config", default=str(resolve_path(DEFAULT_STUDY)),
+                       help=f"the study file (default: {DEFAULT_STUDY})")
     study.add_argument("--profile", help="a profile of the study file (cpu, cpu-full, gpu, "
                        "tiny); default: gpu when CUDA is available, else cpu")
     study.add_argument("--seeds", help="comma-separated, overriding the profile's")
@@ -222,7 +309,8 @@ def _add_study(sub) -> None:
                        "study's)")
     study.add_argument("--output", help="run folder (default: runs/<study>-<profile>)")
     study.add_argument("--report", help="report folder (default: <output>/report)")
-    study.add_argument("--quiet", action="store_true")
+    study.add_argument("--quiet", action="store_true",
+                       help="no per-step progress bars (one line per run remains)")
     study.set_defaults(func=_study)
 
 
@@ -234,11 +322,18 @@ def _add_objectives(sub) -> None:
 
 
 def _add_report(sub) -> None:
-    from .paths import resolve_path
-
-    report = sub.add_parser("report", help="regenerate every figure and the report page")
+    report = sub.add_parser("report", help="regenerate every figure and the report page",
+                            description="Regenerate a study's report (README.md, figures/ and "
+                            "report.json, which records the runs it was made from) from its "
+                            "runs. It is built in a temporary folder and moved into place when "
+                            "complete; a folder holding the report of other runs is refused "
+                            "unless --force.")
     report.add_argument("--runs", help="folder of runs (default: the committed runs, reports/runs)")
-    report.add_argument("--out", default=str(resolve_path("reports")), help="default: reports/")
+    report.add_argument("--out", help="folder for the report (default: <runs>/report, as "
+                        "`prefstudy study` writes it; reports/ for the committed runs)")
+    report.add_argument("--force", action="store_true",
+                        help="replace a report of other runs in --out")
+    report.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     report.add_argument("--readme", help="also regenerate the findings block of this README "
                         "(between <!-- findings:start --> and <!-- findings:end -->) from the "
                         "report's What-held section")
@@ -270,10 +365,14 @@ def _add_audit(sub) -> None:
     audit.add_argument("--gradient-pairs", type=int, metavar="N",
                        help="pairs whose gradients are taken (0 = all; default: "
                        "prefstudy.audit.GRADIENT_PAIRS, 64)")
-    audit.add_argument("--batch-size", type=int, default=8)
+    audit.add_argument("--batch-size", type=int, default=8,
+                       help="pairs scored per forward pass (default: %(default)s)")
     audit.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
-    audit.add_argument("--seed", type=int, default=0)
-    audit.add_argument("--device", default="auto")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the samples (--max-pairs, "
+                       "the dose-response and gradient pairs) and of the bootstrap "
+                       "(default: %(default)s)")
+    audit.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu, "
+                       "cuda, cuda:1, mps")
     audit.add_argument("--dtype", default="auto", help="auto (float32 on a CPU), float32, "
                        "bfloat16 (about twice as fast on a CPU with bf16 units; see "
                        "benchmarks/RESULTS.md for what it changes)")
@@ -304,9 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_LINE = 1000  # an error line is cut here, whatever a message holds
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
-    return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
+    text = text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
+    return text if len(text) <= MAX_LINE else text[:MAX_LINE - 1] + "…"
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:

@@ -1,7 +1,7 @@
 """Preference pairs: the `PreferencePair` type and the loaders that build it.
 
 Formats read (one JSON object per line, in UTF-8 with or without a byte-order mark, plain or
-gzip-compressed; a folder means every `*.jsonl` and `*.jsonl.gz` file in it, in name order):
+gzip-compressed; or one record per row of a parquet or CSV table):
 
 - plain:          {"prompt": str, "chosen": str, "rejected": str, "meta"?: {...}}
 - conversational: {"prompt"?: [msg], "chosen": [msg], "rejected": [msg]}, msg = {"role", "content"};
@@ -10,9 +10,15 @@ gzip-compressed; a folder means every `*.jsonl` and `*.jsonl.gz` file in it, in 
                   one-message sides is the user turn
 - Anthropic-HH:   {"chosen": str, "rejected": str} full transcripts with "\\n\\nHuman:" and
                   "\\n\\nAssistant:" turns; everything up to the last assistant turn is the prompt
-- a pandas DataFrame with those columns, one record per row (other columns become meta), and
-  through it parquet and CSV files and Hugging Face `datasets` (a Dataset, a `save_to_disk`
-  folder, a hub id): `load_any` reads every one of these
+- a pandas DataFrame with those columns, one record per row (a `meta` column of mappings or of
+  JSON objects as text, and every other column, become meta), and through it parquet and CSV
+  files and Hugging Face `datasets` (a Dataset, an IterableDataset read up to a bound, a
+  `save_to_disk` folder, a hub id): `load_any` reads every one of these
+
+A folder means every `*.jsonl`, `*.jsonl.gz`, `*.parquet`, `*.pq` and `*.csv` file in it, in name
+order; each of its other entries (a hidden file, a subfolder, another file, a FIFO, a device, a
+socket, a broken or looping symbolic link) is not opened and is listed in `PairSet.skipped` with
+the reason. A path that is not a regular file or folder is refused before it is opened.
 
 A record that is malformed (invalid JSON, JSON nested too deeply to read, a missing or
 non-string field, bytes that are not UTF-8) raises `DataError` naming the file, the line and the
@@ -20,18 +26,22 @@ field; so does a path that holds no records at all. A record that parses but can
 empty response, an HH transcript without an assistant turn or whose two sides do not share a
 prompt, text with a lone surrogate escape that no encoder can write, chosen identical to rejected,
 a duplicate) and an empty file in a folder are skipped, counted in `PairSet.skipped` with their
-line, and announced in one `SkippedPairsWarning`; `strict=True` raises instead.
+line, and announced in one `SkippedPairsWarning` (with the folder entries not read);
+`strict=True` raises instead (a folder's other entries are still only listed).
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
+import itertools
 import json
 import math
 import os
 import random
 import re
+import stat
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import PrefstudyError
-from .paths import in_repo
+from .paths import bundled
 
 ROLES = ("system", "user", "assistant")
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -56,7 +66,8 @@ class DataError(PrefstudyError):
 
 
 class SkippedPairsWarning(UserWarning):
-    """Some records parsed but could not serve as pairs; `PairSet.skipped` lists them."""
+    """Some records parsed but could not serve as pairs, or some entries of a folder were not
+    read; `PairSet.skipped` lists them (a folder entry with line None)."""
 
 
 @dataclass(frozen=True)
@@ -255,15 +266,33 @@ def _check_encodable(prompt: Prompt, chosen: str, rejected: str, meta: Mapping) 
 PARSERS = {"plain": _from_plain, "messages": _from_messages, "hh": _from_hh}
 
 
+def _meta(value: Any, where: str) -> dict:
+    """A record's meta as a dict: a mapping, a JSON object written as text (as a CSV cell holds
+    it), or a list of (key, value) pairs (a parquet map column); {} where it is missing.
+    DataError for anything else. Blank text is no meta, as a missing value is."""
+    if _is_missing(value) or (isinstance(value, str) and not value.strip()):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            raise DataError(f"{where}: field 'meta' must be a JSON object, got text that is not "
+                            f"JSON: {value!r:.80}") from None
+    elif isinstance(value, list) and all(isinstance(kv, list | tuple) and len(kv) == 2
+                                         for kv in value):
+        value = dict(value)
+    if not isinstance(value, Mapping):
+        raise DataError(f"{where}: field 'meta' must be an object, got {type(value).__name__}")
+    return dict(value)
+
+
 def parse_record(record: Any, where: str, fmt: str = "auto") -> PreferencePair:
     """One JSON record → a pair. Raises DataError (malformed) or UnusableRecord (skippable)."""
     if not isinstance(record, Mapping):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     fmt = _detect(record) if fmt == "auto" else fmt
     prompt, chosen, rejected = PARSERS[fmt](record, where)
-    meta = record.get("meta", {})
-    if not isinstance(meta, Mapping):
-        raise DataError(f"{where}: field 'meta' must be an object, got {type(meta).__name__}")
+    meta = _meta(record.get("meta"), where)
     if not chosen.strip() or not rejected.strip():
         raise UnusableRecord(f"empty {'chosen' if not chosen.strip() else 'rejected'} response")
     if isinstance(prompt, str) and not prompt.strip():
@@ -278,20 +307,76 @@ def parse_record(record: Any, where: str, fmt: str = "auto") -> PreferencePair:
 
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+PAIR_SUFFIXES = (*JSONL_SUFFIXES, *TABLE_SUFFIXES)  # the files a folder of pairs is read from
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+_SPECIAL = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"))
+
+
+def _not_readable(path: Path, *, folder_ok: bool = False) -> str | None:
+    """Why `path` cannot be read as a file (None if it can), found without opening it: missing,
+    a dangling symbolic link or a loop of them, a folder (unless `folder_ok`), a FIFO, a device
+    or a socket (which would block or never end)."""
+    try:
+        mode = path.stat().st_mode  # follows symbolic links
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"a symbolic link to {os.readlink(path)}, which does not exist"
+        return "no such file or folder"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a loop of symbolic links that never reaches a file"
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(mode) or (folder_ok and stat.S_ISDIR(mode)):
+        return None
+    kind = next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+    return f"{kind}, not a regular file: refused before opening"
+
+
+def _check_path(path: Path, *, folder_ok: bool = False) -> None:
+    """DataError naming `path` and why it cannot be read (`_not_readable`)."""
+    why = _not_readable(path, folder_ok=folder_ok)
+    if why is not None:
+        raise DataError(f"{path}: {why}")
+
+
+def _reads(name: str, suffixes: tuple[str, ...]) -> bool:
+    return name.lower().endswith(suffixes)
+
+
+def _folder(path: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], list[Skipped]]:
+    """The files of a folder that are read (regular files whose names end in `suffixes`, in name
+    order) and a Skipped entry, with its reason, for every other entry: hidden files and folders,
+    subfolders, other files, and what is not a regular file (never opened)."""
+    files, skipped = [], []
+    for entry in sorted(path.iterdir()):
+        why = _not_readable(entry)
+        if entry.name.startswith("."):
+            why = f"hidden {'folder' if entry.is_dir() else 'file'}: not read"
+        elif why is not None and entry.is_dir():
+            why = "a subfolder: not read (load it on its own)"
+        elif why is None and not _reads(entry.name, suffixes):
+            why = f"not read: only {', '.join(f'*{s}' for s in suffixes)} files are"
+        if why is None:
+            files.append(entry)
+        else:
+            skipped.append(Skipped(str(entry), None, why))
+    return files, skipped
+
+
 def _jsonl_files(path: Path) -> list[Path]:
+    """The JSONL files at `path` (a file, or the JSONL files of a folder); the special files
+    and loops `_not_readable` names are refused before they are opened."""
+    _check_path(path, folder_ok=True)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.name.endswith(JSONL_SUFFIXES))
+        files, _ = _folder(path, JSONL_SUFFIXES)
         if not files:
             raise DataError(f"{path}: folder holds no *.jsonl or *.jsonl.gz file")
         return files
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if not path.is_file():
-        raise DataError(f"{path}: not a regular file")
     return [path]
 
 
@@ -347,8 +432,13 @@ EMPTY = object()  # what `_records` yields for a file without records
 
 
 def _collect(items: Iterable[tuple[str, int | None, Any]], fmt: str, strict: bool) -> PairSet:
+    """The pairs of (source, line, record) items; a `Skipped` item (a file a folder listing did
+    not read) is listed as it is, whatever `strict`."""
     pairs, skipped, seen = [], [], {}
     for source, line, record in items:
+        if isinstance(record, Skipped):
+            skipped.append(record)
+            continue
         where = f"{source}:{line}" if line is not None else source
         try:
             if record is EMPTY:
@@ -370,28 +460,63 @@ def _announce(pairs: PairSet) -> PairSet:
     """One SkippedPairsWarning listing what a load skipped (the first ten, and a count)."""
     skipped = pairs.skipped
     if skipped:
+        records = sum(s.line is not None for s in skipped)  # the others: a folder's entries
+        entries = len(skipped) - records
+        counts = ([f"{records} of {records + len(pairs)} records"] if records else []) + (
+            [f"{entries} folder entr{'ies' if entries > 1 else 'y'}"] if entries else [])
         shown = "; ".join(str(s) for s in skipped[:10])
         more = f" (and {len(skipped) - 10} more)" if len(skipped) > 10 else ""
-        warnings.warn(f"skipped {len(skipped)} of {len(skipped) + len(pairs)} records: "
-                      f"{shown}{more}", SkippedPairsWarning, stacklevel=3)
+        warnings.warn(f"skipped {' and '.join(counts)}: {shown}{more}", SkippedPairsWarning,
+                      stacklevel=3)
     return pairs
 
 
 def load_pairs(path: str | os.PathLike, *, format: str = "auto", strict: bool = False) -> PairSet:
-    """Load preference pairs from a JSONL file or a folder of them.
+    """Load preference pairs from a file or a folder of them.
 
-    format: "auto" (detect per record), "plain", "messages" or "hh".
+    path: a JSONL (or .jsonl.gz) file, a .parquet / .pq or .csv table (read as `pairs_from_frame`
+    reads a DataFrame), or a folder: every such file in it, in name order. Every other entry of
+    the folder (hidden files, subfolders, other files, FIFOs, devices, sockets, broken links) is
+    not opened and is listed in `PairSet.skipped` with the reason, as an empty file is. A path
+    that is not a regular file or folder is refused before it is opened.
+    format: "auto" (detect per record), "plain", "messages" or "hh", for every record read.
     strict: raise on records that parse but cannot serve, instead of skipping them.
     Returns a PairSet of PreferencePair(prompt, chosen, rejected, meta) in file and line order.
     """
     if format != "auto" and format not in PARSERS:
         raise ValueError(f"format={format!r}; allowed: 'auto', {', '.join(map(repr, PARSERS))}")
-    files = _jsonl_files(Path(path))
-    items = (item for f in files for item in _records(f))
+    path = Path(path)
+    _check_path(path, folder_ok=True)
+    files, not_read = _folder(path, PAIR_SUFFIXES) if path.is_dir() else ([path], [])
+    if not files:
+        names = ", ".join(Path(s.source).name for s in not_read[:10]) or "nothing"
+        raise DataError(f"{path}: folder holds no pairs file ({', '.join(PAIR_SUFFIXES)}); "
+                        f"it holds {names}")
+    items = itertools.chain(((s.source, None, s) for s in not_read),
+                            (item for f in files for item in _file_items(f)))
     pairs = _collect(items, format, strict)
-    if not pairs and all(s.reason == "empty file: no records" for s in pairs.skipped):
+    if not pairs and all(s.line is None for s in pairs.skipped):  # no record anywhere
         raise DataError(f"{path}: empty: no records")
     return _announce(pairs)
+
+
+def _file_items(path: Path) -> Iterator[tuple[str, Any, Any]]:
+    """(source, line or row, record) of one file: a table's rows, else a JSONL file's lines."""
+    if not _reads(path.name, tuple(TABLE_SUFFIXES)):
+        yield from _records(path)
+        return
+    frame = _read_table(path)
+    _check_columns(frame.columns, str(path))
+    if not len(frame):
+        yield str(path), None, EMPTY
+    yield from _row_items(((label, row.to_dict()) for label, row in frame.iterrows()), str(path))
+
+
+def _check_columns(columns, source: str) -> None:
+    missing = [c for c in ("chosen", "rejected") if c not in columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; columns present: "
+                        f"{list(columns)}")
 
 
 def pairs_from_frame(df: pd.DataFrame, *, strict: bool = False, source: str = "DataFrame") -> PairSet:
@@ -403,9 +528,7 @@ def pairs_from_frame(df: pd.DataFrame, *, strict: bool = False, source: str = "D
     lists). A `meta` column of mappings and every other column become meta; missing values
     (None, NaN) are left out. Rows are reported by their index label.
     """
-    missing = [c for c in ("chosen", "rejected") if c not in df.columns]
-    if missing:
-        raise DataError(f"{source}: missing column(s) {missing}; columns present: {list(df.columns)}")
+    _check_columns(df.columns, source)
     rows = ((label, row.to_dict()) for label, row in df.iterrows())
     return _announce(_collect(_row_items(rows, source), "auto", strict))
 
@@ -425,12 +548,12 @@ def _plain(value: Any) -> Any:
 def _row_items(rows: Iterable[tuple[Any, Mapping]], source: str
                ) -> Iterator[tuple[str, Any, dict]]:
     """(source, row label, record) for `_collect` from (label, {column: value}) rows: the text
-    columns as they are, meta = the row's `meta` mapping plus its other columns, missing values
-    (None, NaN, pandas NA) left out."""
+    columns as they are, meta = the row's `meta` (`_meta`: a mapping, or a JSON object as text)
+    plus its other columns, missing values (None, NaN, pandas NA) left out."""
     for label, row in rows:
         record = {k: _plain(row[k]) for k in ("prompt", "chosen", "rejected")
                   if k in row and not _is_missing(row[k])}
-        meta = dict(_plain(row["meta"])) if isinstance(row.get("meta"), Mapping) else {}
+        meta = _meta(_plain(row.get("meta")), f"{source} row:{label}")
         meta.update({c: _plain(v) for c, v in row.items()
                      if c not in ("prompt", "chosen", "rejected", "meta", "pair_id")})
         record["meta"] = {k: v for k, v in meta.items() if not _is_missing(v)}
@@ -443,7 +566,6 @@ def _is_missing(value: Any) -> bool:
 
 # --------------------------------------------------------------------------- any source
 
-TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 SAVED_DATASET = ("dataset_info.json", "state.json", "dataset_dict.json")  # save_to_disk's files
 
 
@@ -475,16 +597,46 @@ def _one_split(obj: Any, split: str | None, source: str):
     return obj[split]
 
 
+STREAM_MAX_ROWS = 100_000  # the most rows read from an IterableDataset unless max_rows says
+
+
 def pairs_from_dataset(dataset, *, split: str | None = None, strict: bool = False,
-                       source: str = "Dataset") -> PairSet:
-    """Pairs from a Hugging Face `datasets` Dataset (or one `split` of a DatasetDict): its rows
-    as `pairs_from_frame` reads a DataFrame's, reported by their row number."""
+                       source: str = "Dataset", max_rows: int | None = None) -> PairSet:
+    """Pairs from a Hugging Face `datasets` Dataset or IterableDataset (or one `split` of a
+    DatasetDict or IterableDatasetDict): its rows as `pairs_from_frame` reads a DataFrame's,
+    reported by their row number. max_rows: read at most this many rows (default: all).
+
+    An IterableDataset (a stream, possibly endless) is read up to a bound: its first `max_rows`
+    rows where given; otherwise all of it if it has at most STREAM_MAX_ROWS rows, else DataError
+    (pass max_rows, or a Dataset). A stream that fails while it is read is one DataError line.
+    """
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
+                                 or max_rows < 1):
+        raise ValueError(f"max_rows={max_rows!r} must be a whole number of at least 1")
     dataset = _one_split(dataset, split, source)
-    missing = [c for c in ("chosen", "rejected") if c not in dataset.column_names]
-    if missing:
-        raise DataError(f"{source}: missing column(s) {missing}; columns present: "
-                        f"{dataset.column_names}")
-    return _announce(_collect(_row_items(enumerate(dataset), source), "auto", strict))
+    if isinstance(dataset, _datasets().IterableDataset):
+        rows, columns = _stream(dataset, source, max_rows)
+    else:
+        rows, columns = enumerate(itertools.islice(dataset, max_rows)), dataset.column_names
+    _check_columns(columns, source)
+    return _announce(_collect(_row_items(rows, source), "auto", strict))
+
+
+def _stream(dataset, source: str, max_rows: int | None) -> tuple[list, list[str]]:
+    """The (row number, row) of an IterableDataset up to the bound `pairs_from_dataset` states,
+    and its columns (from its features, or its first row where they are unknown)."""
+    bound = max_rows or STREAM_MAX_ROWS
+    try:
+        rows = list(enumerate(itertools.islice(dataset, bound + (max_rows is None))))
+    except Exception as e:  # a stream that fails (offline, a broken generator): one line
+        raise DataError(f"{source}: the IterableDataset failed while it was read "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    if len(rows) > bound:
+        raise DataError(f"{source}: an IterableDataset with more than {bound} rows (it may be "
+                        f"endless); pass max_rows=N to read its first N rows, or a Dataset")
+    if not rows:
+        raise DataError(f"{source}: empty: the IterableDataset holds no rows")
+    return rows, list(dataset.column_names or rows[0][1])
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -502,21 +654,22 @@ def _read_table(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _load_path(path: Path, split: str | None, format: str, strict: bool) -> PairSet:
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_dir() and any((path / name).exists() for name in SAVED_DATASET):
-        return pairs_from_dataset(_datasets().load_from_disk(str(path)), split=split,
-                                  strict=strict, source=str(path))
-    tables = (sorted(p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
-              if path.is_dir() else [path] if path.suffix.lower() in TABLE_SUFFIXES else [])
-    if tables and not (path.is_dir() and any(path.glob("*.jsonl*"))):
-        frame = pd.concat([_read_table(t) for t in tables], ignore_index=True)
-        return pairs_from_frame(frame, strict=strict, source=str(path))
+def _load_path(path: Path, split: str | None, format: str, strict: bool,
+               max_rows: int | None) -> PairSet:
+    _check_path(path, folder_ok=True)
+    if path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET):
+        datasets = _datasets()
+        try:
+            saved = datasets.load_from_disk(str(path))
+        except Exception as e:  # a damaged or foreign save_to_disk folder: one line
+            raise DataError(f"{path}: a saved dataset (save_to_disk) that cannot be read "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+        return pairs_from_dataset(saved, split=split, strict=strict, source=str(path),
+                                  max_rows=max_rows)
     return load_pairs(path, format=format, strict=strict)
 
 
-def _load_hub(name: str, split: str | None, strict: bool) -> PairSet:
+def _load_hub(name: str, split: str | None, strict: bool, max_rows: int | None) -> PairSet:
     datasets = _datasets()
     try:
         loaded = datasets.load_dataset(name, split=split)
@@ -524,7 +677,7 @@ def _load_hub(name: str, split: str | None, strict: bool) -> PairSet:
         raise DataError(f"{name}: no such file or folder, and the Hugging Face hub dataset "
                         f"could not be loaded ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]})") from None
-    return pairs_from_dataset(loaded, split=split, strict=strict, source=name)
+    return pairs_from_dataset(loaded, split=split, strict=strict, source=name, max_rows=max_rows)
 
 
 def _unique(pairs: Sequence[PreferencePair]) -> PairSet:
@@ -542,20 +695,25 @@ def _unique(pairs: Sequence[PreferencePair]) -> PairSet:
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "name" or "owner/name"
 
 
+ACCEPTED = ("a path, a PairSet, a list of PreferencePair, a pandas DataFrame, or a `datasets` "
+            "Dataset, DatasetDict, IterableDataset or IterableDatasetDict")
+
+
 def load_any(source, *, split: str | None = None, format: str = "auto",
-             strict: bool = False) -> PairSet:
+             strict: bool = False, max_rows: int | None = None) -> PairSet:
     """Preference pairs from whatever holds them; one entry point for every format.
 
     source: a PairSet (returned as it is) or list of PreferencePair (repeats skipped, as a load
-    skips them); a pandas DataFrame
-    (`pairs_from_frame`); a `datasets` Dataset or DatasetDict (`pairs_from_dataset`); or a path:
-    a JSONL / .jsonl.gz file or folder of them (`load_pairs`: plain, conversational and HH
-    records), a .parquet or .csv file or a folder of them (read as a DataFrame), or a folder
-    written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`. A string that is no path
-    here but looks like "owner/name" is loaded from the Hugging Face hub
-    (`datasets.load_dataset`, which needs a network or a cached copy).
+    skips them); a pandas DataFrame (`pairs_from_frame`); a `datasets` Dataset, DatasetDict,
+    IterableDataset or IterableDatasetDict (`pairs_from_dataset`: a stream is read up to a
+    bound); or a path (`load_pairs`): a JSONL / .jsonl.gz, .parquet or .csv file, a folder of
+    them (every other entry listed as skipped), or a folder written by `Dataset.save_to_disk` /
+    `DatasetDict.save_to_disk`. A string that is no path here but looks like "owner/name" is
+    loaded from the Hugging Face hub (`datasets.load_dataset`, which needs a network or a cached
+    copy). Anything else is a TypeError; a path that is not a regular file or folder (a FIFO, a
+    device, a socket, a loop of symbolic links) a DataError, before it is opened.
     split: the split of a DatasetDict or hub dataset (default: the only one there is).
-    format, strict: as for `load_pairs` (format applies to JSONL only).
+    format, strict: as for `load_pairs`. max_rows: as for `pairs_from_dataset` (datasets only).
     Reading a dataset needs the optional `datasets` package (`pip install 'prefstudy[audit]'`).
     """
     if isinstance(source, PairSet):
@@ -565,14 +723,15 @@ def load_any(source, *, split: str | None = None, format: str = "auto",
     if isinstance(source, pd.DataFrame):
         return pairs_from_frame(source, strict=strict)
     if _is_dataset(source):
-        return pairs_from_dataset(source, split=split, strict=strict)
+        return pairs_from_dataset(source, split=split, strict=strict, max_rows=max_rows)
     if not isinstance(source, str | os.PathLike):
-        raise TypeError(f"load_any: cannot read pairs from a {type(source).__name__}")
+        raise TypeError(f"load_any: cannot read pairs from a {type(source).__name__}; it "
+                        f"reads {ACCEPTED}")
     path = Path(source)
     named_file = path.suffix.lower() in (*TABLE_SUFFIXES, ".jsonl", ".gz", ".json")
-    if path.exists() or named_file or not HUB_ID.match(str(source)):
-        return _load_path(path, split, format, strict)
-    return _load_hub(str(source), split, strict)
+    if os.path.lexists(path) or named_file or not HUB_ID.match(str(source)):
+        return _load_path(path, split, format, strict, max_rows)
+    return _load_hub(str(source), split, strict, max_rows)
 
 
 # --------------------------------------------------------------------------- samples
@@ -683,9 +842,9 @@ def text_facts(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def data_dir() -> Path:
-    """The bundled data folder (`$PREFSTUDY_DATA` overrides it)."""
+    """The bundled data folder, shipped inside the package (`$PREFSTUDY_DATA` overrides it)."""
     env = os.environ.get("PREFSTUDY_DATA")
-    return Path(env) if env else in_repo("data")
+    return Path(env) if env else bundled("data")
 
 
 def _string_records(path: Path, name: str) -> pd.DataFrame:

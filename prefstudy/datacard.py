@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .cache import write_atomic
 from .data import (
     PairSet,
     data_dir,
@@ -300,10 +301,13 @@ def replace_section(card: str, section: str) -> str:
 
 
 def write_card(path: str | Path | None = None, stats: dict[str, pd.DataFrame] | None = None) -> Path:
-    """Regenerate the statistics section of the card at `path` (default data/README.md)."""
+    """Regenerate the statistics section of the card at `path` (default data/README.md),
+    written under a temporary name and renamed into place (`cache.write_atomic`): an
+    interrupted write leaves the card as it was."""
     path = Path(path) if path is not None else card_path()
     section = render_card(stats if stats is not None else data_stats())
-    path.write_text(replace_section(path.read_text(encoding="utf-8"), section), encoding="utf-8")
+    card = replace_section(path.read_text(encoding="utf-8"), section)
+    write_atomic(path, lambda tmp: tmp.write_text(card, encoding="utf-8"))
     return path
 
 

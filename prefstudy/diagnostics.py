@@ -41,7 +41,10 @@ from .stats import (
     bootstrap_fit,
     finite_rows,
     fit_line,
+    fit_reason,
     groups_of,
+    interval_reason,
+    join_reasons,
     rank_codes,
     seed_interval,
 )
@@ -152,7 +155,8 @@ def length_effect(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
     (scipy.stats.bootstrap, `n_boot` resamples, seeded). The bootstrap resamples whole `unit`s
     (default: pairs, since one pair recurs at many steps and its rows are not independent); rows
     are resampled when `unit` is None or the frame has no such column. n_boot=0 skips it (NaN CIs).
-    Fewer than 3 rows, or a constant x, gives NaN statistics.
+    Fewer than 3 rows, or a constant x, gives NaN statistics; `reason` says why a number of the
+    row is undefined (`stats.fit_reason`, `stats.interval_reason`), '' where none is.
     spearman=False leaves ρ and its interval out (NaN): ranking is the costly part of a fit on
     millions of rows.
     Cost: each resample is scored from per-cluster sums (`stats.bootstrap_fit`), so it grows with
@@ -176,13 +180,32 @@ def length_effect(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
             levels = None if len(kept) <= EXACT_RANK_ROWS else RANK_LEVELS
             (rank_x, code_x), (rank_y, code_y) = rank_codes(xs, levels), rank_codes(ys, levels)
             ranks, codes = (rank_x, rank_y), (code_x, code_y)
-        rows.append({**key, "n": len(kept), "n_dropped": len(group) - len(kept),
-                     **fit_line(xs, ys, spearman=spearman, ranks=ranks),
-                     **bootstrap_fit(xs, ys, cluster, n_boot=n_boot, ci=ci, seed=seed,
-                                     spearman=spearman, codes=codes)})
+        fit = fit_line(xs, ys, spearman=spearman, ranks=ranks)
+        interval = bootstrap_fit(xs, ys, cluster, n_boot=n_boot if np.isfinite(fit["slope"])
+                                 else 0, ci=ci, seed=seed, spearman=spearman, codes=codes)
+        rows.append({**key, "n": len(kept), "n_dropped": len(group) - len(kept), **fit,
+                     **interval, "reason": _fit_row_reason(
+                         xs, ys, fit, interval, x=x, y=y, n_dropped=len(group) - len(kept),
+                         spearman=spearman, n_boot=n_boot,
+                         n_units=int(cluster.max()) + 1 if len(cluster) else len(kept),
+                         unit=unit if unit is not None and unit in kept.columns else None)})
     columns = [*by, "n", "n_dropped", "r2", "spearman", "slope", "intercept",
-               *(f"{s}{end}" for s in FIT_STATISTICS for end in ("_lo", "_hi"))]
+               *(f"{s}{end}" for s in FIT_STATISTICS for end in ("_lo", "_hi")), "reason"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _fit_row_reason(xs, ys, fit: dict, interval: dict, *, x: str, y: str, n_dropped: int,
+                    spearman: bool, n_boot: int, n_units: int, unit: str | None) -> str:
+    """Why a `length_effect` row has an undefined number: its fit's reason, else its interval's
+    (no resamples, too few units, or a predictor that does not vary within some resamples)."""
+    reason = fit_reason(xs, ys, x=x, y=y, n_dropped=n_dropped, spearman=spearman)
+    if not np.isfinite(fit["slope"]):
+        return reason
+    if not np.isfinite(interval["slope_lo"]):
+        reason = join_reasons(reason, interval_reason(n_units, n_boot, unit) or (
+            f"no interval: {x} does not vary within some bootstrap resamples (too few distinct "
+            "values)"))
+    return reason
 
 
 def variance_by_length_bin(frame: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",

@@ -9,15 +9,14 @@ model itself: their WPO weights need the policy's Σ_v p_v², which the referenc
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable
 
 import pandas as pd
 import torch
 
-from .cache import cached
+from . import fingerprint
+from .cache import cached, load_frame_entry, save_frame_entry
 from .config import TrainConfig
 from .encode import Encoded, collate, collate_sequences
 from .inputs import Inputs
@@ -87,26 +86,65 @@ def generate(model, tokenizer, probes: pd.DataFrame, device, step, max_new_token
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tokenizer.pad_token_id, use_cache=True)
     width = enc["input_ids"].shape[1]
+    ends = _end_ids(model, tokenizer)
     rows = []
     for i, row in probes.iterrows():
-        text = tokenizer.decode(out[i, width:], skip_special_tokens=True)
+        ids = out[i, width:].tolist()
+        text = decode_generated(tokenizer, ids, cut=not ends.intersection(ids))
         rows.append({"step": step, "probe_id": i, "lang": row.get("lang", ""),
                      "kind": row.get("kind", ""), "prompt": row.prompt, "text": text})
     return pd.DataFrame(rows)
 
 
-def at_start(kind: str, cfg: TrainConfig, device, inputs: dict,
+REPLACEMENT = "\ufffd"  # what a tokenizer decodes bytes that are not (yet) a character to
+
+
+def _end_ids(model, tokenizer) -> set[int]:
+    """The token ids that end a generation (the model's and the tokenizer's end of sequence)."""
+    ends = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ends = set(ends if isinstance(ends, list | tuple) else [ends])
+    return {int(t) for t in ends | {tokenizer.eos_token_id} if t is not None}
+
+
+def decode_generated(tokenizer, ids: list[int], *, cut: bool) -> str:
+    """The text of generated token ids; `cut`: the generation was stopped by max_new_tokens.
+
+    A stop can fall inside a character: byte-level tokenizers spell a CJK character or an emoji
+    as 2-4 byte tokens, and decoding its first bytes alone gives U+FFFD. That character is
+    dropped, never guessed: the text is that of the tokens before the ones holding the cut
+    character's bytes (at most 3, a character having at most 4), plus what those tokens decode
+    to before their trailing U+FFFD. The result is always a prefix of the plain decode. A U+FFFD
+    anywhere else, or in a generation that ended itself, is what the model wrote and stays.
+    """
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if not (cut and text.endswith(REPLACEMENT)):
+        return text
+    for drop in range(1, min(3, len(ids)) + 1):
+        head = tokenizer.decode(ids[:-drop], skip_special_tokens=True)
+        if not head.endswith(REPLACEMENT) and text.startswith(head):
+            return head + text[len(head):].rstrip(REPLACEMENT)
+    return text[:-1]
+
+
+# Part of the step-0 caches' key: raise it whenever what `perplexity` or `generate` computes
+# changes (how text is scored, decoded or cut), so that no entry computed the old way is reused.
+START_VERSION = 2
+
+
+def at_start(kind: str, model, tokenizer, device, inputs: dict,
              compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
     """`compute()` of the untrained starting model, cached on disk like the reference log-probs:
     every run of a study starts from the same model, so its step-0 perplexity and generations
-    are computed once. The key covers the model, its dtype, the device type and `inputs`."""
-    ident = {"kind": kind, "model": cfg.model,
-             "model_seed": cfg.model_seed if cfg.model == "tiny" else None, "dtype": cfg.dtype,
-             "device": torch.device(device).type, "inputs": inputs}
-    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
-    path = cache_dir() / "start" / f"{kind}-{key[:20]}.parquet"
-    return cached(path, compute, save=lambda df, p: df.to_parquet(p, index=False),
-                  load=pd.read_parquet)
+    are computed once. The key covers the model's content (prefstudy.fingerprint: its config and
+    weights, so its name, seed and dtype), its tokenizer's, the device type, `inputs` and
+    START_VERSION; an entry that is damaged or made for another key is computed again."""
+    key = fingerprint.digest({
+        "kind": kind, "version": START_VERSION, "model": fingerprint.model(model),
+        "tokenizer": fingerprint.tokenizer(tokenizer), "device": torch.device(device).type,
+        "inputs": inputs})
+    return cached(cache_dir() / "start" / f"{kind}-{key[:20]}.parquet", compute,
+                  save=lambda df, path: save_frame_entry(df, path, key),
+                  load=lambda path: load_frame_entry(path, key))
 
 
 def _has(table) -> bool:
@@ -129,13 +167,13 @@ def evaluate(writer: RunWriter, model, tokenizer, inputs: Inputs, cfg: TrainConf
             return perplexity(model, tokenizer, inputs.neutral, device, step)
         texts = {"texts": inputs.neutral.reset_index(drop=True).to_dict("records"),
                  "max_tokens": PPL_MAX_TOKENS}
-        writer.append("perplexity", at_start("perplexity", cfg, device, texts, ppl) if first
-                      else ppl(), step=step)
+        writer.append("perplexity", at_start("perplexity", model, tokenizer, device, texts, ppl)
+                      if first else ppl(), step=step)
     if _has(inputs.probes):
         def gen():
             return generate(model, tokenizer, inputs.probes, device, step, cfg.gen_max_new_tokens)
         probes = {"probes": inputs.probes.reset_index(drop=True).to_dict("records"),
                   "tokens": cfg.gen_max_new_tokens}
-        writer.append("generations", at_start("generations", cfg, device, probes, gen) if first
-                      else gen(), step=step)
+        writer.append("generations", at_start("generations", model, tokenizer, device, probes,
+                                              gen) if first else gen(), step=step)
     model.train()

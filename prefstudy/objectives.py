@@ -401,7 +401,8 @@ def sft(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
 
 
 @register("naive", family="likelihood", needs_reference=False,
-          source="the book this study follows: min_θ (loss_p − loss_n)", norm=_norm("sum"))
+          source="a textbook section on aligning language models with human preferences "
+          "(§2.10): min_θ (loss_p − loss_n)", norm=_norm("sum"))
 def naive(logps: PairLogps, *, norm: str) -> ObjectiveOutput:
     """The objective under study: loss = loss_p − loss_n = −agg(πc) + agg(πr).
 
@@ -472,7 +473,8 @@ def dpo(logps: PairLogps, *, beta: float, f_divergence: str, f_alpha: float) -> 
 
 
 @register("book_dpo", family="length-normalised", needs_reference=True,
-          source="the book this study follows (weighted DPO on token-mean cross-entropies)",
+          source="a textbook section on aligning language models with human preferences "
+          "(§2.10): weighted DPO on token-mean cross-entropies",
           trl='loss_type="sigmoid_norm" (with w_chosen = w_rejected = 1)',
           beta=_beta(),
           w_chosen=Param(0.8, low=0.0, help="weight w_c of the chosen reward"),
@@ -480,13 +482,14 @@ def dpo(logps: PairLogps, *, beta: float, f_divergence: str, f_alpha: float) -> 
           **F_DIVERGENCE)
 def book_dpo(logps: PairLogps, *, beta: float, w_chosen: float, w_rejected: float,
              f_divergence: str, f_alpha: float) -> ObjectiveOutput:
-    """The book's weighted DPO: loss = −log σ(β·(w_c·r_c − w_r·r_r)) on token-mean rewards.
+    """A textbook's weighted DPO: loss = −log σ(β·(w_c·r_c − w_r·r_r)) on token-mean rewards.
 
     r_c = CE_ref(y_c) − CE_pol(y_c) = mean(πc) − mean(rc), r_r = mean(πr) − mean(rr): how much
     better than the reference the policy predicts each response, per token. This is our reading
-    of the book's recipe (per pair, token-mean cross-entropies, weights on the two rewards); with
-    w_c = w_r = 1 it is DPO on token-mean log-ratios. Because w_c > w_r by default it rewards
-    raising the chosen likelihood more than lowering the rejected one.
+    of that textbook section's recipe (see `source`: per pair, token-mean cross-entropies,
+    weights on the two rewards); with w_c = w_r = 1 it is DPO on token-mean log-ratios. Because
+    w_c > w_r by default it rewards raising the chosen likelihood more than lowering the
+    rejected one.
     margin = β·(w_c·r_c − w_r·r_r). Rewards β·r_c, β·r_r (unweighted, comparable with DPO's).
     With an f-divergence, r = f′(t)/|y| from the summed log-ratio, as TRL's sigmoid_norm.
     Shape: (batch,) for every field.

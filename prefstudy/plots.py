@@ -31,6 +31,9 @@ the report and the notebooks call the same function.
 
 Nothing here picks a backend or calls `plt.show()`: matplotlib falls back to Agg where there is no
 display, and notebooks show the returned figure themselves.
+
+Degenerate data (one row, every value NaN or inf) never fails inside matplotlib or seaborn: a
+panel with no finite value to draw is left empty with a note saying so (`_nothing_to_draw`).
 """
 
 from __future__ import annotations
@@ -80,6 +83,25 @@ def _scale_y(ax: Axes, values: Iterable[float], yscale: str = "auto") -> None:
         ax.yaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(_plain))
         ax.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+
+
+def _finite(*columns) -> np.ndarray:
+    """Rows where every one of `columns` (Series or arrays of one length) is a finite number."""
+    values = [pd.to_numeric(pd.Series(np.asarray(c).ravel()), errors="coerce").to_numpy(float)
+              for c in columns]
+    return np.logical_and.reduce([np.isfinite(v) for v in values]) if values else np.array([])
+
+
+def _nothing_to_draw(ax: Axes, *columns, what: str) -> bool:
+    """True, with a note in the middle of `ax`, where no row of `columns` is finite (no row,
+    or every value NaN or inf): the caller then draws nothing more on that panel."""
+    if _finite(*columns).any():
+        return False
+    ax.text(0.5, 0.5, f"nothing to draw:\nno finite {what}", transform=ax.transAxes,
+            ha="center", va="center", fontsize=8, color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,10 +209,14 @@ def gap_vs_length(data: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
                              sharex=True, sharey=False, height=height, aspect=aspect,
                              despine=False)
         for name, ax in grid.axes_dict.items():
-            sns.scatterplot(data=shown[shown[panel] == name], x=x, y=y, ax=ax, legend=False,
+            row = effect_by_panel.get(name)
+            here = shown[shown[panel] == name]
+            if _nothing_to_draw(ax, here[x], here[y], what=f"{x} and {y}"):
+                ax.set_title(_effect_title(name if col is not None else "", row))
+                continue
+            sns.scatterplot(data=here, x=x, y=y, ax=ax, legend=False,
                             **{"s": 10, "alpha": 0.35, "linewidth": 0, "color": "0.35",
                                **hue_kws, **(scatter_kws or {})})
-            row = effect_by_panel.get(name)
             if row is not None and np.isfinite(row["slope"]):
                 full = frame.loc[frame[panel] == name, x].astype(float)
                 xs = np.array([full.min(), full.max()])
@@ -261,6 +287,9 @@ def loss_trajectories(data: pd.DataFrame, *, x: str = "step", hue: str = "label"
             sub = long[long.quantity == quantity]
             if row:
                 sub = sub[sub[row] == row_value]
+            if _nothing_to_draw(ax, sub.value, what=quantity):
+                ax.set_title(QUANTITY_NAMES.get(quantity, quantity))
+                continue
             _lineplot(ax, sub, x=x, errorbar=errorbar, groups=[hue],
                       band_colour=lambda key: colours[key[hue]], hue=hue, hue_order=hue_order,
                       palette=colours)
@@ -349,6 +378,9 @@ def normalisation_grid(data: pd.DataFrame, *, x: str = "step", col: str = "label
         for name, ax in grid.axes_dict.items():
             sub = long[long[col] == name]
             colour = colours[name]
+            if _nothing_to_draw(ax, sub.value, what=", ".join(quantities)):
+                ax.set_title(str(name))
+                continue
             _lineplot(ax, sub, x=x, errorbar=errorbar, groups=["quantity"],
                       band_colour=lambda key, colour=colour: colour, style="quantity",
                       style_order=list(quantities),
@@ -401,6 +433,8 @@ def interval_plot(data: pd.DataFrame, *, x: str = "grad_cos", y: str = "label",
     with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(4.5, 0.45 * len(order) + 1.2))
+        if _nothing_to_draw(ax, values, what=x):
+            return ax
         for i, name in enumerate(order):
             colour = colours[name]
             if kind == "bar":
@@ -506,6 +540,8 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
         if col is None:
             if ax is None:
                 _, ax = plt.subplots(figsize=(height * aspect, height))
+            if _nothing_to_draw(ax, data[x], data[y], what=f"{x} and {y}"):
+                return ax
             _draw_paths(ax, data, **kws)
             _path_scale_y(ax, data[y], yscale, ylinthresh)
             ax.set_xlabel(axis_name(x))
@@ -518,7 +554,11 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
         grid = sns.FacetGrid(data, col=col, col_order=order, col_wrap=wrap, sharex=True,
                              sharey=True, height=height, aspect=aspect, despine=False)
         for name, panel in grid.axes_dict.items():
-            _draw_paths(panel, data[data[col] == name], **kws)
+            here = data[data[col] == name]
+            if _nothing_to_draw(panel, here[x], here[y], what=f"{x} and {y}"):
+                panel.set_title(str(name))
+                continue
+            _draw_paths(panel, here, **kws)
             _path_scale_y(panel, data[y], yscale, ylinthresh)
             panel.set_title(str(name))
         grid.set_axis_labels(axis_name(x), axis_name(y))
@@ -638,6 +678,8 @@ def matched_plot(data: pd.DataFrame, *, x: str = "level", y: str = "d_chosen",
     with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(min(1.6 + 0.2 * len(order) * len(hue_order), 11), 3.2))
+        if _nothing_to_draw(ax, data[y], what=f"{y} at any level"):
+            return ax
         for j, name in enumerate(hue_order):
             rows = data[data[hue] == name].set_index(x).reindex(order)
             pos = np.arange(len(order)) + (j - (len(hue_order) - 1) / 2) * step
@@ -696,6 +738,8 @@ def accuracy_plot(data: pd.DataFrame, *, x: str = "accuracy", y: str = "length_k
     with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(5.5, 0.55 * len(order) * len(hue_order) + 1.0))
+        if _nothing_to_draw(ax, data[x], what=x):
+            return ax
         for j, name in enumerate(hue_order):
             rows = data[data[hue] == name].set_index(y).reindex(order)
             pos = np.arange(len(order)) + (j - (len(hue_order) - 1) / 2) * step
@@ -747,6 +791,9 @@ def dose_plot(data: pd.DataFrame, *, x: str = "token_ratio", y: str = "gap_value
                              despine=False)
         for name, ax in grid.axes_dict.items():
             panel = shown[shown[col] == name].sort_values(x)
+            if _nothing_to_draw(ax, panel[x], panel[y], what=f"{x} and {y}"):
+                ax.set_title(str(name))
+                continue
             for _, line in panel.groupby(units, sort=False):
                 ax.plot(line[x], line[y], color="0.55", linewidth=0.6, alpha=0.35)
             if summary is not None:
@@ -787,6 +834,9 @@ def distribution_plot(data: pd.DataFrame, *, x: str, y: str = "objective",
     with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(5.0, 0.55 * len(order) + 1.2))
+        if _nothing_to_draw(ax, frame[x], what=x):  # seaborn's boxplot fails on no value
+            ax.set_xlabel(axis_name(x))
+            return ax
         sns.boxplot(data=frame, x=x, y=y, order=order, hue=y, hue_order=order, palette=colours,
                     fliersize=0, width=0.55, linewidth=0.8, ax=ax, legend=False,
                     boxprops={"alpha": 0.35})
@@ -834,6 +884,9 @@ def histogram_plot(data: pd.DataFrame, *, x: str = "edit_distance", hue: str | N
     with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(4.5, 2.8))
+        if _nothing_to_draw(ax, data[x], what=x):
+            ax.set_xlabel(axis_name(x))
+            return ax
         sns.histplot(data=data, x=x, bins=bins, binrange=binrange, ax=ax, linewidth=0.3,
                      **({"color": "0.45"} if hue is None else kws))
         ax.set_xlabel(axis_name(x))
@@ -857,7 +910,7 @@ def distribution_panels(data: pd.DataFrame, *, columns: Sequence[str], y: str = 
     for ax, column in zip(axes[0], columns):
         distribution_plot(data, x=column, y=y, order=order, palette=palette, ax=ax)
         scale = float(data[column].abs().median())
-        if column in symlog and scale > 0:
+        if column in symlog and scale > 0 and np.isfinite(scale):
             ax.set_xscale("symlog", linthresh=scale)
     return fig
 
@@ -882,8 +935,11 @@ def gradient_norm_plot(data: pd.DataFrame, *, x: str = "tokens", y: str = "grad_
                              col_wrap=col_wrap if len(order) > col_wrap else None)
         for name, ax in grid.axes_dict.items():
             sub = data[data[col] == name]
-            ax.scatter(sub[x], sub[y], s=10, alpha=0.5, linewidth=0, color="0.35")
             row = fits.get(name)
+            if _nothing_to_draw(ax, sub[x], sub[y], what=f"{x} and {y}"):
+                ax.set_title(_effect_title(name, row))
+                continue
+            ax.scatter(sub[x], sub[y], s=10, alpha=0.5, linewidth=0, color="0.35")
             if row is not None and np.isfinite(row["slope"]):
                 xs = np.array([sub[x].min(), sub[x].max()], dtype=float)
                 ax.plot(xs, row["intercept"] + row["slope"] * xs, color="black", linewidth=1.5)

@@ -21,6 +21,15 @@ shards merged into one `all-s<number of shards merged>.parquet` per table (`RunW
 
 Every record row is built by `pair_records` (training, held-out evaluation, the integrations)
 or completed by `as_records` (records from anywhere else), so a column is added in one place.
+
+The invariants of a run's records, checked where they are written (`RunWriter.append`) and
+where they are read (`load_table`), each failure one RunError naming the run, the table and
+what is wrong (`check_record_rows`):
+- one row per (step, pair_id) of a table (per (step, pair_id, batch) where rows carry their
+  batch: under TRL one optimiser step spans micro-batches, which may repeat a pair);
+- training records at every step from 1 to the last (a step missing between them is lost rows).
+Training and held-out pairs are disjoint; where a user means them to overlap, a
+PairsOverlapWarning says how many and which files (`check_disjoint`).
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import subprocess
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +270,7 @@ class RunWriter:
 
     folder: Path
     rank: int = 0
+    _last: dict = field(default_factory=dict, init=False, repr=False)  # table → last step
 
     def __post_init__(self):
         self.folder = Path(self.folder)
@@ -284,12 +294,37 @@ class RunWriter:
         return _write_parquet(self.folder / PAIRS_FILE, table)
 
     def append(self, table: str, rows: pd.DataFrame | Iterable[Mapping], *, step: int) -> Path:
-        """Write one shard of `table` holding `rows`; returns its path."""
+        """Write one shard of `table` holding `rows`; returns its path.
+
+        Records and evaluations are checked first (RunError, nothing written): every row at
+        `step`, one row per (step, pair) (`check_record_rows`), and training records at the step
+        after the last this process wrote (none skipped)."""
         if table not in TABLES:
             raise ValueError(f"table={table!r}; allowed: {TABLES}")
         df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
         path = self.folder / table / shard_name(self.rank, step)
-        return _write_parquet(path, pa.Table.from_pandas(df, preserve_index=False))
+        if table in ("records", "evals") and len(df):
+            where = f"{self.folder}: {table} of step {step}"
+            if "step" in df.columns and (df.step != step).any():
+                raise RunError(f"{where}: rows of step(s) "
+                               f"{sorted(set(df.step[df.step != step].tolist()))[:5]} among them")
+            check_record_rows(df.assign(step=step), where)
+            if table == "records":
+                last = self._last.get(table)
+                if last is None:
+                    last = max((_first_step(p) or 0 for p in self._shards(table)), default=0)
+                if step > last + 1:
+                    raise RunError(f"{where}: step(s) {last + 1}–{step - 1} of this process "
+                                   f"(rank {self.rank}) were never written; records must hold "
+                                   "every step")
+        written = _write_parquet(path, pa.Table.from_pandas(df, preserve_index=False))
+        self._last[table] = step
+        return written
+
+    def _shards(self, table: str) -> list[Path]:
+        """This process's appended shards of `table`."""
+        return [p for p in (self.folder / table).glob(f"r{self.rank:02d}-s*.parquet")
+                if SHARD.fullmatch(p.name)]
 
     def finish(self, status: str, **extra: Any) -> None:
         """Mark the run's end: status, end time and any detail (step, reason)."""
@@ -320,6 +355,7 @@ class RunWriter:
 
     def truncate(self, after_step: int) -> int:
         """Remove shards whose first step is past `after_step` (resume from a checkpoint)."""
+        self._last.clear()
         removed = 0
         for table in TABLES:
             for shard in (self.folder / table).glob("*.parquet"):
@@ -453,10 +489,59 @@ def _leave_one_out_cosines(run: str | os.PathLike, df: pd.DataFrame) -> pd.DataF
     return df.assign(grad_cos=np.where(todo, loo, df.grad_cos))
 
 
+class PairsOverlapWarning(UserWarning):
+    """Training and held-out pairs that share pairs: held-out numbers on those are not held out."""
+
+
+def record_key(df: pd.DataFrame) -> list[str]:
+    """The columns that name one record row: step, pair_id, and the batch where rows carry one
+    (TRL's micro-batches of one optimiser step may repeat a pair)."""
+    has_batch = "batch" in df.columns and df["batch"].notna().any()
+    return ["step", "pair_id", *(["batch"] if has_batch else [])]
+
+
+def check_record_rows(df: pd.DataFrame, where: str, *, every_step: bool = False) -> None:
+    """RunError naming `where` unless `df` (records or evals) holds one row per `record_key`;
+    with every_step, also unless its steps run from 1 to the last without a gap (training
+    records: a missing step is rows lost)."""
+    if not len(df) or not {"step", "pair_id"} <= set(df.columns):
+        return
+    key = record_key(df)
+    repeated = df.duplicated(key, keep=False)
+    if repeated.any():
+        first = df[repeated].iloc[0]
+        raise RunError(f"{where}: {int(df.duplicated(key).sum())} row(s) repeat a "
+                       f"({', '.join(key)}) already there, e.g. pair {first.pair_id} at step "
+                       f"{first.step}: one row per pair and step (a shard written twice, or "
+                       "copied?)")
+    if every_step:
+        steps = set(pd.to_numeric(df.step, errors="coerce").dropna().astype(int).tolist())
+        missing = sorted(set(range(1, max(steps, default=0) + 1)) - steps)
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (" …" if len(missing) > 5 else "")
+            raise RunError(f"{where}: no rows at step(s) {shown} of 1–{max(steps)} "
+                           f"({len(missing)} missing): a shard lost or deleted?")
+
+
+def check_disjoint(train_ids: Iterable[str], heldout_ids: Iterable[str], *, train: Any,
+                   heldout: Any, stacklevel: int = 2) -> int:
+    """How many pair ids are both training and held-out pairs; a PairsOverlapWarning naming
+    how many, one of them and where each set comes from (`train`, `heldout`) when any are."""
+    held, trained = list(dict.fromkeys(heldout_ids)), set(train_ids)
+    shared = [pid for pid in held if pid in trained]
+    if shared:
+        warnings.warn(f"{len(shared)} of the {len(held)} held-out pairs ({heldout}) are also "
+                      f"training pairs ({train}), e.g. {shared[0]}: their held-out numbers are "
+                      "not held out", PairsOverlapWarning, stacklevel=stacklevel + 1)
+    return len(shared)
+
+
 def load_table(run: str | os.PathLike, table: str = "records", *,
                meta: Mapping | None = None) -> pd.DataFrame:
     """All shards of one table of one run, in step order (an empty frame if none), in
     SCHEMA_VERSION's columns whatever version wrote them (`_upgrade`, `_leave_one_out_cosines`).
+    Records and evaluations are checked (`check_record_rows`: RunError on a repeated row or,
+    in records, a step missing).
     meta: the run's meta.json where the caller has read it already (its version is checked).
     """
     if table not in TABLES:
@@ -467,6 +552,8 @@ def load_table(run: str | os.PathLike, table: str = "records", *,
     if not shards:
         return pd.DataFrame()
     df = pd.concat([_read_shard(shard, table) for shard in shards], ignore_index=True)
+    if table in ("records", "evals"):  # RunError: repeated rows, a step missing
+        check_record_rows(df, f"{Path(run)}/{table}", every_step=table == "records")
     if table == "records" and {"grad_cos", "grad_cos_with_self"} <= set(df.columns):
         df = _leave_one_out_cosines(run, df)
     order = [c for c in ("step", "pair_id", "text_id", "probe_id") if c in df.columns]
@@ -535,6 +622,20 @@ def run_list(runs: str | os.PathLike | Iterable | None = None) -> list[Path]:
     return [Path(r) for r in runs]
 
 
+def check_folders(folders: Sequence[Path]) -> None:
+    """RunError where the run folders given name one folder twice, or two folders of one name
+    (what every table keys its runs by)."""
+    seen: dict[str, Path] = {}
+    for folder in map(Path, folders):
+        other = seen.setdefault(folder.name, folder)
+        if other is folder:
+            continue
+        if os.path.abspath(other) == os.path.abspath(folder):
+            raise RunError(f"run folder {folder} given twice; each run is read once")
+        raise RunError(f"two run folders named {folder.name!r} among the runs given: {other} and "
+                       f"{folder}; read them apart, or rename one")
+
+
 def load_runs(runs: str | os.PathLike | Iterable | None = None,
               table: str = "records") -> pd.DataFrame:
     """Several runs' tables in one tidy DataFrame.
@@ -544,7 +645,15 @@ def load_runs(runs: str | os.PathLike | Iterable | None = None,
     folders = run_list(runs)
     if not folders:
         raise FileNotFoundError(f"no runs found in {runs or default_runs_dir()}")
+    check_folders(folders)
     frames = [load_run(f, table) for f in folders]
+    owner: dict = {}
+    for folder, frame in zip(folders, frames):  # a copied run folder: its rows carry one id
+        for run_id in frame["run_id"].unique() if "run_id" in frame.columns else ():
+            other = owner.setdefault(run_id, folder)
+            if other != folder:
+                raise RunError(f"run id {run_id!r} in two run folders: {other} and {folder} "
+                               "(a copied run folder?); read them apart, or remove the copy")
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -563,7 +672,7 @@ def _summary_row(folder: Path) -> dict[str, Any]:
 
     return {
         "run_id": cfg.get("run_id", folder.name), "objective": cfg.get("objective"),
-        "seed": cfg.get("seed"), "status": meta.get("status"),
+        "lr": cfg.get("lr", float("nan")), "seed": cfg.get("seed"), "status": meta.get("status"),
         "steps": int(rec.step.max()) if len(rec) else 0,
         "loss_p_first": at("loss_p", 0), "loss_p_final": at("loss_p", -1),
         "loss_n_first": at("loss_n", 0), "loss_n_final": at("loss_n", -1),
@@ -576,7 +685,7 @@ def _summary_row(folder: Path) -> dict[str, Any]:
 
 
 def runs_summary(runs: str | os.PathLike | Iterable | None = None) -> pd.DataFrame:
-    """One row per run: run_id, objective, seed, status, steps, first and final step-mean loss_p
+    """One row per run: run_id, objective, lr, seed, status, steps, first and final step-mean loss_p
     and loss_n, above_uniform_step (first step a per-token loss passed ln|V|, NaN if none),
     what loading and truncation left out (SUMMARY_COUNTS), the error of a failed run, path."""
     return pd.DataFrame([_summary_row(folder) for folder in run_list(runs)])

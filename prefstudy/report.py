@@ -1,15 +1,28 @@
-"""The report: every figure and the report page, regenerated from runs in seconds.
+"""The report: every figure and the report page, regenerated from runs.
 
 `build_report(runs, out)` reads the runs' tables once (`tables.load_tables`), takes every
 finding from `findings.summarise` (seeded bootstraps: the same runs give the same numbers, byte
-for byte), draws each figure with one call to `prefstudy.plots`, and writes `out/README.md` and
-`out/figures/*.png`. This module writes prose and tables only; nothing here trains or loads a
-model, and numbers come from records, never typed by hand.
+for byte), draws each figure with one call to `prefstudy.plots`, and writes `out/README.md`,
+`out/figures/*.png` and `out/report.json` (REPORT_FILE: which runs the report was made from).
+`out` defaults to where the runs' report belongs (`default_out`): `<runs>/report`, as
+`prefstudy study` writes it, or `reports/` for the committed study in reports/runs. The report is
+built in a temporary sibling folder and moved into place only when complete, and a folder that
+holds the report of other runs is never replaced unless `force=True`. This module writes prose
+and tables only; nothing here trains or loads a model, and numbers come from records, never
+typed by hand.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -17,12 +30,16 @@ import numpy as np
 import pandas as pd
 
 from . import findings, plots
+from .auditpage import save_figure as _save
 from .auditpage import sections as audit_sections
 from .auditstats import gradient_key
+from .errors import PrefstudyError
 from .findings import Findings, in_order
 from .formatting import interval_label, markdown_table, number, percent
+from .paths import in_repo
+from .records import default_runs_dir
 from .tables import Tables, load_tables
-from .theme import save, study_palette
+from .theme import from_defaults, study_palette
 
 PREDICTOR_NAMES = {"edit_distance": "edit distance", "entanglement": "entanglement",
                    "ches": "CHES", "ln_ches": "ln-CHES"}
@@ -106,14 +123,6 @@ def _past_uniform(folders: list[Path], metas: list[dict]) -> list[str]:
     bound = f"ln|V| = {known[0]['uniform_loss']:.2f} nats per token, a uniform guess"
     return [f"- Past {bound}, by more than a nat: "
             + (", ".join(flagged) if flagged else f"no run (of {len(known)})") + "."]
-
-
-def _save(figure, path: Path) -> None:
-    """Write a figure (`theme.save`) and close it: a report draws many."""
-    import matplotlib.pyplot as plt
-
-    save(figure, path)
-    plt.close(getattr(figure, "figure", figure))  # an Axes or grid: its figure
 
 
 def _lrs(tables: Tables) -> str:
@@ -361,17 +370,61 @@ def _quote(text: str) -> str:
 
 # --------------------------------------------------------------------------- what held
 
+# The least data each verdict of "What held" rests on. Below it the verdict is "too little data
+# to say", naming what would be enough; the numbers are still given beside it, never hidden.
+#
+# Held-out pairs (C3, C4 and its predictors): a share's exact 95% interval over 20 pairs is
+# about ±0.23 wide at one half (10 of 20: [27%, 73%]), so 20 pairs are the least that can tell
+# a share of three in four from one half (15 of 20: [51%, 91%]), i.e. resolve a difference of
+# about ±0.2; a pair bootstrap of a mean over fewer pairs resolves no more. The committed study
+# evaluates 40.
+MIN_HELDOUT_PAIRS = 20
+# Evaluations after step 0 (C3): an onset is two collapsing evaluations in a row and is never
+# declared from the first evaluation after a cold start, so the earliest onset that counts is
+# at the 2nd and 3rd; with fewer, a run can neither show collapse nor rule it out.
+MIN_EVALUATIONS = 3
+# Learning rates (C3's comparison at matched progress): runs at one setting sort objectives by
+# how far that setting moved them; matched progress needs a sweep, and two values are the
+# least sweep (the study asks for three across a decade, and the committed study has them).
+MIN_LEARNING_RATES = 2
+# Training pairs (C1, C2, at the starting model): a pair-bootstrap interval of an R² or a mean
+# cosine over fewer than 20 pairs is too wide to order summed against token-mean losses. The
+# committed study audits 96 (C1) and takes the gradients of 64 (C2).
+MIN_TRAINING_PAIRS = 20
 
-def _verdict(held: bool | None, condition: str = "") -> str:
+
+def _short(*counts: tuple[int, int, str]) -> str:
+    """The counts below their minimum, each (have, need, what) as "4 held-out pairs, at least
+    20 needed", joined by "; "; "" where every count suffices."""
+    return "; ".join(f"{have} {what}, at least {need} needed" for have, need, what in counts
+                     if have < need)
+
+
+def _verdict(held: bool | None, condition: str = "", *, short: str = "") -> str:
+    """held (with its condition), did not hold, could not be judged, or — where `short`
+    (`_short`) names data below its minimum — too little data to say, and what would be
+    enough."""
+    if short:
+        return f"too little data to say ({short})"
     if held is None:
         return "could not be judged here"
     return ("held" + (f" ({condition})" if condition else "")) if held else "did not hold"
 
 
+def _heldout_pairs(tables: Tables, run_ids=None) -> int:
+    """The fewest held-out pairs any of the runs (`run_ids`, default all) was evaluated on."""
+    evals = tables.evals
+    if run_ids is not None and len(evals):
+        evals = evals[evals.run_id.isin(set(run_ids))]
+    return int(evals.groupby("run_id").pair_id.nunique().min()) if len(evals) else 0
+
+
 def what_held(tables: Tables, found: Findings, order: list[str]) -> str:
     """One plain sentence per claim, each with the number it rests on: the report's "What
-    held" section and the README's findings block."""
-    lines = [*_length_line(tables), *_noise_line(tables), *_collapse_lines(found, order),
+    held" section and the README's findings block. A verdict whose data is below its minimum
+    (MIN_HELDOUT_PAIRS, MIN_EVALUATIONS, MIN_LEARNING_RATES, MIN_TRAINING_PAIRS) says "too
+    little data to say" and what would be enough."""
+    lines = [*_length_line(tables), *_noise_line(tables), *_collapse_lines(tables, found, order),
              *_displacement_lines(found, order)]
     seeds = sorted({int(s) for s in tables.runs.seed.dropna()})
     lines.append(f"- **C5, seeds and intervals:** seeds {seeds} are data-order replicates on one "
@@ -388,8 +441,10 @@ def _length_line(tables: Tables) -> list[str]:
     if not {"sum", "mean"} <= set(rows.index):
         return []
     s, m = rows.loc["sum"], rows.loc["mean"]
+    short = _short((int(s.n), MIN_TRAINING_PAIRS, "training pairs"))
     return [
-        f"- **C1, the gap follows length:** {_verdict(bool(s.r2_lo > m.r2_hi), 'for summed losses')}. "
+        f"- **C1, the gap follows length:** "
+        f"{_verdict(bool(s.r2_lo > m.r2_hi), 'for summed losses', short=short)}. "
         f"On the {int(s.n)} training pairs at the starting model, Δlen explains R² = "
         f"{interval_label(s.r2, s.r2_lo, s.r2_hi, digits=3)} of the summed gap and "
         f"{interval_label(m.r2, m.r2_lo, m.r2_hi, digits=3)} of the token-mean gap "
@@ -406,8 +461,11 @@ def _noise_line(tables: Tables) -> list[str]:
     if not len(sums) or not len(means):
         return []
     s, m = sums.iloc[0], means.iloc[0]
+    short = _short((int(s.n_pairs), MIN_TRAINING_PAIRS, "training pairs"))
+    held = _verdict(bool(s.norm_r2 > m.norm_r2), "the norm follows length under summed loss",
+                    short=short)
     return [
-        f"- **C2, a noisy direction:** {_verdict(bool(s.norm_r2 > m.norm_r2), 'the norm follows length under summed loss')}. "
+        f"- **C2, a noisy direction:** {held}. "
         f"A pair's gradient norm against its length: R² = {number(s.norm_r2, 3)} "
         f"summed, {number(m.norm_r2, 3)} token-mean; the leave-one-out cosine to the "
         f"other pairs' mean gradient is {interval_label(s.cos_loo, s.cos_loo_lo, s.cos_loo_hi, digits=3)} "
@@ -416,7 +474,7 @@ def _noise_line(tables: Tables) -> list[str]:
         "at the starting model."]
 
 
-def _collapse_lines(found: Findings, order: list[str]) -> list[str]:
+def _collapse_lines(tables: Tables, found: Findings, order: list[str]) -> list[str]:
     col = found.collapse
     if not len(col):
         return []
@@ -427,8 +485,11 @@ def _collapse_lines(found: Findings, order: list[str]) -> list[str]:
                       for lab in order if lab in per_label.index) or "none"
     collapsed = naive[naive.onset_step.notna()]
     where = ", ".join(f"{r.label} at lr {r.lr:g}" for r in collapsed.itertuples())
-    line = (f"- **C3, both losses grow:** {_verdict(bool(len(collapsed)), where)}" if len(naive)
-            else "- **C3, both losses grow:** could not be judged (no naive run)")
+    short = _short((_heldout_pairs(tables, naive.run_id), MIN_HELDOUT_PAIRS, "held-out pairs"),
+                   (int(naive.n_evals.min()) if len(naive) else 0, MIN_EVALUATIONS,
+                    "evaluations after step 0"))
+    line = (f"- **C3, both losses grow:** {_verdict(bool(len(collapsed)), where, short=short)}"
+            if len(naive) else "- **C3, both losses grow:** could not be judged (no naive run)")
     lines = [line + f". Runs with a collapse onset (held-out chosen loss above its step-0 bound "
                     f"while the margin grows, two evaluations in a row): {named}; "
                     f"{int(col.above_uniform.sum())} of {len(col)} runs passed a uniform guess."]
@@ -436,8 +497,12 @@ def _collapse_lines(found: Findings, order: list[str]) -> list[str]:
         at = in_order(found.matched[found.matched.level == found.levels[-1]], order)
         cells = "; ".join(f"{r.label} {_cell(r._asdict(), 'd_chosen')}"
                           for r in at.itertuples() if r.n_runs)
+        short = _short((int(tables.runs.lr.nunique()), MIN_LEARNING_RATES, "learning rate(s)"),
+                       (_heldout_pairs(tables), MIN_HELDOUT_PAIRS, "held-out pairs"))
         lines.append(f"  At matched progress (held-out margin gain +{found.levels[-1]:g} nats "
-                     f"per token), Δ held-out chosen loss: {cells}.")
+                     f"per token), Δ held-out chosen loss"
+                     + (f" (too little data to compare objectives: {short})" if short else "")
+                     + f": {cells}.")
     return lines
 
 
@@ -449,7 +514,9 @@ def _displacement_lines(found: Findings, order: list[str]) -> list[str]:
     cells = "; ".join(f"{r.label} {r.k} of {r.n}" for r in shown.itertuples())
     majority = shown[shown.share_lo > 0.5].label.tolist()
     most = shown[shown.share > 0.5]
-    verdict = (_verdict(True, "for " + ", ".join(majority)) if majority else
+    short = _short((int(shown.n.min()), MIN_HELDOUT_PAIRS, "held-out pairs"))
+    verdict = (_verdict(None, short=short) if short else
+               _verdict(True, "for " + ", ".join(majority)) if majority else
                "not established: no objective's exact interval lies above one half (the "
                "largest shares: " + ", ".join(
                    f"{r.label} {percent(r.share, 0)} [{percent(r.share_lo, 0)}, "
@@ -459,13 +526,13 @@ def _displacement_lines(found: Findings, order: list[str]) -> list[str]:
         f"- **C4, displacement:** {verdict} — held counts an objective whose held-out pairs' "
         "chosen log-probs mostly fell (the exact interval of the share above one half) "
         f"where neutral NLL moved by at most {findings.NEUTRAL_HOLD:g} nats per token, at "
-        f"the objective's furthest such point: {cells}.", *_predictor_line(found)]
+        f"the objective's furthest such point: {cells}.", *_predictor_line(found, short)]
 
 
-def _predictor_line(found: Findings) -> list[str]:
+def _predictor_line(found: Findings, short: str = "") -> list[str]:
     """Razin et al.'s question: does entanglement (or CHES) predict displacement better than
     edit distance? Per predictor, the objectives whose ρ interval excludes 0, and how often it
-    has the largest |ρ|."""
+    has the largest |ρ|; `short` (`_short`): the data is below its minimum, said first."""
     rho = found.predictors
     if not len(rho) or rho.predictor.nunique() < 2:
         return []
@@ -479,36 +546,210 @@ def _predictor_line(found: Findings) -> list[str]:
     return ["  What predicts which held-out pairs' chosen log-prob falls (Spearman ρ with its "
             "change, pair bootstrap; a negative ρ: the larger the predictor, the more the "
             "chosen answer fell — the sign Razin et al. 2024 report for CHES): "
+            + (f"{_verdict(None, short=short)}; " if short else "")
             + "; ".join(parts) + "."]
 
 
 # --------------------------------------------------------------------------- the page
 
+PAGE = "README.md"
+FIGURES = "figures"
+REPORT_FILE = "report.json"  # in a report folder: the runs its report was made from (`_record`)
 
-def build_report(runs: str | os.PathLike | None = None, out: str | os.PathLike = "reports", *,
-                 readme: str | os.PathLike | None = None) -> Path:
-    """Regenerate `out/README.md` and `out/figures/` from the runs (a folder of runs, or None for
-    the committed study: see `prefstudy.tables`), and with `readme` that file's findings block
-    (`update_readme`). Returns the page's path."""
-    tables = load_tables(runs)
+
+class ReportFolderError(PrefstudyError):
+    """A report's folder holds what the report must not replace: the report of other runs, or
+    a README.md that no report recorded."""
+
+
+def default_out(runs=None) -> Path:
+    """Where the report of `runs` belongs: reports/ for the committed study (its runs are
+    reports/runs; the report sits beside them), else the runs folder's report/ (as `prefstudy
+    study` writes it); for a list of run folders, report/ in the folder they share."""
+    if runs is None or isinstance(runs, (str, os.PathLike)):
+        folder = default_runs_dir() if runs is None else Path(runs)
+        committed = in_repo("reports", "runs")
+        return committed.parent if folder.resolve() == committed.resolve() else folder / "report"
+    parents = {Path(r).parent for r in runs}
+    if len(parents) != 1:
+        raise ReportFolderError("the runs are in several folders: say where their report goes "
+                                "(out=, or --out)")
+    return parents.pop() / "report"
+
+
+def _made_from(runs) -> Path | list[Path]:
+    """What a report is made from, resolved: the folder of runs (the committed study's for
+    None), or each run folder of a list."""
+    if runs is None:
+        return default_runs_dir().resolve()
+    if isinstance(runs, (str, os.PathLike)):
+        return Path(runs).resolve()
+    return sorted(Path(r).resolve() for r in runs)
+
+
+def _record(runs, folders: list[Path], out: Path) -> dict:
+    """REPORT_FILE's content: the runs folder (or run folders) relative to `out`, so a study
+    folder moved or copied with its report still matches, and the run ids."""
+    def relative(path: Path) -> str:
+        return Path(os.path.relpath(path, out.resolve())).as_posix()
+
+    made_from = _made_from(runs)
+    return {"runs": [relative(p) for p in made_from] if isinstance(made_from, list)
+            else relative(made_from), "run_ids": [folder.name for folder in folders]}
+
+
+def _check_out(out: Path, runs, force: bool) -> None:
+    """Refuse (ReportFolderError, one line) to replace what `out` holds unless it is a report
+    of the same runs (its REPORT_FILE says so), or a report that predates REPORT_FILE in the
+    folder where the runs' report belongs (`default_out`); `force` replaces anything."""
+    if force or not out.exists():
+        return
+    how = "--force replaces it, or choose another --out"
+    if not out.is_dir():
+        raise ReportFolderError(f"{out}: not a folder; choose another --out")
+    record = out / REPORT_FILE
+    if record.exists():
+        try:
+            made = json.loads(record.read_text(encoding="utf-8"))
+            held = made["runs"]
+            theirs = ([(out / p).resolve() for p in held] if isinstance(held, list)
+                      else (out / held).resolve())
+        except (ValueError, KeyError, TypeError) as e:
+            raise ReportFolderError(f"{record}: not a report's record of its runs ({e}); "
+                                    f"{how}") from None
+        if theirs == _made_from(runs):
+            return
+        ours = _made_from(runs)
+        raise ReportFolderError(
+            f"{out}: holds the report of {len(made.get('run_ids') or [])} other run(s) "
+            f"({_named(theirs)}), not of {_named(ours)}; {how}")
+    if (out / PAGE).exists() and out.resolve() != default_out(runs).resolve():
+        raise ReportFolderError(f"{out}: holds a {PAGE} that is not a report of these runs "
+                                f"(no {REPORT_FILE}); {how}")
+
+
+def _named(made_from: Path | list[Path]) -> str:
+    """What a report was made from, in a message: its runs folder, or how many run folders."""
+    return (f"{len(made_from)} run folders" if isinstance(made_from, list)
+            else f"the runs in {made_from}")
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block has run (they arrive just after it)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal mask
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _install(built: Path, out: Path) -> None:
+    """Move the finished report in `built` (README.md, figures/, REPORT_FILE) into `out`: the
+    whole folder where `out` does not exist; else entry by entry, the old ones set aside first,
+    with Ctrl-C and SIGTERM held for those few renames (and undone if one fails), so an
+    interruption leaves the old report or the new one, never a mix. Anything else in `out`
+    (reports/runs) is left as it is."""
+    if not out.exists():
+        built.rename(out)
+        return
+    for stale in out.glob(".replaced-*"):  # left by a kill between the renames and the cleanup
+        shutil.rmtree(stale, ignore_errors=True)
+    aside = out / f".replaced-{secrets.token_hex(4)}"
+    names = sorted(entry.name for entry in built.iterdir())
+    moved, placed = [], []
+    with _signals_held():
+        aside.mkdir()
+        try:
+            for name in names:
+                if (out / name).exists() or (out / name).is_symlink():
+                    (out / name).rename(aside / name)
+                    moved.append(name)
+            for name in names:
+                (built / name).rename(out / name)
+                placed.append(name)
+        except OSError:
+            for name in placed:
+                (out / name).rename(built / name)
+            for name in moved:
+                (aside / name).rename(out / name)
+            raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _progress(show: bool) -> Callable[[str], None]:
+    """`say(what)`: one line on stderr as each step of a report begins, with the seconds since
+    the report began (nothing where `show` is false)."""
+    began = time.perf_counter()
+
+    def say(what: str) -> None:
+        if show:
+            print(f"report {time.perf_counter() - began:4.0f} s  {what}", file=sys.stderr,
+                  flush=True)
+
+    return say
+
+
+def build_report(runs: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+                 *, readme: str | os.PathLike | None = None, force: bool = False,
+                 progress: bool = False) -> Path:
+    """Regenerate the report of `runs` (a folder of runs, one run folder, a list of run
+    folders, or None for the committed study: see `prefstudy.tables`) in `out` (default:
+    `default_out(runs)`, where the runs' report belongs): README.md, figures/ and REPORT_FILE,
+    the runs it was made from; with `readme`, that file's findings block (`update_readme`).
+
+    The report is built in a temporary folder beside `out` and moved into place only when
+    complete (`_install`): a failure or an interruption leaves the previous report as it was.
+    An `out` that holds the report of other runs, or a README.md no report recorded outside
+    the runs' own report folder, is refused (ReportFolderError) unless `force`. `progress`:
+    one line per step on stderr. Returns the page's path."""
+    say = _progress(progress)
+    out = default_out(runs) if out is None else Path(out)
+    _check_out(out, runs, force)
+    tables = load_tables(runs)  # before the first line: bad runs are one line, as any error
+    say(f"read {len(tables.folders)} runs; computing the findings")
     found = findings.summarise(tables)
-    out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    with study_palette(tables.order, tables.families):
-        page, held = _page(tables, found, out)
-    path = out / "README.md"
-    path.write_text(page)
+    home = out.absolute()
+    home.parent.mkdir(parents=True, exist_ok=True)
+    built = home.parent / f".{home.name or 'report'}.building-{secrets.token_hex(4)}"
+    try:
+        (built / FIGURES).mkdir(parents=True)
+        with from_defaults(), study_palette(tables.order, tables.families):
+            page, held = _page(tables, found, built, say)
+        (built / PAGE).write_text(page, encoding="utf-8")
+        (built / REPORT_FILE).write_text(
+            json.dumps(_record(runs, tables.folders, out), indent=1) + "\n", encoding="utf-8")
+        say(f"moving it into {out}")
+        _install(built, out)
+    finally:
+        shutil.rmtree(built, ignore_errors=True)
     if readme is not None:
         update_readme(readme, held)
-    return path
+    say("done")
+    return out / PAGE
 
 
-def _page(tables: Tables, found: Findings, out: Path) -> tuple[str, str]:
+def _page(tables: Tables, found: Findings, out: Path,
+          say: Callable[[str], None] = lambda what: None) -> tuple[str, str]:
     """The report page's Markdown, drawing every figure into `out/figures/`, and its "What
-    held" section."""
+    held" section; `say` (`_progress`) is told each section as it begins."""
     order = tables.order
+    say("the audit's sections (C1, C2 at the starting model)")
     audit_parts = (audit_sections(tables.audit, out) if tables.audit is not None else None)
     held = what_held(tables, found, order)
+    say("C1 — length")
+    length = length_section(tables, out, audit_parts)
+    say("C2 — gradient agreement during training")
+    noise = noise_section(found, out, order, audit_parts)
+    say("C3 — collapse: frontier, matched progress, runs, training losses")
+    collapse = collapse_section(tables, found, out, order)
+    say("C4 — displacement and its predictors")
+    displaced = displacement_section(found, out, order)
+    say("generations")
+    generations = generations_section(tables, order)
     sections = [
         "# prefstudy report: how stable are preference objectives?", "",
         "Regenerated by `prefstudy report` from the runs it names; every number and figure "
@@ -517,15 +758,11 @@ def _page(tables: Tables, found: Findings, out: Path) -> tuple[str, str]:
         "Every interval is 95%; its kind and unit of replication are said where it is given.",
         "", "## Provenance", "", provenance(tables), "",
         "## What held", "", held,
-        "## C1 — the gap follows length, not preference", "",
-        length_section(tables, out, audit_parts),
-        "## C2 — a noisy optimisation direction", "",
-        noise_section(found, out, order, audit_parts),
-        "## C3 — collapse: both losses grow", "",
-        collapse_section(tables, found, out, order),
-        "## C4 — displacement of the chosen response", "",
-        displacement_section(found, out, order),
-        "## Generations", "", generations_section(tables, order),
+        "## C1 — the gap follows length, not preference", "", length,
+        "## C2 — a noisy optimisation direction", "", noise,
+        "## C3 — collapse: both losses grow", "", collapse,
+        "## C4 — displacement of the chosen response", "", displaced,
+        "## Generations", "", generations,
     ]
     return "\n".join(sections).rstrip() + "\n", held
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from .encode import Encoded, collate_sequences, encode_pairs
 from .logprobs import head_logps, token_logps
@@ -180,41 +181,49 @@ def _packed_logps(model, rows, pad_id: int) -> list[tuple[float, int]]:
 
 @torch.no_grad()
 def _sequence_logps(model, seqs, pad_id: int, batch_size: int, cache: dict,
-                    packed: bool | None = None) -> dict:
+                    packed: bool | None = None, progress: str | None = None) -> dict:
     """(prompt ids, response ids) → (summed log-prob, tokens) in `cache`: each distinct sequence
     not yet there is scored once. Packed (`can_pack`; the default where the model allows):
     batch_size rows of a prompt and its responses at a time, rows of similar length together;
-    else 2 × batch_size sequences of similar length at a time (`logprobs.token_logps`)."""
+    else 2 × batch_size sequences of similar length at a time (`logprobs.token_logps`).
+    progress: the description of a progress bar over the sequences (None: no bar)."""
     device = next(model.parameters()).device
     todo = sorted(set(seqs) - cache.keys(), key=lambda seq: (len(seq[0]) + len(seq[1]), seq))
-    if packed if packed is not None else can_pack(model):
-        rows = sorted(_rows(todo), key=lambda row: (len(row[0]) + sum(map(len, row[1])), row))
-        for start in range(0, len(rows), batch_size):
-            part = rows[start:start + batch_size]
-            flat = [(prompt, r) for prompt, responses in part for r in responses]
-            cache.update(zip(flat, _packed_logps(model, part, pad_id)))
-        return cache
-    for start in range(0, len(todo), 2 * batch_size):
-        part = todo[start:start + 2 * batch_size]
-        t = token_logps(model, collate_sequences(part, pad_id).to(device))
-        for seq, total, count in zip(part, t.sum.tolist(), t.count.tolist()):
-            cache[seq] = (total, int(count))
+    bar = tqdm(total=len(todo), desc=progress, unit="seq", disable=progress is None or not todo,
+               leave=False)
+    with bar:
+        if packed if packed is not None else can_pack(model):
+            rows = sorted(_rows(todo), key=lambda row: (len(row[0]) + sum(map(len, row[1])), row))
+            for start in range(0, len(rows), batch_size):
+                part = rows[start:start + batch_size]
+                flat = [(prompt, r) for prompt, responses in part for r in responses]
+                cache.update(zip(flat, _packed_logps(model, part, pad_id)))
+                bar.update(len(flat))
+            return cache
+        for start in range(0, len(todo), 2 * batch_size):
+            part = todo[start:start + 2 * batch_size]
+            t = token_logps(model, collate_sequences(part, pad_id).to(device))
+            for seq, total, count in zip(part, t.sum.tolist(), t.count.tolist()):
+                cache[seq] = (total, int(count))
+            bar.update(len(part))
     return cache
 
 
 def score_encoded(model, tokenizer, inputs: ScoringInput, *, batch_size: int = 8,
-                  cache: dict | None = None, packed: bool | None = None) -> pd.DataFrame:
+                  cache: dict | None = None, packed: bool | None = None,
+                  progress: str | None = None) -> pd.DataFrame:
     """`score_pairs`' table for pairs already encoded (`encode_for_scoring`).
 
     cache: a dict shared between calls (sequence → summed log-prob and tokens): a sequence
     scored by an earlier call with the same model is not scored again.
     packed: score a prompt's responses in one row (see MAX_ROW_TOKENS); None = wherever the
-    model allows it (`can_pack`), False = one row per sequence.
+    model allows it (`can_pack`), False = one row per sequence. progress: the description of
+    a progress bar over the sequences scored (None: no bar).
     """
     seqs = [seq for e in inputs.encoded.items
             for seq in ((e.prompt_ids, e.chosen_ids), (e.prompt_ids, e.rejected_ids))]
     scored = _sequence_logps(model, seqs, tokenizer.pad_token_id, batch_size,
-                             {} if cache is None else cache, packed)
+                             {} if cache is None else cache, packed, progress)
     full = length_table(inputs.full).drop_duplicates("pair_id").set_index("pair_id")
     rows = []
     for e in inputs.encoded.items:

@@ -10,6 +10,9 @@ and `prefstudy.auditstats` (the audit's tables) compute with these. Conventions:
   interval byte for byte.
 - Non-finite values are never averaged away: a NaN or inf makes a mean NaN/inf and its interval
   NaN. `finite_rows` is how a caller leaves such rows out explicitly (and counts them).
+- An undefined number says why. `fit_reason` and `interval_reason` name the cause (no finite
+  row, too few rows or units, a predictor that does not vary, no bootstrap resamples) for a
+  table's `reason` column: '' where every number is defined.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from scipy import stats
 from .columns import require_columns
 
 FIT_STATISTICS = ("r2", "spearman", "slope")  # what fit_line gives and bootstrap_fit resamples
+MIN_FIT_ROWS = 3  # fit_line's numbers need this many rows
+MIN_CLUSTERS = 3  # a cluster bootstrap's interval needs this many clusters (units)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,6 +47,54 @@ def groups_of(frame: pd.DataFrame, by: Sequence[str]) -> Iterator[tuple[dict, pd
         return
     for key, rows in frame.groupby(list(by), sort=True, observed=True, dropna=False):
         yield dict(zip(by, key)), rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Why a number is undefined
+
+
+def unit_word(unit: str | None, n: int = 2) -> str:
+    """What one unit of a bootstrap is called in a reason: "pair" for pair ids and variants of
+    a pair, "batch", the column's own name otherwise, "row" for none; plural unless n == 1."""
+    word = {"pair_id": "pair", "variant_of": "pair", "batch": "batch", None: "row"}.get(
+        unit, str(unit))
+    return word if n == 1 else word + ("es" if word.endswith("ch") else "s")
+
+
+def fit_reason(xs, ys, *, x: str = "x", y: str = "y", n_dropped: int = 0,
+               spearman: bool = True) -> str:
+    """Why `fit_line(xs, ys)` leaves numbers undefined (NaN), '' where it leaves none: no row
+    with a finite x and y, fewer than MIN_FIT_ROWS, an x that does not vary (no slope, R² or
+    ρ), or with `spearman` a y that does not vary (no ρ). n_dropped: the rows the caller left
+    out as non-finite, named in the reason."""
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    left = f" ({n_dropped} left out: not finite)" if n_dropped else ""
+    if len(xs) == 0:
+        return f"no row with a finite {x} and {y}{left}"
+    if len(xs) < MIN_FIT_ROWS:
+        return (f"{len(xs)} {unit_word(None, len(xs))} with a finite {x} and {y}; a fit needs "
+                f"at least {MIN_FIT_ROWS}{left}")
+    if np.ptp(xs) == 0:
+        return f"{x} does not vary (every row {xs[0]:g}): no slope, R² or ρ"
+    if spearman and np.ptp(ys) == 0:
+        return f"{y} does not vary (every row {ys[0]:g}): no Spearman ρ"
+    return ""
+
+
+def interval_reason(n_units: int, n_boot: int, unit: str | None = "pair_id") -> str:
+    """Why a cluster bootstrap gives no interval, '' where it can: no resamples (n_boot ≤ 0),
+    or fewer than MIN_CLUSTERS units to resample."""
+    if n_boot <= 0:
+        return f"no bootstrap resamples (n_boot = {n_boot}): no interval"
+    if n_units < MIN_CLUSTERS:
+        return (f"{n_units} {unit_word(unit, n_units)}: a bootstrap interval resamples at "
+                f"least {MIN_CLUSTERS}")
+    return ""
+
+
+def join_reasons(*parts: str) -> str:
+    """The non-empty reasons, in order, joined by "; "."""
+    return "; ".join(p for p in parts if p)
 
 
 # ---------------------------------------------------------------------------------------------

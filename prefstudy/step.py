@@ -10,15 +10,14 @@ then ends the run as diverged.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 
-from .cache import cached, save_torch
+from . import fingerprint
+from .cache import ForeignEntry, cached, load_torch_entry, save_torch_entry
 from .config import TrainConfig
 from .encode import Batch, Encoded, collate
 from .gradstats import PerPairGradients
@@ -30,12 +29,14 @@ from .records import pair_records
 # --------------------------------------------------------------------------- reference log-probs
 
 
-def _reference_key(cfg: TrainConfig, encoded: Encoded) -> str:
-    ident = {"model": cfg.model, "model_seed": cfg.model_seed if cfg.model == "tiny" else None,
-             "dtype": cfg.dtype, "encoding": encoded.settings,
-             "pairs": [(e.pair_id, e.prompt_ids, e.chosen_ids, e.rejected_ids)
-                       for e in encoded.items]}
-    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:20]
+def _reference_key(model, encoded: Encoded, device) -> str:
+    """What reference log-probs depend on: the model's content (fingerprint.model: its config and
+    weights, so its name, seed and dtype), the device type, the encoding settings and every
+    token of every pair (so the tokenizer and the data)."""
+    return fingerprint.digest({
+        "model": fingerprint.model(model), "device": torch.device(device).type,
+        "encoding": encoded.settings,
+        "pairs": [(e.pair_id, e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in encoded.items]})
 
 
 @torch.no_grad()
@@ -56,14 +57,38 @@ def _per_pair_logps(model, encoded: Encoded, pad_id: int, device,
 
 def reference_logps(model, encoded: Encoded, cfg: TrainConfig, pad_id: int, device,
                     *, batch_size: int = 8) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """pair_id → (chosen, rejected) per-token reference log-probs, cached on disk.
+    """pair_id → (chosen, rejected) per-token reference log-probs of `model` as it is now,
+    cached on disk.
 
-    The cache key covers the model, its dtype, the encoding settings and every token, so a
-    change to any of them computes afresh.
+    The cache key (`_reference_key`) covers the model's weights and config, the device type, the
+    encoding settings and every token, so a change to any of them computes afresh; an entry that
+    is damaged, foreign or does not hold every pair's log-probs is computed again (CacheWarning).
+    `cfg` is not read: what the log-probs depend on is in the model and `encoded`.
     """
-    path = cache_dir() / "reference" / f"{_reference_key(cfg, encoded)}.pt"
-    return cached(path, lambda: _per_pair_logps(model, encoded, pad_id, device, batch_size),
-                  save=save_torch, load=torch.load)
+    key = _reference_key(model, encoded, device)
+
+    def load(path):
+        return _checked(load_torch_entry(path, key), encoded)
+
+    return cached(cache_dir() / "reference" / f"{key[:20]}.pt",
+                  lambda: _per_pair_logps(model, encoded, pad_id, device, batch_size),
+                  save=lambda value, path: save_torch_entry(value, path, key), load=load)
+
+
+def _checked(entry, encoded: Encoded) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A reference entry that holds a float vector per response of every pair, of the response's
+    length; ForeignEntry otherwise."""
+    if not isinstance(entry, dict):
+        raise ForeignEntry(f"holds a {type(entry).__name__}, not log-probs by pair")
+    for e in encoded.items:
+        sides = entry.get(e.pair_id)
+        ok = (isinstance(sides, tuple | list) and len(sides) == 2
+              and all(isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() == 1
+                      for t in sides)
+              and (len(sides[0]), len(sides[1])) == (e.len_chosen, e.len_rejected))
+        if not ok:
+            raise ForeignEntry(f"no usable log-probs for pair {e.pair_id}")
+    return entry
 
 
 def _scatter(like: TokenLogps, per_pair: Sequence[torch.Tensor]) -> TokenLogps:

@@ -26,19 +26,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from .config import FIELDS, ConfigError, TrainConfig, from_dict, read_toml
+from .config import FIELDS, ConfigError, TrainConfig, from_dict, listed, read_toml, run_name, shown
 from .paths import resolve_path
-from .records import default_runs_dir, read_meta, run_folders
+from .records import default_runs_dir, read_config, read_meta, run_folders
 from .tables import AUDIT_DIR, STUDY_FILE
 
-DEFAULT_STUDY = "configs/study.toml"  # relative to the working directory, else the repository
+DEFAULT_STUDY = "configs/study.toml"  # relative to the working directory, else bundled
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,12 @@ class Study:
         for seed in self.seeds:
             for lr in self.lrs or [None]:
                 out += [self._config(spec, seed, lr) for spec in self.runs]
+        _check_run_ids(self.name, out)
         return out
 
     def _config(self, spec: RunSpec, seed: int, lr: float | None) -> TrainConfig:
         swept = {} if lr is None else {"lr": lr}
-        run_id = f"{spec.label}-s{seed}" if lr is None else f"{spec.label}-lr{lr:g}-s{seed}"
+        run_id = run_name(spec.label, lr, seed)
         values = {**self.shared, **swept, "objective": spec.objective,
                   "params": dict(spec.params), "label": spec.label, "seed": seed,
                   "output": str(self.output), "run_id": run_id}
@@ -78,6 +80,24 @@ class Study:
             return from_dict(values, where).resolved()
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
+
+
+def _where(cfg: TrainConfig) -> str:
+    return f"runs[label={cfg.label!r}] at lr {cfg.lr:g}, seed {cfg.seed}"
+
+
+def _check_run_ids(name: str, configs: Sequence[TrainConfig]) -> None:
+    """Refuse two configurations of a study that map to one run id (equal, or equal but for
+    case, which a case-insensitive file system reads as one folder): ConfigError naming both."""
+    seen: dict[str, TrainConfig] = {}
+    for cfg in configs:
+        other = seen.setdefault(cfg.run_id.casefold(), cfg)
+        if other is not cfg:
+            both = (repr(cfg.run_id) if other.run_id == cfg.run_id else
+                    f"{other.run_id!r} / {cfg.run_id!r} (one folder where case does not count)")
+            raise ConfigError(f"study {name!r}: {_where(other)} and {_where(cfg)} map to one "
+                              f"run id {both}; give them distinct labels, learning rates or "
+                              "seeds")
 
 
 def hardware_profile() -> str:
@@ -92,21 +112,23 @@ def load_study(path: str | Path, *, profile: str | None = None, seeds: Sequence[
     ignored: e.g. a user's own `data`, `heldout` and `model`).
 
     `profiles` is a table of profiles, or the name of another study file (relative to this one)
-    whose profiles this study shares (all but their `labels`, which name that study's runs)."""
+    whose profiles this study shares (all but their `labels`, which name that study's runs).
+    A run's `objective` is any name `config.resolve_objective` takes (a TRL loss_type too); its
+    label defaults to that name (`trl:ipo` → `trl-ipo`). Anything wrong with the file, however
+    it is malformed, is a ConfigError: one short line naming the file and what is wrong."""
     path = Path(path)
     doc = read_toml(path, "study")
-    profiles = doc.pop("profiles", {})
-    if isinstance(profiles, str):  # another study's profiles; its `labels` name its own runs
-        profiles = {name: {k: v for k, v in values.items() if k != "labels"} for name, values
-                    in read_toml(path.parent / profiles, "study").get("profiles", {}).items()}
+    profiles = _profiles(path, doc.pop("profiles", {}))
     runs = doc.pop("runs", [])
     name = doc.pop("name", path.stem)
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\\0"):
+        raise ConfigError(f"{path}: name = {shown(name)} must be a plain folder name")
     profile = profile or hardware_profile()
     if profiles and profile not in profiles:
-        raise ConfigError(f"{path}: no profile {profile!r}; profiles: {', '.join(profiles)}")
+        raise ConfigError(f"{path}: no profile {shown(profile)}; profiles: {listed(profiles)}")
     shared = {**doc, **profiles.get(profile, {}),
               **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    study_seeds = list(seeds) if seeds is not None else list(shared.pop("seeds", [0]))
+    study_seeds = list(seeds) if seeds is not None else _seeds(path, shared.pop("seeds", [0]))
     shared.pop("seeds", None)
     lrs, only = _sweep(path, shared.pop("lrs", None)), shared.pop("labels", None)
     for key in ("objective", "params", "seed", "run_id", "label", "output"):
@@ -114,78 +136,162 @@ def load_study(path: str | Path, *, profile: str | None = None, seeds: Sequence[
             raise ConfigError(f"{path}: {key!r} is set per run, not for the whole study")
     unknown = [k for k in shared if k not in FIELDS]
     if unknown:
-        raise ConfigError(f"{path}: unknown field(s) {unknown}; allowed: {', '.join(FIELDS)}, "
-                          "and seeds, lrs, labels")
-    if not runs:
-        raise ConfigError(f"{path}: no [[runs]]")
-    specs = []
-    for i, run in enumerate(runs):
-        extra = set(run) - {"label", "objective", "params"}
-        if "objective" not in run or extra:
-            raise ConfigError(f"{path}: runs[{i}] needs 'objective' (and optionally 'label', "
-                              f"'params'){'; unknown: ' + str(sorted(extra)) if extra else ''}")
-        specs.append(RunSpec(run.get("label", run["objective"]), run["objective"],
-                             run.get("params", {})))
+        raise ConfigError(f"{path}: unknown field(s) {shown(unknown)}; allowed: "
+                          f"{', '.join(FIELDS)}, and seeds, lrs, labels")
+    specs = _run_specs(path, runs)
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
-        raise ConfigError(f"{path}: labels must be unique: {labels}")
+        raise ConfigError(f"{path}: labels must be unique: {shown(labels)}")
     if only is not None:
-        if not isinstance(only, list) or not only or set(only) - set(labels):
-            raise ConfigError(f"{path}: profile {profile!r}: labels = {only!r} must be a "
-                              f"non-empty list of the study's run labels: {', '.join(labels)}")
+        if (not isinstance(only, list) or not only
+                or not all(isinstance(x, str) for x in only) or set(only) - set(labels)):
+            raise ConfigError(f"{path}: profile {profile!r}: labels = {shown(only)} must be a "
+                              f"non-empty list of the study's run labels: {listed(labels)}")
         specs = [s for s in specs if s.label in only]
     out = Path(output) if output else Path("runs") / f"{name}-{profile}"
     study = Study(name, profile, study_seeds, specs, shared, out, lrs)
-    study.configs()  # every run checked before anything is trained
+    try:
+        study.configs()  # every run checked before anything is trained
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     return study
+
+
+def _profiles(path: Path, profiles: Any, shared: bool = True) -> dict[str, dict[str, Any]]:
+    """The study's profiles: a table of tables, or (where `shared`) another study file's, all
+    but their `labels` (that file's own profiles must be a table: no chains)."""
+    if isinstance(profiles, str) and shared:  # another study's; its `labels` name its own runs
+        other = path.parent / profiles
+        theirs = _profiles(other, read_toml(other, "study").get("profiles", {}), shared=False)
+        return {name: {k: v for k, v in values.items() if k != "labels"}
+                for name, values in theirs.items()}
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+        raise ConfigError(f"{path}: profiles = {shown(profiles)} must be a table of profiles "
+                          "([profiles.<name>] tables) or the name of another study file")
+    return profiles
+
+
+def _run_specs(path: Path, runs: Any) -> list[RunSpec]:
+    """The [[runs]] entries: each a table with `objective` (a string), optionally `label` (a
+    string) and `params` (a table)."""
+    if not isinstance(runs, list) or not runs:
+        raise ConfigError(f"{path}: no [[runs]]" if runs in ([], {}) else
+                          f"{path}: runs = {shown(runs)} must be [[runs]] tables")
+    specs = []
+    for i, run in enumerate(runs):
+        if not isinstance(run, dict):
+            raise ConfigError(f"{path}: runs[{i}] = {shown(run)} must be a table")
+        extra = set(run) - {"label", "objective", "params"}
+        if not isinstance(run.get("objective"), str) or extra:
+            raise ConfigError(f"{path}: runs[{i}] needs 'objective', a string (and optionally "
+                              "'label', 'params')"
+                              + (f"; unknown: {shown(sorted(extra))}" if extra else ""))
+        label = run.get("label", run["objective"].replace(":", "-"))
+        params = run.get("params", {})
+        if not isinstance(label, str) or not isinstance(params, dict):
+            raise ConfigError(f"{path}: runs[{i}]: label must be a string and params a table, "
+                              f"got label = {shown(label)}, params = {shown(params)}")
+        specs.append(RunSpec(label, run["objective"], params))
+    return specs
+
+
+def _seeds(path: Path, seeds: Any) -> list[int]:
+    """The study's seeds: a list of whole numbers."""
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                              for s in seeds):
+        raise ConfigError(f"{path}: seeds = {shown(seeds)} must be a list of whole numbers")
+    return seeds
 
 
 def _sweep(path: Path, lrs: Any) -> list[float] | None:
     """The study's learning rates: a non-empty list of distinct positive numbers, or None."""
     if lrs is None:
         return None
-    ok = (isinstance(lrs, list) and lrs and len(set(lrs)) == len(lrs)
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in lrs))
+    ok = (isinstance(lrs, list) and lrs
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in lrs)
+          and len(set(lrs)) == len(lrs))
     if not ok:
-        raise ConfigError(f"{path}: lrs = {lrs!r} must be a non-empty list of distinct "
+        raise ConfigError(f"{path}: lrs = {shown(lrs)} must be a non-empty list of distinct "
                           "learning rates > 0")
     return [float(v) for v in lrs]
 
 
 def pending(study: Study) -> list[TrainConfig]:
-    """The configs of runs that have not ended (completed or diverged) yet."""
+    """The configs of runs that have not ended (completed or diverged) yet.
+
+    A run folder of the same id already in the study's output must have been made with these
+    settings (`train.resume_changes`: every field that changes results): ConfigError naming the
+    folder and the settings that differ otherwise, so that a run made with other settings is
+    never kept, resumed or reported as this study's."""
+    from .train import resume_changes
+
     todo = []
     for cfg in study.configs():
         folder = study.output / cfg.run_id
-        if (folder / "meta.json").exists() and read_meta(folder)["status"] in ("completed",
-                                                                                "diverged"):
-            continue
+        if (folder / "meta.json").exists():
+            changes = resume_changes(read_config(folder), cfg)
+            if changes:
+                raise ConfigError(f"{folder}: the study's output already holds run "
+                                  f"{cfg.run_id!r}, made with other settings "
+                                  f"({'; '.join(changes)}); move it away or give the study "
+                                  "another output")
+            if read_meta(folder)["status"] in ("completed", "diverged"):
+                continue
         todo.append(cfg)
     return todo
 
 
-def run_study(study: Study, *, progress: bool = True) -> list[Path]:
+def run_study(study: Study, *, progress: bool = True,
+              on_run: Callable[[int, int, Path], None] | None = None) -> list[Path]:
     """Train every run of the study that has not ended, then audit the pairs it trains on
-    (`audit_study`) if not done yet; returns all run folders."""
+    (`audit_study`) if not done yet; returns all run folders. on_run(i, n, folder) is called
+    after the i-th of the n runs to train ends (the CLI's one line per run)."""
     from .inputs import heldout_pairs, training_pairs
     from .train import train
 
     first = study.configs()[0]
     training_pairs(first)  # a bad dataset fails here, in one line, before any model loads
     heldout_pairs(first)
+    todo, total = pending(study), len(study.configs())  # refuses runs made otherwise, first
     study.output.mkdir(parents=True, exist_ok=True)
     (study.output / STUDY_FILE).write_text(json.dumps(
         {"name": study.name, "profile": study.profile, "seeds": study.seeds, "lrs": study.lrs,
          "labels": [s.label for s in study.runs]}, indent=2) + "\n")
-    for cfg in pending(study):
+    # runs done / to do: the runs that ended before count as done from the start
+    bar = tqdm(todo, total=total, initial=total - len(todo), unit="run", disable=not progress,
+               desc=f"study {study.name}")
+    for i, cfg in enumerate(bar, 1):
+        bar.set_postfix_str(cfg.run_id)
         resume = (study.output / cfg.run_id / "meta.json").exists()
-        train(cfg, resume=resume, progress=progress)
-    if not (study.output / AUDIT_DIR / "audit.json").exists():
-        audit_study(study)
+        folder = train(cfg, resume=resume, progress=progress)
+        if on_run is not None:
+            on_run(i, len(todo), folder)
+    bar.close()
+    if not _audit_current(study):  # missing, unreadable, or made from other pairs or model
+        audit_study(study, progress=progress)
     return [study.output / cfg.run_id for cfg in study.configs()]
 
 
-def audit_study(study: Study) -> Path:
+def _audit_inputs(cfg: TrainConfig) -> dict:
+    """What a study's audit is made from: the content of its pairs and of its model
+    (`train.fingerprints`)."""
+    from .train import fingerprints
+
+    prints = fingerprints(cfg)
+    return {k: prints[k] for k in ("data", "heldout", "model")}
+
+
+def _audit_current(study: Study) -> bool:
+    """Whether the study's audit exists, reads, and was made from the pairs and the model the
+    study trains on now; otherwise `run_study` makes it again."""
+    try:
+        saved = json.loads((study.output / AUDIT_DIR / "audit.json").read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return saved.get("fingerprints") == _audit_inputs(study.configs()[0])
+
+
+def audit_study(study: Study, *, progress: bool = True) -> Path:
     """Claims C1 and C2 at the start, on the pairs the study trains on: `prefstudy.audit` of
     the first run's training pairs (`inputs.training_pairs`: every run trains on the same
     sample), cut as training cuts them, with the length dose-response and per-pair gradients,
@@ -198,17 +304,18 @@ def audit_study(study: Study) -> Path:
 
     cfg = study.configs()[0]
     given = dict(model=cfg.model, max_length=cfg.max_length, device=cfg.device, dtype=cfg.dtype,
-                 max_prompt_length=cfg.max_prompt_length, gradients=True)
+                 max_prompt_length=cfg.max_prompt_length, gradients=True, progress=progress)
     pairs = training_pairs(cfg)
     result = audit(pairs, **given)
     result.settings["source"] = f"{cfg.data} (the {len(pairs)} pairs the study trains on)"
-    held = heldout_pairs(cfg)
+    result.settings["fingerprints"] = _audit_inputs(cfg)
+    held, nested = heldout_pairs(cfg), {}
     if held is not None:  # entanglement and CHES of the pairs displacement is measured on
-        result_held = audit(held, **given, factors=(), gradient_pairs=None,
-                            objectives=(("dpo", {}),))  # a pair's own: one objective suffices
-        result_held.settings["source"] = f"{cfg.heldout} (the {len(held)} held-out pairs)"
-        write_audit(result_held, study.output / AUDIT_DIR / "heldout")
-    return write_audit(result, study.output / AUDIT_DIR)
+        nested["heldout"] = audit(held, **given, factors=(), gradient_pairs=None,
+                                  objectives=(("dpo", {}),))  # a pair's own: one suffices
+        nested["heldout"].settings["source"] = f"{cfg.heldout} (the {len(held)} held-out pairs)"
+    # both audits in one folder swap: an interrupted audit never leaves one new, one old
+    return write_audit(result, study.output / AUDIT_DIR, nested=nested)
 
 
 def describe(study: Study) -> str:

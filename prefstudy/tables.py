@@ -29,6 +29,9 @@ import pandas as pd
 from .records import (
     PAIRS_FILE,
     TABLES,
+    RunError,
+    check_disjoint,
+    check_folders,
     default_runs_dir,
     load_run,
     read_config,
@@ -105,7 +108,9 @@ def load_tables(runs: Runs = None) -> Tables:
     if not folders:
         raise FileNotFoundError(f"{runs or default_runs_dir()}: no runs (run `prefstudy study` "
                                 "first)")
+    check_folders(folders)  # RunError: a folder twice, two folders of one name
     configs = {folder.name: read_config(folder) for folder in folders}
+    _check_config_ids(configs, folders)
     metas = {folder.name: read_meta(folder) for folder in folders}
     runs_table = run_table(folders, configs, metas)
     loaded = {name: _joined(_concat([load_run(f, name, configs[f.name], metas[f.name])
@@ -119,6 +124,27 @@ def load_tables(runs: Runs = None) -> Tables:
                   metas=metas, labels=labels, order=order, families=families, folders=folders,
                   audit=_audit(root and root / AUDIT_DIR),
                   audit_heldout=_audit(root and root / AUDIT_DIR / "heldout"), root=root)
+
+
+def _check_config_ids(configs: dict[str, dict], folders: list[Path]) -> None:
+    """RunError where two run folders hold one run id (their config.json's run_id, else the
+    folder's name): a copied run folder, whose records carry the same id as the original's."""
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        run_id = str(configs[folder.name].get("run_id") or folder.name)
+        other = seen.setdefault(run_id, folder)
+        if other != folder:
+            raise RunError(f"run id {run_id!r} twice among the runs given: {other} and {folder} "
+                           "(a copied run folder?); read them apart, or remove the copy")
+
+
+def _check_pairs(folder: Path, frame: pd.DataFrame) -> None:
+    """PairsOverlapWarning where one run's training and held-out pairs share pairs."""
+    if {"pair_id", "split"} <= set(frame.columns):
+        check_disjoint(frame.pair_id[frame.split == "train"],
+                       frame.pair_id[frame.split == "heldout"],
+                       train=f"{folder.name}'s training pairs",
+                       heldout=f"{folder / PAIRS_FILE}", stacklevel=3)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -143,6 +169,8 @@ def _audit(folder: Path | None):
 def _pairs(folders: list[Path]) -> pd.DataFrame:
     """The per-pair facts every run folder holds (PAIRS_FILE), one row per pair id."""
     frames = [pd.read_parquet(f / PAIRS_FILE) for f in folders if (f / PAIRS_FILE).exists()]
+    for folder, frame in zip([f for f in folders if (f / PAIRS_FILE).exists()], frames):
+        _check_pairs(folder, frame)
     if not frames:
         return pd.DataFrame(columns=PAIR_COLUMNS)
     return pd.concat(frames, ignore_index=True).drop_duplicates("pair_id").reset_index(drop=True)

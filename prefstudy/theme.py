@@ -99,6 +99,16 @@ def themed():
         mpl.rcParams.update(saved)
 
 
+@contextlib.contextmanager
+def from_defaults():
+    """Draw from matplotlib's defaults whatever the caller's global state (a notebook that ran
+    `set_style`, a test that changed rcParams), and restore that state afterwards: what a report
+    draws must not depend on what ran before it in the same process."""
+    with mpl.rc_context():
+        mpl.style.use("default")
+        yield
+
+
 def set_style(labels: Iterable[str] | None = None,
               families: Mapping[str, str] | None = None) -> None:
     """Apply THEME globally (for notebooks); with `labels`, pin the study's label → colour map.

@@ -12,7 +12,11 @@ other exception marks the run `failed` with the step, the exception's type and i
 
 One writer per run folder: the main process holds an exclusive lock (`.<run_id>.lock` beside the
 folder) while it trains, and a second process is refused. Resuming a run that ended does nothing
-and says so; resuming with a configuration that changes results is refused, naming the fields.
+and says so; resuming with a configuration that changes results is refused, naming the fields,
+and so is a run, ended or not, whose data or model changed in content since it was made (its
+config.json records their fingerprints, prefstudy.fingerprint). A checkpoint or cache that
+cannot be written (a full disk, a file-size limit) fails the run like any other error, with
+one line naming the file and the reason (cache.WriteError).
 
 What the loop calls lives in its own module: the inputs and the batch order in
 prefstudy.inputs, one step (forward, objective, backward, update) in prefstudy.step, evaluation
@@ -22,11 +26,11 @@ prefstudy.records.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,22 +38,26 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, frozen
+from . import checkpoint, fingerprint, frozen
 from .config import ConfigError, TrainConfig
+from .data import load_probes, load_texts
 from .encode import Batch, collate
 from .evaluate import evaluate
 from .gradstats import PerPairGradients
-from .inputs import Inputs, batch_indices, prepare_inputs
-from .models import load_model, set_trainable
+from .inputs import Inputs, _in_lang, batch_indices, heldout_pairs, prepare_inputs, training_pairs
+from .locks import held as _lock  # the run folder's one writer
+from .models import load_model, set_trainable, source_fingerprint
 from .objectives import get_objective, resolve_params
+from .paths import resolve_path
 from .records import RunError, RunWriter, read_config, read_meta
 from .step import Optimisation, StepResult, reference_logps, train_step
 
 ENDED = ("completed", "diverged")  # statuses of a run that is evaluated, compacted, not resumed
 # Config fields that may differ when a run is resumed: where it is written, what figures call it,
-# which device runs it, how often it saves state and whether frozen blocks are cached. Every
-# other field changes its results.
-RESUMABLE_CHANGES = ("output", "label", "device", "checkpoint_every", "cache_frozen")
+# which device runs it, how often it saves state, whether frozen blocks are cached and how the
+# objective was spelled (a TRL name for the same objective). Every other field changes its results.
+RESUMABLE_CHANGES = ("output", "label", "device", "checkpoint_every", "cache_frozen",
+                     "objective_given")
 # A run is flagged when a pair's per-token loss passes ln|V| by more than this (nats): worse than
 # a uniform guess by a factor e per token. The margin keeps a random starting model, whose losses
 # hover around ln|V|, from being flagged at its first step.
@@ -73,6 +81,12 @@ class Run:
     start: int = 0  # the last step already done (a resumed run)
     step: int = 0  # the step in progress
     above_uniform: dict = field(default_factory=dict)  # first step and largest loss past ln|V|
+    prints: dict = field(default_factory=dict)  # `fingerprints`: the content it is made from
+
+    @property
+    def identity(self) -> str:
+        """What its checkpoints carry: `run_identity`."""
+        return run_identity(self.cfg, self.prints)
 
     @property
     def is_main(self) -> bool:
@@ -102,8 +116,7 @@ def _open(cfg: TrainConfig, folder: Path, accelerator) -> Run:
                                   seed=cfg.model_seed)
     set_trainable(model, cfg.trainable_blocks)
     if cfg.cache_frozen and cfg.trainable_blocks is not None and frozen.supports(model):
-        frozen.attach(model, len(model.model.layers) - cfg.trainable_blocks,
-                      key=(cfg.model, cfg.model_seed, cfg.dtype, str(device)))
+        frozen.attach(model, len(model.model.layers) - cfg.trainable_blocks, shared=True)
     inputs = prepare_inputs(cfg, tokenizer)
     pad = tokenizer.pad_token_id
     ref = ref_held = None
@@ -112,7 +125,8 @@ def _open(cfg: TrainConfig, folder: Path, accelerator) -> Run:
         if inputs.heldout is not None:
             ref_held = reference_logps(model, inputs.heldout, cfg, pad, device)
     return Run(cfg, folder, accelerator, model, tokenizer, inputs, ref, ref_held,
-               Optimisation.create(model, cfg), RunWriter(folder, rank=accelerator.process_index))
+               Optimisation.create(model, cfg), RunWriter(folder, rank=accelerator.process_index),
+               prints=fingerprints(cfg))
 
 
 def _accelerator(cfg: TrainConfig):
@@ -132,7 +146,12 @@ def _accelerator(cfg: TrainConfig):
             raise ConfigError(f"config field 'device' = {cfg.device!r}: this machine has "
                               f"{torch.cuda.device_count()} CUDA device(s)")
         torch.cuda.set_device(int(index))
-    accelerator = Accelerator(cpu=cfg.device == "cpu")
+    # "auto" on a machine without an accelerator is the CPU: said explicitly, so that several
+    # processes (`accelerate launch --multi_gpu` on a CPU-only machine) join one gloo group
+    # instead of each training alone.
+    on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()
+                                      and not torch.backends.mps.is_available())
+    accelerator = Accelerator(cpu=on_cpu)
     world = accelerator.num_processes
     if cfg.batch_size % world:
         raise ConfigError(f"config field 'batch_size' = {cfg.batch_size} must be a multiple of "
@@ -144,26 +163,79 @@ def _comparable(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+# What a run is made of besides its config fields, as the messages name it: each input's
+# content and the model's (`fingerprints`).
+INPUTS = {"data": "the training pairs", "heldout": "the held-out pairs",
+          "neutral_text": "the neutral text", "probes": "the probe prompts",
+          "model": "the model's files"}
+
+
+def fingerprints(cfg: TrainConfig) -> dict[str, str | None]:
+    """The content of what `cfg` trains and evaluates on and starts from (prefstudy.fingerprint):
+    the training pairs, held-out pairs, neutral text and probes it uses, and the files its
+    model is loaded from (models.source_fingerprint); None for an input it has none of.
+
+    Recorded in a run's config.json; a run is kept as done, resumed or given its checkpoint only
+    where they are unchanged (`resume_changes`). Loads the data, not the model: 0.12 s for the
+    default study's data on two cores; the model's files are hashed once per process (0.8 s for
+    SmolLM2's 538 MB)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what a load skips is said where the run loads it
+        prints = {"data": fingerprint.pairs(training_pairs(cfg)),
+                  "heldout": fingerprint.pairs(heldout_pairs(cfg)), "neutral_text": None,
+                  "probes": None}
+        if cfg.neutral_text and cfg.n_neutral:
+            texts = load_texts(resolve_path(cfg.neutral_text))
+            prints["neutral_text"] = fingerprint.frame(_in_lang(texts, cfg, cfg.n_neutral))
+        if cfg.probes and cfg.n_probes:
+            probes = load_probes(resolve_path(cfg.probes))
+            prints["probes"] = fingerprint.frame(_in_lang(probes, cfg, cfg.n_probes))
+    prints["model"] = source_fingerprint(cfg.model, seed=cfg.model_seed)
+    return prints
+
+
+def run_identity(cfg: TrainConfig, prints: dict) -> str:
+    """A digest of what a run's results depend on: its config fields that change them (at values
+    other than their defaults, so that a field added later leaves it as it was) and its
+    `fingerprints`. A checkpoint carries it, so that one from another run is never resumed."""
+    defaults = TrainConfig().to_dict()
+    fields = {k: v for k, v in cfg.to_dict().items()
+              if k not in (*RESUMABLE_CHANGES, "params") and v != defaults.get(k)}
+    standard = resolve_params(cfg.objective)
+    fields["params"] = {p: v for p, v in cfg.params.items() if standard.get(p) != v}
+    return fingerprint.digest(fields, prints)
+
+
 def resume_changes(saved: dict, cfg: TrainConfig) -> list[str]:
-    """The fields, as `name: saved → new`, in which `cfg` would change a saved run's results.
+    """The fields, as `name: saved → new`, in which `cfg` would change a saved run's results;
+    and the inputs whose content changed since it was made (where the run recorded its
+    `fingerprints`), as `<input> (<where>): content changed`.
 
     A field (or objective parameter) the saved config lacks — one added to prefstudy after the
-    run was saved — counts as its default, which is what the run was trained with."""
+    run was saved — counts as its default, which is what the run was trained with. A run saved
+    before fingerprints were recorded is compared on its fields only."""
+    recorded = saved.get("fingerprints") or {}
     saved = {**TrainConfig().to_dict(), **saved}
     try:
         saved["params"] = resolve_params(saved["objective"], saved.get("params"))
     except ValueError:
         pass  # an objective or parameter this prefstudy does not know: compared as saved
     new = cfg.to_dict()
-    return [f"{k}: {saved.get(k)!r} → {new[k]!r}" for k in new
-            if k not in RESUMABLE_CHANGES and _comparable(saved.get(k)) != _comparable(new[k])]
+    changes = [f"{k}: {saved.get(k)!r} → {new[k]!r}" for k in new
+               if k not in RESUMABLE_CHANGES and _comparable(saved.get(k)) != _comparable(new[k])]
+    if changes or not recorded:
+        return changes
+    now = fingerprints(cfg)
+    return [f"{INPUTS[k]} ({new[k]}): content changed" for k in INPUTS
+            if recorded.get(k) and now.get(k) and recorded[k] != now[k]]
 
 
 def _ended_already(folder: Path, cfg: TrainConfig, resume: bool) -> str | None:
     """The status of a run that has ended (resume is then a no-op), None if it is to train.
 
-    Refuses a run folder that exists when `resume` is off, and a resume whose config changes
-    results, naming the fields that differ."""
+    Refuses a run folder that exists when `resume` is off, and a run — ended or not — whose
+    config or inputs changed since it was made (`resume_changes`): it is neither resumed nor
+    kept as done, and the fields or inputs that differ are named."""
     if not (folder / "meta.json").exists():
         return None
     if not resume:
@@ -172,8 +244,9 @@ def _ended_already(folder: Path, cfg: TrainConfig, resume: bool) -> str | None:
     status = read_meta(folder).get("status")
     changes = resume_changes(read_config(folder), cfg)
     if changes:
-        raise ConfigError(f"{folder}: cannot resume with a configuration that changes results; "
-                          f"it differs in {'; '.join(changes)}")
+        raise ConfigError(f"{folder}: cannot resume with a configuration that changes results, "
+                          f"nor keep the run as done; it differs in {'; '.join(changes)}; delete "
+                          "the run folder or choose another run_id")
     return status if status in ENDED else None
 
 
@@ -181,14 +254,14 @@ def _begin(run: Run, resume: bool) -> None:
     """Resume from the checkpoint if asked, write config and meta, and evaluate at step 0."""
     if resume and (run.folder / "meta.json").exists():
         read_meta(run.folder)  # checks the schema version
-        run.start = checkpoint.resume(run.folder, run.model, run.opt)
+        run.start = checkpoint.resume(run.folder, run.model, run.opt, run.identity)
         if run.is_main:
             run.writer.truncate(after_step=run.start)  # steps after the checkpoint are redone
     run.accelerator.wait_for_everyone()
     if run.is_main:
         config = {**run.cfg.to_dict(), "pairs_train": len(run.inputs.train),
                   "pairs_dropped_by_truncation": run.inputs.dropped, **run.inputs.counts,
-                  "num_processes": run.accelerator.num_processes}
+                  "num_processes": run.accelerator.num_processes, "fingerprints": run.prints}
         run.writer.start(config, resume=resume and run.start > 0)
         run.writer.pairs(run.inputs.pairs)
         if run.start == 0:
@@ -211,7 +284,8 @@ def _after_step(run: Run, step: int, out: StepResult, bar: tqdm | None) -> None:
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             run.evaluate(step)
         if checkpoint.due(step, cfg.checkpoint_every, cfg.steps):
-            checkpoint.save(run.folder / "checkpoint", run.model, run.opt.optimizer, step)
+            checkpoint.save(run.folder / "checkpoint", run.model, run.opt.optimizer, step,
+                            run.identity)
     run.accelerator.wait_for_everyone()
 
 
@@ -281,27 +355,6 @@ def _loop(run: Run, progress: bool) -> str:
         bar.close()
         _finish(run, status, detail)
     return status
-
-
-@contextlib.contextmanager
-def _lock(folder: Path, is_main: bool):
-    """The exclusive lock of a run folder, held by its main process while it trains."""
-    from filelock import FileLock, Timeout
-
-    if not is_main:
-        yield
-        return
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder.parent / f".{folder.name}.lock", timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise RunError(f"{folder}: another process is training into this run folder; wait for "
-                       "it to end, or choose another run_id") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:

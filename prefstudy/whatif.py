@@ -1,8 +1,10 @@
 """What if: every objective's per-pair loss and margin recomputed from the logged log-probs, on
 parameters a reader chooses, without retraining.
 
-`what_if(records)` builds the `WhatIf` view: β, SimPO's margin γ and the normalisation in; each
-chosen objective's recomputed margin against the length difference and a summary table out.
+`what_if(records)` builds the `WhatIf` view: the runs of one setting (one label at one learning
+rate, its seeds pooled: `views.run_settings`; runs of different settings are never pooled), β,
+SimPO's margin γ and the normalisation in; each chosen objective's recomputed margin against the
+length difference and a summary table out.
 The numbers are `recompute` and `what_if_summary`, pure functions; the formulas are the
 registry's own: each record row becomes a `PairLogps` (`recompute.sequence_logps`) and goes
 through `objectives.compute`. Which objectives the logged sums can give, and why not the others,
@@ -25,7 +27,7 @@ from .formatting import number, percent
 from .objectives import OBJECTIVES, compute, resolve_params
 from .recompute import cannot_recompute, has_reference_logps, sequence_logps
 from .tables import load_tables
-from .views import add_classes, display_png, show
+from .views import add_classes, display_png, message, run_settings, show
 
 WHAT_IF_PARAMS = ("beta", "gamma", "norm")  # the parameters the what-if view lets a reader set
 
@@ -72,7 +74,7 @@ def recompute(records: pd.DataFrame, objectives: Sequence[str] | None = None, *,
     applied to the objectives that take them (None: each objective's default). Reference
     objectives are computed on the rows that have reference log-probs. Rows go through
     `objectives.compute` `chunk` at a time.
-    Returns, long: run_id, label, seed, step, pair_id (those present), dlen (len_n − len_p),
+    Returns, long: run_id, label, lr, seed, step, pair_id (those present), dlen (len_n − len_p),
     objective, loss, margin; one row per record row and objective.
     """
     table = what_if_objectives(records).set_index("objective")
@@ -83,7 +85,8 @@ def recompute(records: pd.DataFrame, objectives: Sequence[str] | None = None, *,
         if not table.available[name]:
             raise ValueError(f"{name}: cannot be recomputed from these records: "
                              f"{table.reason[name]}")
-    keep = [c for c in ("run_id", "label", "seed", "step", "pair_id") if c in records.columns]
+    keep = [c for c in ("run_id", "label", "lr", "seed", "step", "pair_id")
+            if c in records.columns]
     has_ref = has_reference_logps(records)
     frames = []
     for name in names:
@@ -105,18 +108,21 @@ def recompute(records: pd.DataFrame, objectives: Sequence[str] | None = None, *,
 
 
 def what_if_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per objective of a `recompute` frame: n, loss (mean), margin_mean, margin_std,
-    share_positive (margin > 0), and r2, spearman, slope of the margin on dlen
-    (`diagnostics.length_effect`, no bootstrap): how much of the margin's spread length explains.
+    """Per objective of a `recompute` frame, and per label and learning rate where the frame
+    has them (runs of different settings are summarised apart, never pooled): n, loss (mean),
+    margin_mean, margin_std, share_positive (margin > 0), and r2, spearman, slope of the margin
+    on dlen (`diagnostics.length_effect`, no bootstrap): how much of the margin's spread length
+    explains. Returns those of label, lr present, objective, then the statistics.
     """
     require_columns(frame, ["objective", "dlen", "loss", "margin"], "what_if_summary")
-    fits = dg.length_effect(frame, x="dlen", y="margin", by=("objective",), n_boot=0,
+    keys = [c for c in ("label", "lr") if c in frame.columns] + ["objective"]
+    fits = dg.length_effect(frame, x="dlen", y="margin", by=keys, n_boot=0,
                             unit="pair_id" if "pair_id" in frame else None)
-    stats = frame.groupby("objective", sort=False).agg(
+    stats = frame.groupby(keys, sort=False, dropna=False).agg(
         n=("margin", "size"), loss=("loss", "mean"), margin_mean=("margin", "mean"),
         margin_std=("margin", "std"), share_positive=("margin", lambda m: float((m > 0).mean())))
-    out = stats.reset_index().merge(fits[["objective", "r2", "spearman", "slope"]],
-                                    on="objective", how="left")
+    out = stats.reset_index().merge(fits[[*keys, "r2", "spearman", "slope"]], on=keys,
+                                    how="left")
     return out
 
 
@@ -124,31 +130,55 @@ def what_if_summary(frame: pd.DataFrame) -> pd.DataFrame:
 # The view
 
 
-def draw_what_if(frame: pd.DataFrame, *, order: Sequence[str] | None = None, max_points=3000):
+def draw_what_if(frame: pd.DataFrame, *, order: Sequence[str] | None = None, max_points=3000,
+                 title: str | None = None):
     """The recomputed margin against the length difference, one panel per objective
-    (`plots.gap_vs_length`: its OLS line and R² in each title)."""
+    (`plots.gap_vs_length`: its OLS line and R² in each title); `title` above them (say whose
+    records they are)."""
     order = [o for o in (order or dict.fromkeys(frame.objective)) if o in set(frame.objective)]
-    return plots.gap_vs_length(frame, x="dlen", y="margin", col="objective", col_order=order,
+    grid = plots.gap_vs_length(frame, x="dlen", y="margin", col="objective", col_order=order,
                                max_points=max_points, height=2.5, aspect=1.0)
+    if title:
+        grid.figure.suptitle(title, y=1.08, fontsize="medium")
+    return grid
 
 
 class WhatIf(widgets.VBox):
-    """β, γ and the normalisation in; every chosen objective's recomputed per-pair margin
-    against Δlen (one panel each) and a summary table out. Build it with `what_if`.
+    """The runs of one setting, β, γ and the normalisation in; every chosen objective's
+    recomputed per-pair margin against Δlen (one panel each) and a summary table out. Build it
+    with `what_if`.
 
-    Controls: `objectives`, `default_beta` (True: each objective's own β), `beta`, `gamma`
-    (SimPO's target margin), `norm` ("default" or "sum" / "mean"). Shown: `figure` (an Output
-    holding one PNG), `summary` (HTML table), `note` (what cannot be recomputed, and why),
-    `status`. `frame` and `table` are the last `recompute` and `what_if_summary` results.
+    Controls: `setting` (whose records: one label at one learning rate, its seeds pooled, as
+    `views.run_settings` groups them), `objectives` (those its records can give),
+    `default_beta` (True: each objective's own β), `beta`, `gamma` (SimPO's target margin),
+    `norm` ("default" or "sum" / "mean"). Shown: `figure` (an Output holding one PNG),
+    `summary` (HTML table), `note` (what cannot be recomputed, and why), `status` (whose
+    records, how many runs, the parameters). `frame` and `table` are the last `recompute` and
+    `what_if_summary` results.
+
+    settings: `views.run_settings` of the records' runs (None: by label and lr); setting: the
+    one shown first (None: the first label's largest learning rate); order: the labels' order.
     """
 
-    def __init__(self, records: pd.DataFrame, *, objectives: Sequence[str] | None = None):
+    def __init__(self, records: pd.DataFrame, *, objectives: Sequence[str] | None = None,
+                 settings: pd.DataFrame | None = None, setting: str | None = None,
+                 order: Sequence[str] | None = None):
         self.records = records
-        self.availability = what_if_objectives(records)
+        settings = run_settings(records) if settings is None else settings
+        self.settings = settings[settings.run_id.isin(set(records.run_id))]
+        options = _setting_options(self.settings, order)
+        if setting is not None and setting not in dict(options).values():
+            raise ValueError(f"what_if: no setting {setting!r}; these records have: "
+                             f"{', '.join(dict(options).values())}")
+        self.setting = widgets.Dropdown(options=options, value=setting or options[0][1],
+                                        description="records of",
+                                        layout=widgets.Layout(width="28em"))
+        self.availability = what_if_objectives(self.rows)
         available = list(self.availability.objective[self.availability.available])
         if not available:
             raise ValueError("what_if: no objective can be recomputed from these records")
         first = [o for o in (objectives or available[:4]) if o in available] or available[:4]
+        self._chosen = list(objectives or first)
         self.objectives = widgets.SelectMultiple(options=available, value=first,
                                                  rows=min(len(available), 8),
                                                  description="objectives")
@@ -169,15 +199,42 @@ class WhatIf(widgets.VBox):
         self.figure = widgets.Output()
         self.frame: pd.DataFrame | None = None
         self.table: pd.DataFrame | None = None
-        controls = widgets.HBox([self.objectives,
+        self._quiet = False
+        controls = widgets.HBox([widgets.VBox([self.setting, self.objectives]),
                                  widgets.VBox([self.default_beta, self.beta, self.gamma,
                                                self.norm])])
         super().__init__([controls, self.status, self.figure, self.summary, self.note])
-        add_classes(self, "what-if", objectives=self.objectives, beta=self.beta,
-                     norm=self.norm, status=self.status, figure=self.figure,
+        add_classes(self, "what-if", setting=self.setting, objectives=self.objectives,
+                     beta=self.beta, norm=self.norm, status=self.status, figure=self.figure,
                      summary=self.summary)
+        self.setting.observe(self._on_setting, names="value")
         for control in (self.objectives, self.default_beta, self.beta, self.gamma, self.norm):
             control.observe(self._on_change, names="value")
+        self.update()
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        """The runs of the chosen setting (`views.run_settings` rows)."""
+        return self.settings[self.settings.setting == self.setting.value]
+
+    @property
+    def rows(self) -> pd.DataFrame:
+        """The records of the chosen setting's runs: what is recomputed."""
+        return self.records[self.records.run_id.isin(set(self.runs.run_id))]
+
+    def _on_setting(self, _change) -> None:
+        """Another setting: the objectives its records can give (the chosen ones kept where
+        they can), then redraw."""
+        self.availability = what_if_objectives(self.rows)
+        self.note.value = _unavailable_html(self.availability)
+        available = list(self.availability.objective[self.availability.available])
+        keep = [o for o in self._chosen if o in available]
+        self._quiet = True
+        try:
+            self.objectives.options = available
+            self.objectives.value = keep or available[:4]
+        finally:
+            self._quiet = False
         self.update()
 
     def params(self) -> dict:
@@ -186,8 +243,11 @@ class WhatIf(widgets.VBox):
                 "gamma": float(self.gamma.value),
                 "norm": None if self.norm.value == "default" else self.norm.value}
 
-    def _on_change(self, _change) -> None:
-        self.update()
+    def _on_change(self, change) -> None:
+        if change.owner is self.objectives and not self._quiet:
+            self._chosen = list(self.objectives.value)
+        if not self._quiet:
+            self.update()
 
     def update(self) -> None:
         """Recompute from the controls and redraw."""
@@ -200,14 +260,41 @@ class WhatIf(widgets.VBox):
             show(self.figure)
             return
         params = self.params()
-        self.frame = recompute(self.records, names, **params)
+        self.frame = recompute(self.rows, names, **params)
         self.table = what_if_summary(self.frame)
-        self.status.value = _params_html(names, params)
+        whose = _runs_text(self.runs)
+        self.status.value = f"<b>{html.escape(whose)}</b> · " + _params_html(names, params)
         self.summary.value = _summary_html(self.table)
-        show(self.figure, display_png(draw_what_if(self.frame, order=names), "what if"))
+        if self.frame.empty:
+            show(self.figure, message(f"{whose}: no records to recompute"))
+            return
+        show(self.figure, display_png(draw_what_if(self.frame, order=names, title=whose),
+                                      "what if"))
+
+
+def _setting_options(settings: pd.DataFrame, order: Sequence[str] | None) -> list[tuple]:
+    """(shown, setting) for each setting: labels in `order` (then as they come), each label's
+    largest learning rate first."""
+    per = settings.drop_duplicates("setting")
+    labels = list(dict.fromkeys([*(order or []), *per.label]))
+    per = per.assign(rank=per.label.map({lab: i for i, lab in enumerate(labels)}))
+    per = per.sort_values(["rank", "lr", "setting"], ascending=[True, False, True],
+                          na_position="last")
+    return [(f"{r.setting} ({r.n_runs} run{'s' if r.n_runs > 1 else ''})", r.setting)
+            for r in per.itertuples()]
+
+
+def _runs_text(runs: pd.DataFrame) -> str:
+    """Whose records, in words: the setting, and its one run or its seeds' runs pooled."""
+    setting = runs.setting.iloc[0]
+    seeds = ", ".join(map(str, sorted(runs.seed.unique())))
+    if len(runs) == 1:
+        return f"{setting}: one run (seed {seeds})"
+    return f"{setting}: {len(runs)} runs pooled, seeds {seeds} of one setting"
 
 
 def _params_html(names: Sequence[str], params: Mapping) -> str:
+    """The parameters each objective is recomputed with, as HTML."""
     parts = []
     for name in names:
         resolved = objective_params(name, **params)
@@ -239,15 +326,20 @@ def _unavailable_html(availability: pd.DataFrame) -> str:
     return f"<p>Not recomputed here:</p><ul>{items}</ul>"
 
 
-def what_if(records: pd.DataFrame | None = None, *,
-            objectives: Sequence[str] | None = None) -> WhatIf:
-    """The what-if view over `records` (per-pair records; None: the committed study's training
-    records). Every row is recomputed: pass, e.g., one run's records to compare objectives on the
-    same model states. `objectives`: those selected at first (default: the first four that can
-    be recomputed)."""
-    if records is None:
-        records = load_tables().records
-    return WhatIf(records, objectives=objectives)
+def what_if(records: pd.DataFrame | None = None, *, objectives: Sequence[str] | None = None,
+            setting: str | None = None) -> WhatIf:
+    """The what-if view over `records` (per-pair records with label and lr; None: the
+    committed study's training records, its runs' settings read from their configurations).
+    The rows of one setting at a time are recomputed (`WhatIf.setting`: one label at one
+    learning rate, seeds pooled), so objectives are compared on the same model states.
+    `objectives`: those selected at first (default: the first four that can be recomputed);
+    `setting`: the one shown first, e.g. "dpo · lr 0.001" (default: the first label's largest
+    learning rate)."""
+    if records is not None:
+        return WhatIf(records, objectives=objectives, setting=setting)
+    tables = load_tables()
+    return WhatIf(tables.records, objectives=objectives, setting=setting, order=tables.order,
+                  settings=run_settings(tables.runs, tables.configs))
 
 
 __all__ = ["WHAT_IF_PARAMS", "WhatIf", "draw_what_if", "objective_params", "recompute", "what_if",

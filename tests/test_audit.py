@@ -337,7 +337,7 @@ def test_audit_calls_the_gradient_audit_by_its_contract(tiny, bundled, monkeypat
     calls = []
 
     def gradient_audit(model, tokenizer, pairs, *, objectives=(), batch_size=4,
-                       max_length=None, max_prompt_length=None, seed=0):
+                       max_length=None, max_prompt_length=None, seed=0, progress=None):
         calls.append({"pairs": len(pairs), "batch_size": batch_size, "seed": seed,
                       "max_length": max_length, "objectives": objectives})
         fake = _fake_gradients()
@@ -461,7 +461,7 @@ def test_audit_command_on_hh_transcripts_without_metadata(tmp_path):
 
 def test_render_page_without_dose_or_gradients(tiny, bundled, tmp_path):
     model, tok = tiny
-    result = audit(bundled[:6], model=model, tokenizer=tok, factors=(), n_boot=0)
+    result = audit(bundled[:6], model=model, tokenizer=tok, factors=(), n_boot=20)
     assert isinstance(result, Audit) and result.dose.empty
     page = render_page(result, tmp_path)
     assert "No dose-response" in page and "Not computed: `prefstudy audit --gradients`" in page
@@ -479,3 +479,140 @@ def test_audit_with_the_real_gradient_audit(tiny, bundled, tmp_path):
     assert scale["max"] == pytest.approx(0.05, rel=1e-3)
     assert "grad_norm(dpo) / grad_norm(naive-sum) = 0.0500" in write_audit(
         result, tmp_path).read_text()
+
+
+# --------------------------------------------------------------------------- degenerate input
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("max_pairs", 0, r"max_pairs = 0 \(--max-pairs\): must be a whole number ≥ 1, or None"),
+    ("n_boot", 0, r"n_boot = 0 \(--n-boot\): must be a whole number ≥ 1"),
+    ("n_boot", -5, r"n_boot = -5 \(--n-boot\)"),
+    ("dose_pairs", -1, r"dose_pairs = -1 \(--dose-pairs\): .*0 on the command line"),
+    ("gradient_pairs", 0, r"gradient_pairs = 0 \(--gradient-pairs\)"),
+    ("batch_size", 0, r"batch_size = 0 \(--batch-size\)"),
+    ("max_length", 1, r"max_length = 1 \(--max-length\): must be a whole number ≥ 2"),
+    ("max_pairs", 2.5, r"max_pairs = 2.5 \(--max-pairs\)"),
+    ("seed", -1, r"seed = -1 \(--seed\)"),
+    ("factors", (2.0, float("nan")), r"factors = \(2.0, nan\): every factor must be a finite"),
+])
+def test_an_option_the_audit_cannot_use_is_refused_before_anything_loads(option, value, match):
+    from prefstudy.audit import AuditError
+
+    # neither the data nor the model exists: the option is refused before either is opened
+    with pytest.raises(AuditError, match=match):
+        audit("no/such-data.jsonl", model="no/such-model", **{option: value})
+
+
+def test_the_command_names_the_flag_it_refuses(capsys, bundled):
+    assert main(["audit", str(data_dir() / "pairs"), "--max-pairs", "0", "--model",
+                 "no/such-model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--max-pairs" in err and "≥ 1" in err
+
+
+def _shared_prefix_pairs(n=4):
+    return PairSet(tuple(PreferencePair(f"q{i}", "The answer to this question is surely A"
+                                        + " x" * i, "The answer to this question is surely B")
+                         for i in range(n)))
+
+
+def test_a_cut_that_leaves_no_pair_is_refused_with_why(tiny):
+    from prefstudy.audit import AuditError
+
+    model, tok = tiny
+    with pytest.raises(AuditError, match=r"max_length = 6 \(--max-length\) cuts away every one "
+                                         r"of the 4 pairs \(chosen and rejected are identical"):
+        audit(_shared_prefix_pairs(), model=model, tokenizer=tok, max_length=6, n_boot=20,
+              progress=False)
+
+
+def test_non_finite_scores_are_named_and_every_undefined_number_says_why(tiny, bundled,
+                                                                         tmp_path):
+    import copy
+
+    import torch
+
+    from prefstudy.audit import AuditWarning
+
+    model, tok = tiny
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.model.norm.weight[:] = float("nan")
+    with pytest.warns(AuditWarning, match=r"scored 5 of the 5 pairs non-finite"):
+        result = audit(bundled[:5], model=broken, tokenizer=tok, factors=(2.0,), n_boot=20,
+                       progress=False)
+    assert set(result.length.reason) == {
+        "no row with a finite dlen and gap_value (5 left out: not finite)"}
+    assert result.accuracy.reason.str.contains("has a finite gap").any()
+    assert set(result.dose_summary.reason) == {
+        "none of its 5 pairs has a dose slope (a slope needs two distinct achieved token "
+        "ratios with a finite gap)"}
+    page = write_audit(result, tmp_path / "audit").read_text()  # every figure drawn, empty
+    assert "could not be judged (no row with a finite dlen and gap_value" in page
+    assert (tmp_path / "audit" / "figures" / "gap_vs_length.png").exists()
+
+
+def test_a_single_pair_is_audited_and_says_why_its_numbers_are_undefined(tiny, bundled,
+                                                                         tmp_path, capsys):
+    model, tok = tiny
+    result = audit(bundled[:1], model=model, tokenizer=tok, factors=(2.0,), n_boot=20,
+                   gradients=True, objectives=(("naive", {"norm": "sum"}),))
+    assert "audit: gradients" in capsys.readouterr().err  # progress, stage by stage
+    assert set(result.length.reason) == {
+        "1 row with a finite dlen and gap_value; a fit needs at least 3"}
+    assert set(result.dose_summary.reason) == {"1 pair: a bootstrap interval resamples at "
+                                               "least 3"}
+    assert result.gradient_summary.reason.str.contains("none of its 1 pairs has one").all()
+    page = write_audit(result, tmp_path / "audit").read_text()
+    assert "too few pairs" not in page and "a fit needs at least 3" in page
+
+
+# --------------------------------------------------------------------------- written whole
+
+
+def test_an_interrupted_audit_leaves_the_earlier_one_whole(tiny, bundled, tmp_path, monkeypatch):
+    from prefstudy import auditpage
+    from prefstudy.audit import AuditError
+
+    model, tok = tiny
+    out = tmp_path / "audit"
+    first = audit(bundled[:6], model=model, tokenizer=tok, factors=(2.0,), dose_pairs=3,
+                  n_boot=20, progress=False)
+    held = audit(bundled[6:10], model=model, tokenizer=tok, factors=(), n_boot=20,
+                 progress=False)
+    write_audit(first, out, nested={"heldout": held})
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert (out / "dose.parquet").exists() and (out / "heldout" / "audit.json").exists()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the page is written last: everything else already was
+
+    monkeypatch.setattr(auditpage, "render_page", killed)
+    second = held  # 4 pairs, no dose-response
+    with pytest.raises(KeyboardInterrupt):
+        write_audit(second, out)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the old audit, untouched: no new pairs.parquet beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit"]  # no temporary left
+    monkeypatch.undo()
+    write_audit(second, out)  # complete: the new audit, whole; its nested audit kept
+    assert not (out / "dose.parquet").exists()  # the old audit's, not this one's
+    assert len(pd.read_parquet(out / "pairs.parquet")) == 4
+    assert (out / "heldout" / "audit.json").read_bytes() == before[
+        (out / "heldout" / "audit.json").relative_to(out)]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(AuditError, match="not empty and holds no audit"):
+        write_audit(second, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_the_audit_shows_its_progress(tiny, bundled, capsys):
+    model, tok = tiny
+    audit(bundled[:4], model=model, tokenizer=tok, factors=(2.0,), n_boot=20)
+    err = capsys.readouterr().err
+    for stage in ("audit: scoring", "audit: dose-response"):  # gradients: the test above
+        assert stage in err, stage
+    audit(bundled[:4], model=model, tokenizer=tok, factors=(), n_boot=20, progress=False)
+    assert "audit:" not in capsys.readouterr().err

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -7,6 +8,7 @@ from prefstudy.data import (
     DataError,
     PreferencePair,
     SkippedPairsWarning,
+    load_any,
     load_pairs,
     pairs_from_frame,
 )
@@ -130,3 +132,174 @@ def test_text_facts_give_length_ratio_and_edit_distance():
     out = text_facts(pairs)
     assert list(out.edit_distance) == pytest.approx([0.0, 0.25, 1.0])  # 1 − 2·3/8 for b
     assert list(out.len_ratio) == pytest.approx([1.0, 1.0, 2.0])
+
+
+# --------------------------------------------------------------------------- what a loader is given
+
+
+@pytest.fixture
+def no_hang():
+    """Fails a test that blocks (a FIFO opened for reading waits for a writer forever)."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("the loader blocked: it opened what it should have refused")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _socket(path):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    return sock
+
+
+def test_a_folder_reads_every_pairs_file_and_names_every_other_entry(tmp_path, no_hang):
+    import gzip
+    import os
+
+    write(tmp_path, [{**GOOD, "prompt": "a"}], "a.jsonl")
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(
+        json.dumps({**GOOD, "prompt": "b"}).encode() + b"\n"))
+    pd.DataFrame([{**GOOD, "prompt": "c"}]).to_parquet(tmp_path / "c.parquet")
+    pd.DataFrame([{**GOOD, "prompt": "d"}]).to_csv(tmp_path / "d.csv", index=False)
+    pd.DataFrame([{**GOOD, "prompt": "e"}]).to_parquet(tmp_path / "e.PQ")
+    (tmp_path / "notes.txt").write_text("not pairs")
+    write(tmp_path, [{**GOOD, "prompt": "hidden"}], ".hidden.jsonl")
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub", [{**GOOD, "prompt": "nested"}], "x.jsonl")
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    sock = _socket(tmp_path / "sock.csv")
+    (tmp_path / "loop.jsonl").symlink_to("loop.jsonl")
+    (tmp_path / "gone.parquet").symlink_to("nowhere.parquet")
+    (tmp_path / "link.jsonl").symlink_to("a.jsonl")  # a link to a pairs file is read (a repeat)
+    try:
+        for load in (load_pairs, load_any):
+            with pytest.warns(SkippedPairsWarning) as caught:
+                pairs = load(tmp_path)
+            assert [p.prompt for p in pairs] == ["a", "b", "c", "d", "e"]  # nothing valid lost
+            reasons = {Path(s.source).name: s.reason for s in pairs.skipped}
+            assert set(reasons) == {".hidden.jsonl", "notes.txt", "sub", "pipe.jsonl",
+                                    "sock.csv", "loop.jsonl", "gone.parquet", "link.jsonl"}
+            assert "hidden" in reasons[".hidden.jsonl"] and "subfolder" in reasons["sub"]
+            assert "not read" in reasons["notes.txt"] and "FIFO" in reasons["pipe.jsonl"]
+            assert "socket" in reasons["sock.csv"] and "loop" in reasons["loop.jsonl"]
+            assert "does not exist" in reasons["gone.parquet"]
+            assert "duplicate of" in reasons["link.jsonl"]
+            message = str(caught[0].message)
+            assert "\n" not in message and "1 of 6 records and 7 folder entries" in message
+    finally:
+        sock.close()
+
+
+def test_a_folder_with_nothing_to_read_names_what_it_holds(tmp_path):
+    (tmp_path / "README.md").write_text("# data")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(DataError, match=r"holds no pairs file .*README\.md, sub"):
+        load_any(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "socket", "loop", "dangling"])
+@pytest.mark.parametrize("name", ["pairs.jsonl", "pairs.parquet", "pairs.csv", "pairs"])
+def test_what_is_not_a_regular_file_is_refused_before_it_is_opened(tmp_path, no_hang, kind, name):
+    import os
+
+    path, sock = tmp_path / name, None
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = _socket(path)
+    elif kind == "loop":
+        path.symlink_to(name)
+    elif kind == "dangling":
+        path.symlink_to(tmp_path / "nowhere")
+    else:
+        path.symlink_to("/dev/zero")
+    expected = {"fifo": "a FIFO", "device": "a character device", "socket": "a socket",
+                "loop": "a loop of symbolic links", "dangling": "which does not exist"}[kind]
+    try:
+        for load in (load_any, load_pairs):
+            with pytest.raises(DataError, match=expected) as caught:
+                load(path)
+            assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+        with pytest.raises(DataError, match=expected):
+            load_any("/dev/zero" if kind == "device" else str(path))
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def test_a_meta_column_holding_json_text_becomes_the_pairs_meta(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{**GOOD, "meta": json.dumps({"lang": "zh", "category": "tone", "n": 2}),
+             "source": "web"},
+            {**GOOD, "prompt": "Two?", "meta": "", "source": "book"}]
+    pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
+    pd.DataFrame(rows).to_parquet(tmp_path / "text.parquet")
+    for name in ("pairs.csv", "text.parquet"):
+        pairs = load_any(tmp_path / name)
+        assert pairs[0].meta == {"lang": "zh", "category": "tone", "n": 2, "source": "web"}
+        assert pairs[1].meta == {"source": "book"}  # an empty cell: no meta, not lost text
+    # a parquet map column (key/value pairs) and a struct column are meta too
+    table = pa.table({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"],
+                      "meta": pa.array([[("lang", "en")]], pa.map_(pa.string(), pa.string()))})
+    pq.write_table(table, tmp_path / "map.parquet")
+    assert load_any(tmp_path / "map.parquet")[0].meta == {"lang": "en"}
+    pd.DataFrame([{**GOOD, "meta": {"lang": "en"}}]).to_parquet(tmp_path / "struct.parquet")
+    assert load_any(tmp_path / "struct.parquet")[0].meta == {"lang": "en"}
+    # text that is not a JSON object names the file, the row and the column
+    pd.DataFrame([{**GOOD, "meta": "lang=zh"}]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"bad\.csv row:0: field 'meta' must be a JSON object"):
+        load_any(tmp_path / "bad.csv")
+    pd.DataFrame([{**GOOD, "meta": "[1, 2]"}]).to_csv(tmp_path / "list.csv", index=False)
+    with pytest.raises(DataError, match=r"list\.csv row:0: field 'meta' must be an object"):
+        load_any(tmp_path / "list.csv")
+
+
+def test_iterable_datasets_are_read_up_to_a_bound_or_refused_in_one_line(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from prefstudy import data
+
+    rows = [{**GOOD, "prompt": f"q{i}", "meta": {"i": i}} for i in range(5)]
+    stream = datasets.Dataset.from_list(rows).to_iterable_dataset()
+    assert [p.prompt for p in load_any(stream)] == [f"q{i}" for i in range(5)]
+    both = datasets.IterableDatasetDict({"train": stream, "test": stream})
+    assert len(load_any(both, split="test")) == 5
+    with pytest.raises(DataError, match=r"splits \['train', 'test'\]; pass split="):
+        load_any(both)
+
+    def endless():  # a generator without features: columns come from its first row
+        i = 0
+        while True:
+            yield {**GOOD, "prompt": f"p{i}"}
+            i += 1
+
+    forever = datasets.IterableDataset.from_generator(endless)
+    monkeypatch.setattr(data, "STREAM_MAX_ROWS", 50)
+    with pytest.raises(DataError, match=r"more than 50 rows .*pass max_rows=N") as caught:
+        load_any(forever)
+    assert "\n" not in str(caught.value)
+    assert [p.prompt for p in load_any(forever, max_rows=3)] == ["p0", "p1", "p2"]
+
+    def broken():
+        yield GOOD
+        raise ConnectionError("the hub went away")
+
+    with pytest.raises(DataError, match=r"failed while it was read \(ConnectionError: the hub"):
+        load_any(datasets.IterableDataset.from_generator(broken))
+    no_chosen = datasets.IterableDataset.from_generator(lambda: iter([{"prompt": "p"}]))
+    with pytest.raises(DataError, match=r"missing column\(s\) \['chosen', 'rejected'\]"):
+        load_any(no_chosen)
+
+
+def test_an_object_it_cannot_read_is_one_line_naming_what_it_reads():
+    with pytest.raises(TypeError, match=r"cannot read pairs from a generator; it reads a path"):
+        load_any(row for row in [GOOD])

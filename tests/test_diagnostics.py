@@ -296,3 +296,28 @@ def test_missing_column_message_names_the_column():
     rec = records_frame([{"loss_p": 1.0, "loss_n": 2.0}]).drop(columns="nll_sum_n")
     with pytest.raises(SchemaError, match="nll_sum_n"):
         dg.gap_normalisations(rec)
+
+
+def test_the_audit_tables_say_why_a_number_is_undefined():
+    from prefstudy import auditstats
+
+    scores = pd.DataFrame({"pair_id": ["a", "b"], "len_p": [10, 10], "len_n": [30, 11],
+                           "gap_sum": [1.0, np.nan], "gap": [0.1, np.nan]})
+    acc = auditstats.preference_accuracy(scores).set_index(["normalisation", "length_kind"])
+    assert acc.reason["sum", "rejected longer"] == ""
+    assert acc.reason["sum", "chosen longer"] == "no pair is chosen longer"
+    assert acc.reason["mean", "similar"] == \
+        "none of its 1 pairs has a finite gap (cut away or not finite)"
+    # one pair per batch: no leave-one-out cosine, and no interval over one batch
+    grads = pd.DataFrame({"objective": "naive", "label": "naive-sum", "pair_id": ["a", "b"],
+                          "batch": ["a0", "a1"], "len_p": [3, 4], "len_n": [5, 9],
+                          "grad_norm": [1.0, 2.0], "grad_cos_loo": [np.nan, np.nan],
+                          "grad_cos_orthogonal": 0.0, "entanglement": 0.2, "ches": 1.0})
+    summary = auditstats.gradient_summary(grads, n_boot=20)
+    assert summary.reason.iloc[0] == (
+        "gradient norm on length: 2 rows with a finite tokens and grad_norm; a fit needs at "
+        "least 3; leave-one-out cosine: none of its 2 pairs has one (a pair alone in its batch "
+        "has no others; or its gradient is not finite)")
+    two = grads.assign(batch="a0", grad_cos_loo=[0.1, -0.2])
+    assert auditstats.gradient_summary(two, n_boot=20).reason.iloc[0].endswith(
+        "leave-one-out cosine: 1 batch: a bootstrap interval resamples at least 3")

@@ -56,7 +56,28 @@ def test_nothing_frozen_or_an_unknown_layout_attaches_nothing(model_and_batches)
 
 def test_runs_with_the_same_starting_model_share_one_store(model_and_batches):
     model, batches = model_and_batches
-    a = frozen.attach(copy.deepcopy(model), 1, key=("tiny", 0, "float32", "cpu"))
-    b = frozen.attach(copy.deepcopy(model), 1, key=("tiny", 0, "float32", "cpu"))
-    c = frozen.attach(copy.deepcopy(model), 1, key=("tiny", 1, "float32", "cpu"))
-    assert a.store is b.store and c.store is not a.store
+    a = frozen.attach(copy.deepcopy(model), 1, shared=True)
+    b = frozen.attach(copy.deepcopy(model), 1, shared=True)
+    assert a.store is b.store and frozen.attach(copy.deepcopy(model), 1).store is not a.store
+
+
+def test_a_model_with_other_weights_never_reuses_the_store(model_and_batches, tokenizer):
+    """The store is keyed on the model's content, not its name: a model loaded from the same
+    name with other weights behind it, another seed or another dtype gets a store of its own."""
+    model, batches = model_and_batches
+    first = copy.deepcopy(model)
+    a = frozen.attach(first, 1, shared=True)
+    token_logps(first, batches[0])
+    assert len(a.store) == 6
+    changed = copy.deepcopy(model)  # the same name, a frozen block's weights changed
+    with torch.no_grad():
+        changed.model.layers[0].mlp.up_proj.weight.mul_(1.5)
+    b = frozen.attach(changed, 1, shared=True)
+    assert b.store is not a.store and not b.store
+    plain = copy.deepcopy(changed)  # not attached: a full forward
+    torch.testing.assert_close(token_logps(changed, batches[0]).logps,
+                               token_logps(plain, batches[0]).logps, atol=1e-5, rtol=1e-5)
+    other_seed = tiny_model(len(tokenizer), seed=4)
+    assert frozen.attach(other_seed, 1, shared=True).store is not b.store
+    wider = copy.deepcopy(model).to(torch.float64)
+    assert frozen.attach(wider, 1, shared=True).store is not frozen.attached(other_seed).store

@@ -5,6 +5,7 @@ weights each step started from (snapshotted by a callback), so the test checks t
 step alignment (step s = the weights before update s) and the pair ids at once.
 """
 
+import contextlib
 import copy
 import math
 import os
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback, TrainingArguments
 
 from prefstudy.columns import SchemaError
-from prefstudy.data import PreferencePair
+from prefstudy.data import DataError, PreferencePair
 from prefstudy.encode import EncodedPair, collate, encode_pairs
 from prefstudy.integrations import (
     TRL_OBJECTIVES,
@@ -34,6 +35,7 @@ from prefstudy.models import load_model
 from prefstudy.objectives import OBJECTIVES, PairLogps
 from prefstudy.records import (
     RECORD_COLUMNS,
+    RunError,
     check_records,
     load_run,
     read_config,
@@ -350,6 +352,133 @@ def test_configurations_without_a_counterpart_are_refused_before_loading(trl, tm
     with pytest.raises(ValueError, match=message):
         PerPairDPOTrainer(model="never-loaded", args=dpo_args(tmp_path, **options),
                           train_dataset=[{"prompt": "a", "chosen": "b", "rejected": "c"}])
+
+def refuse_tokenising(monkeypatch):
+    """From now on TRL's DPOTrainer tokenising a dataset fails the test: a refusal must come
+    before it."""
+    from trl import DPOTrainer
+
+    def tokenise(*args, **kwargs):
+        raise AssertionError("TRL tokenised the dataset before the refusal")
+
+    monkeypatch.setattr(DPOTrainer, "_prepare_dataset", tokenise)
+
+
+@pytest.fixture
+def never_tokenised(trl, monkeypatch):
+    refuse_tokenising(monkeypatch)
+
+
+def _text_rows(pairs=PAIRS) -> list[dict]:
+    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+
+
+def _build_dpo(tmp_path, folder, rows=None, args=None):
+    """A PerPairDPOTrainer that is refused before it loads its model (a name that is nowhere).
+    args: a live trainer's (new TrainingArguments reset the accelerator state it uses)."""
+    from datasets import Dataset
+
+    from prefstudy.integrations import PerPairDPOTrainer
+
+    return PerPairDPOTrainer(model="never-loaded", args=args or dpo_args(tmp_path),
+                             records_dir=folder,
+                             train_dataset=Dataset.from_list(rows or _text_rows()))
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder):
+    """The records folder's lock, held by another process for the block."""
+    from prefstudy.locks import lock_file
+
+    code = ("import sys, time\nfrom filelock import FileLock\n"
+            "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True)\n"
+            "time.sleep(120)\n")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", code, str(lock_file(folder))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_records_folder_is_locked_when_the_trainer_is_built(trl, tmp_path, monkeypatch):
+    from prefstudy.locks import acquire
+
+    folder = tmp_path / "run"
+    refuse_tokenising(monkeypatch)
+    with lock_held_elsewhere(folder):
+        with pytest.raises(RunError, match="another process is recording into this run "
+                                           "folder") as caught:
+            _build_dpo(tmp_path, folder)
+        assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+    # a trainer built on the folder holds it until its training ends: a second one is refused
+    monkeypatch.undo()
+    trainer, _, _ = dpo_trainer(tmp_path, dpo_args(tmp_path, max_steps=1))
+    assert folder.is_dir() and not (folder / "meta.json").exists()  # opened, nothing written
+    refuse_tokenising(monkeypatch)
+    with pytest.raises(RunError, match="pass another records_dir"):
+        _build_dpo(tmp_path, folder, args=trainer.args)
+    monkeypatch.undo()
+    trainer.train()
+    assert read_meta(folder)["status"] == "completed"
+    acquire(folder).release()  # the ended training let go of it
+
+
+def test_a_trainer_that_fails_to_build_leaves_no_folder_and_no_lock(trl, tmp_path):
+    from prefstudy.locks import acquire
+
+    folder = tmp_path / "fresh"
+    with pytest.raises(OSError):  # the model is nowhere: the parent trainer fails after the lock
+        _build_dpo(tmp_path, folder)
+    assert not folder.exists()
+    acquire(folder).release()
+
+
+@pytest.mark.parametrize("where, message", [
+    ("a file", "exists and is not a folder"),
+    ("under a file", "cannot be written"),
+])
+def test_an_unusable_records_folder_is_refused_before_tokenising(never_tokenised, tmp_path,
+                                                                 where, message):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    folder = tmp_path / "taken" if where == "a file" else tmp_path / "taken" / "run"
+    with pytest.raises(RunError, match=message) as caught:
+        _build_dpo(tmp_path, folder)
+    assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root writes into a read-only folder")
+def test_a_records_folder_without_write_permission_is_refused(never_tokenised, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(RunError, match="cannot be written"):
+            _build_dpo(tmp_path, folder)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_repeated_pair_ids_are_refused_before_tokenising(never_tokenised, tmp_path):
+    rows = _text_rows()
+    given = [{**r, "pair_id": "same" if i in (2, 5) else f"id{i}"} for i, r in enumerate(rows)]
+    with pytest.raises(DataError, match=r"rows 2 and 5, pair_id 'same', are the same pair_id"):
+        _build_dpo(tmp_path, tmp_path / "run", given)
+    with pytest.raises(DataError, match=r"rows 0 and 8, .*same pair \(prompt, chosen, rejected\)"):
+        _build_dpo(tmp_path, tmp_path / "run", rows + rows[:1])
+    assert not (tmp_path / "run").exists()  # refused before the folder was opened
+    # a plain Trainer's list of rows is checked the same way
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    with pytest.raises(DataError, match="rows 0 and 1"):
+        PerExampleLossTrainer(model=torch.nn.Linear(1, 1), args=args,
+                              train_dataset=[{"pair_id": "a"}, {"pair_id": "a"}],
+                              per_example_loss=lambda model, inputs: None,
+                              records_dir=tmp_path / "plain")
+
 
 def test_unsupported_trl_versions_fail_with_the_supported_range(trl, tmp_path, monkeypatch):
     from prefstudy.integrations import PerPairDPOTrainer, check_trl

@@ -172,3 +172,26 @@ def test_a_hub_id_offline_is_one_line(own_data):
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert "no-such-owner/no-such-data" in lines[0] and "hub" in lines[0]
     assert "offline" in lines[0].lower() or "could not be loaded" in lines[0]
+
+
+def test_data_that_is_not_a_regular_file_is_one_line_before_it_is_opened(own_data, capsys):
+    root, _, held = own_data
+    fifo = root / "pipe.parquet"  # opening it for reading would wait for a writer forever
+    os.mkfifo(fifo)
+    assert main(_study_argv(root, fifo, held, "--output", str(root / "bad-5"))) == 2
+    line = _one_line(capsys)
+    assert str(fifo) in line and "FIFO" in line and "refused before opening" in line
+
+
+def test_a_folder_of_mixed_files_is_read_whole(tmp_path):
+    from prefstudy.data import SkippedPairsWarning, load_any
+
+    rows = _train_rows()
+    pd.DataFrame(rows[:8]).to_parquet(tmp_path / "a.parquet", index=False)
+    pd.DataFrame(rows[8:12]).assign(meta='{"lang": "en"}').to_csv(tmp_path / "b.csv",
+                                                                   index=False)
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[12:]))
+    (tmp_path / "README.md").write_text("my pairs")
+    with pytest.warns(SkippedPairsWarning, match=r"skipped 1 folder entry: .*README\.md"):
+        loaded = load_any(tmp_path)
+    assert len(loaded) == 16 and [p.meta for p in loaded[8:12]] == [{"lang": "en"}] * 4

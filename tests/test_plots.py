@@ -588,3 +588,71 @@ def test_distribution_plot_jitter_is_seeded_and_leaves_the_global_state_alone():
     np.testing.assert_array_equal(first, offsets())
     assert not np.array_equal(first, offsets(seed=1))
     assert np.abs(first - np.round(first)).max() <= 0.2  # jitter within ±0.2 of its row
+
+
+# --------------------------------------------------------------------------- degenerate data
+
+
+def _degenerate(n: int, value: float | None):
+    """Frames for every figure: n rows (per label), every value `value` (None: ordinary)."""
+    def v(ordinary):
+        return ordinary if value is None else value
+
+    from prefstudy import auditstats
+    from prefstudy import diagnostics as dg
+
+    ids = [f"p{i}" for i in range(n)]
+    scores = pd.DataFrame({"pair_id": ids, "len_p": [5 + i for i in range(n)], "len_n": 7,
+                           "loss_p": 1.0, "loss_n": v(1.5), "nll_sum_p": 5.0,
+                           "nll_sum_n": v(9.0), "gap_sum": v(1.0), "gap": v(0.1)})
+    grads = pd.DataFrame([{"objective": lab, "label": lab, "pair_id": pid, "batch": "a0",
+                           "tokens": 12 + i, "grad_norm": v(1.0 + i), "grad_cos_loo": v(0.1 * i),
+                           "grad_cos_orthogonal": 0.0, "entanglement": v(0.3), "ches": v(2.0)}
+                          for lab in ("dpo", "naive-sum") for i, pid in enumerate(ids)])
+    dose = auditstats.dose_token_ratios(pd.DataFrame(
+        [{"pair_id": f"{pid}{f}", "variant_of": pid, "factor": f, "achieved_ratio": f,
+          "len_p": 5, "len_n": int(7 * f), "gap_sum": v(f), "gap": v(0.1 * f)}
+         for pid in ids for f in (1.0, 2.0)]))
+    labels = pd.DataFrame({"label": ["a"], "grad_cos": [v(0.1)], "share": [v(0.5)], "n": [n]})
+    runs = pd.DataFrame({"label": "a", "run_id": "a-s0", "seed": 0, "lr": 1e-3, "family": "x",
+                         "pair_id": "p", "step": range(1, n + 1), "d_neutral": v(0.1),
+                         "margin_gain": v(0.2), "loss_p": v(1.0), "loss_n": v(2.0)})
+    matched = pd.DataFrame({"label": "a", "level": [0.5 * (i + 1) for i in range(n)],
+                            "d_chosen": v(0.3), "d_chosen_lo": v(0.1), "d_chosen_hi": v(0.5)})
+    gaps = dg.gap_normalisations(scores, keep=("pair_id",))
+    accuracy = auditstats.preference_accuracy(scores)
+    return {
+        "gap_vs_length": lambda: plots.gap_vs_length(gaps),
+        "gradient_norm_plot": lambda: plots.gradient_norm_plot(grads),
+        "distribution_plot": lambda: plots.distribution_plot(
+            grads, x="grad_cos_loo", y="label", baseline="grad_cos_orthogonal"),
+        "distribution_panels": lambda: plots.distribution_panels(
+            grads, columns=("entanglement", "ches"), y="label", symlog=("ches",)),
+        "histogram_plot": lambda: plots.histogram_plot(grads, x="entanglement", bins=5),
+        "dose_plot": lambda: plots.dose_plot(
+            auditstats.dose_gaps(dose), summary=auditstats.dose_by_factor(dose),
+            slopes=auditstats.dose_slope_summary(auditstats.dose_pair_slopes(dose), n_boot=20)),
+        "accuracy_plot": lambda: plots.accuracy_plot(accuracy[accuracy.length_kind != "all"]),
+        "interval_plot": lambda: plots.interval_plot(labels),
+        "gradient_agreement": lambda: plots.gradient_agreement(labels),
+        "displacement_shares": lambda: plots.displacement_shares(labels, max_neutral=0.05),
+        "frontier": lambda: plots.frontier(runs),
+        "family_frontier": lambda: plots.family_frontier(runs),
+        "matched_chosen": lambda: plots.matched_chosen(matched),
+        "loss_trajectories": lambda: plots.loss_trajectories(runs),
+        "normalisation_grid": lambda: plots.normalisation_grid(runs),
+    }
+
+
+def _texts(figure) -> list[str]:
+    return [t.get_text() for ax in figure.axes for t in ax.texts]
+
+
+@pytest.mark.parametrize("name", list(_degenerate(1, None)))
+def test_every_figure_draws_one_row_and_no_finite_value_without_failing(name, tmp_path):
+    for n, value in ((1, None), (4, np.nan), (1, np.inf)):
+        drawn = _degenerate(n, value)[name]()
+        figure = getattr(drawn, "figure", None) or getattr(drawn, "fig", None) or drawn
+        figure.savefig(tmp_path / "figure.png")  # drawing it fails nowhere either
+        notes = [t for t in _texts(figure) if t.startswith("nothing to draw")]
+        assert bool(notes) == (value is not None), (name, n, value)

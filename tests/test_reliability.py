@@ -3,11 +3,13 @@ writer per run folder, damaged run folders are named, finite explosions are flag
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -305,6 +307,206 @@ def test_two_processes_filling_one_cold_cache_never_collide(tmp_path):
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
     assert all(len(pd.read_parquet(tmp_path / f"c{i}.parquet")) == 2000 for i in range(5))
+
+
+# --------------------------------------------------------------------------- saved files read back
+
+
+class _RunsCode:
+    """Pickled, it calls Path.touch(marker) when unpickled: what a saved file must never do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "older format", "another key",
+                                    "a pair missing", "code"])
+def test_a_damaged_or_foreign_reference_entry_is_computed_again_naming_it(
+        tmp_path, monkeypatch, tokenizer, damage):
+    import torch
+
+    import prefstudy.step as step
+    from prefstudy.cache import CacheWarning, save_torch, save_torch_entry
+    from prefstudy.config import TrainConfig
+    from prefstudy.data import PreferencePair
+    from prefstudy.encode import encode_pairs
+    from prefstudy.models import tiny_model
+
+    monkeypatch.setattr(step, "cache_dir", lambda: tmp_path / "cache")
+    model = tiny_model(len(tokenizer), seed=5)
+    encoded = encode_pairs([PreferencePair(f"Q{i}?", f"Yes {i}.", f"No {i}, sorry.")
+                            for i in range(2)], tokenizer, max_length=48, max_prompt_length=16)
+
+    def reference():
+        return step.reference_logps(model, encoded, TrainConfig(), tokenizer.pad_token_id, "cpu")
+
+    first = reference()
+    (entry,) = (tmp_path / "cache").rglob("*.pt")
+    good, key = entry.read_bytes(), step._reference_key(model, encoded, "cpu")
+    marker = tmp_path / "code-ran"
+    one = dict(list(first.items())[:1])
+    {"garbage": lambda: entry.write_bytes(b"not a torch file"),
+     "truncated": lambda: entry.write_bytes(good[: len(good) // 2]),
+     "older format": lambda: save_torch(first, entry),  # no key inside
+     "another key": lambda: save_torch_entry(first, entry, "another key"),
+     "a pair missing": lambda: save_torch_entry(one, entry, key),
+     "code": lambda: save_torch({"prefstudy_cache_key": key, "value": _RunsCode(marker)}, entry),
+     }[damage]()
+    with pytest.warns(CacheWarning, match="computing it again") as seen:
+        again = reference()
+    assert str(entry) in str(seen[0].message)
+    assert not marker.exists()  # nothing saved is unpickled beyond tensors
+    assert all(torch.equal(first[p][0], again[p][0]) for p in first)
+    assert entry.read_bytes() == good  # rewritten as it was
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reference()  # and read back silently
+
+
+def test_a_damaged_or_foreign_step0_entry_is_computed_again_naming_it(tmp_path, monkeypatch,
+                                                                      tokenizer):
+    import prefstudy.evaluate as ev
+    from prefstudy.cache import CacheWarning
+    from prefstudy.models import tiny_model
+
+    monkeypatch.setattr(ev, "cache_dir", lambda: tmp_path / "cache")
+    model, calls = tiny_model(len(tokenizer), seed=5), []
+
+    def compute():
+        calls.append(1)
+        return pd.DataFrame({"step": [0], "text_id": [0], "nll_sum": [1.5]})
+
+    def at_start():
+        return ev.at_start("perplexity", model, tokenizer, "cpu", {"texts": ["a"]}, compute)
+
+    first = at_start()
+    (entry,) = (tmp_path / "cache").rglob("*.parquet")
+    for damage in (lambda: entry.write_bytes(b"PAR1 not parquet"),
+                   lambda: first.assign(nll_sum=9.0).to_parquet(entry)):  # not made for this key
+        damage()
+        with pytest.warns(CacheWarning, match="computing it again") as seen:
+            pd.testing.assert_frame_equal(at_start(), first)
+        assert str(entry) in str(seen[0].message)
+    assert len(calls) == 3
+    pd.testing.assert_frame_equal(at_start(), first)
+    assert len(calls) == 3
+
+
+def test_a_damaged_or_foreign_checkpoint_stops_the_resume_in_one_line_naming_it(
+        tmp_path, monkeypatch):
+    import torch
+
+    import prefstudy.train as tr
+    from prefstudy.cache import save_torch
+    from prefstudy.checkpoint import CheckpointError
+
+    real = tr.train_step
+
+    def breaks_at_step_3(*args):
+        if args[6] == 3:
+            raise RuntimeError("stopped")
+        return real(*args)
+
+    with monkeypatch.context() as m:
+        m.setattr(tr, "train_step", breaks_at_step_3)
+        with pytest.raises(RuntimeError, match="stopped"):
+            train(tiny_config(tmp_path), progress=False)
+    state = tmp_path / "r" / "checkpoint" / "state.pt"
+    good = state.read_bytes()
+    saved = torch.load(state, weights_only=True)
+    marker = tmp_path / "code-ran"
+    narrower = {k: v[..., :1] for k, v in saved["model"].items()}
+    cases = {
+        "not a readable checkpoint": b"garbage",
+        "not a readable checkpoint ": _RunsCode(marker),
+        "not a prefstudy checkpoint": {"weights": torch.zeros(2)},
+        "belongs to another run": {**saved, "owner": "another run's identity"},
+        "does not fit the model": {**saved, "model": narrower},
+    }
+    for why, content in cases.items():
+        if isinstance(content, bytes):
+            state.write_bytes(content)
+        else:
+            save_torch(content, state)
+        with pytest.raises(CheckpointError) as refused:
+            train(tiny_config(tmp_path), resume=True, progress=False)
+        message = str(refused.value)
+        assert message.startswith(f"{state}: ") and why.strip() in message, message
+        assert "\n" not in message and "delete it" in message
+        meta = read_meta(tmp_path / "r")
+        assert meta["status"] == "failed" and str(state) in meta["error"]
+    assert not marker.exists()
+    state.write_bytes(good)
+    run = train(tiny_config(tmp_path), resume=True, progress=False)
+    assert read_meta(run)["status"] == "completed" and load_table(run).step.max() == 3
+
+
+# --------------------------------------------------------------------------- writes that fail
+
+
+def _full_disk(*args, **kwargs):
+    """What torch.save raises when the disk fills: a RuntimeError from its archive writer, the
+    OSError only as its context."""
+    try:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs "
+                           "598")  # noqa: B904 - as torch raises it
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "step-0 cache", "reference cache"])
+def test_a_checkpoint_or_cache_that_cannot_be_written_fails_the_run_naming_it(
+        tmp_path, monkeypatch, where):
+    import prefstudy.checkpoint as checkpoint
+    import prefstudy.evaluate as ev
+    import prefstudy.step as step
+    from prefstudy.cache import WriteError
+
+    for module in (ev, step):  # empty caches: every entry is written
+        monkeypatch.setattr(module, "cache_dir", lambda: tmp_path / "cache")
+    module, writer, file = {
+        "checkpoint": (checkpoint, "save_torch", tmp_path / "r" / "checkpoint" / "state.pt"),
+        "step-0 cache": (ev, "save_frame_entry", tmp_path / "cache" / "start" / "perplexity-"),
+        "reference cache": (step, "save_torch_entry", tmp_path / "cache" / "reference"),
+    }[where]
+    monkeypatch.setattr(module, writer, _full_disk)
+    with pytest.raises(WriteError, match="could not be written: No space left on device") as e:
+        train(tiny_config(tmp_path, objective="dpo", params={}), progress=False)
+    message = str(e.value)
+    assert message.startswith(str(file)) and "\n" not in message
+    if where == "reference cache":  # before the run starts: no run folder to mark
+        assert not (tmp_path / "r" / "meta.json").exists()
+    else:
+        meta = read_meta(tmp_path / "r")
+        assert (meta["status"], meta["error_type"]) == ("failed", "WriteError")
+        assert str(file) in meta["error"]
+    assert not list(tmp_path.rglob("*.tmp"))  # nothing half-written left behind
+
+
+def test_a_file_size_limit_fails_the_run_in_one_line_naming_the_file(tmp_path):
+    """`ulimit -f`: the checkpoint (12 MB) passes the limit, the records (KB) do not."""
+    import resource
+    import signal
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so that a write fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+
+    args = [sys.executable, "-m", "prefstudy.cli", "train", "--config", str(TINY), "--steps",
+            "2", "--quiet", "--run-id", "r", "--output", str(tmp_path)]
+    out = subprocess.run(args, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                         capture_output=True, text=True, timeout=300,
+                         preexec_fn=limit_file_size)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    state = tmp_path / "r" / "checkpoint" / "state.pt"
+    assert lines[0] == f"prefstudy train: {state}: could not be written: File too large"
+    meta = read_meta(tmp_path / "r")
+    assert (meta["status"], meta["failed_step"], meta["error_type"]) == ("failed", 2,
+                                                                          "WriteError")
 
 
 # --------------------------------------------------------------------------- the command line

@@ -76,10 +76,185 @@ def test_the_readme_findings_are_the_committed_reports_what_held(tmp_path):
         update_readme(tmp_path / "plain.md", held)
 
 
-def test_a_report_leaves_the_callers_colours_as_they_were(sweep):
+def test_a_report_neither_depends_on_nor_changes_the_callers_look(sweep):
+    import matplotlib as mpl
+
     from prefstudy import theme
 
-    theme.set_style(["a", "b"])
-    pinned = dict(theme._study_palette)
-    build_report(sweep / "runs", sweep / "d")
-    assert theme._study_palette == pinned
+    with mpl.rc_context():  # a caller (a notebook) that set its own look
+        theme.set_style(["a", "b"])
+        pinned, rc = dict(theme._study_palette), dict(mpl.rcParams)
+        build_report(sweep / "runs", sweep / "styled")
+        assert theme._study_palette == pinned and dict(mpl.rcParams) == rc
+    build_report(sweep / "runs", sweep / "plain")
+    figures = sorted((sweep / "plain" / "figures").glob("*.png"))
+    assert figures and all(f.read_bytes() == (sweep / "styled" / "figures" / f.name).read_bytes()
+                           for f in figures)
+
+
+def _snapshot(folder):
+    """Every file under `folder` with its bytes, by relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small(sweep, tmp_path_factory):
+    """A folder of one run, the sweep's naive-sum at lr 0.003, copied (no audit): its report
+    takes 2 s where the sweep's takes 10 (the audit's figures, 7 more, take 7 s)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("small") / "runs"
+    shutil.copytree(sweep / "runs" / "naive-sum-lr0.003-s0", root / "naive-sum-lr0.003-s0")
+    return root
+
+
+def test_a_report_of_runs_goes_to_their_folder_with_progress(small, capsys):
+    import json
+
+    from prefstudy.cli import main
+
+    assert main(["report", "--runs", str(small)]) == 0
+    out = small / "report"
+    said = capsys.readouterr()
+    assert said.out.strip() == str(out / "README.md")
+    for step in ("read 1 runs; computing the findings", "C3 — collapse", "C4 —", "done"):
+        assert step in said.err  # one line per step as it begins, on stderr
+    assert (out / "figures" / "frontier.png").exists()
+    assert json.loads((out / "report.json").read_text()) == {
+        "runs": "..", "run_ids": ["naive-sum-lr0.003-s0"]}
+    assert not list(small.glob(".report.building-*"))
+    assert main(["report", "--runs", str(small), "--quiet"]) == 0  # its own report: replaced
+    assert capsys.readouterr().err == ""
+
+
+def test_a_verdict_says_when_the_data_is_too_little(sweep):
+    """The tiny sweep: 8 held-out pairs, 3 evaluations after step 0, 16 training pairs; a
+    verdict below its minimum says so and names what would be enough."""
+    from prefstudy import report
+
+    tables = load_tables(sweep / "runs")
+    held = report.what_held(tables, findings.summarise(tables), tables.order)
+    lines = {line.split(":**")[0].removeprefix("- **"): line for line in held.splitlines()
+             if line.startswith("- **")}
+    few_pairs = "too little data to say (8 held-out pairs, at least 20 needed)"
+    assert lines["C1, the gap follows length"].startswith(
+        "- **C1, the gap follows length:** too little data to say (16 training pairs, at least "
+        "20 needed). On the 16 training pairs")
+    assert lines["C2, a noisy direction"].startswith(
+        "- **C2, a noisy direction:** too little data to say (16 training pairs, at least 20 "
+        "needed).")
+    assert few_pairs in lines["C3, both losses grow"]
+    assert few_pairs in lines["C4, displacement"]
+    assert f"{few_pairs}; edit distance ρ" in held  # the predictors of displacement
+    assert "did not hold" not in held and "held (" not in held
+    assert report._short((2, 3, "evaluations after step 0"), (1, 2, "learning rate(s)"),
+                         (40, 20, "held-out pairs")) == (
+        "2 evaluations after step 0, at least 3 needed; 1 learning rate(s), at least 2 needed")
+
+
+def test_a_report_of_other_runs_is_refused_and_force_replaces_it(small, tmp_path, capsys):
+    import shutil
+
+    from prefstudy.cli import main
+    from prefstudy.report import ReportFolderError
+
+    out = tmp_path / "report"
+    build_report(small, out)
+    other = shutil.copytree(small / "naive-sum-lr0.003-s0",  # the same run, elsewhere
+                            tmp_path / "other" / "naive-sum-lr0.003-s0")
+    kept = _snapshot(out)
+    with pytest.raises(ReportFolderError, match=r"report: holds the report of 1 other "
+                       r"run\(s\) \(the runs in .*small.*runs\), not of the runs in .*other; "
+                       r"--force replaces it, or choose another --out"):
+        build_report(other.parent, out)
+    assert main(["report", "--runs", str(other.parent), "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1  # one line
+    assert _snapshot(out) == kept
+    (tmp_path / "mine").mkdir()  # a README.md that no report wrote is never replaced silently
+    (tmp_path / "mine" / "README.md").write_text("# my notes\n")
+    with pytest.raises(ReportFolderError, match="mine: holds a README.md that is not a report"):
+        build_report(other.parent, tmp_path / "mine")
+    build_report(other.parent, out, force=True)
+    assert '"runs": "../other"' in (out / "report.json").read_text()
+    assert not list(out.glob(".replaced-*")) and not list(tmp_path.glob(".*building*"))
+
+
+def test_a_failed_report_leaves_the_previous_one_whole(small, tmp_path, monkeypatch):
+    from prefstudy import report
+
+    reports = tmp_path / "reports"  # as reports/: the runs beside the report
+    (reports / "runs").mkdir(parents=True)
+    (reports / "runs" / "keep.txt").write_text("not the report's\n")
+    build_report(small, reports)
+    (reports / "figures" / "frontier.png").write_bytes(b"an older report's figure")
+    before = _snapshot(reports)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(report, "displacement_section", broken)  # after C3 drew its figures
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        build_report(small, reports)
+    assert _snapshot(reports) == before
+    assert not list(tmp_path.glob(".*building*"))
+    monkeypatch.undo()
+    build_report(small, reports)
+    after = _snapshot(reports)
+    assert after["runs/keep.txt"] == b"not the report's\n"
+    assert after["figures/frontier.png"] != b"an older report's figure"
+    assert set(after) == set(before) and not list(reports.glob(".replaced-*"))
+
+
+def _collapse_study(n_pairs, n_evals, lrs, onset):
+    """What `report._collapse_lines` reads, constructed: one naive-sum and one dpo run per
+    learning rate, `n_pairs` held-out pairs evaluated at step 0 and `n_evals` steps after it;
+    the naive-sum run at the largest lr collapses at step `onset` (None: no run does)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    runs = pd.DataFrame([{"run_id": f"{label}-{lr:g}", "label": label, "lr": lr, "seed": 0}
+                         for label in ("naive-sum", "dpo") for lr in lrs])
+    evals = pd.DataFrame([{"run_id": r, "pair_id": f"p{i}", "step": 6 * s}
+                          for r in runs.run_id for i in range(n_pairs)
+                          for s in range(n_evals + 1)])
+    collapse = runs.assign(n_evals=n_evals, above_uniform=False, onset_step=[
+        onset if (label, lr) == ("naive-sum", max(lrs)) else None
+        for label, lr in zip(runs.label, runs.lr)]).astype({"onset_step": float})
+    matched = pd.DataFrame({"label": ["naive-sum", "dpo"], "level": 0.5, "n_runs": 1,
+                            "d_chosen": [1.5, 0.7], "d_chosen_lo": [1.0, 0.5],
+                            "d_chosen_hi": [3.8, 1.3]})
+    found = SimpleNamespace(collapse=collapse, matched=matched, levels=[0.5])
+    return SimpleNamespace(evals=evals, runs=runs), found
+
+
+def test_a_collapse_verdict_needs_pairs_evaluations_and_a_sweep():
+    """Constructed: C3's verdict holds where its data suffices (the committed study's 40 pairs,
+    4 evaluations, 3 learning rates) and says what is missing where it does not."""
+    from prefstudy.report import _collapse_lines
+
+    order = ["naive-sum", "dpo"]
+    enough = _collapse_lines(*_collapse_study(40, 4, [1e-4, 3e-4, 1e-3], onset=12), order)
+    assert enough[0].startswith("- **C3, both losses grow:** held (naive-sum at lr 0.001). ")
+    assert enough[1].startswith("  At matched progress (held-out margin gain +0.5 nats per "
+                                "token), Δ held-out chosen loss: naive-sum 1.50 [1.00, 3.80]")
+    none = _collapse_lines(*_collapse_study(40, 4, [1e-4, 1e-3], onset=None), order)
+    assert none[0].startswith("- **C3, both losses grow:** did not hold. ")
+    few = _collapse_lines(*_collapse_study(4, 2, [1e-3], onset=None), order)
+    assert few[0].startswith(
+        "- **C3, both losses grow:** too little data to say (4 held-out pairs, at least 20 "
+        "needed; 2 evaluations after step 0, at least 3 needed). ")
+    assert ("Δ held-out chosen loss (too little data to compare objectives: 1 learning rate(s), "
+            "at least 2 needed; 4 held-out pairs, at least 20 needed): naive-sum") in few[1]
+
+
+def test_every_report_option_says_what_it_does():
+    import argparse
+
+    from prefstudy.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    report = sub.choices["report"]
+    assert [a.dest for a in report._actions if not a.help] == []
+    assert "default: <runs>/report" in report.format_help()

@@ -131,3 +131,47 @@ def test_cluster_resamples_rank_many_distinct_values_on_bins_closely():
         got = binned(sample[None, :])[:, 0]
         np.testing.assert_allclose(got[[0, 2]], want[[0, 2]], rtol=1e-9)
         assert got[1] == pytest.approx(want[1], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Why a number is undefined
+
+
+def test_fit_and_interval_reasons_name_the_cause():
+    assert stats.fit_reason([], [], x="dlen", y="gap", n_dropped=4) == \
+        "no row with a finite dlen and gap (4 left out: not finite)"
+    assert stats.fit_reason([1, 2], [3, 4], x="dlen", y="gap") == \
+        "2 rows with a finite dlen and gap; a fit needs at least 3"
+    assert stats.fit_reason([5, 5, 5], [1, 2, 3], x="dlen", y="gap") == \
+        "dlen does not vary (every row 5): no slope, R² or ρ"
+    assert stats.fit_reason([1, 2, 3], [7, 7, 7], x="dlen", y="gap") == \
+        "gap does not vary (every row 7): no Spearman ρ"
+    assert stats.fit_reason([1, 2, 3], [7, 7, 8]) == ""
+    assert stats.interval_reason(10, 0) == "no bootstrap resamples (n_boot = 0): no interval"
+    assert stats.interval_reason(1, 100) == "1 pair: a bootstrap interval resamples at least 3"
+    assert stats.interval_reason(2, 100, "batch") == \
+        "2 batches: a bootstrap interval resamples at least 3"
+    assert stats.interval_reason(3, 100) == ""
+
+
+def test_length_effect_says_why_each_undefined_number_is_undefined():
+    from prefstudy.diagnostics import length_effect
+
+    def frame(dlen, gap):
+        return pd.DataFrame({"normalisation": "sum", "pair_id": [f"p{i}" for i in range(len(dlen))],
+                             "dlen": dlen, "gap_value": gap})
+
+    def reason(f, **kwargs):
+        return length_effect(f, n_boot=kwargs.pop("n_boot", 50), **kwargs).reason.iloc[0]
+
+    assert reason(frame([1, 2, 3, 4], [1.0, 2.5, 2.9, 4.2])) == ""
+    assert reason(frame([3, 3, 3, 3], [1.0, 2.0, 3.0, 4.0])) == \
+        "dlen does not vary (every row 3): no slope, R² or ρ"
+    assert reason(frame([1, 2], [1.0, 2.0])) == \
+        "2 rows with a finite dlen and gap_value; a fit needs at least 3"
+    assert reason(frame([1, 2, 3], [np.nan, np.inf, np.nan])) == \
+        "no row with a finite dlen and gap_value (3 left out: not finite)"
+    assert reason(frame([1, 2, 3, 4], [1.0, 2.5, 2.9, 4.2]), n_boot=0) == \
+        "no bootstrap resamples (n_boot = 0): no interval"
+    one_pair = frame([1, 2, 3, 4], [1.0, 2.5, 2.9, 4.2]).assign(pair_id="p")  # 4 rows, 1 pair
+    assert reason(one_pair) == "1 pair: a bootstrap interval resamples at least 3"

@@ -159,9 +159,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_two_processes_record_each_pair_once_and_match_one_process(tmp_path):
+    # device "auto", as the README's accelerate launch line has it: on a CPU-only machine the
+    # two processes must still form one group
     script = ("import sys; from prefstudy.config import load_config; "
               "from prefstudy.train import train; "
-              f"train(load_config({str(TINY)!r}, output=sys.argv[1], device='cpu', "
+              f"train(load_config({str(TINY)!r}, output=sys.argv[1], "
               "run_id='r', objective='dpo', params={}), progress=False)")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",

@@ -29,11 +29,14 @@ def free_port() -> int:
 class JupyterLab:
     """`jupyter lab` serving `root` on 127.0.0.1; `url(path)` opens a path with the token.
 
-    The app is exposed as `window.jupyterapp` so a test can run Lab commands by name.
+    The app is exposed as `window.jupyterapp` so a test can run Lab commands by name. `unset`
+    names environment variables the server and its kernels must not see.
     """
 
-    def __init__(self, root: Path, scratch: Path, *, timeout: float = 90.0):
+    def __init__(self, root: Path, scratch: Path, *, timeout: float = 90.0,
+                 unset: tuple[str, ...] = ()):
         self.root, self.scratch = Path(root), Path(scratch)
+        self.unset = unset
         self.port, self.token = free_port(), secrets.token_hex(16)
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = self.scratch / "jupyterlab.log"
@@ -45,7 +48,7 @@ class JupyterLab:
         return f"{self.base}/{path.lstrip('/')}{sep}token={self.token}"
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in self.unset}
         for name in ("config", "runtime", "settings", "workspaces"):
             (self.scratch / name).mkdir(parents=True, exist_ok=True)
         notifications = (self.scratch / "settings" / "@jupyterlab" / "apputils-extension"
