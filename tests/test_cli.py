@@ -147,7 +147,7 @@ def test_study_prints_a_line_per_run(monkeypatch, capsys, tmp_path, a_run):
             on_run(i, len(study.configs()), a_run)
 
     monkeypatch.setattr(prefstudy.study, "run_study", fake_run_study)
-    monkeypatch.setattr(prefstudy.report, "build_report", lambda runs, out: out / "README.md")
+    monkeypatch.setattr(prefstudy.report, "build_report", lambda runs, out, **kwargs: out / "README.md")
     assert main(["study", "--profile", "tiny", "--output", str(tmp_path / "s"), "--quiet"]) == 0
     out = capsys.readouterr().out.splitlines()
     n = len(prefstudy.study.load_study(REPO / "configs" / "study.toml", profile="tiny").configs())
