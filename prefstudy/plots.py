@@ -911,7 +911,13 @@ def distribution_panels(data: pd.DataFrame, *, columns: Sequence[str], y: str = 
         distribution_plot(data, x=column, y=y, order=order, palette=palette, ax=ax)
         scale = float(data[column].abs().median())
         if column in symlog and scale > 0 and np.isfinite(scale):
-            ax.set_xscale("symlog", linthresh=scale)
+            # linear within the power of ten below the median |value|, ticks at 0 and whole
+            # decades, so no decade's label lands on 0's
+            linthresh = 10.0 ** np.floor(np.log10(scale))
+            ax.set_xscale("symlog", linthresh=linthresh)
+            shown = ax.get_xlim()
+            ax.set_xticks(_symlog_ticks(data[column], linthresh))
+            ax.set_xlim(shown)  # ticks beyond the data are not drawn, not a wider axis
     return fig
 
 
