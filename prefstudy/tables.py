@@ -96,9 +96,7 @@ class Tables:
 
     def with_runs(self, frame: pd.DataFrame) -> pd.DataFrame:
         """`frame` (with a run_id column) with each run's PER_RUN columns joined on run_id."""
-        extra = self.runs[["run_id", *PER_RUN]].drop_duplicates("run_id")
-        return frame.drop(columns=[c for c in PER_RUN if c in frame.columns]).merge(
-            extra, on="run_id", how="left")
+        return _with_runs(frame, self.runs)
 
 
 def load_tables(runs: Runs = None) -> Tables:
@@ -152,11 +150,15 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _joined(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    if not len(frame):
-        return frame
+def _with_runs(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     extra = runs[["run_id", *PER_RUN]].drop_duplicates("run_id")
-    return frame.merge(extra, on="run_id", how="left")
+    return frame.drop(columns=[c for c in PER_RUN if c in frame.columns]).merge(
+        extra, on="run_id", how="left")
+
+
+def _joined(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """A loaded table with its runs' PER_RUN columns (an empty table stays as it is)."""
+    return _with_runs(frame, runs) if len(frame) else frame
 
 
 def _audit(folder: Path | None):
