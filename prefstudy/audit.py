@@ -10,10 +10,11 @@ cut) and returns tidy DataFrames; `write_audit` turns them into a page, figures 
     result = audit("my_pairs.parquet", model="smollm2-135m-instruct", max_pairs=500)
     write_audit(result, "audits/my_pairs")      # README.md, figures/*.png, pairs.parquet, ...
 
-or `prefstudy audit PATH [--model NAME] [--max-pairs N] [--max-length L] [--gradients]`.
+or `prefstudy audit PATH [--model NAME] [--max-pairs N] [--max-length L] [--gradients]
+[--keep-text | --ids-only]`.
 
-What it measures (statistics in `prefstudy.auditstats`, figures in `prefstudy.plots`, the page
-in `prefstudy.auditpage`):
+What it measures (statistics in `prefstudy.auditstats` and `prefstudy.judge`, figures in
+`prefstudy.auditplots`, the page in `prefstudy.auditpage`):
 
 - length: R², Spearman ρ and slope of the gap on Δlen = len_n − len_p under summed and
   token-mean losses, with pair-bootstrap intervals; the starting model's preference accuracy
@@ -40,7 +41,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ from .cache import write_atomic
 from .columns import parquet_safe, require_columns
 from .data import PairSet, load_any, sample_pairs, strata_keys, text_facts
 from .errors import PrefstudyError
+from .paths import TEXT_COLUMNS, text_rule
 from .scoring import encode_for_scoring, length_table, score_encoded
 from .variants import length_variants
 
@@ -61,7 +63,6 @@ DOSE_PAIRS = 50  # pairs the dose-response lengthens (a stratified sample; None 
 # variants are long (×4), so each costs about 2.5 pairs' scoring
 GRADIENT_PAIRS = 64  # pairs whose per-pair gradients are taken (gradients=True)
 TRAINING_CUT = (256, 128)  # TrainConfig's max_length, max_prompt_length: what training would cut
-TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 # What `write_audit` writes into its folder; anything else there is not the audit's.
 AUDIT_FILES = ("README.md", "figures", "pairs.parquet", "dose.parquet", "gradients.parquet",
                "audit.json")
@@ -90,7 +91,8 @@ class Audit:
                       truncated, dropped (why, or NA), shared_prefix, chars_p, chars_n,
                       edit_distance, prompt_group, duplicate_of, the meta columns (prefixed
                       meta_ where a name is taken, e.g. the bundled data's own length_kind
-                      label) and the texts.
+                      label) and the texts (TEXT_COLUMNS; pairs.parquet holds them only
+                      where `write_audit` keeps them: never third-party text in reports/).
     length:           `diagnostics.length_effect` of the gap on Δlen, per normalisation.
     accuracy:         `auditstats.preference_accuracy`, per normalisation × length kind.
     chosen_longer:    `auditstats.chosen_longer_share` (one row).
@@ -275,7 +277,8 @@ def _settings(source, loaded: PairSet, sample: PairSet, name: str, model, tokeni
     from .records import environment
 
     skipped = [str(s) for s in loaded.skipped]
-    return {"source": _source_name(source), "n_loaded": len(loaded), "n_skipped": len(skipped),
+    return {"source": _source_name(source), "layout": loaded.layout, "n_loaded": len(loaded),
+            "n_skipped": len(skipped), "skip_counts": loaded.skip_counts().to_dict(),
             "skipped": skipped[:10], "n_audited": len(sample), "strata": list(strata_keys(loaded)),
             "model": name, "parameters": sum(p.numel() for p in model.parameters()),
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
@@ -349,7 +352,7 @@ def _unique_pairs(loaded: PairSet) -> PairSet:
     warnings.warn(f"audit: {len(unique.skipped)} of the {len(loaded)} pairs repeat an earlier "
                   f"pair (the same pair_id); each is audited once: {unique.skipped[0]}",
                   AuditWarning, stacklevel=3)
-    return PairSet(unique.pairs, loaded.skipped + unique.skipped)
+    return PairSet(unique.pairs, loaded.skipped + unique.skipped, loaded.layouts)
 
 
 def _check_scores(scores: pd.DataFrame, inputs, n: int, max_length, name: str) -> None:
@@ -369,6 +372,7 @@ def _check_scores(scores: pd.DataFrame, inputs, n: int, max_length, name: str) -
 
 
 def audit(pairs, *, model=DEFAULT_MODEL, tokenizer=None, split: str | None = None,
+          layout: str = "auto", columns: str | Mapping[str, str] | None = None,
           max_pairs: int | None = None, max_length: int | None = None,
           max_prompt_length: int | None = None, dose_pairs: int | None = DOSE_PAIRS,
           factors: Sequence[float] = DOSE_FACTORS, gradients: bool = False,
@@ -377,8 +381,10 @@ def audit(pairs, *, model=DEFAULT_MODEL, tokenizer=None, split: str | None = Non
           dtype: str = "auto", progress: bool = True) -> Audit:
     """Score a preference dataset at the starting model and measure what its gaps follow.
 
-    pairs: anything `data.load_any` reads (a path: JSONL, .jsonl.gz, parquet, CSV, a
-    `save_to_disk` folder, a hub id; a DataFrame; a `datasets` Dataset; a PairSet).
+    pairs: anything `data.load_any` reads (a path: JSON Lines, a JSON array, parquet, CSV,
+    plain or gzip, or a folder of them; an http(s) URL; a `save_to_disk` folder, a hub id; a
+    DataFrame; a `datasets` Dataset; a PairSet), in any layout `prefstudy.layouts` knows.
+    layout, columns: as for `data.load_any` ("auto": recognised from each record's fields).
     model: a preset, hub id or path (`models.load_model`), or a model object with `tokenizer`.
     max_pairs: audit a stratified random sample of this many pairs (`data.sample_pairs`,
     seeded by `seed`); None = every pair. max_length: cut each side to this many tokens
@@ -396,7 +402,8 @@ def audit(pairs, *, model=DEFAULT_MODEL, tokenizer=None, split: str | None = Non
                   max_prompt_length=max_prompt_length, dose_pairs=dose_pairs, factors=factors,
                   gradient_pairs=gradient_pairs, batch_size=batch_size, n_boot=n_boot, seed=seed)
     started = time.perf_counter()
-    loaded = _unique_pairs(load_any(pairs, split=split))
+    loaded = _unique_pairs(load_any(pairs, split=split, layout=layout, columns=columns,
+                                    seed=seed))
     sample = _sample(loaded, max_pairs, seed)
     net, tok, name = _model(model, tokenizer, device, dtype)
     encode = {"max_length": max_length, "max_prompt_length": max_prompt_length}
@@ -435,13 +442,23 @@ def audit(pairs, *, model=DEFAULT_MODEL, tokenizer=None, split: str | None = Non
 
 
 def write_audit(result: Audit, out: str | os.PathLike, *,
-                nested: Mapping[str, Audit] | None = None) -> Path:
+                nested: Mapping[str, Audit] | None = None, keep_text: bool | None = None,
+                reference: str | os.PathLike | None = None) -> Path:
     """Write an audit: `out/README.md` (the page), `out/figures/*.png`, `out/pairs.parquet`
     (one row per pair), `out/dose.parquet` (one per variant), `out/gradients.parquet` (with
     gradients) and `out/audit.json` (settings and every summary table). Returns the page.
 
     nested: more audits, each written the same way into the subfolder its key names (a
     study's held-out pairs: `audit/heldout/`).
+
+    keep_text: whether pairs.parquet holds the pair texts (TEXT_COLUMNS); every number computed
+    from them is kept either way. None: `paths.text_rule`'s default, left out where `out` is in
+    the repository's reports/ and the pairs (settings "data", else "source") are not the
+    project's own. audit.json's settings say keep_text, text_kept and text_kept_why.
+
+    reference: the folder of another audit (e.g. the bundled pairs' `reports/runs/audit`) that
+    the page compares the length effect with; its path relative to `out` is kept in the
+    settings, so that `rewrite_page` finds it again wherever the two folders move together.
 
     The folder is written whole under a temporary name beside `out` and then takes its place
     (`cache.write_atomic`), so an interrupted audit leaves the earlier one as it was, never
@@ -460,10 +477,17 @@ def write_audit(result: Audit, out: str | os.PathLike, *,
         raise AuditError(f"{out}: the current folder (or one above it); write the audit to a "
                          "folder of its own")
 
+    if reference is not None:
+        compared = read_audit(reference)  # before anything is written: a bad folder is one line
+        result = replace(result, settings={
+            **result.settings, "reference": os.path.relpath(os.path.abspath(reference),
+                                                            os.path.abspath(out))})
+
     def write(folder: Path) -> None:
-        _write_files(result, folder)
+        _write_files(result, folder, _texts(result, out, keep_text),
+                     compared if reference is not None else None)
         for name, more in (nested or {}).items():
-            _write_files(more, folder / name)
+            _write_files(more, folder / name, _texts(more, out / name, keep_text))
         for entry in sorted(out.iterdir()) if out.is_dir() else ():  # copied: the old stays
             if entry.name not in AUDIT_FILES and not (folder / entry.name).exists():  # whole
                 (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, folder / entry.name)
@@ -472,10 +496,18 @@ def write_audit(result: Audit, out: str | os.PathLike, *,
     return out / "README.md"
 
 
-def _write_files(result: Audit, out: Path) -> None:
-    """An audit's files (see `write_audit`) into the folder `out`."""
+def _texts(result: Audit, out: Path, keep_text: bool | None) -> dict:
+    """`paths.text_rule` for an audit written to `out`: of the pairs it names as its data."""
+    return text_rule(out, result.settings.get("data", result.settings.get("source")), keep_text)
+
+
+def _write_files(result: Audit, out: Path, texts: dict, reference: Audit | None = None) -> None:
+    """An audit's files (see `write_audit`) into the folder `out`, the pair texts only where
+    `texts` (`_texts`) says they are kept; the page compares with `reference` where given."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    parquet_safe(result.pairs).to_parquet(out / "pairs.parquet", index=False)
+    pairs = result.pairs if texts["text_kept"] else result.pairs.drop(
+        columns=list(TEXT_COLUMNS), errors="ignore")
+    parquet_safe(pairs).to_parquet(out / "pairs.parquet", index=False)
     if len(result.dose):
         result.dose.to_parquet(out / "dose.parquet", index=False)
     if len(result.gradients):
@@ -483,9 +515,25 @@ def _write_files(result: Audit, out: Path) -> None:
     summary = {name: getattr(result, name).to_dict(orient="records")
                for name in ("length", "accuracy", "chosen_longer", "dose_summary",
                             "dose_factors", "cuts", "gradient_summary")}
-    (out / "audit.json").write_text(json.dumps({"settings": result.settings, **summary},
+    settings = {**result.settings, **texts}
+    (out / "audit.json").write_text(json.dumps({"settings": settings, **summary},
                                                indent=2, default=str, ensure_ascii=False) + "\n")
-    (out / "README.md").write_text(auditpage.render_page(result, out))
+    (out / "README.md").write_text(auditpage.render_page(replace(result, settings=settings),
+                                                          out, reference=reference))
+
+
+def rewrite_page(folder: str | os.PathLike) -> Path:
+    """Draw an audit's page and figures again from its tables (`read_audit`), with no model and
+    no data: after a change to the page or the figures. The reference audit its settings name
+    (`write_audit(reference=…)`) is read from where it lies relative to `folder`. Returns the
+    page."""
+    folder = Path(folder)
+    result = read_audit(folder)
+    ref = result.settings.get("reference")
+    compared = read_audit(folder / ref) if ref else None
+    page = auditpage.render_page(result, folder, reference=compared)
+    write_atomic(folder / "README.md", lambda tmp: tmp.write_text(page))
+    return folder / "README.md"
 
 
 def read_audit(folder: str | os.PathLike) -> Audit:

@@ -68,7 +68,8 @@ def _train(args) -> int:
 
 # `prefstudy train` flags that set the TrainConfig field of the same name (dest).
 TRAIN_FLAGS = ("objective", "model", "data", "heldout", "lr", "steps", "batch_size", "max_pairs",
-               "eval_every", "seed", "device", "output", "run_id")
+               "eval_every", "seed", "device", "output", "run_id", "keep_text", "layout",
+               "columns")
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -124,6 +125,29 @@ def _data_stats(args) -> int:
     return 0
 
 
+def _data_read(args) -> int:
+    import warnings
+
+    from .data import SkippedPairsWarning, load_any
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedPairsWarning)  # counted below, by kind
+        pairs = load_any(args.path, split=args.split, layout=args.layout, columns=args.columns,
+                         seed=args.seed)
+    print(f"{args.path}: {len(pairs)} pairs read "
+          f"({', '.join(f'{n} in layout {name}' for name, n in pairs.layouts) or 'as given'})")
+    for kind, n in pairs.skip_counts().items():
+        first = next(s for s in pairs.skipped if (s.kind or s.reason) == kind)
+        print(f"  skipped {n}: {kind} (first: {first})")
+    for pair in pairs[: args.show]:
+        short = {k: " ".join(str(v).split())[:70] for k, v in (
+            ("prompt", pair.prompt_text), ("chosen", pair.chosen), ("rejected", pair.rejected))}
+        print(f"- {pair.pair_id}  " + "  ".join(f"{k}: {v!r}" for k, v in short.items()))
+        if pair.meta:
+            print(f"  meta: {dict(pair.meta)}")
+    return 0
+
+
 def _study(args) -> int:
     import time
 
@@ -140,7 +164,8 @@ def _study(args) -> int:
                          "commas, e.g. 0,1,2") from None
     study = load_study(args.config, profile=args.profile, seeds=seeds, output=args.output,
                        overrides={"data": args.data, "heldout": args.heldout,
-                                  "model": args.model})
+                                  "model": args.model, "keep_text": args.keep_text,
+                                  "layout": args.layout, "columns": args.columns})
     print(describe(study), flush=True)
     todo, total = len(pending(study)), len(study.configs())
     print(f"{total - todo} of {total} runs done already, {todo} to train", flush=True)
@@ -180,19 +205,29 @@ def _objectives(args) -> int:
 
 
 def _audit(args) -> int:
-    from .audit import DOSE_PAIRS, GRADIENT_PAIRS, audit, write_audit
+    from .audit import DOSE_PAIRS, GRADIENT_PAIRS, audit, read_audit, rewrite_page, write_audit
     from .data import data_dir
+
+    if args.page:
+        print(f"page drawn again from its tables: {rewrite_page(args.page)}")
+        return 0
+    if args.reference:
+        read_audit(args.reference)  # a folder without an audit is refused before scoring
 
     source = args.path or data_dir() / "pairs"
     dose_pairs = DOSE_PAIRS if args.dose_pairs is None else args.dose_pairs or None
     grad_pairs = GRADIENT_PAIRS if args.gradient_pairs is None else args.gradient_pairs or None
-    result = audit(source, model=args.model, split=args.split, max_pairs=args.max_pairs,
+    result = audit(source, model=args.model, split=args.split, layout=args.layout,
+                   columns=args.columns, max_pairs=args.max_pairs,
                    max_length=args.max_length, dose_pairs=dose_pairs, gradients=args.gradients,
                    gradient_pairs=grad_pairs, batch_size=args.batch_size, n_boot=args.n_boot,
                    seed=args.seed, device=args.device, dtype=args.dtype)
     out = args.out or f"audits/{_slug(source)}"
-    page = write_audit(result, out)
+    page = write_audit(result, out, keep_text=args.keep_text, reference=args.reference)
     s = result.settings
+    skips = ", ".join(f"{kind}: {n}" for kind, n in s["skip_counts"].items())
+    print(f"read {s['n_loaded']} pairs ({s['layout'] or 'pairs'} layout)"
+          + (f"; skipped {s['n_skipped']} ({skips})" if s["n_skipped"] else ""))
     print(f"audited {s['n_audited']} of {s['n_loaded']} pairs in {s['total_seconds']:.0f} s "
           f"({s['seconds']['scoring'] / max(s['n_audited'], 1):.2f} s per pair scored): {page}")
     return 0
@@ -204,7 +239,7 @@ def _slug(source) -> str:
     from pathlib import Path
 
     name = Path(str(source).rstrip("/")).name
-    for suffix in (".gz", ".jsonl", ".parquet", ".csv"):
+    for suffix in (".gz", ".jsonl", ".json", ".parquet", ".pq", ".csv"):
         name = name.removesuffix(suffix)
     return re.sub(r"[^\w.-]+", "-", name) or "pairs"
 
@@ -219,6 +254,31 @@ def _report(args) -> int:
         changed = Path(args.readme).read_text() != before
         print(f"{args.readme}: findings {'regenerated' if changed else 'unchanged'}")
     return 0
+
+
+def _add_layout(parser, default: str | None) -> None:
+    """--layout NAME and --columns FIELD=COLUMN,… (`layouts`): how the pairs file is read."""
+    from .layouts import LAYOUTS
+
+    parser.add_argument("--layout", default=default, choices=("auto", *LAYOUTS),
+                        metavar="NAME", help="the data's layout: auto (recognised from each "
+                        f"record's fields; the default) or one of {', '.join(LAYOUTS)}")
+    parser.add_argument("--columns", metavar="FIELD=COLUMN,...",
+                        help="read a layout's field from a column of another name, e.g. "
+                        "prompt=question,chosen=good,rejected=bad")
+
+
+def _add_keep_text(parser, where: str) -> None:
+    """The --keep-text / --ids-only pair (dest keep_text, default None: the rule)."""
+    both = parser.add_mutually_exclusive_group()
+    both.add_argument("--keep-text", dest="keep_text", action="store_const", const=True,
+                      help=f"keep the pair texts (prompt, chosen, rejected) in {where}. Default: "
+                      "kept, except where the output is inside the repository's reports/ and "
+                      "the pairs are not the bundled ones: third-party text is never committed "
+                      "(prefstudy.paths.text_rule)")
+    both.add_argument("--ids-only", dest="keep_text", action="store_const", const=False,
+                      help=f"leave the pair texts out of {where}: ids and the numbers computed "
+                      "from the texts (lengths, edit distances) only")
 
 
 def _add_demo(sub) -> None:
@@ -254,7 +314,8 @@ def _add_train(sub) -> None:
                        help="objective parameter, e.g. --param beta=0.2 (repeatable)")
     train.add_argument("--model", help="preset (tiny: random weights; smollm2-135m-instruct), "
                        "Hugging Face id or local path")
-    train.add_argument("--data", help="training pairs: a JSONL / parquet / CSV file or folder")
+    train.add_argument("--data", help="training pairs: a JSON Lines / JSON array / parquet / CSV "
+                       "file or folder, an http(s) URL, or a dataset (any layout: --layout)")
     train.add_argument("--heldout", help="held-out pairs evaluated during training, never "
                        "trained on ('none': no held-out evaluation)")
     train.add_argument("--lr", type=float, help="learning rate")
@@ -276,6 +337,8 @@ def _add_train(sub) -> None:
                        help="the run folder's name (default: objective, lr and seed, e.g. "
                        "naive-sum-lr0.001-s0, and a short hash of any other setting that "
                        "differs from the defaults)")
+    _add_layout(train, None)
+    _add_keep_text(train, "the run's pairs.parquet")
     train.add_argument("--resume", action="store_true", help="continue a killed run")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
@@ -302,13 +365,16 @@ def _add_study(sub) -> None:
     study.add_argument("--profile", help="a profile of the study file (cpu, cpu-full, gpu, "
                        "tiny); default: gpu when CUDA is available, else cpu")
     study.add_argument("--seeds", help="comma-separated, overriding the profile's")
-    study.add_argument("--data", help="your own training pairs (any format `prefstudy data` "
-                       "reads: JSONL, parquet, CSV, HH transcripts; a file or folder)")
+    study.add_argument("--data", help="your own training pairs: a JSON Lines / JSON array / "
+                       "parquet / CSV file or folder, an http(s) URL, or a dataset, in any layout "
+                       "(--layout: TRL's, HH, Arena, SHP, AlpacaEval, UltraFeedback)")
     study.add_argument("--heldout", help="your own held-out pairs (default: the study's)")
     study.add_argument("--model", help="a preset, Hugging Face id or local path (default: the "
                        "study's)")
     study.add_argument("--output", help="run folder (default: runs/<study>-<profile>)")
     study.add_argument("--report", help="report folder (default: <output>/report)")
+    _add_layout(study, None)
+    _add_keep_text(study, "each run's and the audit's pairs.parquet")
     study.add_argument("--quiet", action="store_true",
                        help="no per-step progress bars (one line per run remains)")
     study.set_defaults(func=_study)
@@ -348,8 +414,9 @@ def _add_audit(sub) -> None:
         "the length difference, preference accuracy by length kind, a length dose-response, "
         "content checks and, with --gradients, per-pair gradients.")
     audit.add_argument("path", nargs="?", default=None,
-                       help="JSONL / .jsonl.gz / parquet / CSV file or folder, a save_to_disk "
-                       "folder, or a hub id (default: the bundled pairs)")
+                       help="a JSON Lines / JSON array / parquet / CSV file (plain or .gz) or "
+                       "folder of them, an http(s) URL, a save_to_disk folder, or a hub id, in "
+                       "any layout (--layout) (default: the bundled pairs)")
     audit.add_argument("--model", default="smollm2-135m-instruct",
                        help="preset, hub id or path (tiny: random weights, for tests)")
     audit.add_argument("--split", help="split of a dataset dict or hub dataset")
@@ -377,16 +444,33 @@ def _add_audit(sub) -> None:
                        "bfloat16 (about twice as fast on a CPU with bf16 units; see "
                        "benchmarks/RESULTS.md for what it changes)")
     audit.add_argument("--out", help="folder for the page (default: audits/<data name>)")
+    _add_layout(audit, "auto")
+    _add_keep_text(audit, "pairs.parquet")
+    audit.add_argument("--reference", metavar="FOLDER", help="another audit's folder (e.g. "
+                       "reports/runs/audit, the bundled pairs') that the page compares the "
+                       "length effect with, with intervals")
+    audit.add_argument("--page", metavar="FOLDER", help="only draw the page and figures of the "
+                       "audit in FOLDER again from its tables (no model, no data)")
     audit.set_defaults(func=_audit)
 
 
 def _add_data(sub) -> None:
-    data = sub.add_parser("data", help="the bundled data").add_subparsers(dest="data_command",
+    data = sub.add_parser("data", help="read any preference data; the bundled data's card"
+                          ).add_subparsers(dest="data_command",
                                                                           required=True)
     stats = data.add_parser("stats", help="statistics of the bundled data (the data card's)")
     stats.add_argument("--write", action="store_true", help="rewrite data/README.md's section")
     stats.add_argument("--tokens", action="store_true", help="also count SmolLM2 tokens")
     stats.set_defaults(func=_data_stats)
+    read = data.add_parser("read", help="read any preference data as the other commands would: "
+                           "the layout recognised, the pairs, the records skipped by reason")
+    read.add_argument("path", help="a file, folder, http(s) URL, save_to_disk folder or hub id")
+    read.add_argument("--split", help="split of a dataset dict or hub dataset")
+    _add_layout(read, "auto")
+    read.add_argument("--seed", type=int, default=0, help="seed of a layout's draws "
+                      "(UltraFeedback: which lower-rated completion is rejected)")
+    read.add_argument("--show", type=int, default=3, metavar="N", help="print the first N pairs")
+    read.set_defaults(func=_data_read)
 
 
 COMMANDS = (_add_demo, _add_train, _add_runs, _add_study, _add_objectives, _add_report, _add_data,

@@ -55,12 +55,22 @@ class TrainConfig:
     neutral_text: str | None = "data/neutral"  # held-out text for perplexity
     probes: str | None = "data/probes"  # prompts for greedy generations
     lang: str | None = None  # keep only pairs whose meta.lang is this
+    # the layout of data and heldout (a name in `layouts.LAYOUTS`: alpaca_eval, arena, shp,
+    # ultrafeedback, …); auto: recognised from each record's fields
+    layout: str = "auto"
+    # the files' column for each field the layout reads, e.g. "prompt=question,chosen=good"
+    columns: str | None = None
     max_pairs: int | None = None  # a stratified sample of N training pairs (after `lang`); None = all
     n_heldout: int = 32  # held-out pairs evaluated at each evaluation
     n_neutral: int = 32  # held-out passages for perplexity
     n_probes: int = 6  # probe prompts for generations (spread over languages and kinds)
     max_length: int = 256  # prompt + response tokens per side
     max_prompt_length: int = 128
+    # whether <run>/pairs.parquet keeps the pair texts (prompt, chosen, rejected); their lengths
+    # and edit distances are kept either way. None: `paths.text_rule`, left out only where the
+    # run folder is in the repository's reports/ and the pairs are not the bundled ones
+    # (third-party text is never committed); true / false force it
+    keep_text: bool | None = None
 
     # --- optimisation
     steps: int = 20
@@ -107,9 +117,11 @@ class TrainConfig:
 
 
 # Fields a run id leaves out: those it spells (objective, lr, seed; the norm of params), and those
-# that change where a run is written, what it is called or how it runs, not what it trains.
+# that change where a run is written, what it is called, how it runs or whether it keeps its
+# pairs' texts, not what it trains.
 _NOT_IN_RUN_ID = ("objective", "objective_given", "params", "lr", "seed", "run_id", "output",
-                  "label", "device", "checkpoint_every", "cache_frozen")
+                  "label", "device", "checkpoint_every", "cache_frozen", "keep_text",
+                  "layout", "columns")  # the last two: the data's fingerprint covers what they read
 
 
 def default_run_id(cfg: TrainConfig) -> str:
@@ -312,6 +324,18 @@ def _check_range(name: str, value: Any) -> None:
                           f"{'> 0' if name in POSITIVE else '>= 0'}")
 
 
+def _check_layout(cfg: TrainConfig) -> None:
+    from .layouts import LAYOUTS, column_map
+
+    if cfg.layout != "auto" and cfg.layout not in LAYOUTS:
+        raise ConfigError(f"config field 'layout' = {shown(cfg.layout)}; allowed: 'auto', "
+                          f"{', '.join(map(repr, LAYOUTS))}")
+    try:
+        column_map(cfg.columns)
+    except ValueError as e:
+        raise ConfigError(f"config field 'columns': {e}") from None
+
+
 def check(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the field for anything that cannot run. Loads nothing."""
     for name in FIELDS:
@@ -328,6 +352,7 @@ def check(cfg: TrainConfig) -> None:
     if cfg.max_prompt_length >= cfg.max_length:
         raise ConfigError(f"config field 'max_prompt_length' = {cfg.max_prompt_length} must be "
                           f"below 'max_length' = {cfg.max_length}")
+    _check_layout(cfg)
     if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
         raise ConfigError(f"config field 'dtype' = {shown(cfg.dtype)}; allowed: 'auto', "
                           f"{', '.join(map(repr, DTYPES))}")

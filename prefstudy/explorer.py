@@ -29,6 +29,7 @@ from . import plots
 from .columns import require_columns
 from .diagnostics import length_bins
 from .formatting import is_missing
+from .paths import TEXT_COLUMNS
 from .records import default_runs_dir
 from .tables import Runs, load_tables
 from .views import (
@@ -43,6 +44,8 @@ from .views import (
 )
 
 EACH_LR = "each"  # `explorer_data(lr=EACH_LR)`: every learning rate, one row of panels each
+# shown for a pair whose runs kept ids and numbers only (`paths.text_rule`)
+TEXT_NOT_KEPT = "(text not kept: third-party data)"
 
 # ---------------------------------------------------------------------------------------------
 # Data
@@ -64,7 +67,8 @@ class ExplorerData:
     lines:   one row per line of the focus and learning rate: lr_name, line, label, runs (how
              many runs it pools: seeds of one setting), seeds (their seeds, as text).
     pair:    the chosen pair's pair_id, prompt, chosen, rejected, len_p, len_n, dlen and meta
-             (lang, category, split where known); None for a length bin.
+             (lang, category, split where known), and text_kept where the runs' facts hold
+             it (False: ids and numbers only, TEXT_NOT_KEPT shown); None for a length bin.
     title:   one line naming the focus and the learning rate, in words.
     normalisation: the gap the cloud shows.
     lr:      the learning rate shown (NaN where the runs do not record one), or EACH_LR.
@@ -234,6 +238,7 @@ def _pair_info(records: pd.DataFrame, pair_id: str, pairs: pd.DataFrame | None) 
     if pairs is not None and len(pairs) and (pairs.pair_id == pair_id).any():
         text = pairs[pairs.pair_id == pair_id].iloc[0]
         info.update({k: v for k, v in text.items() if k != "pair_id" and not is_missing(v)})
+        info["text_kept"] = all(k in info for k in TEXT_COLUMNS)  # False: ids and numbers only
     return info
 
 
@@ -348,13 +353,7 @@ class Explorer(widgets.VBox):
         first = [lab for lab in (objectives or self.labels[:3]) if lab in self.labels]
 
         self.source = widgets.ToggleButtons(options=list(tables), description="pairs")
-        self.lr = widgets.Dropdown(options=_lr_options(self.settings), description="learning rate",
-                                   style={"description_width": "initial"})
-        if lr is not None:
-            offered = [value for _, value in self.lr.options]
-            if lr not in offered:
-                raise ValueError(f"explorer: lr={lr!r}; these runs have: {offered}")
-            self.lr.value = lr
+        self.lr = self._lr_control(lr)
         self.objectives = widgets.SelectMultiple(options=self.labels, value=first,
                                                  rows=min(len(self.labels), 7),
                                                  description="objectives")
@@ -382,11 +381,27 @@ class Explorer(widgets.VBox):
         add_classes(self, "explorer", objectives=self.objectives, seeds=self.seeds,
                      lr=self.lr, pair=self.pair, status=self.status, text=self.text,
                      trajectories=self.trajectories, cloud=self.cloud)
+        self._observe_controls()
+        self.update()
+
+    def _lr_control(self, lr: float | str | None) -> widgets.Dropdown:
+        """The learning-rate control (`_lr_options` of the runs), showing `lr` (None: the first
+        option); ValueError naming the options where `lr` is not one of them."""
+        control = widgets.Dropdown(options=_lr_options(self.settings), description="learning rate",
+                                   style={"description_width": "initial"})
+        if lr is not None:
+            offered = [value for _, value in control.options]
+            if lr not in offered:
+                raise ValueError(f"explorer: lr={lr!r}; these runs have: {offered}")
+            control.value = lr
+        return control
+
+    def _observe_controls(self) -> None:
+        """Redraw on every control's change; another source refills the pair and bin choices."""
         self.source.observe(self._on_source, names="value")
         for control in (self.lr, self.objectives, self.seeds, self.focus_by, self.pair,
                         self.length_bin, self.normalisation):
             control.observe(self._on_change, names="value")
-        self.update()
 
     @property
     def records(self) -> pd.DataFrame:
@@ -397,8 +412,9 @@ class Explorer(widgets.VBox):
         records = self.records
         per_pair = records.drop_duplicates("pair_id").assign(dlen=lambda d: d.len_n - d.len_p)
         per_pair = per_pair.sort_values(["dlen", "pair_id"])
-        prompts = (self.pairs.set_index("pair_id").prompt
-                   if self.pairs is not None and len(self.pairs) else pd.Series(dtype=str))
+        prompts = (self.pairs.set_index("pair_id").prompt  # ids alone where texts were not kept
+                   if self.pairs is not None and "prompt" in self.pairs.columns
+                   else pd.Series(dtype=str))
         options = []
         for pid, dlen in zip(per_pair.pair_id, per_pair.dlen):
             prompt = " ".join(str(prompts.get(pid, "")).split())
@@ -478,8 +494,11 @@ def _pair_html(data: ExplorerData) -> str:
     meta = ", ".join(f"{k}: {html.escape(str(pair[k]))}" for k in ("lang", "category", "split")
                      if k in pair)
 
+    absent = (TEXT_NOT_KEPT if pair.get("text_kept") is False
+              else "(text not found in the runs' data)")
+
     def block(title: str, key: str, note: str = "") -> str:
-        text = html.escape(str(pair.get(key, "(text not found in the runs' data)")))
+        text = html.escape(str(pair.get(key, absent)))
         return (f"<p style='margin:4px 0'><b>{title}</b>{note}</p><div style='white-space:"
                 f"pre-wrap;max-height:9em;overflow:auto;border-left:3px solid #ccc;"
                 f"padding-left:6px'>{text}</div>")

@@ -8,6 +8,7 @@ round-robin over languages; `batch_indices` is the batch order, a pure function 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -15,8 +16,9 @@ import torch
 from .config import TrainConfig
 from .data import DataError, PairSet, load_any, load_probes, load_texts, pair_facts, sample_pairs
 from .encode import Encoded, encode_pairs
-from .paths import resolve_path
+from .paths import TEXT_COLUMNS, resolve_path, text_rule
 from .records import check_disjoint
+from .sources import is_url
 
 
 def batch_indices(n_pairs: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -98,12 +100,15 @@ class Inputs:
     neutral: pd.DataFrame | None  # held-out text for perplexity
     probes: pd.DataFrame | None  # prompts for greedy generations
     dropped: int  # training pairs truncation would have emptied (or left identical)
-    counts: dict = field(default_factory=dict)  # what loading and truncation left out or cut
+    # what loading and truncation left out or cut, and whether `pairs` keeps the pair texts
+    # and why (`paths.text_rule`): all recorded in the run's config.json
+    counts: dict = field(default_factory=dict)
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # `facts`: the pairs kept
 
 
 def _load_pairs(path, cfg: TrainConfig) -> PairSet:
-    pairs = load_any(resolve_path(path))  # JSONL, parquet, CSV, a saved or hub dataset
+    source = path if is_url(path) else resolve_path(path)  # a file, folder, URL, saved or hub dataset
+    pairs = load_any(source, layout=cfg.layout, columns=cfg.columns)
     return pairs.filter(lang=cfg.lang) if cfg.lang else pairs
 
 
@@ -150,19 +155,31 @@ def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
         neutral = _in_lang(load_texts(resolve_path(cfg.neutral_text)), cfg, cfg.n_neutral)
     if cfg.probes and cfg.n_probes:
         probes = _in_lang(load_probes(resolve_path(cfg.probes)), cfg, cfg.n_probes)
-    counts = {**_counts("", pairs, train), **(_counts("heldout_", held, heldout) if heldout else {})}
+    texts = pair_texts(cfg, held is not None)
+    counts = {**_counts("", pairs, train),
+              **(_counts("heldout_", held, heldout) if heldout else {}), **texts}
     return Inputs(train, heldout, neutral, probes, len(train.dropped), counts,
-                  facts(pairs, train, held, heldout))
+                  facts(pairs, train, held, heldout, keep_text=texts["text_kept"]))
+
+
+def pair_texts(cfg: TrainConfig, heldout: bool = True) -> dict:
+    """Whether the run's per-pair facts keep the pair texts, and why (`paths.text_rule` for
+    its folder, <output>/<run_id>, and its training and held-out pairs; cfg.keep_text forces
+    it)."""
+    sources = [cfg.data, *([cfg.heldout] if heldout and cfg.heldout else [])]
+    return text_rule(Path(cfg.output) / str(cfg.run_id), sources, cfg.keep_text)
 
 
 def facts(pairs: PairSet, train: Encoded, held: PairSet | None,
-          heldout: Encoded | None) -> pd.DataFrame:
+          heldout: Encoded | None, *, keep_text: bool = True) -> pd.DataFrame:
     """The per-pair facts (`data.pair_facts`) of the training and held-out pairs a run keeps
-    after truncation, one row per pair: what its folder holds for the analysis."""
+    after truncation, one row per pair: what its folder holds for the analysis. keep_text=False:
+    without the texts (TEXT_COLUMNS), their lengths and edit distances computed first."""
     frames = [_kept(pair_facts(pairs, "train"), train)]
     if held is not None and heldout is not None:
         frames.append(_kept(pair_facts(held, "heldout"), heldout))
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    return table if keep_text else table.drop(columns=list(TEXT_COLUMNS), errors="ignore")
 
 
 def _kept(frame: pd.DataFrame, encoded: Encoded) -> pd.DataFrame:

@@ -10,7 +10,8 @@ A run folder:
     <run>/generations/*.parquet  step, probe_id, lang, kind, prompt, text
     <run>/steps/*.parquet        per-step gradient statistics (gradient noise scale), when on
     <run>/pairs.parquet          the per-pair facts of the pairs it trains and evaluates on
-                                 (PAIRS_FILE: ids, split, texts, meta, edit distance)
+                                 (PAIRS_FILE: ids, split, meta, edit distance, and the texts
+                                 where the run keeps them: config keep_text, text_kept_why)
     <run>/checkpoint/            the latest resumable state (prefstudy.checkpoint owns it)
 
 Each shard is written to a temporary name and renamed into place, so a run killed at any moment

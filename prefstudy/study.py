@@ -298,6 +298,7 @@ def audit_study(study: Study, *, progress: bool = True) -> Path:
     at the study's starting model. Written to `<study output>/audit/` (`audit.write_audit`),
     which the report reads; the held-out pairs' audit (per-pair gradients of every one, for
     the entanglement and CHES that claim C4 compares with displacement) to `audit/heldout/`.
+    Their pair texts are kept as the runs keep theirs (the study's keep_text, `paths.text_rule`).
     Returns the training pairs' audit page."""
     from .audit import audit, write_audit
     from .inputs import heldout_pairs, training_pairs
@@ -308,14 +309,16 @@ def audit_study(study: Study, *, progress: bool = True) -> Path:
     pairs = training_pairs(cfg)
     result = audit(pairs, **given)
     result.settings["source"] = f"{cfg.data} (the {len(pairs)} pairs the study trains on)"
+    result.settings["data"] = cfg.data  # whose texts `paths.text_rule` keeps or leaves out
     result.settings["fingerprints"] = _audit_inputs(cfg)
     held, nested = heldout_pairs(cfg), {}
     if held is not None:  # entanglement and CHES of the pairs displacement is measured on
         nested["heldout"] = audit(held, **given, factors=(), gradient_pairs=None,
                                   objectives=(("dpo", {}),))  # a pair's own: one suffices
         nested["heldout"].settings["source"] = f"{cfg.heldout} (the {len(held)} held-out pairs)"
+        nested["heldout"].settings["data"] = cfg.heldout
     # both audits in one folder swap: an interrupted audit never leaves one new, one old
-    return write_audit(result, study.output / AUDIT_DIR, nested=nested)
+    return write_audit(result, study.output / AUDIT_DIR, nested=nested, keep_text=cfg.keep_text)
 
 
 def describe(study: Study) -> str:

@@ -42,7 +42,9 @@ from .records import (
 
 STUDY_FILE = "study.json"  # the study's name, profile, seeds and label order, beside its runs
 AUDIT_DIR = "audit"  # the audit of the pairs the study trains on (study.audit_study)
-PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "split", "len_ratio", "edit_distance"]
+# A run's per-pair facts: PAIR_COLUMNS always; the texts (`paths.TEXT_COLUMNS`: prompt, chosen,
+# rejected) only where the run kept them (a run of third-party pairs in reports/ does not).
+PAIR_COLUMNS = ["pair_id", "split", "len_ratio", "edit_distance"]
 # One row per run (`run_table`): what its config and meta say of it.
 RUN_COLUMNS = ["run_id", "label", "objective", "family", "lr", "seed", "steps", "status",
                "seconds", "above_uniform_step"]
@@ -65,8 +67,9 @@ class Tables:
 
     records, evals, perplexity, generations, steps: `records.load_run` of each table, each row
         with its run's configured `lr` and `family` (`with_runs`).
-    pairs:   the per-pair facts of the pairs the runs trained and evaluated on (PAIR_COLUMNS
-             and the pairs' meta columns: lang, category, …), one row per pair id.
+    pairs:   the per-pair facts of the pairs the runs trained and evaluated on (PAIR_COLUMNS,
+             the texts where the runs kept them, and the pairs' meta columns: lang,
+             category, …), one row per pair id.
     runs:    one row per run (`run_table`); configs, metas: each run's config.json and
              meta.json, by run id.
     labels:  the labels present, in the study's order (`study_labels`); order: the same as

@@ -67,7 +67,7 @@ def test_dataframe_extra_columns_become_meta():
     df = pd.DataFrame([{**GOOD, "lang": "en"}, {**GOOD, "chosen": "Good!", "lang": None}])
     pairs = pairs_from_frame(df)
     assert pairs[0].meta == {"lang": "en"} and pairs[1].meta == {}
-    with pytest.raises(DataError, match="missing column.*rejected"):
+    with pytest.raises(DataError, match=r"DataFrame row:0: missing field 'rejected'"):
         pairs_from_frame(df.drop(columns="rejected"))
 
 
@@ -130,7 +130,8 @@ def test_text_facts_give_length_ratio_and_edit_distance():
     pairs = pd.DataFrame({"pair_id": ["a", "b", "c"], "prompt": "q",
                           "chosen": ["same", "abcd", "abc"], "rejected": ["same", "abce", "xyzxyz"]})
     out = text_facts(pairs)
-    assert list(out.edit_distance) == pytest.approx([0.0, 0.25, 1.0])  # 1 − 2·3/8 for b
+    # b: one substitution of 4 characters; c: 6 edits (3 substitutions, 3 insertions) of 6
+    assert list(out.edit_distance) == pytest.approx([0.0, 0.25, 1.0])
     assert list(out.len_ratio) == pytest.approx([1.0, 1.0, 2.0])
 
 
@@ -296,10 +297,44 @@ def test_iterable_datasets_are_read_up_to_a_bound_or_refused_in_one_line(monkeyp
     with pytest.raises(DataError, match=r"failed while it was read \(ConnectionError: the hub"):
         load_any(datasets.IterableDataset.from_generator(broken))
     no_chosen = datasets.IterableDataset.from_generator(lambda: iter([{"prompt": "p"}]))
-    with pytest.raises(DataError, match=r"missing column\(s\) \['chosen', 'rejected'\]"):
+    with pytest.raises(DataError, match=r"row:0: no layout recognises a record with fields "
+                                        r"\['prompt'\]; layouts known: arena_conversations"):
         load_any(no_chosen)
 
 
 def test_an_object_it_cannot_read_is_one_line_naming_what_it_reads():
     with pytest.raises(TypeError, match=r"cannot read pairs from a generator; it reads a path"):
         load_any(row for row in [GOOD])
+
+
+# --------------------------------------------------------------------------- edit distance
+
+# (a, b, Levenshtein edits counted by hand, longer length)
+LEVENSHTEIN = [
+    ("kitten", "sitting", 3, 7),  # k→s, e→i, insert g
+    ("flaw", "lawn", 2, 4),  # delete f, insert n
+    ("same", "same", 0, 4),
+    ("", "abc", 3, 3),  # three insertions
+    ("ab", "ba", 2, 2),  # two substitutions: shared characters, yet distance 1
+    ("我喜欢猫", "我喜欢狗", 1, 4),  # one character substituted
+    ("你好", "你好吗", 1, 3),  # one inserted
+]
+
+
+@pytest.mark.parametrize(("a", "b", "edits", "longer"), LEVENSHTEIN)
+def test_edit_distance_is_levenshtein_over_the_longer_length(a, b, edits, longer):
+    from prefstudy.data import edit_distance
+
+    assert edit_distance(a, b) == pytest.approx(edits / longer)
+    assert edit_distance(b, a) == edit_distance(a, b)  # symmetric (difflib's ratio is not)
+
+
+def test_edit_distance_of_two_empty_texts_is_0_and_batches_match_single_calls():
+    from prefstudy.data import edit_distance, edit_distances
+
+    assert edit_distance("", "") == 0.0
+    a, b = [x for x, _, _, _ in LEVENSHTEIN], [y for _, y, _, _ in LEVENSHTEIN]
+    batch = edit_distances(a, b)
+    assert batch.dtype == "float64" and batch.shape == (len(a),)
+    assert batch.tolist() == [edit_distance(x, y) for x, y in zip(a, b)]
+    assert edit_distances([], []).shape == (0,)
