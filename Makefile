@@ -30,6 +30,7 @@ study: setup
 # Regenerate reports/ and the README's findings from the committed runs in reports/runs (no training).
 report: setup
 	$(BIN)/prefstudy report --readme README.md
+	$(BIN)/prefstudy audit --page reports/audits/alpaca_eval
 
 demo: setup
 	$(BIN)/prefstudy demo

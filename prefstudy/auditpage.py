@@ -3,8 +3,11 @@
 `render_page(result, out)` is the whole page (`audit.write_audit` writes it as `out/README.md`);
 `sections(result, out)` its sections by name — provenance, claims, length, dose, content,
 gradients — which the study report embeds. Each section turns the audit's tables into prose and
-Markdown tables and draws its figures (`prefstudy.plots`) into `out/figures/`; nothing here
-computes a statistic the tables do not hold.
+Markdown tables and draws its figures (`prefstudy.plots`, `prefstudy.auditplots`) into
+`out/figures/`; nothing here computes a statistic the tables do not hold, except two sections
+whose tables the Audit does not carry, computed from its pairs by `prefstudy.judge`: "judge"
+(only for pairs that name the models of their answers: a real judge's length preference) and
+"reference" (only when a reference Audit is given: how the length effect here differs from it).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import auditstats, plots, theme
+from . import auditplots, auditstats, judge, plots, theme
 from . import diagnostics as dg
-from .formatting import interval_column, interval_label, markdown_table, number, percent
+from .formatting import MISSING, interval_column, interval_label, markdown_table, number, percent
 
 if TYPE_CHECKING:
     from .audit import Audit
@@ -64,18 +67,37 @@ def _cut_line(row: pd.Series, scored: bool) -> str:
             f"{' and were dropped' if scored else ''}.")
 
 
+def _layout(settings: dict) -> str:
+    """", read as layout `name`" where the audit recorded the layout it read."""
+    return f", read as layout `{settings['layout']}`" if settings.get("layout") else ""
+
+
+def _skips(settings: dict) -> str:
+    """What loading skipped: counts by reason where recorded, else the first three records."""
+    s = settings
+    if not s["n_skipped"]:
+        return ""
+    if s.get("skip_counts"):
+        counts = "; ".join(f"{kind}: {n}" for kind, n in s["skip_counts"].items())
+        return (f" ({s['n_skipped']} records or folder entries skipped while loading, by "
+                f"reason: {counts})")
+    return (f" ({s['n_skipped']} records skipped while loading: "
+            f"{'; '.join(s['skipped'][:3])}{' …' if s['n_skipped'] > 3 else ''})")
+
+
 def _provenance(result: Audit) -> str:
     s, env = result.settings, result.settings.get("environment", {})
     sampled = (f"a stratified random sample of {s['n_audited']} (over "
                f"{' × '.join(s['strata']) or 'no metadata: a simple random sample'}, seed "
                f"{s['seed']})" if s["n_audited"] < s["n_loaded"] else "all of them")
-    skipped = (f" ({s['n_skipped']} records skipped while loading: "
-               f"{'; '.join(s['skipped'][:3])}{' …' if s['n_skipped'] > 3 else ''})"
-               if s["n_skipped"] else "")
-    lines = [f"- Data: `{s['source']}`, {s['n_loaded']} pairs{skipped}; audited: {sampled}.",
-             f"- Model: `{s['model']}` ({s['parameters'] / 1e6:.1f} M parameters, {s['dtype']}, "
-             f"{'chat template' if s['chat_template'] else 'no chat template'}), at its starting "
-             "weights: nothing here trains."]
+    lines = [f"- Data: `{s['source']}`{_layout(s)}, {s['n_loaded']} pairs{_skips(s)}; "
+             f"audited: {sampled}."]
+    if s.get("text_kept") is False:
+        lines.append(f"- Pair texts: not kept in `pairs.parquet` ({s.get('text_kept_why')}); "
+                     "ids and the numbers computed from the texts are.")
+    lines.append(f"- Model: `{s['model']}` ({s['parameters'] / 1e6:.1f} M parameters, "
+                 f"{s['dtype']}, {'chat template' if s['chat_template'] else 'no chat template'}"
+                 "), at its starting weights: nothing here trains.")
     if not s["max_length"]:
         lines.append("- Nothing was cut: every prompt and response was scored whole.")
     for _, row in result.cuts.iterrows():
@@ -157,9 +179,9 @@ def _length_section(result: Audit, out: Path) -> str:
         "ties": acc.n_ties})
     shown = acc[(acc.length_kind != "all") & (acc.n > 0)]
     if len(shown):
-        save_figure(plots.accuracy_plot(shown, order=list(auditstats.LENGTH_KINDS),
-                                       hue_order=list(auditstats.AUDIT_GAPS)),
-                   out / "figures" / "accuracy.png")
+        save_figure(auditplots.accuracy_plot(shown, order=list(auditstats.LENGTH_KINDS),
+                                             hue_order=list(auditstats.AUDIT_GAPS)),
+                    out / "figures" / "accuracy.png")
     longer = result.chosen_longer.iloc[0] if len(result.chosen_longer) else None
     return "\n".join([
         "Δlen = len_n − len_p in response tokens as scored; the gap is rejected minus chosen: "
@@ -197,9 +219,9 @@ def _dose_section(result: Audit, out: Path) -> str:
         "slope per achieved doubling (nats)": interval_column(d, "slope", 3),
         "median [quartiles]": [f"{number(r.slope_median, 3)} [{number(r.slope_q25, 3)}, "
                                f"{number(r.slope_q75, 3)}]" for r in d.itertuples()]})
-    save_figure(plots.dose_plot(auditstats.dose_gaps(result.dose), summary=f, slopes=d,
-                               col_order=list(auditstats.AUDIT_GAPS)),
-               out / "figures" / "dose.png")
+    save_figure(auditplots.dose_plot(auditstats.dose_gaps(result.dose), summary=f, slopes=d,
+                                     col_order=list(auditstats.AUDIT_GAPS)),
+                out / "figures" / "dose.png")
     s = result.settings
     return "\n".join([
         f"A stratified sample of the scored pairs ({d.n_pairs.max()} pairs) with only the "
@@ -223,11 +245,12 @@ def _content_section(result: Audit, out: Path) -> str:
     close = (pairs.edit_distance <= 0.1).sum()
     dupes = pairs.duplicate_of.notna().sum()
     shared = (pairs.prompt_group > 1).sum()
-    save_figure(plots.histogram_plot(pairs, x="edit_distance", bins=20, binrange=(0, 1)),
-               out / "figures" / "edit_distance.png")
+    save_figure(auditplots.histogram_plot(pairs, x="edit_distance", bins=20, binrange=(0, 1)),
+                out / "figures" / "edit_distance.png")
     return "\n".join([
-        "Edit distance between chosen and rejected (characters; 0 = identical, 1 = nothing in "
-        "common, `prefstudy.data.edit_distance`): quantiles 10/25/50/75/90% = "
+        "Normalised edit (Levenshtein) distance between chosen and rejected (characters; "
+        "0 = identical, 1 = nothing in common, `prefstudy.data.edit_distance`): quantiles "
+        "10/25/50/75/90% = "
         + ", ".join(number(v, 2) for v in q) + f". {_count(close, len(pairs))} pairs differ by "
         "at most 0.1 (minimal edits, where chosen and rejected share most of their tokens).", "",
         f"{_count(shared, len(pairs))} pairs share their prompt (up to case and whitespace) "
@@ -272,14 +295,13 @@ def _gradient_section(result: Audit, out: Path) -> str:
     per_pair = per_pair.assign(pairs=f"{len(per_pair)} pairs")
     q = per_pair[["entanglement", "ches"]].quantile([0.25, 0.5, 0.75])
     figures = out / "figures"
-    save_figure(plots.gradient_norm_plot(grads, col=key),
-               figures / "gradient_norm.png")
-    save_figure(plots.distribution_plot(grads, x="grad_cos_loo", y=key,
-                                       baseline="grad_cos_orthogonal", refline=0),
-               figures / "gradient_cosine.png")
-    save_figure(plots.distribution_panels(per_pair, columns=("entanglement", "ches"), y="pairs",
-                                       symlog=("ches",)),
-               figures / "entanglement.png")
+    save_figure(auditplots.gradient_norm_plot(grads, col=key), figures / "gradient_norm.png")
+    save_figure(auditplots.distribution_plot(grads, x="grad_cos_loo", y=key,
+                                             baseline="grad_cos_orthogonal", refline=0),
+                figures / "gradient_cosine.png")
+    save_figure(auditplots.distribution_panels(per_pair, columns=("entanglement", "ches"),
+                                               y="pairs", symlog=("ches",)),
+                figures / "entanglement.png")
     return "\n".join([
         f"Per-pair gradients at the starting weights of {g.n_pairs.max()} pairs (a stratified "
         "sample), in the gradient audit's batches (`prefstudy.gradaudit`). Under summed losses "
@@ -298,20 +320,166 @@ def _gradient_section(result: Audit, out: Path) -> str:
         "![entanglement and CHES](figures/entanglement.png)", ""])
 
 
-def sections(result: Audit, out: str | os.PathLike) -> dict[str, str]:
+ALPACA_EVAL_NOTE = ("AlpacaEval's length-controlled win rate exists because this judge prefers "
+                    "longer answers: Dubois et al. (2024, \"Length-Controlled AlpacaEval\", "
+                    "arXiv:2404.04475) fit a model of the judge's preference with a length term "
+                    "and report that controlling for length raises AlpacaEval's Spearman "
+                    "correlation with Chatbot Arena's ranking from 0.94 to 0.98.")
+
+
+def _judge_reading(row: pd.Series) -> str:
+    """Two plain sentences on the judge's length preference over all pairs (the ALL row)."""
+    if not row.n:
+        return "No pair's answers differ in length: the judge's taste for length cannot be read."
+    lean = ("prefers the longer answer (the interval lies above one half)" if row.share_lo > 0.5
+            else "prefers the shorter answer (the interval lies below one half)"
+            if row.share_hi < 0.5 else
+            "shows no clear preference for either length (the interval includes one half)")
+    per = judge.PER_TOKENS
+    why = f" ({row.reason})" if row.reason else ""
+    chosen = interval_label(row.p_longer, row.p_longer_lo, row.p_longer_hi, digits=1,
+                            share=True)
+    return (f"Over all {row.n} pairs whose answers differ in length, the judge chose the longer "
+            f"answer in {_share(row)}: it {lean}. By the logistic fit an answer {per} tokens "
+            f"longer than the other is chosen with probability {chosen} (β = "
+            f"{interval_label(row.beta, row.beta_lo, row.beta_hi)} per {per} tokens; 50% would "
+            f"mean length does not sway it){why}.")
+
+
+def _judge_section(result: Audit, out: Path) -> str:
+    """The judge's preference for length (`judge.judge_length_bias`) per comparison and over
+    all pairs, read in plain words, with its figure: for pairs that name their answers' models."""
+    n_boot = result.settings.get("n_boot", 1000)
+    bias = judge.judge_length_bias(result.pairs, n_boot=n_boot,
+                                   seed=result.settings.get("seed", 0))
+    per = judge.PER_TOKENS
+    view = pd.DataFrame({
+        "comparison": bias.comparison, "pairs differing in length": bias.n,
+        "longer answer chosen": [_share(r) for _, r in bias.iterrows()],
+        f"β per {per} tokens": interval_column(bias, "beta", 2),
+        f"P(prefer +{per} tokens)": interval_column(bias, "p_longer", 1, share=True)})
+    bins = judge.judge_length_bins(result.pairs)
+    if len(bins):
+        save_figure(auditplots.judge_length_plot(bins, fits=bias),
+                    out / "figures" / "judge_length.png")
+    names = judge.judges(result.pairs)
+    who = (f"Judge: {', '.join(f'`{n}`' for n in names)} (the pairs' `judge`)" if names
+           else "The pairs do not name their judge (no `judge` column)")
+    cite = any("alpaca_eval" in name for name in names)
+    return "\n".join([
+        f"{who}; a comparison is the two models whose answers a pair holds (`chosen_model`, "
+        "`rejected_model`). Lengths are response tokens as the starting model's tokenizer counts "
+        "them. Each pair's answers are named A and B by a fixed coin from its pair_id, and "
+        f"P(the judge chooses A) = σ(β · (len_A − len_B) / {per}) is fitted without an intercept "
+        "by maximum likelihood (`prefstudy.judge`). Intervals: the share's exact "
+        f"Clopper–Pearson; β's a 95% percentile bootstrap over pairs ({n_boot} resamples).", "",
+        markdown_table(view), "", _judge_reading(bias.iloc[-1]), "",
+        *([ALPACA_EVAL_NOTE, ""] if cite else []),
+        *(["![the judge's choice against the length difference](figures/judge_length.png)", ""]
+          if len(bins) else [])])
+
+
+SHARE_MEASURES = judge.COMPARED[1:3]  # compare_audits' measures that are shares of pairs
+
+
+def _compared(value, lo, hi, *, share: bool, digits: int, difference: bool = False) -> str:
+    """A compare_audits number with its interval: shares in %, their differences in
+    percentage points (pp)."""
+    if not share:
+        return interval_label(value, lo, hi, digits=digits)
+    if difference:
+        return f"{interval_label(100 * value, 100 * lo, 100 * hi, digits=1)} pp"
+    return interval_label(value, lo, hi, digits=1, share=True)
+
+
+def _reference_reading(table: pd.DataFrame) -> str:
+    """One plain sentence: how much smaller (or not) Δlen's R² of the summed gap is here."""
+    row = _row(table, measure=judge.COMPARED[0], normalisation="sum")
+    if row is None or not pd.notna(row.difference):
+        return ("The length effect could not be compared"
+                + (f": {row.reason}." if row is not None and row.reason else "."))
+    d, lo, hi = row.difference, row.difference_lo, row.difference_hi
+    if pd.notna(hi) and hi < 0:
+        verdict = (f"smaller here: lower by {interval_label(-d, -hi, -lo, digits=3)} "
+                   "(reference − this data)")
+    elif pd.notna(lo) and lo > 0:
+        verdict = f"larger here: higher by {interval_label(d, lo, hi, digits=3)}"
+    else:
+        verdict = (f"not clearly different: the difference, {interval_label(d, lo, hi, digits=3)}"
+                   ", includes 0" if pd.notna(lo) else
+                   f"{interval_label(d, digits=3)} apart, without an interval ({row.reason})")
+    return (f"On this data Δlen explains R² = "
+            f"{interval_label(row.real, row.real_lo, row.real_hi, digits=3)} of the summed gap "
+            f"({int(row.n_real)} pairs), against "
+            f"{interval_label(row.reference, row.reference_lo, row.reference_hi, digits=3)} on "
+            f"the reference pairs ({int(row.n_reference)}): the length effect is {verdict}.")
+
+
+def _reference_section(result: Audit, reference: Audit) -> str:
+    """This audit's length effect beside a reference audit's (`judge.compare_audits`)."""
+    n_boot = result.settings.get("n_boot", 1000)
+    table = judge.compare_audits(result, reference, n_boot=n_boot,
+                                 seed=result.settings.get("seed", 0))
+    digits = {judge.COMPARED[0]: 3, judge.COMPARED[3]: 3}
+    cells = {name: [_compared(r[name], r[f"{name}_lo"], r[f"{name}_hi"],
+                              share=r.measure in SHARE_MEASURES, digits=digits.get(r.measure, 2),
+                              difference=name == "difference") for _, r in table.iterrows()]
+             for name in ("real", "reference", "difference")}
+    view = pd.DataFrame({
+        "measure": table.measure, "gap normalised by": table.normalisation,
+        "length kind": table.length_kind,
+        "pairs (here / reference)": [f"{_whole_or_dash(r.n_real)} / "
+                                     f"{_whole_or_dash(r.n_reference)}"
+                                     for _, r in table.iterrows()],
+        "this data": cells["real"], "reference": cells["reference"],
+        "difference (this − reference)": cells["difference"]})
+    source = reference.settings.get("source", "the reference audit")
+    return "\n".join([
+        f"The same measures on the reference pairs (`{source}`, audited by "
+        f"`{reference.settings.get('model', '?')}`). Each side's value and interval are its own "
+        "audit's (as its page shows them); the difference's interval is a 95% percentile "
+        f"bootstrap that resamples the pairs of each audit independently ({n_boot} resamples), "
+        "recomputing the measure on each. The unit is the pair (for the dose slope, the "
+        "dose-response pair).", "", markdown_table(view), "",
+        *([f"Missing numbers: {_reasons(table)}.", ""] if (table.reason != "").any() else []),
+        _reference_reading(table), ""])
+
+
+def _reasons(table: pd.DataFrame) -> str:
+    """Each distinct reason of a compare_audits table, with the measures it holds for."""
+    rows = table[table.reason != ""]
+    named = rows.measure + rows.normalisation.map(lambda v: f" ({v})" if v else "") \
+        + rows.length_kind.map(lambda v: f", {v}" if v else "")
+    return "; ".join(f"{', '.join(named[rows.reason == reason])}: {reason}"
+                     for reason in dict.fromkeys(rows.reason))
+
+
+def _whole_or_dash(value) -> str:
+    return str(int(value)) if pd.notna(value) else MISSING
+
+
+def sections(result: Audit, out: str | os.PathLike, reference: Audit | None = None
+             ) -> dict[str, str]:
     """The page's sections (Markdown) by name — provenance, claims, length, dose, content,
-    gradients — drawing their figures into `out/figures/` (the study report embeds them)."""
+    gradients, and "judge" where the pairs name the models of their answers and "reference"
+    where a reference Audit is given — drawing their figures into `out/figures/` (the study
+    report embeds them)."""
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    return {"provenance": _provenance(result), "claims": _claims(result),
-            "length": _length_section(result, out), "dose": _dose_section(result, out),
-            "content": _content_section(result, out),
+    part = {"provenance": _provenance(result), "claims": _claims(result),
+            "length": _length_section(result, out)}
+    if judge.has_models(result.pairs):
+        part["judge"] = _judge_section(result, out)
+    if reference is not None:
+        part["reference"] = _reference_section(result, reference)
+    return {**part, "dose": _dose_section(result, out), "content": _content_section(result, out),
             "gradients": _gradient_section(result, out)}
 
 
-def render_page(result: Audit, out: str | os.PathLike) -> str:
-    """The audit page (Markdown), drawing its figures into `out/figures/`."""
-    part = sections(result, out)
+def render_page(result: Audit, out: str | os.PathLike, reference: Audit | None = None) -> str:
+    """The audit page (Markdown), drawing its figures into `out/figures/`; with `reference`
+    (another Audit, e.g. of the bundled pairs), a section on how the length effect differs."""
+    part = sections(result, out, reference=reference)
     page = [
         f"# Audit of `{result.settings['source']}` at the starting model", "",
         "Every pair scored once by the starting model, before any training "
@@ -322,6 +490,9 @@ def render_page(result: Audit, out: str | os.PathLike) -> str:
         "length and wording, the per-pair gap swings for reasons that are not preference.", "",
         part["claims"], "",
         "## Length", "", part["length"],
+        *(["## The judge", "", part["judge"]] if "judge" in part else []),
+        *(["## Against the reference pairs", "", part["reference"]] if "reference" in part
+          else []),
         "## Dose-response: only the length changes", "", part["dose"],
         "## Content", "", part["content"],
         "## Gradients", "", part["gradients"]]

@@ -3,7 +3,7 @@
 Every row is one pair (or one length-controlled variant of a pair), scored once by the starting
 model: pairs are the units, and every interval resamples pairs (or, for gradient cosines, the
 batches the pairs shared). Shares get exact Clopper–Pearson intervals (`stats.share_interval`)
-and their counts. Nothing here draws (`prefstudy.plots` does) or writes (`prefstudy.audit`).
+and their counts. Nothing here draws (`prefstudy.auditplots` does) or writes (`prefstudy.audit`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ CLEARLY_LONGER = 1.5  # "clearly longer": at least 1.5 × the other response's t
 LENGTH_KINDS = ("chosen longer", "similar", "rejected longer")
 AUDIT_GAPS = {"sum": "gap_sum", "mean": "gap"}  # normalisation → the scores' gap column
 NEAR_DUPLICATE = 0.1  # two pairs of one prompt whose chosen and rejected each differ ≤ 0.1
+# in normalised edit (Levenshtein) distance
 DOSE_CHANGES = {"sum": "dgap_sum", "mean": "dgap"}  # normalisation → change from the control
 
 
@@ -252,7 +253,8 @@ def near_duplicates(pairs: pd.DataFrame, *, threshold: float = NEAR_DUPLICATE) -
 
     pairs: `PairSet.to_frame()` (pair_id, prompt, chosen, rejected). Two pairs are near
     duplicates when their prompts are equal up to case and whitespace and their chosen and
-    their rejected responses each have an `edit_distance` ≤ threshold. Returns one row per pair:
+    their rejected responses each have a normalised edit (Levenshtein) distance
+    (`data.edit_distance`) ≤ threshold. Returns one row per pair:
     pair_id, prompt_group (pairs sharing its prompt, itself included), duplicate_of (the first
     earlier pair it nearly repeats, in `pairs` order; NA if none).
     """

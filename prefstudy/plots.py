@@ -19,8 +19,10 @@ from `stats.seed_intervals` (seeds are the units, as in every table), divergence
     family_frontier      the same, one panel per family of objectives
     matched_plot         a quantity with its interval per label at matched progress levels
     matched_chosen       the same on a symlog axis (the report's chosen loss at matched progress)
-    accuracy_plot, dose_plot, distribution_plot, distribution_panels, histogram_plot,
-    gradient_norm_plot   the audit's figures (`prefstudy.audit`)
+
+The audit's figures (accuracy_plot, dose_plot, distribution_plot, distribution_panels,
+histogram_plot, gradient_norm_plot, judge_length_plot) are `prefstudy.auditplots`', drawn with
+the helpers here.
 
 The look (theme, colours, orders, axis names) and writing a figure to a file are
 `prefstudy.theme`'s. Legends sit outside the panels, inside the bounding box `theme.save` writes;
@@ -33,12 +35,11 @@ Nothing here picks a backend or calls `plt.show()`: matplotlib falls back to Agg
 display, and notebooks show the returned figure themselves.
 
 Degenerate data (one row, every value NaN or inf) never fails inside matplotlib or seaborn: a
-panel with no finite value to draw is left empty with a note saying so (`_nothing_to_draw`).
+panel with no finite value to draw is left empty with a note saying so (`nothing_to_draw`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import matplotlib as mpl
@@ -47,7 +48,6 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from . import diagnostics as dg
@@ -92,7 +92,7 @@ def _finite(*columns) -> np.ndarray:
     return np.logical_and.reduce([np.isfinite(v) for v in values]) if values else np.array([])
 
 
-def _nothing_to_draw(ax: Axes, *columns, what: str) -> bool:
+def nothing_to_draw(ax: Axes, *columns, what: str) -> bool:
     """True, with a note in the middle of `ax`, where no row of `columns` is finite (no row,
     or every value NaN or inf): the caller then draws nothing more on that panel."""
     if _finite(*columns).any():
@@ -189,42 +189,25 @@ def gap_vs_length(data: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
     panel = col if col is not None else "_panel"
     if col is None:
         frame[panel] = ""
-    if effect is None:
-        effect = dg.length_effect(frame, x=x, y=y, by=(panel,), n_boot=0)
-    elif col is None:
-        effect = effect.assign(**{panel: ""})
+    effect = _panel_effect(frame, effect, x=x, y=y, panel=panel, pooled=col is None)
     effect_by_panel = {row[panel]: row for _, row in effect.iterrows()}
-
-    shown = frame
-    if max_points is not None:
-        shown = pd.concat([d.sample(min(len(d), max_points), random_state=seed)
-                           for _, d in frame.groupby(panel, sort=False)])
+    shown = _sample_panels(frame, panel, max_points, seed)
     hue_kws = {}
     if hue is not None:
         hue_order = order_of(frame[hue], hue_order)
         hue_kws = {"hue": hue, "hue_order": hue_order,
                    "palette": colours_of(hue_order, palette, labels=hue == "label")}
+    points = {"s": 10, "alpha": 0.35, "linewidth": 0, "color": "0.35", **hue_kws,
+              **(scatter_kws or {})}
     with themed():
         grid = sns.FacetGrid(shown, col=panel, col_order=order_of(frame[panel], col_order),
                              sharex=True, sharey=False, height=height, aspect=aspect,
                              despine=False)
         for name, ax in grid.axes_dict.items():
-            row = effect_by_panel.get(name)
-            here = shown[shown[panel] == name]
-            if _nothing_to_draw(ax, here[x], here[y], what=f"{x} and {y}"):
-                ax.set_title(_effect_title(name if col is not None else "", row))
-                continue
-            sns.scatterplot(data=here, x=x, y=y, ax=ax, legend=False,
-                            **{"s": 10, "alpha": 0.35, "linewidth": 0, "color": "0.35",
-                               **hue_kws, **(scatter_kws or {})})
-            if row is not None and np.isfinite(row["slope"]):
-                full = frame.loc[frame[panel] == name, x].astype(float)
-                xs = np.array([full.min(), full.max()])
-                ax.plot(xs, row["intercept"] + row["slope"] * xs,
-                        **{"color": "black", "linewidth": 1.5, **(line_kws or {})})
-            ax.set_title(_effect_title(name if col is not None else "", row))
-            ax.set_xlabel(axis_name(x))
-            ax.set_ylabel(axis_name(y))
+            _gap_panel(ax, shown[shown[panel] == name], frame.loc[frame[panel] == name, x],
+                       effect_by_panel.get(name), x=x, y=y,
+                       title=name if col is not None else "", scatter_kws=points,
+                       line_kws=line_kws)
         grid.tight_layout()  # room for the two-line titles, before the legend claims its own
         if hue is not None:
             grid.add_legend(legend_data={str(k): Line2D([], [], marker="o", linestyle="",
@@ -234,7 +217,43 @@ def gap_vs_length(data: pd.DataFrame, *, x: str = "dlen", y: str = "gap_value",
     return grid
 
 
-def _effect_title(name, row) -> str:
+def _panel_effect(frame: pd.DataFrame, effect: pd.DataFrame | None, *, x: str, y: str,
+                  panel: str, pooled: bool) -> pd.DataFrame:
+    """The fit gap_vs_length draws, one row per `panel`: `effect` as given (pooled: the one
+    panel's, named ""), else `diagnostics.length_effect`'s point fit (n_boot=0)."""
+    if effect is None:
+        return dg.length_effect(frame, x=x, y=y, by=(panel,), n_boot=0)
+    return effect.assign(**{panel: ""}) if pooled else effect
+
+
+def _sample_panels(frame: pd.DataFrame, panel: str, max_points: int | None,
+                   seed: int) -> pd.DataFrame:
+    """At most `max_points` rows of each panel, a sample seeded by `seed` (None: every row)."""
+    if max_points is None:
+        return frame
+    return pd.concat([d.sample(min(len(d), max_points), random_state=seed)
+                      for _, d in frame.groupby(panel, sort=False)])
+
+
+def _gap_panel(ax: Axes, here: pd.DataFrame, full_x: pd.Series, row, *, x: str, y: str,
+               title: str, scatter_kws: Mapping, line_kws: Mapping | None) -> None:
+    """One panel of gap_vs_length: the points shown (`here`), the fit's line (`row`: slope,
+    intercept) across the x range of all the panel's rows (`full_x`), and its title."""
+    if nothing_to_draw(ax, here[x], here[y], what=f"{x} and {y}"):
+        ax.set_title(effect_title(title, row))
+        return
+    sns.scatterplot(data=here, x=x, y=y, ax=ax, legend=False, **scatter_kws)
+    if row is not None and np.isfinite(row["slope"]):
+        full = full_x.astype(float)
+        xs = np.array([full.min(), full.max()])
+        ax.plot(xs, row["intercept"] + row["slope"] * xs,
+                **{"color": "black", "linewidth": 1.5, **(line_kws or {})})
+    ax.set_title(effect_title(title, row))
+    ax.set_xlabel(axis_name(x))
+    ax.set_ylabel(axis_name(y))
+
+
+def effect_title(name, row) -> str:
     if row is None:
         return f"{name}\n(no fit)"
     r2 = f"R² = {interval_label(row['r2'], row.get('r2_lo'), row.get('r2_hi'))}"
@@ -287,7 +306,7 @@ def loss_trajectories(data: pd.DataFrame, *, x: str = "step", hue: str = "label"
             sub = long[long.quantity == quantity]
             if row:
                 sub = sub[sub[row] == row_value]
-            if _nothing_to_draw(ax, sub.value, what=quantity):
+            if nothing_to_draw(ax, sub.value, what=quantity):
                 ax.set_title(QUANTITY_NAMES.get(quantity, quantity))
                 continue
             _lineplot(ax, sub, x=x, errorbar=errorbar, groups=[hue],
@@ -378,7 +397,7 @@ def normalisation_grid(data: pd.DataFrame, *, x: str = "step", col: str = "label
         for name, ax in grid.axes_dict.items():
             sub = long[long[col] == name]
             colour = colours[name]
-            if _nothing_to_draw(ax, sub.value, what=", ".join(quantities)):
+            if nothing_to_draw(ax, sub.value, what=", ".join(quantities)):
                 ax.set_title(str(name))
                 continue
             _lineplot(ax, sub, x=x, errorbar=errorbar, groups=["quantity"],
@@ -433,7 +452,7 @@ def interval_plot(data: pd.DataFrame, *, x: str = "grad_cos", y: str = "label",
     with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(4.5, 0.45 * len(order) + 1.2))
-        if _nothing_to_draw(ax, values, what=x):
+        if nothing_to_draw(ax, values, what=x):
             return ax
         for i, name in enumerate(order):
             colour = colours[name]
@@ -534,13 +553,13 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
     kws = {"x": x, "y": y, "hue": hue, "style": style, "units": units,
            "colours": colours_of(hue_order, palette, labels=hue == "label"),
            "markers": _markers(data, style, style_order), "xscale": xscale,
-           "linthresh": linthresh, "xticks": _symlog_ticks(data[x], linthresh)}
+           "linthresh": linthresh, "xticks": symlog_ticks(data[x], linthresh)}
     legend = _path_legend(hue, hue_order, kws["colours"], style, kws["markers"])
     with themed():
         if col is None:
             if ax is None:
                 _, ax = plt.subplots(figsize=(height * aspect, height))
-            if _nothing_to_draw(ax, data[x], data[y], what=f"{x} and {y}"):
+            if nothing_to_draw(ax, data[x], data[y], what=f"{x} and {y}"):
                 return ax
             _draw_paths(ax, data, **kws)
             _path_scale_y(ax, data[y], yscale, ylinthresh)
@@ -555,7 +574,7 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
                              sharey=True, height=height, aspect=aspect, despine=False)
         for name, panel in grid.axes_dict.items():
             here = data[data[col] == name]
-            if _nothing_to_draw(panel, here[x], here[y], what=f"{x} and {y}"):
+            if nothing_to_draw(panel, here[x], here[y], what=f"{x} and {y}"):
                 panel.set_title(str(name))
                 continue
             _draw_paths(panel, here, **kws)
@@ -596,7 +615,7 @@ def _markers(data: pd.DataFrame, style: str | None, order: Sequence | None) -> d
 def _path_scale_y(ax: Axes, values: pd.Series, yscale: str, linthresh: float) -> None:
     if yscale == "symlog":
         ax.set_yscale("symlog", linthresh=linthresh)
-        ticks = sorted({*_symlog_ticks(values, linthresh), linthresh, -linthresh})
+        ticks = sorted({*symlog_ticks(values, linthresh), linthresh, -linthresh})
         ax.yaxis.set_major_locator(mpl.ticker.FixedLocator(ticks))
         ax.yaxis.set_minor_locator(mpl.ticker.NullLocator())
         ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(_plain))
@@ -604,7 +623,7 @@ def _path_scale_y(ax: Axes, values: pd.Series, yscale: str, linthresh: float) ->
         ax.set_yscale(yscale)
 
 
-def _symlog_ticks(values: pd.Series, linthresh: float) -> list[float]:
+def symlog_ticks(values: pd.Series, linthresh: float) -> list[float]:
     """0 and ± the powers of ten from the first above `linthresh` to the largest |value|: a
     symlog axis's ticks without one crowding 0 (those outside the view are not drawn); where
     every value lies below the first such power, ±linthresh/2 and ±linthresh instead."""
@@ -678,7 +697,7 @@ def matched_plot(data: pd.DataFrame, *, x: str = "level", y: str = "d_chosen",
     with themed():
         if ax is None:
             _, ax = plt.subplots(figsize=(min(1.6 + 0.2 * len(order) * len(hue_order), 11), 3.2))
-        if _nothing_to_draw(ax, data[y], what=f"{y} at any level"):
+        if nothing_to_draw(ax, data[y], what=f"{y} at any level"):
             return ax
         for j, name in enumerate(hue_order):
             rows = data[data[hue] == name].set_index(x).reindex(order)
@@ -715,242 +734,5 @@ def matched_chosen(data: pd.DataFrame, *, x: str = "level", y: str = "d_chosen",
     return ax
 
 
-# === Audit: a dataset scored at the starting model (prefstudy.audit) ==========================
-# The audit's tables come from `auditstats` (preference_accuracy, dose_gaps, dose_by_factor,
-# dose_slope_summary, the gradient audit's per-pair rows); these functions only draw them.
-
-
-def accuracy_plot(data: pd.DataFrame, *, x: str = "accuracy", y: str = "length_kind",
-                  hue: str = "normalisation", order: Sequence | None = None,
-                  hue_order: Sequence | None = None, palette: Mapping | None = None,
-                  refline: float | None = 0.5, ax: Axes | None = None) -> Axes:
-    """A share with its interval per `y` value, one dodged point per `hue` value.
-
-    data: `auditstats.preference_accuracy` output (one row per hue × y; `<x>_lo`, `<x>_hi`
-    drawn as the interval, and "k of n" written beside it when the table has k and n).
-    `refline` draws a vertical line (0.5: a coin's accuracy). Returns the Axes.
-    """
-    require_columns(data, [x, y, hue], "accuracy_plot", nonempty=True)
-    order = order_of(data[y], order)
-    hue_order = order_of(data[hue], hue_order)
-    colours = colours_of(hue_order, palette, labels=hue == "label")
-    step = 0.7 / max(len(hue_order), 1)
-    with themed():
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5.5, 0.55 * len(order) * len(hue_order) + 1.0))
-        if _nothing_to_draw(ax, data[x], what=x):
-            return ax
-        for j, name in enumerate(hue_order):
-            rows = data[data[hue] == name].set_index(y).reindex(order)
-            pos = np.arange(len(order)) + (j - (len(hue_order) - 1) / 2) * step
-            ax.plot(rows[x].astype(float), pos, marker="o", linestyle="", color=colours[name],
-                    label=str(name))
-            for p, (_, row) in zip(pos, rows.iterrows()):
-                lo, hi = row.get(f"{x}_lo", np.nan), row.get(f"{x}_hi", np.nan)
-                if np.isfinite(lo) and np.isfinite(hi):
-                    ax.plot([lo, hi], [p, p], color=colours[name], linewidth=1.8)
-                if "k" in row and "n" in row and np.isfinite(row["n"]):
-                    ax.annotate(f"{int(row['k'])} of {int(row['n'])}", (1.01, p),
-                                xycoords=("axes fraction", "data"), va="center", fontsize=7,
-                                color=colours[name])
-        if refline is not None:
-            ax.axvline(refline, color="0.4", linewidth=0.8, linestyle=":", zorder=0)
-        ax.set_yticks(np.arange(len(order)), [str(v) for v in order])
-        ax.set_ylim(len(order) - 0.5, -0.5)
-        ax.set_xlim(0, 1)
-        ax.set_xlabel(axis_name(x))
-        ax.set_ylabel(axis_name(y))
-        ax.legend(title=hue, loc="upper left", bbox_to_anchor=(1.12, 1.0))
-    return ax
-
-
-def dose_plot(data: pd.DataFrame, *, x: str = "token_ratio", y: str = "gap_value",
-              units: str = "variant_of", col: str = "normalisation",
-              summary: pd.DataFrame | None = None, slopes: pd.DataFrame | None = None,
-              col_order: Sequence | None = None, max_units: int | None = 150, seed: int = 0,
-              height: float = 2.8, aspect: float = 1.5) -> sns.FacetGrid:
-    """Each pair's gap across its length-controlled variants, on a log2 axis of the achieved
-    ratio, one panel per `col`.
-
-    data: `auditstats.dose_gaps` output (one row per variant and normalisation). One thin line
-    per `units` value (at most `max_units` of them, a sample seeded by `seed`; None = all).
-    summary: `auditstats.dose_by_factor` output, drawn as each factor's mean gap (with its
-    interval) at its mean achieved ratio. slopes: `auditstats.dose_slope_summary` output, whose
-    mean per-pair slope and interval title each panel. The y axes are not shared.
-    Returns the FacetGrid.
-    """
-    require_columns(data, [x, y, units, col], "dose_plot", nonempty=True)
-    shown_units = pd.Series(data[units].unique())
-    if max_units is not None and len(shown_units) > max_units:
-        shown_units = shown_units.sample(max_units, random_state=seed)
-    shown = data[data[units].isin(set(shown_units))]
-    slope_of = {} if slopes is None else {r[col]: r for _, r in slopes.iterrows()}
-    with themed():
-        grid = sns.FacetGrid(shown, col=col, col_order=order_of(data[col], col_order),
-                             sharex=True, sharey=False, height=height, aspect=aspect,
-                             despine=False)
-        for name, ax in grid.axes_dict.items():
-            panel = shown[shown[col] == name].sort_values(x)
-            if _nothing_to_draw(ax, panel[x], panel[y], what=f"{x} and {y}"):
-                ax.set_title(str(name))
-                continue
-            for _, line in panel.groupby(units, sort=False):
-                ax.plot(line[x], line[y], color="0.55", linewidth=0.6, alpha=0.35)
-            if summary is not None:
-                means = summary[summary[col] == name]
-                ax.errorbar(means[x], means["mean"],
-                            yerr=[means["mean"] - means["mean_lo"], means["mean_hi"] - means["mean"]],
-                            color="black", marker="o", linewidth=1.5, capsize=2)
-            ax.set_xscale("log", base=2)
-            ax.axvline(1, color="0.4", linewidth=0.8, linestyle=":", zorder=0)
-            row = slope_of.get(name)
-            title = str(name)
-            if row is not None:
-                title += (f"\nper doubling: "
-                          f"{interval_label(row['slope'], row['slope_lo'], row['slope_hi'])}")
-            ax.set_title(title)
-            ax.set_xlabel(axis_name(x))
-            ax.set_ylabel(axis_name(y))
-        grid.tight_layout()
-    return grid
-
-
-def distribution_plot(data: pd.DataFrame, *, x: str, y: str = "objective",
-                      order: Sequence | None = None, baseline: str | None = None,
-                      refline: float | None = None, palette: Mapping | None = None,
-                      seed: int = 0, ax: Axes | None = None) -> Axes:
-    """The distribution of `x` per `y` value: a box and every row as a point.
-
-    data: one row per unit (e.g. the gradient audit: one per objective × pair). baseline: a
-    column drawn beside each row's point as a red tick (e.g. grad_cos_orthogonal, what
-    orthogonal gradients of equal norm would give). `refline`: a vertical line. The points'
-    jitter is drawn from `seed` (the same data, the same figure), leaving numpy's global random
-    state as it was. Returns the Axes.
-    """
-    require_columns(data, [x, y, baseline], "distribution_plot", nonempty=True)
-    order = [str(v) for v in order_of(data[y], order)]
-    frame = data.assign(**{y: data[y].astype(str)})
-    colours = colours_of(order, palette, labels=y == "label")
-    with themed():
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5.0, 0.55 * len(order) + 1.2))
-        if _nothing_to_draw(ax, frame[x], what=x):  # seaborn's boxplot fails on no value
-            ax.set_xlabel(axis_name(x))
-            return ax
-        sns.boxplot(data=frame, x=x, y=y, order=order, hue=y, hue_order=order, palette=colours,
-                    fliersize=0, width=0.55, linewidth=0.8, ax=ax, legend=False,
-                    boxprops={"alpha": 0.35})
-        with _seeded(seed):  # seaborn draws the jitter from numpy's global random state
-            sns.stripplot(data=frame, x=x, y=y, order=order, hue=y, hue_order=order,
-                          palette=colours, size=2.5, alpha=0.6, jitter=0.2, ax=ax,
-                          legend=False)
-        if baseline is not None:
-            base = frame.dropna(subset=[baseline])
-            ax.plot(base[baseline], base[y].map({v: i for i, v in enumerate(order)}),
-                    marker="|", markersize=14, linestyle="", color="tab:red",
-                    label=axis_name(baseline))
-            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        if refline is not None:
-            ax.axvline(refline, color="0.4", linewidth=0.8, zorder=0)
-        ax.set_xlabel(axis_name(x))
-        ax.set_ylabel("")
-    return ax
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """numpy's global random state seeded with `seed` inside, restored afterwards."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
-def histogram_plot(data: pd.DataFrame, *, x: str = "edit_distance", hue: str | None = None,
-                   hue_order: Sequence | None = None, palette: Mapping | None = None,
-                   bins: int | Sequence[float] = 20, binrange: tuple[float, float] | None = None,
-                   ax: Axes | None = None) -> Axes:
-    """How many rows fall in each bin of `x` (stacked by `hue`): seaborn's histplot in the
-    prefstudy look. Returns the Axes."""
-    require_columns(data, [x, hue], "histogram_plot", nonempty=True)
-    kws = {}
-    if hue is not None:
-        hue_order = [str(v) for v in order_of(data[hue], hue_order)]
-        data = data.assign(**{hue: data[hue].astype(str)})
-        kws = {"hue": hue, "hue_order": hue_order, "multiple": "stack",
-               "palette": colours_of(hue_order, palette, labels=hue == "label")}
-    with themed():
-        if ax is None:
-            _, ax = plt.subplots(figsize=(4.5, 2.8))
-        if _nothing_to_draw(ax, data[x], what=x):
-            ax.set_xlabel(axis_name(x))
-            return ax
-        sns.histplot(data=data, x=x, bins=bins, binrange=binrange, ax=ax, linewidth=0.3,
-                     **({"color": "0.45"} if hue is None else kws))
-        ax.set_xlabel(axis_name(x))
-        ax.set_ylabel("pairs")
-    return ax
-
-
-def distribution_panels(data: pd.DataFrame, *, columns: Sequence[str], y: str = "objective",
-                        order: Sequence | None = None, palette: Mapping | None = None,
-                        width: float = 4.5, symlog: Sequence[str] = ()) -> Figure:
-    """`distribution_plot` of each of `columns` side by side, sharing the `y` rows (e.g. the
-    gradient audit's entanglement and CHES per objective). Columns named in `symlog` get a
-    symlog axis, linear within their median |value|, so a few extreme pairs do not squeeze the
-    rest against 0. Returns the Figure."""
-    require_columns(data, [*columns, y], "distribution_panels", nonempty=True)
-    order = order_of(data[y], order)
-    with themed():
-        fig, axes = plt.subplots(1, len(columns), figsize=(width * len(columns),
-                                                          0.55 * len(order) + 1.4),
-                                 sharey=True, squeeze=False)
-    for ax, column in zip(axes[0], columns):
-        distribution_plot(data, x=column, y=y, order=order, palette=palette, ax=ax)
-        scale = float(data[column].abs().median())
-        if column in symlog and scale > 0 and np.isfinite(scale):
-            # linear within the power of ten below the median |value|, ticks at 0 and whole
-            # decades, so no decade's label lands on 0's
-            linthresh = 10.0 ** np.floor(np.log10(scale))
-            ax.set_xscale("symlog", linthresh=linthresh)
-            shown = ax.get_xlim()
-            ax.set_xticks(_symlog_ticks(data[column], linthresh))
-            ax.set_xlim(shown)  # ticks beyond the data are not drawn, not a wider axis
-    return fig
-
-
-def gradient_norm_plot(data: pd.DataFrame, *, x: str = "tokens", y: str = "grad_norm",
-                       col: str = "label", col_order: Sequence | None = None, col_wrap: int = 4,
-                       effect: pd.DataFrame | None = None, height: float = 2.4,
-                       aspect: float = 1.1) -> sns.FacetGrid:
-    """Each pair's gradient norm against its length, one panel per `col` (objective), wrapped
-    `col_wrap` to a row, each with the OLS line and R² of `effect`
-    (`diagnostics.length_effect(data, x=x, y=y, by=(col,))`; computed without an interval when
-    None). The y axes are not shared: the objectives' scales differ by orders of magnitude.
-    Returns the FacetGrid."""
-    require_columns(data, [x, y, col], "gradient_norm_plot", nonempty=True)
-    if effect is None:
-        effect = dg.length_effect(data, x=x, y=y, by=(col,), n_boot=0)
-    fits = {row[col]: row for _, row in effect.iterrows()}
-    order = order_of(data[col], col_order)
-    with themed():
-        grid = sns.FacetGrid(data, col=col, col_order=order, sharex=True, sharey=False,
-                             height=height, aspect=aspect, despine=False,
-                             col_wrap=col_wrap if len(order) > col_wrap else None)
-        for name, ax in grid.axes_dict.items():
-            sub = data[data[col] == name]
-            row = fits.get(name)
-            if _nothing_to_draw(ax, sub[x], sub[y], what=f"{x} and {y}"):
-                ax.set_title(_effect_title(name, row))
-                continue
-            ax.scatter(sub[x], sub[y], s=10, alpha=0.5, linewidth=0, color="0.35")
-            if row is not None and np.isfinite(row["slope"]):
-                xs = np.array([sub[x].min(), sub[x].max()], dtype=float)
-                ax.plot(xs, row["intercept"] + row["slope"] * xs, color="black", linewidth=1.5)
-            ax.set_title(_effect_title(name, row))
-            ax.set_xlabel(axis_name(x))
-            ax.set_ylabel(axis_name(y))
-        grid.tight_layout()
-    return grid
+# The audit's figures moved to `prefstudy.auditplots`; `plots.<name>` still finds them (imported
+# on first use: auditplots imports this module, so it cannot be imported at the top).

@@ -60,10 +60,13 @@ AXIS_NAMES = {
     "diverged_share": "share of seeds that diverged",
     "displacement": "share of pairs whose chosen log-prob fell below its start",
     "accuracy": "share of pairs whose gap favours chosen", "length_kind": "",
-    "token_ratio": "rejected tokens ÷ original (achieved)", "edit_distance": "edit distance, chosen ↔ rejected",
+    "token_ratio": "rejected tokens ÷ original (achieved)",
+    "edit_distance": "normalised edit (Levenshtein) distance, chosen ↔ rejected",
     "tokens": "len_p + len_n (response tokens)", "grad_cos_loo": "leave-one-out cosine",
     "entanglement": "chosen ↔ rejected gradient entanglement", "ches": "CHES score",
     "grad_cos_orthogonal": "orthogonal baseline",
+    "dlen_ab": "(len_A − len_B) / 100 tokens (A: a fixed coin per pair)",
+    "a_chosen": "share of pairs where the judge chose A",
 }
 
 # One hue of BASE_PALETTE per family (its index there): four that stay apart under the common

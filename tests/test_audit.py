@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from prefstudy import auditstats, plots
+from prefstudy import auditplots, auditstats
 from prefstudy import diagnostics as dg
 from prefstudy.audit import Audit, audit, audit_tables, write_audit
 from prefstudy.auditpage import render_page
@@ -367,23 +367,23 @@ def test_audit_figures_draw_the_tables_they_are_given():
     scores = _scores(ACCURACY_ROWS)
     acc = auditstats.preference_accuracy(scores)
     acc = acc[acc.length_kind != "all"]
-    ax = plots.accuracy_plot(acc, order=list(auditstats.LENGTH_KINDS), hue_order=["sum", "mean"])
+    ax = auditplots.accuracy_plot(acc, order=list(auditstats.LENGTH_KINDS), hue_order=["sum", "mean"])
     assert [t.get_text() for t in ax.get_yticklabels()] == list(auditstats.LENGTH_KINDS)
     assert "1 of 3" in [t.get_text() for t in ax.texts]
     dose = auditstats.dose_token_ratios(_dose_rows())
     slopes = auditstats.dose_slope_summary(auditstats.dose_pair_slopes(dose), n_boot=100)
-    grid = plots.dose_plot(auditstats.dose_gaps(dose), summary=auditstats.dose_by_factor(dose),
+    grid = auditplots.dose_plot(auditstats.dose_gaps(dose), summary=auditstats.dose_by_factor(dose),
                            slopes=slopes, col_order=["sum", "mean"])
     titles = [ax.get_title() for ax in grid.axes.flat]
     assert titles[0].startswith("sum\nper doubling: 4.00") and len(titles) == 2
     assert len(grid.axes.flat[0].lines) >= 3  # one line per pair, then the means
     grads = _fake_gradients()
-    ax = plots.distribution_plot(grads, x="grad_cos_loo", y="label",
+    ax = auditplots.distribution_plot(grads, x="grad_cos_loo", y="label",
                                  baseline="grad_cos_orthogonal")
     assert [t.get_text() for t in ax.get_yticklabels()] == ["dpo", "naive-mean", "naive-sum"]
-    fig = plots.distribution_panels(grads, columns=("entanglement", "ches"), y="label")
+    fig = auditplots.distribution_panels(grads, columns=("entanglement", "ches"), y="label")
     assert len(fig.axes) == 2
-    ax = plots.histogram_plot(pd.DataFrame({"edit_distance": [0.1, 0.2, 0.9]}), bins=10,
+    ax = auditplots.histogram_plot(pd.DataFrame({"edit_distance": [0.1, 0.2, 0.9]}), bins=10,
                               binrange=(0, 1))
     assert sum(p.get_height() for p in ax.patches) == 3
 

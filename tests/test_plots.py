@@ -6,7 +6,7 @@ import pytest
 from matplotlib.colors import to_rgb
 from scipy import stats
 
-from prefstudy import plots, theme
+from prefstudy import auditplots, plots, theme
 
 STEPS = [1, 2, 3, 4, 5, 6]
 N_PAIRS = 4
@@ -577,7 +577,7 @@ def test_distribution_plot_jitter_is_seeded_and_leaves_the_global_state_alone():
                          "grad_cos_loo": np.linspace(-0.2, 0.3, 40)})
 
     def offsets(**kwargs):
-        ax = plots.distribution_plot(data, x="grad_cos_loo", **kwargs)
+        ax = auditplots.distribution_plot(data, x="grad_cos_loo", **kwargs)
         return np.concatenate([c.get_offsets()[:, 1] for c in ax.collections
                                if len(c.get_offsets())])
 
@@ -623,16 +623,17 @@ def _degenerate(n: int, value: float | None):
     accuracy = auditstats.preference_accuracy(scores)
     return {
         "gap_vs_length": lambda: plots.gap_vs_length(gaps),
-        "gradient_norm_plot": lambda: plots.gradient_norm_plot(grads),
-        "distribution_plot": lambda: plots.distribution_plot(
+        "gradient_norm_plot": lambda: auditplots.gradient_norm_plot(grads),
+        "distribution_plot": lambda: auditplots.distribution_plot(
             grads, x="grad_cos_loo", y="label", baseline="grad_cos_orthogonal"),
-        "distribution_panels": lambda: plots.distribution_panels(
+        "distribution_panels": lambda: auditplots.distribution_panels(
             grads, columns=("entanglement", "ches"), y="label", symlog=("ches",)),
-        "histogram_plot": lambda: plots.histogram_plot(grads, x="entanglement", bins=5),
-        "dose_plot": lambda: plots.dose_plot(
+        "histogram_plot": lambda: auditplots.histogram_plot(grads, x="entanglement", bins=5),
+        "dose_plot": lambda: auditplots.dose_plot(
             auditstats.dose_gaps(dose), summary=auditstats.dose_by_factor(dose),
             slopes=auditstats.dose_slope_summary(auditstats.dose_pair_slopes(dose), n_boot=20)),
-        "accuracy_plot": lambda: plots.accuracy_plot(accuracy[accuracy.length_kind != "all"]),
+        "accuracy_plot": lambda: auditplots.accuracy_plot(accuracy[accuracy.length_kind != "all"]),
+        "judge_length_plot": lambda: auditplots.judge_length_plot(**_judged(n, v)),
         "interval_plot": lambda: plots.interval_plot(labels),
         "gradient_agreement": lambda: plots.gradient_agreement(labels),
         "displacement_shares": lambda: plots.displacement_shares(labels, max_neutral=0.05),
@@ -642,6 +643,13 @@ def _degenerate(n: int, value: float | None):
         "loss_trajectories": lambda: plots.loss_trajectories(runs),
         "normalisation_grid": lambda: plots.normalisation_grid(runs),
     }
+
+
+def _judged(n: int, v):
+    """`judge_length_plot`'s bins and fits: n bins of one comparison, every value v(ordinary)."""
+    bins = pd.DataFrame({"comparison": "a vs b", "dlen_ab": [0.5 * i - 1 for i in range(n)],
+                         "a_chosen": v(0.6), "a_chosen_lo": v(0.4), "a_chosen_hi": v(0.8)})
+    return {"data": bins, "fits": pd.DataFrame({"comparison": ["a vs b", "all"], "beta": v(0.7)})}
 
 
 def _texts(figure) -> list[str]:
