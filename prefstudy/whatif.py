@@ -166,13 +166,7 @@ class WhatIf(widgets.VBox):
         self.records = records
         settings = run_settings(records) if settings is None else settings
         self.settings = settings[settings.run_id.isin(set(records.run_id))]
-        options = _setting_options(self.settings, order)
-        if setting is not None and setting not in dict(options).values():
-            raise ValueError(f"what_if: no setting {setting!r}; these records have: "
-                             f"{', '.join(dict(options).values())}")
-        self.setting = widgets.Dropdown(options=options, value=setting or options[0][1],
-                                        description="records of",
-                                        layout=widgets.Layout(width="28em"))
+        self.setting = self._setting_control(setting, order)
         self.availability = what_if_objectives(self.rows)
         available = list(self.availability.objective[self.availability.available])
         if not available:
@@ -207,10 +201,26 @@ class WhatIf(widgets.VBox):
         add_classes(self, "what-if", setting=self.setting, objectives=self.objectives,
                      beta=self.beta, norm=self.norm, status=self.status, figure=self.figure,
                      summary=self.summary)
+        self._observe_controls()
+        self.update()
+
+    def _setting_control(self, setting: str | None, order: Sequence[str] | None
+                         ) -> widgets.Dropdown:
+        """The setting control (`_setting_options`, labels in `order`), showing `setting` (None:
+        the first option); ValueError naming the settings where `setting` is not one of them."""
+        options = _setting_options(self.settings, order)
+        if setting is not None and setting not in dict(options).values():
+            raise ValueError(f"what_if: no setting {setting!r}; these records have: "
+                             f"{', '.join(dict(options).values())}")
+        return widgets.Dropdown(options=options, value=setting or options[0][1],
+                                description="records of", layout=widgets.Layout(width="28em"))
+
+    def _observe_controls(self) -> None:
+        """Redraw on every control's change; another setting first offers the objectives its
+        records can give (`_on_setting`)."""
         self.setting.observe(self._on_setting, names="value")
         for control in (self.objectives, self.default_beta, self.beta, self.gamma, self.norm):
             control.observe(self._on_change, names="value")
-        self.update()
 
     @property
     def runs(self) -> pd.DataFrame:
