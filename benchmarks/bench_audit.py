@@ -13,6 +13,13 @@ same log-probs).
     python benchmarks/bench_audit.py --pairs 1000 --max-response 256 \
         --json benchmarks/results/audit-cpu-float32.json
 
+`--data PATH` audits real pairs instead: a stratified random sample of `--pairs` of them
+(`data.sample_pairs`, seeded), whole unless `--max-length` cuts them (the audit counts what a
+cut removes); `--max-response` does not apply:
+
+    python benchmarks/bench_audit.py --data ../shared/datasets/alpaca_eval --pairs 1000 \
+        --dtype bfloat16 --json benchmarks/results/audit-real-cpu-bfloat16.json
+
 `--save DIR` writes the audit (page, tables); `--diff A B` compares two saved audits (e.g. float32
 and bfloat16: per-pair differences, accuracy counts, the headline statistics) and exits.
 """
@@ -32,6 +39,10 @@ def parse(argv=None):
     p.add_argument("--dtype", default="float32")
     p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--max-response", type=int, default=256, help="response tokens, per side")
+    p.add_argument("--data", default=None, help="audit a sample of these pairs (any source "
+                   "`data.load_any` reads) instead of the bundled pairs and their variants")
+    p.add_argument("--max-length", type=int, default=None, help="the audit's cut (tokens per "
+                   "side; default: none)")
     p.add_argument("--dose-pairs", type=int, default=None, help="default: the audit's")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--compare", type=int, default=200, help="pairs for packed vs one row per "
@@ -65,6 +76,21 @@ def workload(tokenizer, n: int, max_response: int):
     what = (f"{n_bundled} bundled pairs and {len(kept) - n_bundled} ×2-rejected variants "
             f"(responses ≤ {max_response} tokens)")
     return PairSet(tuple(kept)), what, lengths[lengths.pair_id.isin(short)]
+
+
+def real_workload(tokenizer, source: str, n: int, seed: int):
+    """(pairs, what they are, lengths): a stratified random sample of n pairs of `source`."""
+    from prefstudy.data import load_any, sample_pairs
+    from prefstudy.scoring import encode_for_scoring, length_table
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_any(source)
+    pairs = sample_pairs(loaded, n, seed=seed)
+    lengths = length_table(encode_for_scoring(pairs, tokenizer, max_length=None).full)
+    what = (f"a stratified random sample (seed {seed}) of the {len(loaded)} pairs of {source} "
+            f"({loaded.layout} layout), whole")
+    return pairs, what, lengths
 
 
 def tokens_through_model(pairs, tokenizer, packed: bool) -> int:
@@ -140,12 +166,13 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - started
-    pairs, what, lengths = workload(tokenizer, args.pairs, args.max_response)
+    pairs, what, lengths = (real_workload(tokenizer, args.data, args.pairs, args.seed)
+                            if args.data else workload(tokenizer, args.pairs, args.max_response))
     dose_pairs = DOSE_PAIRS if args.dose_pairs is None else args.dose_pairs
     print(f"# {len(pairs)} pairs: {what}; dose-response on {dose_pairs} of them", flush=True)
     started, busy = time.perf_counter(), C.cpu_seconds()
     result = audit(pairs, model=model, tokenizer=tokenizer, dose_pairs=dose_pairs,
-                   batch_size=args.batch_size, seed=args.seed)
+                   batch_size=args.batch_size, seed=args.seed, max_length=args.max_length)
     total = time.perf_counter() - started
     seconds = result.settings["seconds"]
     row = {"pairs": len(pairs), "dose_pairs": dose_pairs, "load_model_s": load_s, "total_s": total,
@@ -154,6 +181,8 @@ def main(argv=None) -> None:
            "s_per_pair": total / len(pairs), "scoring_s_per_pair": seconds["scoring"] / len(pairs),
            "tokens_packed": tokens_through_model(pairs, tokenizer, True),
            "max_response_tokens": int(lengths[["len_p_full", "len_n_full"]].max().max()),
+           "mean_tokens_per_pair": float((2 * lengths.prompt_len_full + lengths.len_p_full
+                                          + lengths.len_n_full).mean()),
            "cores_busy": (C.cpu_seconds() - busy) / total}
     print(C.table([row]), flush=True)
     if args.save:

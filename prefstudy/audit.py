@@ -55,6 +55,7 @@ from .data import PairSet, load_any, sample_pairs, strata_keys, text_facts
 from .errors import PrefstudyError
 from .paths import TEXT_COLUMNS, text_rule
 from .scoring import encode_for_scoring, length_table, score_encoded
+from .theme import from_defaults
 from .variants import length_variants
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -518,8 +519,9 @@ def _write_files(result: Audit, out: Path, texts: dict, reference: Audit | None 
     settings = {**result.settings, **texts}
     (out / "audit.json").write_text(json.dumps({"settings": settings, **summary},
                                                indent=2, default=str, ensure_ascii=False) + "\n")
-    (out / "README.md").write_text(auditpage.render_page(replace(result, settings=settings),
-                                                          out, reference=reference))
+    with from_defaults():  # the same figures whatever style the caller set
+        page = auditpage.render_page(replace(result, settings=settings), out, reference=reference)
+    (out / "README.md").write_text(page)
 
 
 def rewrite_page(folder: str | os.PathLike) -> Path:
@@ -531,7 +533,8 @@ def rewrite_page(folder: str | os.PathLike) -> Path:
     result = read_audit(folder)
     ref = result.settings.get("reference")
     compared = read_audit(folder / ref) if ref else None
-    page = auditpage.render_page(result, folder, reference=compared)
+    with from_defaults():
+        page = auditpage.render_page(result, folder, reference=compared)
     write_atomic(folder / "README.md", lambda tmp: tmp.write_text(page))
     return folder / "README.md"
 

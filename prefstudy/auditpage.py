@@ -335,15 +335,14 @@ def _judge_reading(row: pd.Series) -> str:
             else "prefers the shorter answer (the interval lies below one half)"
             if row.share_hi < 0.5 else
             "shows no clear preference for either length (the interval includes one half)")
-    per = judge.PER_TOKENS
     why = f" ({row.reason})" if row.reason else ""
     chosen = interval_label(row.p_longer, row.p_longer_lo, row.p_longer_hi, digits=1,
                             share=True)
     return (f"Over all {row.n} pairs whose answers differ in length, the judge chose the longer "
-            f"answer in {_share(row)}: it {lean}. By the logistic fit an answer {per} tokens "
-            f"longer than the other is chosen with probability {chosen} (β = "
-            f"{interval_label(row.beta, row.beta_lo, row.beta_hi)} per {per} tokens; 50% would "
-            f"mean length does not sway it){why}.")
+            f"answer in {_share(row)}: it {lean}. By the logistic fit an answer twice as long as "
+            f"the other is chosen with probability {chosen} (β = "
+            f"{interval_label(row.beta, row.beta_lo, row.beta_hi)} per doubling; 50% would mean "
+            f"length does not sway it){why}.")
 
 
 def _judge_section(result: Audit, out: Path) -> str:
@@ -352,12 +351,11 @@ def _judge_section(result: Audit, out: Path) -> str:
     n_boot = result.settings.get("n_boot", 1000)
     bias = judge.judge_length_bias(result.pairs, n_boot=n_boot,
                                    seed=result.settings.get("seed", 0))
-    per = judge.PER_TOKENS
     view = pd.DataFrame({
         "comparison": bias.comparison, "pairs differing in length": bias.n,
         "longer answer chosen": [_share(r) for _, r in bias.iterrows()],
-        f"β per {per} tokens": interval_column(bias, "beta", 2),
-        f"P(prefer +{per} tokens)": interval_column(bias, "p_longer", 1, share=True)})
+        "β per doubling": interval_column(bias, "beta", 2),
+        "P(prefer the answer twice as long)": interval_column(bias, "p_longer", 1, share=True)})
     bins = judge.judge_length_bins(result.pairs)
     if len(bins):
         save_figure(auditplots.judge_length_plot(bins, fits=bias),
@@ -370,8 +368,10 @@ def _judge_section(result: Audit, out: Path) -> str:
         f"{who}; a comparison is the two models whose answers a pair holds (`chosen_model`, "
         "`rejected_model`). Lengths are response tokens as the starting model's tokenizer counts "
         "them. Each pair's answers are named A and B by a fixed coin from its pair_id, and "
-        f"P(the judge chooses A) = σ(β · (len_A − len_B) / {per}) is fitted without an intercept "
-        "by maximum likelihood (`prefstudy.judge`). Intervals: the share's exact "
+        "P(the judge chooses A) = σ(β · log2(len_A / len_B)) is fitted without an intercept "
+        "by maximum likelihood (`prefstudy.judge`): the length difference on a log scale, so "
+        "that a few answers hundreds of tokens long do not carry the fit. Intervals: the "
+        "share's exact "
         f"Clopper–Pearson; β's a 95% percentile bootstrap over pairs ({n_boot} resamples).", "",
         markdown_table(view), "", _judge_reading(bias.iloc[-1]), "",
         *([ALPACA_EVAL_NOTE, ""] if cite else []),

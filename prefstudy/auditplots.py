@@ -273,7 +273,7 @@ def gradient_norm_plot(data: pd.DataFrame, *, x: str = "tokens", y: str = "grad_
     return grid
 
 
-def judge_length_plot(data: pd.DataFrame, *, x: str = "dlen_ab", y: str = "a_chosen",
+def judge_length_plot(data: pd.DataFrame, *, x: str = "log_ratio_ab", y: str = "a_chosen",
                       hue: str | None = "comparison", hue_order: Sequence | None = None,
                       palette: Mapping | None = None, fits: pd.DataFrame | None = None,
                       slope: str = "beta", refline: float | None = 0.5,

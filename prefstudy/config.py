@@ -153,7 +153,7 @@ def run_name(label: str, lr: float | None, seed: int, digest: str | None = None)
 # --------------------------------------------------------------------------- objective names
 
 TRL_PREFIX = "trl:"  # `trl:<loss_type>`: TRL's meaning, even where prefstudy has the name too
-# TRL 1.16's DPOConfig defaults for the options `integrations.TRL_OBJECTIVES` reads (a test
+# TRL 1.16's DPOConfig defaults for the options `trlloss.TRL_OBJECTIVES` reads (a test
 # compares them with DPOConfig's own where TRL is installed).
 TRL_DEFAULTS = MappingProxyType({"beta": 0.1, "label_smoothing": 0.0,
                                  "f_divergence_type": "reverse_kl",
@@ -170,7 +170,7 @@ def resolve_objective(name: str, params: Mapping | None = None) -> tuple[str, di
     - A TRL loss_type that is no registry name (`sigmoid` → dpo, `sigmoid_norm` → book_dpo with
       w_chosen = w_rejected = 1), or any loss_type written `trl:<loss_type>` (`trl:ipo` → ipo
       with norm="mean", `trl:robust` → robust with label_smoothing 0), is what TRL 1.16 trains:
-      the objective `integrations.TRL_OBJECTIVES` maps it to, TRL's defaults for the options
+      the objective `trlloss.TRL_OBJECTIVES` maps it to, TRL's defaults for the options
       it reads (TRL_DEFAULTS) and the values TRL fixes. `params` may set an option by the
       objective's own parameter name or by TRL's field name (`beta` for trl:ipo's τ), never a
       value TRL fixes. TRL's `sft` is refused: it is one token mean over a whole batch, not a
@@ -211,9 +211,9 @@ def resolve_objective(name: str, params: Mapping | None = None) -> tuple[str, di
 
 
 def _trl_mappings() -> Mapping:
-    """TRL's loss_type → how prefstudy computes it (`integrations.TRL_OBJECTIVES`, imported
-    only where a name is not the registry's: it loads transformers)."""
-    from .integrations import TRL_OBJECTIVES
+    """TRL's loss_type → how prefstudy computes it (`trlloss.TRL_OBJECTIVES`, imported only
+    where a name is not the registry's)."""
+    from .trlloss import TRL_OBJECTIVES
 
     return TRL_OBJECTIVES
 

@@ -309,7 +309,9 @@ def pairs_from_frame(df: pd.DataFrame, *, strict: bool = False, source: str = "D
 
 # --------------------------------------------------------------------------- any source
 
-SAVED_DATASET = ("dataset_info.json", "state.json", "dataset_dict.json")  # save_to_disk's files
+# what only save_to_disk writes (a Dataset's state.json, a DatasetDict's dataset_dict.json);
+# dataset_info.json alone is also a hub snapshot's or a user's metadata
+SAVED_DATASET = ("state.json", "dataset_dict.json")
 
 
 def _datasets():
@@ -462,7 +464,12 @@ def load_any(source, *, split: str | None = None, layout: str = "auto",
     if _is_dataset(source):
         return pairs_from_dataset(source, split=split, max_rows=max_rows, **reading)
     if sources.is_url(source):
-        return load_pairs(sources.fetch(source), **reading)
+        fetched = sources.fetch(source)
+        try:
+            return load_pairs(fetched, **reading)
+        except DataError:  # not kept: what a later call fetches is read afresh
+            fetched.unlink(missing_ok=True)
+            raise
     if not isinstance(source, str | os.PathLike):
         raise TypeError(f"load_any: cannot read pairs from a {type(source).__name__}; it "
                         f"reads {ACCEPTED}")

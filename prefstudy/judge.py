@@ -13,14 +13,21 @@ Clopper–Pearson interval of a share. An undefined number is NaN, never a numbe
 what was left, and its row's `reason` says why ('' where every number is defined).
 
 The logistic fit. Each pair's answers are named A and B by a fixed coin from its pair_id
-(`orient_pairs`), so that which answer is A does not follow the file's order; x = (len_A −
-len_B) / PER_TOKENS, y = 1 where A is the judge's choice, and P(y = 1) = σ(β·x) without an
+(`orient_pairs`), so that which answer is A does not follow the file's order; x = log2 len_A −
+log2 len_B (the length difference on a log scale: x = 1 where A is twice as long), y = 1 where
+A is the judge's choice, and P(y = 1) = σ(β·x) without an
 intercept: the judge sees two answers, not an A and a B, so naming them the other way round must
 give σ(−β·x) = 1 − σ(β·x). Renaming one pair's answers (x → −x, y → 1 − y) leaves its likelihood
 as it was, so β does not depend on the coin at all; the coin spreads the figure's points over
-both signs of x. σ(β) is the probability that the judge prefers an answer PER_TOKENS tokens
-longer than the other (one half: length does not sway it). The length-controlled AlpacaEval win
-rate (Dubois et al. 2024, arXiv:2404.04475) exists because this judge's σ(β) is above one half.
+both signs of x. σ(β) is the probability that the judge prefers an answer twice as long as the
+other (one half: length does not sway it). The length-controlled AlpacaEval win rate (Dubois et
+al. 2024, arXiv:2404.04475) exists because this judge's σ(β) is above one half.
+
+Why a log scale: real answers' lengths have long tails (an answer of 1,800 tokens beside one of
+60), and on a linear scale a few such pairs carry the whole likelihood. On the AlpacaEval files
+a fit on (len_A − len_B) / 100 tokens gave β ≈ 0 for two of the three comparisons whose judge
+chose the longer answer in 57% and 61% of pairs, because their runaway answers lost; the log
+ratio weighs a pair by how many times longer one answer is, as the audit's dose-response does.
 """
 
 from __future__ import annotations
@@ -45,7 +52,6 @@ if TYPE_CHECKING:
 MODEL_COLUMNS = ("chosen_model", "rejected_model")  # meta keys: which model wrote each answer
 JUDGE_COLUMN = "judge"  # meta key: who chose (AlpacaEval: "alpaca_eval_gpt4", …)
 ALL = "all"  # the group value of the row over every pair
-PER_TOKENS = 100  # β is per this many tokens of length difference
 NEWTON_STEPS = 60  # Newton's method from β = 0 climbs monotonically (the log-likelihood's
 # curvature only falls away from 0), so a step this small is convergence
 NEWTON_TOLERANCE = 1e-10
@@ -105,8 +111,8 @@ def _with_groups(pairs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
 
 def orient_pairs(pairs: pd.DataFrame, *, by: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per pair with finite token lengths, its answers named A and B by `coin`:
-    pair_id, `by`, len_a, len_b, dlen_ab = (len_a − len_b) / PER_TOKENS, a_chosen (1.0 where A
+    """One row per pair with finite, positive token lengths, its answers named A and B by `coin`:
+    pair_id, `by`, len_a, len_b, log_ratio_ab = log2(len_a / len_b), a_chosen (1.0 where A
     is the judge's choice, else 0.0). Sorted by pair_id: the rows, and so every resample of them,
     do not depend on the table's order. by: columns to carry ("comparison" is computed by
     `comparison` where the table lacks it)."""
@@ -114,10 +120,11 @@ def orient_pairs(pairs: pd.DataFrame, *, by: Sequence[str] = ()) -> pd.DataFrame
     frame = _with_groups(pairs, by)
     require_columns(frame, ["pair_id", "len_p", "len_n", *by], "orient_pairs")
     kept = finite_rows(frame, ["len_p", "len_n"])
+    kept = kept[(kept.len_p > 0) & (kept.len_n > 0)]  # a ratio needs two answers with tokens
     heads = coin(kept.pair_id)
     p, n = kept.len_p.to_numpy(float), kept.len_n.to_numpy(float)
     out = kept[["pair_id", *by]].assign(len_a=np.where(heads, p, n), len_b=np.where(heads, n, p))
-    out["dlen_ab"] = (out.len_a - out.len_b) / PER_TOKENS
+    out["log_ratio_ab"] = np.log2(out.len_a / out.len_b)
     out["a_chosen"] = heads.astype(float)
     return out.sort_values("pair_id", kind="stable").reset_index(drop=True)
 
@@ -203,8 +210,8 @@ BIAS_COLUMNS = ("n_pairs", "n_equal", "n", "k", "share", "share_lo", "share_hi",
 
 def _bias_row(rows: pd.DataFrame, *, n_boot: int, seed: int, confidence: float) -> dict:
     """`judge_length_bias`'s numbers for one group of `orient_pairs` rows."""
-    differ = rows[rows.dlen_ab != 0]
-    x, y = differ.dlen_ab.to_numpy(float), differ.a_chosen.to_numpy(float)
+    differ = rows[rows.log_ratio_ab != 0]
+    x, y = differ.log_ratio_ab.to_numpy(float), differ.a_chosen.to_numpy(float)
     k = int(((x > 0) == (y == 1)).sum())  # the judge's choice is the longer answer
     share, share_lo, share_hi = share_interval(k, len(differ), confidence)
     beta = logistic_slope(x, y) if len(differ) else float("nan")
@@ -238,9 +245,9 @@ def judge_length_bias(pairs: pd.DataFrame, *, by: Sequence[str] = ("comparison",
     Returns `by`, n_pairs (with finite lengths), n_equal (answers of equal length: they say
     nothing of length), n (the others), k (of those, pairs whose chosen answer is the longer),
     share = k / n with share_lo, share_hi (exact Clopper–Pearson), beta (the logistic fit's β
-    per PER_TOKENS tokens, see the module's docstring) with beta_lo, beta_hi (percentile
+    per doubling of the length ratio, see the module's docstring) with beta_lo, beta_hi (percentile
     bootstrap over the n pairs, `n_boot` resamples seeded by `seed`), p_longer = σ(β), the
-    probability that the judge prefers an answer PER_TOKENS tokens longer, with p_longer_lo,
+    probability that the judge prefers an answer twice as long as the other, with p_longer_lo,
     p_longer_hi (σ of β's bounds), reason (why a number is undefined; '' where none is).
     The unit is the pair.
     """
@@ -254,19 +261,19 @@ def judge_length_bias(pairs: pd.DataFrame, *, by: Sequence[str] = ("comparison",
 def judge_length_bins(pairs: pd.DataFrame, *, by: Sequence[str] = ("comparison",),
                       bins: int = 8, confidence: float = 0.95) -> pd.DataFrame:
     """The empirical side of `judge_length_bias`'s fit, for its figure: the pairs whose answers
-    differ in length, in `bins` bins of dlen_ab (equal counts over all of them, pooled; tied
+    differ in length, in `bins` bins of log_ratio_ab (equal counts over all of them, pooled; tied
     edges merge), per group of `by` (ALL alone where no pair has a group).
-    Returns `by`, bin (its edges, in PER_TOKENS tokens), n (pairs), k (where the judge chose A),
-    a_chosen = k / n with a_chosen_lo, a_chosen_hi (exact Clopper–Pearson), dlen_ab (the mean
+    Returns `by`, bin (its edges, in log2 of the length ratio), n (pairs), k (where the judge chose A),
+    a_chosen = k / n with a_chosen_lo, a_chosen_hi (exact Clopper–Pearson), log_ratio_ab (the mean
     over the bin's pairs: where its point is drawn)."""
     by = list(by)
     oriented = orient_pairs(pairs, by=by)
-    oriented = oriented[oriented.dlen_ab != 0]
-    columns = [*by, "bin", "n", "k", "a_chosen", "a_chosen_lo", "a_chosen_hi", "dlen_ab"]
+    oriented = oriented[oriented.log_ratio_ab != 0]
+    columns = [*by, "bin", "n", "k", "a_chosen", "a_chosen_lo", "a_chosen_hi", "log_ratio_ab"]
     if not len(oriented):
         return pd.DataFrame(columns=columns)
-    edges = np.unique(np.quantile(oriented.dlen_ab, np.linspace(0, 1, bins + 1)))
-    cut = (pd.cut(oriented.dlen_ab, edges, include_lowest=True, labels=dg._bin_labels(edges))
+    edges = np.unique(np.quantile(oriented.log_ratio_ab, np.linspace(0, 1, bins + 1)))
+    cut = (pd.cut(oriented.log_ratio_ab, edges, include_lowest=True, labels=dg._bin_labels(edges))
            .astype(str) if len(edges) > 1 else f"[{edges[0]:g}, {edges[0]:g}]")
     oriented = oriented.assign(bin=cut)  # the same interval labels as diagnostics.length_bins
     rows = []
@@ -276,8 +283,8 @@ def judge_length_bins(pairs: pd.DataFrame, *, by: Sequence[str] = ("comparison",
             share, lo, hi = share_interval(k, n, confidence)
             rows.append({**key, "bin": name, "n": n, "k": k, "a_chosen": share,
                          "a_chosen_lo": lo, "a_chosen_hi": hi,
-                         "dlen_ab": float(rows_in.dlen_ab.mean())})
-    return pd.DataFrame(rows, columns=columns).sort_values([*by, "dlen_ab"], ignore_index=True)
+                         "log_ratio_ab": float(rows_in.log_ratio_ab.mean())})
+    return pd.DataFrame(rows, columns=columns).sort_values([*by, "log_ratio_ab"], ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------------

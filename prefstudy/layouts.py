@@ -156,6 +156,8 @@ def _label(record: Mapping, name: str, where: str, *, bools: bool = False) -> fl
     value = record.get(name)
     if _missing(value) or (isinstance(value, str) and not value.strip()):
         return None
+    if bools and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        value = value.strip().lower() == "true"  # a bool column as a CSV writes it
     number = float(value) if bools and isinstance(value, bool) else _number(value)
     if number is None:
         raise DataError(f"{where}: field {name!r} must be a number, got {value!r:.80}")

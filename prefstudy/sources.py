@@ -130,6 +130,8 @@ def folder_files(path: Path, suffixes: tuple[str, ...] = PAIR_SUFFIXES
             why = "a subfolder: not read (load it on its own)"
         elif why is None and not reads(entry.name, suffixes):
             why = f"not read: only {', '.join(f'*{s}' for s in suffixes)} files are"
+        elif why is None and reads(entry.name, (".json", ".json.gz")) and kind_of(entry) == "object":
+            why = "one JSON object over several lines (metadata?), not records: not read"
         if why is None:
             files.append(entry)
         else:
@@ -189,8 +191,9 @@ def _head(path: Path, n: int = 64) -> bytes:
 
 
 def kind_of(path: Path) -> str:
-    """How a file is read: "parquet", "csv", "array" (a JSON array) or "lines" (JSON lines),
-    from its name without .gz, else from its first bytes."""
+    """How a file is read: "parquet", "csv", "array" (a JSON array), "lines" (JSON lines) or
+    "object" (one JSON object over several lines: no records), from its name without .gz, else
+    from its first bytes."""
     name = path.name.lower().removesuffix(".gz")
     suffix = Path(name).suffix
     if TABLE_SUFFIXES.get(suffix):
@@ -199,7 +202,20 @@ def kind_of(path: Path) -> str:
     if suffix not in JSON_SUFFIXES and head.startswith(PARQUET_MAGIC):
         return "parquet"
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
-    return "array" if text.startswith(b"[") else "lines"
+    if text.startswith(b"["):
+        return "array"
+    return "object" if text.startswith(b"{") and _one_object(path) else "lines"
+
+
+def _one_object(path: Path) -> bool:
+    """Whether the file holds one JSON object written over several lines (a metadata file, a
+    pretty-printed record): not JSON lines, whose objects stand one per line."""
+    try:
+        with _open(path) as f:
+            text = f.read().decode("utf-8-sig")
+        return "\n" in text.strip() and isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError, OSError, EOFError, zlib.error):
+        return False  # JSON lines (or damaged): read line by line, which says where
 
 
 def _open(path: Path):
@@ -282,7 +298,7 @@ def read_table(path: Path, kind: str) -> pd.DataFrame:
     try:
         if kind == "parquet":
             return pd.read_parquet(path)
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (OSError, ValueError, ImportError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot be read as {kind} "
                         f"({' '.join(str(e).split())[:200]})") from None
@@ -321,6 +337,9 @@ def table_rows(frame: pd.DataFrame, source: str) -> Iterator[tuple[str, Any, dic
 def file_items(path: Path) -> Iterator[tuple[str, Any, Any]]:
     """(source, line / item / row number, record) of one file, read as `kind_of` says."""
     kind = kind_of(path)
+    if kind == "object":
+        raise DataError(f"{path}: one JSON object over several lines, not records: pairs are a "
+                        "JSON array of objects, or one object per line")
     if kind == "lines":
         yield from json_lines(path)
     elif kind == "array":

@@ -65,7 +65,7 @@ AXIS_NAMES = {
     "tokens": "len_p + len_n (response tokens)", "grad_cos_loo": "leave-one-out cosine",
     "entanglement": "chosen ↔ rejected gradient entanglement", "ches": "CHES score",
     "grad_cos_orthogonal": "orthogonal baseline",
-    "dlen_ab": "(len_A − len_B) / 100 tokens (A: a fixed coin per pair)",
+    "log_ratio_ab": "log2(len_A / len_B), response tokens (A: a fixed coin per pair)",
     "a_chosen": "share of pairs where the judge chose A",
 }
 

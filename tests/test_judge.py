@@ -18,12 +18,12 @@ COMMITTED_AUDIT = Path(__file__).resolve().parents[1] / "reports" / "runs" / "au
 
 
 def judged_pairs(n: int, beta: float, *, seed: int = 0, models=("alpaca-7b",)) -> pd.DataFrame:
-    """A judge that picks answer A with probability σ(beta · (len_A − len_B) / 100): the chosen
+    """A judge that picks answer A with probability σ(beta · log2(len_A / len_B)): the chosen
     and rejected columns follow its choice; each pair compares one of `models` with
     text_davinci_003 (the one written first is the other model's)."""
     rng = np.random.default_rng(seed)
     len_a, len_b = rng.integers(20, 600, n), rng.integers(20, 600, n)
-    a_wins = rng.random(n) < expit(beta * (len_a - len_b) / 100)
+    a_wins = rng.random(n) < expit(beta * np.log2(len_a / len_b))
     other = rng.choice(list(models), n)
     return pd.DataFrame({
         "pair_id": [f"{i:016x}" for i in range(n)],
@@ -59,7 +59,7 @@ def test_a_simulated_judges_beta_is_recovered_within_its_interval(biased):
 def test_the_fit_is_the_maximum_likelihood_beta():
     pairs = judged_pairs(300, 0.5, seed=3)
     oriented = judge.orient_pairs(pairs)
-    x, y = oriented.dlen_ab.to_numpy(), oriented.a_chosen.to_numpy()
+    x, y = oriented.log_ratio_ab.to_numpy(), oriented.a_chosen.to_numpy()
 
     def loss(b):
         return -(y * np.log(expit(b * x)) + (1 - y) * np.log(expit(-b * x))).sum()
@@ -129,14 +129,14 @@ def test_pairs_without_models_are_one_group():
     assert list(bias.comparison) == ["all"] and bias.n_pairs.iloc[0] == 200
     bins = judge.judge_length_bins(pairs, bins=4)
     assert set(bins.comparison) == {"all"} and bins.n.sum() == bias.n.iloc[0]
-    assert (np.diff(bins.dlen_ab) > 0).all()
+    assert (np.diff(bins.log_ratio_ab) > 0).all()
 
 
 def test_bins_count_the_pairs_where_the_judge_chose_a():
     pairs = judged_pairs(800, 1.0, seed=4)
     bins = judge.judge_length_bins(pairs, bins=5)
     oriented = judge.orient_pairs(pairs)
-    oriented = oriented[oriented.dlen_ab != 0]
+    oriented = oriented[oriented.log_ratio_ab != 0]
     assert bins.n.sum() == len(oriented) and bins.k.sum() == oriented.a_chosen.sum()
     assert (bins.a_chosen_lo <= bins.a_chosen).all() and (bins.a_chosen <= bins.a_chosen_hi).all()
     assert bins.a_chosen.iloc[0] < 0.3 < 0.7 < bins.a_chosen.iloc[-1]  # a judge for length
@@ -261,4 +261,4 @@ def test_judge_length_plot_draws_each_comparisons_points_and_curve(biased):
     for line, name in zip(curves, order):
         beta = bias.set_index("comparison").beta[name]
         np.testing.assert_allclose(line.get_ydata(), expit(beta * line.get_xdata()))
-    assert ax.get_xlabel().startswith("(len_A − len_B) / 100") and ax.get_ylim() == (0, 1)
+    assert ax.get_xlabel().startswith("log2(len_A / len_B)") and ax.get_ylim() == (0, 1)

@@ -647,7 +647,7 @@ def _degenerate(n: int, value: float | None):
 
 def _judged(n: int, v):
     """`judge_length_plot`'s bins and fits: n bins of one comparison, every value v(ordinary)."""
-    bins = pd.DataFrame({"comparison": "a vs b", "dlen_ab": [0.5 * i - 1 for i in range(n)],
+    bins = pd.DataFrame({"comparison": "a vs b", "log_ratio_ab": [0.5 * i - 1 for i in range(n)],
                          "a_chosen": v(0.6), "a_chosen_lo": v(0.4), "a_chosen_hi": v(0.8)})
     return {"data": bins, "fits": pd.DataFrame({"comparison": ["a vs b", "all"], "beta": v(0.7)})}
 

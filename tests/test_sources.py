@@ -43,7 +43,8 @@ def test_a_bad_element_of_a_json_array_names_the_file_and_the_item(tmp_path):
     with pytest.raises(DataError, match=r"empty\.json: empty: no records"):
         load_any(tmp_path / "empty.json")
     (tmp_path / "object.json").write_text('{\n "data": []\n}')
-    with pytest.raises(DataError, match=r"object\.json:1: invalid JSON"):
+    with pytest.raises(DataError, match=r"object\.json: one JSON object over several lines, "
+                                        r"not records"):
         load_any(tmp_path / "object.json")
 
 
@@ -88,9 +89,19 @@ def test_a_folder_reads_json_arrays_lines_and_tables_together(tmp_path):
     write_json(tmp_path / "b.jsonl", GOOD[1:2], lines=True)
     pd.DataFrame(GOOD[2:]).to_csv(tmp_path / "c.csv", index=False)
     (tmp_path / "notes.txt").write_text("not pairs")
-    with pytest.warns(SkippedPairsWarning, match="1 folder entry"):
+    (tmp_path / "dataset_info.json").write_text('{\n  "description": "my pairs"\n}')
+    with pytest.warns(SkippedPairsWarning, match="2 folder entries"):
         pairs = load_any(tmp_path)
     assert [p.prompt for p in pairs] == ["q0", "q1", "q2"]
+    assert "one JSON object over several lines (metadata?)" in str(pairs.skipped[0])
+
+
+def test_a_one_line_json_file_is_one_record_and_a_csv_may_start_with_a_bom(tmp_path):
+    (tmp_path / "one.json").write_text(json.dumps(GOOD[0]) + "\n")
+    assert [p.prompt for p in load_any(tmp_path / "one.json")] == ["q0"]
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + pd.DataFrame(GOOD).to_csv(
+        index=False).encode())
+    assert len(load_any(tmp_path / "bom.csv")) == 3
 
 
 @pytest.fixture
@@ -126,6 +137,16 @@ def test_a_url_is_fetched_once_into_the_cache_and_read_as_a_file(server, tmp_pat
     assert len(cached) == 1
     stop()  # the second read needs no server: the cached copy is read
     assert len(load_any(url)) == 3
+
+
+def test_a_fetched_file_that_is_not_pairs_is_not_kept(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFSTUDY_CACHE", str(tmp_path / "cache"))
+    base, site, _ = server
+    (site / "page.json").write_text("<html>not found</html>")
+    with pytest.raises(DataError, match=r"page\.json:1: invalid JSON"):
+        load_any(f"{base}/page.json")
+    write_json(site / "page.json", GOOD)  # fixed at the source: read afresh, not the bad copy
+    assert len(load_any(f"{base}/page.json")) == 3
 
 
 def test_a_url_that_cannot_be_fetched_is_one_line_naming_it(server, tmp_path, monkeypatch):
