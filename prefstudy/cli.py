@@ -137,7 +137,7 @@ def _data_read(args) -> int:
     print(f"{args.path}: {len(pairs)} pairs read "
           f"({', '.join(f'{n} in layout {name}' for name, n in pairs.layouts) or 'as given'})")
     for kind, n in pairs.skip_counts().items():
-        first = next(s for s in pairs.skipped if (s.kind or s.reason) == kind)
+        first = next(s for s in pairs.skipped if s.category == kind)
         print(f"  skipped {n}: {kind} (first: {first})")
     for pair in pairs[: args.show]:
         short = {k: " ".join(str(v).split())[:70] for k, v in (

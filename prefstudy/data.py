@@ -129,7 +129,7 @@ class PairSet(Sequence[PreferencePair]):
 
     def skip_counts(self) -> pd.Series:
         """How many records were skipped, by kind of reason (most frequent first)."""
-        counts = Counter(s.kind or s.reason for s in self.skipped)
+        counts = Counter(s.category for s in self.skipped)
         return pd.Series(dict(counts.most_common()), name="skipped", dtype="int64")
 
     def to_frame(self) -> pd.DataFrame:
@@ -187,12 +187,6 @@ def parse_record(record: Any, where: str, layout: str = "auto", *, seed: int = 0
     return _pair(record, where, layout, seed)[0]
 
 
-def _check_layout(layout: str) -> None:
-    if layout != "auto" and layout not in layouts.LAYOUTS:
-        raise ValueError(f"layout={layout!r}; allowed: 'auto', "
-                         f"{', '.join(map(repr, layouts.LAYOUTS))}")
-
-
 @dataclass(frozen=True)
 class _Reading:
     """How `_collect` reads records: the layout ("auto": recognised per record from its
@@ -203,6 +197,16 @@ class _Reading:
     columns: Mapping[str, str] = field(default_factory=dict)
     seed: int = 0
     strict: bool = False
+
+    @classmethod
+    def given(cls, layout: str, columns: str | Mapping[str, str] | None, seed: int,
+              strict: bool) -> _Reading:
+        """The reading a loader's arguments ask for: ValueError for an unknown layout or a
+        malformed column map, before anything is read."""
+        if layout != "auto" and layout not in layouts.LAYOUTS:
+            raise ValueError(f"layout={layout!r}; allowed: 'auto', "
+                             f"{', '.join(map(repr, layouts.LAYOUTS))}")
+        return cls(layout, layouts.column_map(columns), seed, strict)
 
     def pair(self, record: Any, where: str) -> tuple[PreferencePair, str]:
         if self.columns and isinstance(record, Mapping):
@@ -273,8 +277,7 @@ def load_pairs(path: str | os.PathLike, *, layout: str = "auto",
     seed: the draws a layout makes (UltraFeedback's rejected answer).
     Returns a PairSet of PreferencePair(prompt, chosen, rejected, meta) in file and line order.
     """
-    _check_layout(layout)
-    reading = _Reading(layout, layouts.column_map(columns), seed, strict)
+    reading = _Reading.given(layout, columns, seed, strict)
     path = Path(path)
     sources.check_path(path, folder_ok=True)
     files, not_read = sources.folder_files(path) if path.is_dir() else ([path], [])
@@ -300,8 +303,7 @@ def pairs_from_frame(df: pd.DataFrame, *, strict: bool = False, source: str = "D
     as text) and every column the layout does not read become meta; missing values (None, NaN)
     are left out. Rows are reported by their index label.
     """
-    _check_layout(layout)
-    reading = _Reading(layout, layouts.column_map(columns), seed, strict)
+    reading = _Reading.given(layout, columns, seed, strict)
     if not len(df):
         raise DataError(f"{source}: empty: no rows")
     return _announce(_collect(sources.table_rows(df, source), reading))
@@ -360,8 +362,7 @@ def pairs_from_dataset(dataset, *, split: str | None = None, strict: bool = Fals
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
                                  or max_rows < 1):
         raise ValueError(f"max_rows={max_rows!r} must be a whole number of at least 1")
-    _check_layout(layout)
-    reading = _Reading(layout, layouts.column_map(columns), seed, strict)
+    reading = _Reading.given(layout, columns, seed, strict)
     dataset = _one_split(dataset, split, source)
     if isinstance(dataset, _datasets().IterableDataset):
         rows = _stream(dataset, source, max_rows)

@@ -27,6 +27,7 @@ the line or item.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -68,6 +69,11 @@ class Skipped:
     line: int | None
     reason: str
     kind: str = ""
+
+    @property
+    def category(self) -> str:
+        """What a load's skips are counted by: the kind, or the reason where none was given."""
+        return self.kind or self.reason
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
@@ -242,19 +248,15 @@ def parse_json(text: str, where: str) -> Any:
         raise DataError(f"{where}: JSON nested too deeply to read") from None
 
 
+@contextlib.contextmanager
 def _reading(path: Path):
-    """A context that turns a damaged gzip stream or an OS error into one DataError line."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def guard():
-        try:
-            yield
-        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: damaged gzip file ({e or 'truncated'})") from None
-        except OSError as e:
-            raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
-    return guard()
+    """Turns a damaged gzip stream or an OS error while `path` is read into one DataError line."""
+    try:
+        yield
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: damaged gzip file ({e or 'truncated'})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 def json_lines(path: Path) -> Iterator[tuple[str, int | None, Any]]:
