@@ -28,6 +28,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from scipy.special import expit
 
 from . import diagnostics as dg
@@ -208,6 +209,7 @@ def histogram_plot(data: pd.DataFrame, *, x: str = "edit_distance", hue: str | N
                      **({"color": "0.45"} if hue is None else kws))
         ax.set_xlabel(axis_name(x))
         ax.set_ylabel("pairs")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # a count
     return ax
 
 
