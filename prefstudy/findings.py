@@ -1,15 +1,19 @@
 """The study's claims, each computed once: `summarise(tables)` → `Findings`, which the report,
-the README's findings block, the notebooks and the widgets render.
+the README's findings block, the notebooks and the widgets render (`verdicts` words them).
 
-Every function takes a `tables.Tables` (or its DataFrames) and returns a DataFrame. The rules:
+Every function takes a `tables.Tables` (or its DataFrames) and returns a DataFrame. The rules
+(../shared/STUDY.md; `prefstudy.progress` says how each measure is computed):
 
-- objectives are compared at matched progress along the learning-rate sweep (a margin gain
-  every compared objective reached, `comparison_levels`), never at one learning rate;
-- held-out pairs are the unit of replication: means get a pair bootstrap, shares an exact
-  Clopper–Pearson interval over pairs, and "k of n" is always given;
-- displacement is counted only where neutral text has held (|Δ NLL| ≤ NEUTRAL_HOLD nats per
-  token); a model that got worse at everything is degraded, not displaced;
-- collapse and degeneration are judged apart, so a destroyed model is never missed.
+- progress is held-out implicit-reward accuracy against the starting model; objectives are
+  compared where each run first reached the same accuracy level (`progress.LEVELS`), never
+  interpolated from step 0 and never averaged over learning rates: each run is shown, and each
+  objective's envelope picks one learning rate per level by `progress.ENVELOPE_RULE`;
+- two objectives are compared by their paired difference over the same held-out pairs;
+- held-out pairs and neutral passages are resampled together (and seeds where there are
+  several); shares get exact Clopper–Pearson intervals over pairs, with "k of n";
+- collapse (the chosen loss rising faster than neutral text while preference grows) is judged
+  apart from degradation (everything rising), never on the first evaluation after a cold start;
+- displacement is counted at the points the levels fix, and drawn as a curve against cost.
 """
 
 from __future__ import annotations
@@ -20,191 +24,243 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from . import diagnostics as dg
 from . import progress as pg
-from .stats import share_interval
+from .stats import partial_spearman
 
-# Margin gains (nats per token) at which objectives can be compared: the report uses those that
-# at least MIN_REACHED of the compared labels reached in some run of their sweep.
-LEVEL_LADDER = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-MIN_REACHED = 0.5
-NEUTRAL_HOLD = 0.05  # nats/token: neutral text "held" where its NLL moved by at most this
 N_BOOT = 1000
 PREDICTORS = ("edit_distance", "entanglement", "ches", "ln_ches")  # of displacement
+# The sign each predictor's ρ with a pair's displacement (its chosen per-token NLL rise) has
+# where its paper found it: Razin et al. 2024 — a higher CHES (and ln-CHES) and more entangled
+# gradients displace more; Razin et al. and Pal et al. 2024 — a smaller edit distance between the
+# two answers displaces more.
+EXPECTED_SIGN = {"edit_distance": -1, "entanglement": +1, "ches": +1, "ln_ches": +1}
+REFERENCE_LABEL = "dpo"  # the objective every other is compared with, where the study has it
+COMPARED = ("d_chosen", "d_neutral", "kl")
 
 
 @dataclass(frozen=True)
 class Findings:
     """Every claim of a study, computed once from its `Tables`.
 
-    paths:        every run's progress path (`run_paths`).
-    levels:       the margin gains objectives are compared at (`comparison_levels`).
-    matched:      Δ chosen, rejected and neutral at each level (`matched`).
+    paths:        every run's held-out path, one row per evaluation after step 0 (`run_paths`).
+    levels:       per accuracy level: resolution, whether it is above chance with the study's
+                  held-out pairs, and how many runs reached it (`level_table`).
+    primary:      the level the report's verdicts use (`primary_level`), NaN if none.
+    matched:      every run at every level (`progress.matched_progress`), with lr, family and
+                  the envelope flag.
+    objectives:   each objective's envelope at each level (`progress.objective_levels`).
+    comparisons:  paired differences against REFERENCE_LABEL (`comparisons`).
     collapse:     one row per run (`collapse`).
-    displacement: one row per label, where neutral text held (`displacement`).
-    predictors:   Spearman ρ of each predictor with displacement (`predictors_of_displacement`).
-    by_language:  displacement split by the held-out pair's language (`per_language`).
+    negative:     the negative-only objective against naive-sum, learning rate by learning rate
+                  (`negative_only`).
+    displacement: displacement at the levels, held-out and trained pairs (`displacement`).
+    curve:        displacement along every run against cost (`displacement_curve`).
+    predictors:   partial Spearman ρ of each predictor with displacement (`predictors`).
+    by_language:  displacement at the envelope points by the pair's language (`per_language`).
+    squeezing:    the starting model's greedy answers' log-prob at the levels (`squeezing`).
     refusals:     refusals on harmful and benign probes (`refusals`).
-    noise:        gradient agreement during training (`diagnostics.gradient_noise`), empty
-                  where gradient statistics were off.
+    noise:        gradient agreement during training (`training_noise`).
+    n_pairs, n_passages: the held-out pairs and neutral passages resampled.
     """
 
     paths: pd.DataFrame
-    levels: list[float]
+    levels: pd.DataFrame
+    primary: float
     matched: pd.DataFrame
+    objectives: pd.DataFrame
+    comparisons: pd.DataFrame
     collapse: pd.DataFrame
+    negative: pd.DataFrame
     displacement: pd.DataFrame
+    curve: pd.DataFrame
     predictors: pd.DataFrame
     by_language: pd.DataFrame
+    squeezing: pd.DataFrame
     refusals: pd.DataFrame
     noise: pd.DataFrame
+    n_pairs: int
+    n_passages: int
 
 
-def summarise(tables) -> Findings:
+def summarise(tables, *, n_boot: int = N_BOOT) -> Findings:
     """Every finding of the study `tables` holds, each computed once."""
-    paths = run_paths(tables)
-    levels = comparison_levels(paths)
-    shift = in_order(displacement(tables, paths), tables.order) if len(paths) \
-        else pd.DataFrame()
+    if not len(tables.evals):
+        empty = pd.DataFrame()
+        return Findings(empty, level_table(empty, 0), float("nan"), *([empty] * 10),
+                        refusals=refusals(tables), noise=training_noise(tables), n_pairs=0,
+                        n_passages=0)
+    matched = pg.matched_progress(tables.evals, tables.perplexity, n_boot=n_boot)
+    lrs = dict(zip(tables.runs.run_id, tables.runs.lr))
+    table = tables.with_runs(pg.envelope(matched.table, lrs).drop(columns="lr"))
+    levels = level_table(table, matched.n_pairs)
+    shift = displacement(tables, table)
     return Findings(
-        paths=paths, levels=levels, matched=matched(tables, levels),
-        collapse=collapse(tables) if len(tables.evals) else pd.DataFrame(),
-        displacement=shift,
-        predictors=predictors_of_displacement(tables, shift) if len(shift) else pd.DataFrame(),
-        by_language=per_language(tables, shift), refusals=refusals(tables),
-        noise=training_noise(tables))
+        paths=run_paths(tables), levels=levels, primary=primary_level(levels),
+        matched=table, objectives=in_order(pg.objective_levels(matched, lrs), tables.order),
+        comparisons=comparisons(matched, lrs, tables.labels), collapse=collapse(tables, n_boot),
+        negative=negative_only(tables, n_boot), displacement=shift,
+        curve=displacement_curve(tables), predictors=predictors(tables, n_boot=n_boot),
+        by_language=per_language(tables, table), squeezing=squeezing(table),
+        refusals=refusals(tables), noise=training_noise(tables), n_pairs=matched.n_pairs,
+        n_passages=matched.n_passages)
 
 
 def in_order(frame: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
     """`frame`'s rows by label in `order` (a study's `Tables.order`), the rest kept in place."""
+    if not len(frame):
+        return frame
     key = {label: i for i, label in enumerate(order)}
     return frame.sort_values("label", key=lambda s: s.map(key), kind="stable") \
         .reset_index(drop=True)
 
 
 def run_paths(tables) -> pd.DataFrame:
-    """Every run's progress path (`progress.progress_paths`) with its lr and family."""
+    """Every run's held-out path (`progress.progress_paths`) with its lr and family."""
     if not len(tables.evals):
         return pd.DataFrame(columns=[*pg.PATH_COLUMNS, "lr", "family"])
     return tables.with_runs(pg.progress_paths(tables.evals, tables.perplexity))
 
 
-def reached(path_table: pd.DataFrame) -> pd.Series:
-    """Per label, the largest margin gain any of its runs reached at an evaluation."""
-    return path_table.groupby("label").margin_gain.max()
-
-
-def comparison_levels(path_table: pd.DataFrame, *, ladder: Sequence[float] = LEVEL_LADDER,
-                      min_reached: float = MIN_REACHED) -> list[float]:
-    """The ladder's margin gains that at least `min_reached` of the labels reached."""
-    best = reached(path_table)
-    if not len(best):
-        return []
-    return [level for level in ladder if (best >= level).mean() >= min_reached]
-
-
-def matched(tables, levels: Sequence[float], *, n_boot: int = N_BOOT) -> pd.DataFrame:
-    """Δ held-out chosen loss, Δ rejected loss and Δ neutral NLL (nats per token) where each
-    label's runs first reached each margin gain, interpolated along their paths and averaged
-    over the runs (learning rates, seeds) that reached it, with pair-bootstrap intervals
-    (`progress.matched_progress`)."""
-    if not levels or not len(tables.evals):
-        return pd.DataFrame()
-    return pg.matched_progress(tables.evals, tables.perplexity, levels,
-                               y=("d_chosen", "d_rejected", "d_neutral"), n_boot=n_boot)
-
-
-def displacement(tables, path_table: pd.DataFrame, *,
-                 max_neutral: float = NEUTRAL_HOLD) -> pd.DataFrame:
-    """Per label, likelihood displacement where neutral text held: of the label's runs'
-    evaluations with |Δ neutral NLL| ≤ max_neutral, the one with the largest margin gain (the
-    earliest step among equals); there the share of held-out pairs whose chosen log-prob fell,
-    k of n with an exact interval, and chosen Δ per token minus neutral Δ per token. Labels
-    with no such evaluation have n = 0."""
-    changes = pg.pair_changes(tables.evals)
-    held = path_table[path_table.d_neutral.abs() <= max_neutral]
-    best = held.sort_values(["margin_gain", "step"], ascending=[False, True]) \
-        .drop_duplicates("label")
+def level_table(matched: pd.DataFrame, n_pairs: int) -> pd.DataFrame:
+    """Per accuracy level: resolution (one pair's share), above_chance (whether the level is
+    itself distinguishable from ½ with `n_pairs` held-out pairs: `progress.above_chance`),
+    min_pairs (the fewest pairs at which it would be), and how many runs reached it, passed it
+    before their first evaluation, or never reached it."""
     rows = []
-    for label in path_table.label.unique():
-        row = {"label": label, "run_id": None, "lr": np.nan, "step": np.nan,
-               "margin_gain": np.nan, "d_neutral": np.nan, "k": 0, "n": 0,
-               "d_chosen_minus_neutral": np.nan}
-        pick = best[best.label == label]
-        if len(pick):
-            p = pick.iloc[0]
-            pairs = changes[(changes.run_id == p.run_id) & (changes.step == p.step)]
-            row.update(run_id=p.run_id, lr=p.lr, step=p.step, margin_gain=p.margin_gain,
-                       d_neutral=p.d_neutral, k=int((pairs.d_chosen_logp < 0).sum()),
-                       n=int(pairs.d_chosen_logp.notna().sum()),
-                       d_chosen_minus_neutral=float(pairs.d_chosen.mean() - p.d_neutral))
-        row["share"], row["share_lo"], row["share_hi"] = share_interval(row["k"], row["n"])
-        rows.append(row)
+    for level in pg.LEVELS:
+        at = matched[matched.level == level] if len(matched) else matched
+        status = at.status.value_counts() if len(at) else pd.Series(dtype=int)
+        rows.append({"level": level, "n_pairs": n_pairs, "resolution": pg.resolution(n_pairs),
+                     "above_chance": pg.above_chance(level, n_pairs),
+                     "min_pairs": pg.min_pairs_above_chance(level),
+                     "reached": int(status.get(pg.REACHED, 0)),
+                     "before": int(status.get(pg.BEFORE, 0)),
+                     "not_reached": int(status.get(pg.NOT_REACHED, 0))})
     return pd.DataFrame(rows)
 
 
+def primary_level(levels: pd.DataFrame) -> float:
+    """The level the verdicts use, fixed before looking at any outcome: the lowest level that is
+    above chance with the study's held-out pairs and that some run reached. NaN if none."""
+    usable = levels[levels.above_chance & (levels.reached > 0)]
+    return float(usable.level.min()) if len(usable) else float("nan")
+
+
+def comparisons(matched: pg.Matched, lrs, labels: Sequence[str], *,
+                reference: str = REFERENCE_LABEL) -> pd.DataFrame:
+    """Every label against `reference` at every level both reached: the paired difference
+    (label − reference, `progress.paired_difference`) of each of COMPARED."""
+    if reference not in labels:
+        return pd.DataFrame()
+    reached = matched.table[matched.table.status == pg.REACHED]
+    rows = []
+    for level, at in reached.groupby("level", sort=True):
+        if reference not in set(at.label):
+            continue
+        for label in [lab for lab in labels if lab != reference and lab in set(at.label)]:
+            for column in COMPARED:
+                rows.append(pg.paired_difference(matched, lrs, label, reference, level, column))
+    return pd.DataFrame(rows)
+
+
+def displacement(tables, matched: pd.DataFrame) -> pd.DataFrame:
+    """Displacement where each run reached each level (`progress.displacement_at_levels`), on
+    held-out pairs and, where the runs evaluated them, trained pairs; with lr, family and the
+    envelope flag of `matched`."""
+    splits = set(tables.evals.split.dropna()) if "split" in tables.evals.columns else set()
+    frames = [pg.displacement_at_levels(tables.evals, tables.perplexity, matched, split=split)
+              for split in ["heldout", *sorted(splits - {"heldout"})]]
+    out = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+    flags = matched[["run_id", "level", "envelope", "lr", "family"]]
+    return out.merge(flags, on=["run_id", "level"], how="left")
+
+
+def displacement_curve(tables) -> pd.DataFrame:
+    """Every run's displacement at every evaluation against Δ neutral NLL
+    (`progress.displacement_curve`), held-out and trained pairs, with lr and family."""
+    splits = sorted(set(tables.evals.split.dropna())) if "split" in tables.evals.columns \
+        else ["heldout"]
+    frames = [pg.displacement_curve(tables.evals, tables.perplexity, split=s) for s in splits]
+    return tables.with_runs(pd.concat(frames, ignore_index=True))
+
+
 def pair_predictors(tables) -> pd.DataFrame:
-    """Per held-out pair: edit_distance (chosen vs rejected, from the runs' pair facts) and,
-    where the study audited its held-out pairs' gradients, entanglement, CHES and its
-    length-normalised ln-CHES (Razin et al. 2024)."""
+    """Per pair: split, len_p, len_n where known, edit_distance (chosen vs rejected) and, where
+    the study audited the pairs' gradients (the training pairs' audit, then the held-out
+    pairs'), entanglement, CHES and ln-CHES (Razin et al. 2024)."""
     pairs = tables.pairs
-    held = pairs[pairs.split == "heldout"] if "split" in pairs.columns else pairs
-    keep = ["pair_id"] + (["edit_distance"] if "edit_distance" in held.columns else [])
-    out = held[keep].reset_index(drop=True)
-    audit = tables.audit_heldout
-    if audit is not None and len(audit.gradients):
-        measured = [c for c in PREDICTORS[1:] if c in audit.gradients.columns]
-        per_pair = audit.gradients.drop_duplicates("pair_id")[["pair_id", *measured]]
-        out = out.merge(per_pair, on="pair_id", how="left")
+    keep = [c for c in ("pair_id", "split", "edit_distance") if c in pairs.columns]
+    out = pairs[keep].reset_index(drop=True)
+    audits = [a for a in (tables.audit, tables.audit_heldout) if a is not None
+              and len(a.gradients)]
+    if audits:
+        grads = pd.concat([a.gradients for a in audits]).drop_duplicates("pair_id")
+        measured = [c for c in PREDICTORS[1:] if c in grads.columns]
+        out = out.merge(grads[["pair_id", *measured]], on="pair_id", how="left")
     return out
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return float("nan")
-    return float(stats.spearmanr(x[ok], y[ok]).statistic)
-
-
-def predictors_of_displacement(tables, shift: pd.DataFrame, *, n_boot: int = N_BOOT,
-                               seed: int = 0) -> pd.DataFrame:
-    """Per label and predictor: Spearman ρ between a held-out pair's predictor and the change
-    of its chosen log-prob (summed, nats) at the label's point in `shift` (`displacement`),
-    with a pair-bootstrap interval. A negative ρ: the larger the predictor, the more the chosen
-    answer fell. Returns label, predictor, n, rho, rho_lo, rho_hi."""
+def predictors(tables, *, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """Per run (at its last evaluation, a point fixed in advance) and split: the partial
+    Spearman ρ of each predictor with the pair's displacement (its chosen per-token NLL rise
+    minus neutral text's), the chosen and rejected lengths partialled out, with a pair-bootstrap
+    interval; beside it the plain ρ. Trained pairs where the runs evaluated them, else held-out.
+    Returns run_id, label, seed, split, predictor, expected_sign, n, rho, rho_lo, rho_hi,
+    plain_rho."""
     features = pair_predictors(tables)
     names = [c for c in PREDICTORS if c in features.columns]
-    changes = pg.pair_changes(tables.evals)
+    columns = ["run_id", "label", "seed", "split", "predictor", "expected_sign", "n", "rho",
+               "rho_lo", "rho_hi", "plain_rho"]
+    if not names:
+        return pd.DataFrame(columns=columns)
+    evals = tables.evals
+    splits = set(evals.split.dropna()) if "split" in evals.columns else set()
+    split = "train" if "train" in splits else "heldout"
+    changes = pg.pair_changes(evals, split)
+    last = changes[changes.step == changes.groupby("run_id").step.transform("max")]
+    neutral = pg.neutral_change(tables.perplexity).set_index(["run_id", "step"]).d_neutral
+    lengths = evals[evals.step == 0].drop_duplicates("pair_id")[["pair_id", "len_p", "len_n"]]
     rng = np.random.default_rng(seed)
     rows = []
-    for row in shift.dropna(subset=["run_id"]).itertuples():
-        at = changes[(changes.run_id == row.run_id) & (changes.step == row.step)]
-        merged = at.merge(features, on="pair_id", how="inner")
-        y = merged.d_chosen_logp.to_numpy(float)
-        draws = rng.integers(0, len(merged), size=(n_boot, len(merged))) if len(merged) else None
+    for (run_id, label, run_seed), at in last.groupby(["run_id", "label", "seed"], sort=True):
+        merged = at.merge(features, on="pair_id").merge(lengths, on="pair_id")
+        y = merged.d_chosen.to_numpy(float) - neutral.get((run_id, at.step.iloc[0]), np.nan)
+        cov = np.log(merged[["len_p", "len_n"]].to_numpy(float).clip(min=1))
         for name in names:
             x = merged[name].to_numpy(float)
-            rho = _spearman(x, y)
-            boot = [_spearman(x[d], y[d]) for d in draws] if draws is not None else []
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                lo, hi = (np.nanpercentile(boot, [2.5, 97.5]) if np.isfinite(boot).any()
-                          else (np.nan, np.nan))
-            rows.append({"label": row.label, "predictor": name,
-                         "n": int(np.isfinite(x).sum()), "rho": rho, "rho_lo": float(lo),
-                         "rho_hi": float(hi)})
-    return pd.DataFrame(rows, columns=["label", "predictor", "n", "rho", "rho_lo", "rho_hi"])
+            rho, lo, hi = _partial_interval(x, y, cov, n_boot, rng)
+            rows.append({"run_id": run_id, "label": label, "seed": run_seed, "split": split,
+                         "predictor": name, "expected_sign": EXPECTED_SIGN[name],
+                         "n": int((np.isfinite(x) & np.isfinite(y)).sum()), "rho": rho,
+                         "rho_lo": lo, "rho_hi": hi,
+                         "plain_rho": partial_spearman(x, y, np.empty((len(x), 0)))})
+    return tables.with_runs(pd.DataFrame(rows, columns=columns))
 
 
-def collapse(tables) -> pd.DataFrame:
-    """Per run: `progress.collapse_onsets` (the chosen loss above its step-0 value by more than
-    its pair-bootstrap bound while the gap widens, two evaluations in a row) with lr and family,
-    and the run's degeneration at its last evaluation (`diagnostics.degeneration`: distinct-2,
-    repetition, held-out perplexity ratio) and whether its per-token loss passed a uniform
-    guess (`above_uniform`, from its meta.json)."""
-    onsets = tables.with_runs(pg.collapse_onsets(tables.evals, n_boot=N_BOOT))
+def _partial_interval(x, y, cov, n_boot: int, rng) -> tuple[float, float, float]:
+    """The partial ρ (`stats.partial_spearman`) and its percentile interval over pairs."""
+    rho = partial_spearman(x, y, cov)
+    n = int((np.isfinite(x) & np.isfinite(y) & np.isfinite(cov).all(axis=1)).sum())
+    boot = partial_spearman(x, y, cov, rng.integers(0, n, size=(n_boot, n)))
+    if not np.isfinite(rho) or not np.isfinite(boot).any():
+        return rho, float("nan"), float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanpercentile(boot, [2.5, 97.5])
+    return rho, float(lo), float(hi)
+
+
+def collapse(tables, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """Per run: `progress.collapse_onsets` (collapse apart from degradation, on settled
+    evaluations after each run's warm-up) with lr and family, the run's degeneration at its last
+    evaluation (`diagnostics.degeneration`: distinct-2, repetition, held-out perplexity ratio)
+    and whether its per-token loss passed a uniform guess (`above_uniform`, its meta.json)."""
+    warmup = dict(zip(tables.runs.run_id, tables.runs.warmup_steps.fillna(0).astype(int))) \
+        if "warmup_steps" in tables.runs.columns else {}
+    onsets = tables.with_runs(pg.collapse_onsets(tables.evals, tables.perplexity, warmup,
+                                                 n_boot=n_boot))
     if len(tables.generations):
         degen = dg.degeneration(tables.generations, tables.perplexity)
         last = degen.sort_values("step").drop_duplicates("run_id", keep="last")
@@ -213,6 +269,35 @@ def collapse(tables) -> pd.DataFrame:
     flagged = set(tables.runs.run_id[tables.runs.above_uniform_step.notna()])
     onsets["above_uniform"] = onsets.run_id.isin(flagged)
     return onsets
+
+
+def negative_only(tables, n_boot: int = N_BOOT, *, negative: str = "negative_only",
+                  naive: str = "naive-sum", seed: int = 0) -> pd.DataFrame:
+    """The book's claim that the negative term alone destroys language ability, unlike the naive
+    objective with its positive term: per learning rate and seed both ran, at the last
+    evaluation both have, Δ neutral NLL of each and their difference (negative − naive) with an
+    interval over the same resampled neutral passages; and each run's degeneration. Empty
+    where the study lacks either objective."""
+    runs = tables.runs[tables.runs.label.isin([negative, naive])]
+    if set(runs.label) != {negative, naive}:
+        return pd.DataFrame()
+    resampled = pg.resample_paths(tables.evals, tables.perplexity, n_boot=n_boot, seed=seed)
+    index, neutral = resampled.index, resampled.means["d_neutral"]
+    rows = []
+    for (lr, run_seed), pair in runs.groupby(["lr", "seed"], sort=True):
+        ids = dict(zip(pair.label, pair.run_id))
+        if len(ids) < 2:
+            continue
+        rows_of = {k: index[index.run_id == v] for k, v in ids.items()}
+        step = min(r.step.max() for r in rows_of.values())
+        at = {k: neutral[r.index[r.step == step][0]] for k, r in rows_of.items()}
+        diff = at[negative] - at[naive]
+        lo, hi = pg._percentiles(diff[1:], 0.95)
+        rows.append({"lr": lr, "seed": run_seed, "step": step, "negative": at[negative][0],
+                     "naive": at[naive][0], "diff": diff[0], "diff_lo": float(lo),
+                     "diff_hi": float(hi), "negative_run": ids[negative],
+                     "naive_run": ids[naive]})
+    return pd.DataFrame(rows)
 
 
 def refusals(tables) -> pd.DataFrame:
@@ -228,29 +313,39 @@ def refusals(tables) -> pd.DataFrame:
     return pd.concat([start, end], ignore_index=True)
 
 
-def per_language(tables, shift: pd.DataFrame) -> pd.DataFrame:
-    """Displacement at each label's point in `shift` (`displacement`), split by the held-out
-    pairs' language: label, lang, k, n, share, share_lo, share_hi."""
+def per_language(tables, matched: pd.DataFrame) -> pd.DataFrame:
+    """Displacement of held-out pairs at each objective's envelope points, by the pair's
+    language: label, level, lang, k, n, share, share_lo, share_hi."""
     pairs = tables.pairs
-    if "lang" not in pairs.columns or not len(shift):
+    if "lang" not in pairs.columns or not len(matched):
         return pd.DataFrame()
-    changes = pg.pair_changes(tables.evals).merge(pairs[["pair_id", "lang"]], on="pair_id",
-                                                  how="left")
-    rows = []
-    for row in shift.dropna(subset=["run_id"]).itertuples():
-        at = changes[(changes.run_id == row.run_id) & (changes.step == row.step)]
-        for lang, group in at.groupby("lang"):
-            k, n = int((group.d_chosen_logp < 0).sum()), int(group.d_chosen_logp.notna().sum())
-            share, lo, hi = share_interval(k, n)
-            rows.append({"label": row.label, "lang": lang, "k": k, "n": n, "share": share,
-                         "share_lo": lo, "share_hi": hi})
-    return pd.DataFrame(rows)
+    env = matched[matched.envelope]
+    lang = dict(zip(pairs.pair_id, pairs.lang))
+    frames = []
+    for value in sorted({v for v in lang.values() if isinstance(v, str)}):
+        keep = tables.evals.pair_id.map(lang) == value
+        out = pg.displacement_at_levels(tables.evals[keep], tables.perplexity, env)
+        frames.append(out.assign(lang=value))
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def squeezing(matched: pd.DataFrame) -> pd.DataFrame:
+    """The squeezing effect (Ren & Sutherland 2025) at each objective's envelope points: the
+    change of the log-prob of the starting model's own greedy answers beside the chosen
+    answer's. Empty where the runs did not record the greedy answers."""
+    if "d_greedy_logp" not in matched.columns or not matched.d_greedy_logp.notna().any():
+        return pd.DataFrame()
+    keep = ["label", "level", "lr", "seed", "run_id", "d_greedy_logp", "d_greedy_logp_lo",
+            "d_greedy_logp_hi", "d_chosen", "d_chosen_lo", "d_chosen_hi"]
+    return matched[matched.envelope & matched.d_greedy_logp.notna()][keep] \
+        .reset_index(drop=True)
 
 
 def training_noise(tables) -> pd.DataFrame:
     """Gradient agreement during training per label (`diagnostics.gradient_noise` over every
     run and step), empty where the runs recorded no gradient statistics."""
     records = tables.records
-    if "grad_cos" not in records.columns or records.grad_cos.isna().all():
+    if not len(records) or "grad_cos" not in records.columns or records.grad_cos.isna().all():
         return pd.DataFrame()
     return dg.gradient_noise(records, tables.steps)

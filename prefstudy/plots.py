@@ -530,15 +530,17 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
              col_order: Sequence | None = None, col_wrap: int | None = None,
              xscale: str = "symlog", linthresh: float = 0.05, yscale: str = "linear",
              ylinthresh: float = 0.2, height: float = 3.2, aspect: float = 1.3,
+             origin: tuple[float, float] = (0.0, 0.0),
              ax: Axes | None = None) -> Axes | sns.FacetGrid:
     """Each run's path of preference progress (`y`) against capability cost (`x`), as the DPO
     paper draws reward against KL.
 
     data: `progress.progress_paths` output with a `style` column added (e.g. lr, from the runs'
-    configs): one row per (`units` = run, evaluation step). Each run is a line from the origin,
-    the starting model (prepended; step 0 rows, if any, are left out), through its evaluations
+    configs): one row per (`units` = run, evaluation step). Each run is a line from `origin`,
+    the starting model (prepended; step 0 rows, if any, are left out; (0, ½) where `y` is an
+    accuracy, which starts at one half), through its evaluations
     in step order, in its `hue` colour (the pinned study palette when it covers the labels), with
-    a marker per `style` value (PATH_MARKERS) at each evaluation. Thin lines mark x = 0 and y = 0.
+    a marker per `style` value (PATH_MARKERS) at each evaluation. Thin lines cross at `origin`.
     xscale: "symlog" (linear within ±`linthresh`, logarithmic beyond) keeps a run-away cost
     (negative_only reaches 100× the others) from squeezing every other path against x = 0; or
     "linear". yscale: "linear", or "symlog" (linear within ±`ylinthresh`) where one objective's
@@ -553,7 +555,8 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
     kws = {"x": x, "y": y, "hue": hue, "style": style, "units": units,
            "colours": colours_of(hue_order, palette, labels=hue == "label"),
            "markers": _markers(data, style, style_order), "xscale": xscale,
-           "linthresh": linthresh, "xticks": symlog_ticks(data[x], linthresh)}
+           "linthresh": linthresh, "xticks": symlog_ticks(data[x], linthresh),
+           "origin": origin}
     legend = _path_legend(hue, hue_order, kws["colours"], style, kws["markers"])
     with themed():
         if col is None:
@@ -637,19 +640,22 @@ def symlog_ticks(values: pd.Series, linthresh: float) -> list[float]:
 
 def _draw_paths(ax: Axes, data: pd.DataFrame, *, x: str, y: str, hue: str, style: str | None,
                 units: str, colours: Mapping, markers: Mapping, xscale: str,
-                linthresh: float, xticks: Sequence[float]) -> None:
-    """One line per run: the origin, then its evaluations (step > 0) in step order."""
-    ax.axvline(0, color="0.45", linewidth=0.7, zorder=0)
-    ax.axhline(0, color="0.45", linewidth=0.7, zorder=0)
+                linthresh: float, xticks: Sequence[float],
+                origin: tuple[float, float] = (0.0, 0.0)) -> None:
+    """One line per run: `origin` (the starting model), then its evaluations (step > 0) in step
+    order."""
+    ax.axvline(origin[0], color="0.45", linewidth=0.7, zorder=0)
+    ax.axhline(origin[1], color="0.45", linewidth=0.7, zorder=0)
     for run_id, run in data[data.step > 0].groupby(units, sort=True):
         run = run.sort_values("step")
-        xs = np.r_[0.0, run[x].to_numpy(float)]
-        ys = np.r_[0.0, run[y].to_numpy(float)]
+        xs = np.r_[origin[0], run[x].to_numpy(float)]
+        ys = np.r_[origin[1], run[y].to_numpy(float)]
         marker = markers.get(run[style].iloc[0], "o") if style else "o"
         ax.plot(xs, ys, color=colours[run[hue].iloc[0]], marker=marker, markersize=4.5,
                 markevery=list(range(1, len(xs))), linewidth=1.1, alpha=0.85,
                 gid=str(run_id))
-    ax.plot([0], [0], marker="o", color="black", markersize=4, linestyle="", zorder=5)
+    ax.plot([origin[0]], [origin[1]], marker="o", color="black", markersize=4, linestyle="",
+            zorder=5)
     if xscale == "symlog":
         ax.set_xscale("symlog", linthresh=linthresh)
         ax.xaxis.set_major_locator(mpl.ticker.FixedLocator(xticks))
@@ -677,12 +683,14 @@ def _path_legend(hue: str, hue_order: Sequence, colours: Mapping, style: str | N
 def matched_plot(data: pd.DataFrame, *, x: str = "level", y: str = "d_chosen",
                  hue: str = "label", order: Sequence | None = None,
                  hue_order: Sequence | None = None, palette: Mapping | None = None,
-                 refline: float | None = 0.0, ax: Axes | None = None) -> Axes:
+                 refline: float | None = 0.0, join: bool = True,
+                 ax: Axes | None = None) -> Axes:
     """`y` with its interval per `hue` value at each matched progress level `x`.
 
     data: `progress.matched_progress` output (label, level, n_runs, n_pairs, `<y>`, `<y>_lo`,
     `<y>_hi`). At each level (in `order`, else sorted, evenly spaced), one point per label,
-    dodged, with its interval as a vertical bar, and a thin line joining a label's levels. A
+    dodged, with its interval as a vertical bar, and (`join`) a thin line joining a label's
+    levels — pass join=False where a label's levels come from different runs (an envelope). A
     level a label never reached (NaN) has no point; a label that reached none keeps its place
     and says so in the legend. `refline`: a dotted horizontal line (0: no change since the
     starting model). The legend sits right of the data. Returns the Axes.
@@ -704,7 +712,8 @@ def matched_plot(data: pd.DataFrame, *, x: str = "level", y: str = "d_chosen",
             pos = np.arange(len(order)) + (j - (len(hue_order) - 1) / 2) * step
             values = rows[y].to_numpy(float)
             reached = np.isfinite(values).any()
-            ax.plot(pos, values, marker="o", markersize=5, linewidth=0.7, color=colours[name],
+            ax.plot(pos, values, marker="o", markersize=5, linewidth=0.7 if join else 0,
+                    color=colours[name],
                     label=str(name) if reached else f"{name} (no level reached)")
             if f"{y}_lo" in rows.columns and f"{y}_hi" in rows.columns:
                 lo, hi = rows[f"{y}_lo"].to_numpy(float), rows[f"{y}_hi"].to_numpy(float)
@@ -723,12 +732,12 @@ def matched_plot(data: pd.DataFrame, *, x: str = "level", y: str = "d_chosen",
 def matched_chosen(data: pd.DataFrame, *, x: str = "level", y: str = "d_chosen",
                    hue: str = "label", order: Sequence | None = None,
                    hue_order: Sequence | None = None, palette: Mapping | None = None,
-                   linthresh: float = 0.1, ax: Axes | None = None) -> Axes:
+                   linthresh: float = 0.1, join: bool = True, ax: Axes | None = None) -> Axes:
     """`matched_plot` of the held-out chosen loss's change (`y`) on a symlog y axis, linear
     within ±`linthresh`: the intervals of a collapsing run reach 10× the others'.
     Returns the Axes."""
     ax = matched_plot(data, x=x, y=y, hue=hue, order=order, hue_order=hue_order,
-                      palette=palette, ax=ax)
+                      palette=palette, join=join, ax=ax)
     ax.set_yscale("symlog", linthresh=linthresh)
     ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(_plain))
     return ax

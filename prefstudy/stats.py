@@ -322,3 +322,33 @@ def bootstrap_fit(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, *, n_boot: 
     for i, s in enumerate(FIT_STATISTICS):
         out[f"{s}_lo"], out[f"{s}_hi"] = float(low[i]), float(high[i])
     return out
+
+
+
+def partial_spearman(x: np.ndarray, y: np.ndarray, covariates: np.ndarray,
+                     draws: np.ndarray | None = None) -> np.ndarray | float:
+    """Spearman's ρ of x and y with `covariates` partialled out: the Pearson correlation of the
+    ranks of x and of y, each after a least-squares fit on the covariates' ranks (and a constant)
+    is taken away. x, y: Shape (n,); covariates: Shape (n, k), k ≥ 0 (k = 0: plain Spearman).
+    Rows with a non-finite value are left out first. `draws` (Shape (resamples, m), indices into
+    the rows left) gives ρ of each resample at once, Shape (resamples,). NaN (undefined) with
+    fewer than k + 3 rows, or where x or y is constant once the covariates are taken away."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    z = np.asarray(covariates, float).reshape(len(x), -1)
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(z).all(axis=1)
+    x, y, z = x[ok], y[ok], z[ok]
+    index = np.arange(len(x))[None, :] if draws is None else np.asarray(draws)
+    if len(x) < z.shape[1] + 3 or index.shape[-1] < z.shape[1] + 3:
+        out = np.full(len(index), np.nan)
+        return float(out[0]) if draws is None else out
+    ranks = [stats.rankdata(v[index], axis=1) for v in (x, y)]  # (resamples, m)
+    design = np.concatenate([np.ones(index.shape + (1,)), *(
+        stats.rankdata(c[index], axis=1)[..., None] for c in z.T)], axis=-1)
+    gram = np.linalg.pinv(design.transpose(0, 2, 1) @ design)
+    residuals = [r - (design @ (gram @ (design.transpose(0, 2, 1) @ r[..., None])))[..., 0]
+                 for r in ranks]
+    scale = [np.sqrt((e ** 2).sum(axis=1)) for e in residuals]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (residuals[0] * residuals[1]).sum(axis=1) / (scale[0] * scale[1])
+    rho = np.where(np.minimum(*scale) < 1e-6 * np.sqrt(index.shape[-1]), np.nan, rho)
+    return float(rho[0]) if draws is None else rho

@@ -46,8 +46,8 @@ AUDIT_DIR = "audit"  # the audit of the pairs the study trains on (study.audit_s
 # rejected) only where the run kept them (a run of third-party pairs in reports/ does not).
 PAIR_COLUMNS = ["pair_id", "split", "len_ratio", "edit_distance"]
 # One row per run (`run_table`): what its config and meta say of it.
-RUN_COLUMNS = ["run_id", "label", "objective", "family", "lr", "seed", "steps", "status",
-               "seconds", "above_uniform_step"]
+RUN_COLUMNS = ["run_id", "label", "objective", "family", "lr", "seed", "steps", "warmup_steps",
+               "status", "seconds", "above_uniform_step"]
 PER_RUN = ("lr", "family")  # run columns every table carries (`Tables.with_runs`)
 
 Runs = str | os.PathLike | Iterable | None
@@ -201,7 +201,8 @@ def run_table(folders: list[Path], configs: dict[str, dict],
                      "label": run_label(cfg.get("objective"), str(params.get("norm", "")),
                                         cfg.get("label")),
                      "family": family, "lr": cfg.get("lr"), "seed": cfg.get("seed"),
-                     "steps": cfg.get("steps"), "status": meta.get("status"),
+                     "steps": cfg.get("steps"), "warmup_steps": cfg.get("warmup_steps"),
+                     "status": meta.get("status"),
                      "seconds": (ended - began).total_seconds() if pd.notna(began)
                      and pd.notna(ended) else float("nan"),
                      "above_uniform_step": meta.get("above_uniform_step")})

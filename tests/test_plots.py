@@ -522,7 +522,7 @@ def test_matched_plot_points_and_intervals_per_level_dodged_per_label():
     np.testing.assert_allclose(bars[0].get_segments()[2][:, 1], [0.35, 0.45])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.25", "0.5"]
     assert ax.get_ylabel() == "Δ held-out chosen loss (nats/token)"
-    assert ax.get_xlabel() == "held-out margin gain reached (nats/token)"
+    assert ax.get_xlabel() == "held-out reward accuracy reached"
     assert [t.get_text() for t in ax.get_legend().texts] == [
         "dpo", "simpo", "negative_only (no level reached)"]
     assert any(list(line.get_ydata()) == [0, 0] for line in ax.get_lines())  # refline

@@ -39,24 +39,15 @@ def test_a_sweep_study_is_audited_and_its_report_regenerates(sweep):
 
 def test_shares_are_counted_with_exact_intervals(sweep):
     tables = load_tables(sweep / "runs")
-    paths = findings.run_paths(tables)
-    assert set(paths.lr) == {1e-4, 3e-3} and paths.step.min() == 2
-    shift = findings.displacement(tables, paths, max_neutral=10.0)  # every evaluation counts
-    assert (shift.n == 8).all()
-    for row in shift.itertuples():  # k of n with an interval that contains k/n, inside [0, 1]
+    found = findings.summarise(tables, n_boot=100)
+    assert set(found.paths.lr) == {1e-4, 3e-3} and found.paths.step.min() == 2
+    curve = found.curve[found.curve.split == "heldout"]
+    assert (curve.n == 8).all() and set(curve.step) == {0, 2, 4, 6}
+    for row in curve.itertuples():  # k of n with an interval that contains k/n, inside [0, 1]
         assert 0 <= row.share_lo <= row.k / row.n <= row.share_hi <= 1
         assert row.share_hi - row.share_lo > 0  # never zero-width from 8 pairs
     page = build_report(sweep / "runs", sweep / "c").read_text()
     assert re.search(r"\d+ of 8", page)
-
-
-def test_comparison_levels_are_those_most_labels_reached():
-    import pandas as pd
-
-    paths = pd.DataFrame({"label": ["a", "a", "b", "c"], "margin_gain": [0.06, 0.3, 0.12, 0.01]})
-    assert findings.comparison_levels(paths, ladder=(0.05, 0.1, 0.2, 0.5)) == [0.05, 0.1]
-    assert findings.comparison_levels(paths, ladder=(0.05, 0.2), min_reached=0.3) == [0.05, 0.2]
-    assert findings.comparison_levels(paths.iloc[:0]) == []
 
 
 def test_the_readme_findings_are_the_committed_reports_what_held(tmp_path):
@@ -129,28 +120,28 @@ def test_a_report_of_runs_goes_to_their_folder_with_progress(small, capsys):
 
 
 def test_a_verdict_says_when_the_data_is_too_little(sweep):
-    """The tiny sweep: 8 held-out pairs, 3 evaluations after step 0, 16 training pairs; a
-    verdict below its minimum says so and names what would be enough."""
-    from prefstudy import report
+    """The tiny sweep: 8 held-out pairs, 4 neutral passages, 3 evaluations after step 0, 16
+    training pairs; a verdict below its minimum says so and names what would be enough."""
+    from prefstudy import verdicts
 
     tables = load_tables(sweep / "runs")
-    held = report.what_held(tables, findings.summarise(tables), tables.order)
+    held = verdicts.what_held(tables, findings.summarise(tables, n_boot=100))
     lines = {line.split(":**")[0].removeprefix("- **"): line for line in held.splitlines()
              if line.startswith("- **")}
-    few_pairs = "too little data to say (8 held-out pairs, at least 20 needed)"
     assert lines["C1, the gap follows length"].startswith(
         "- **C1, the gap follows length:** too little data to say (16 training pairs, at least "
         "20 needed). On the 16 training pairs")
     assert lines["C2, a noisy direction"].startswith(
         "- **C2, a noisy direction:** too little data to say (16 training pairs, at least 20 "
         "needed).")
-    assert few_pairs in lines["C3, both losses grow"]
-    assert few_pairs in lines["C4, displacement"]
-    assert f"{few_pairs}; edit distance ρ" in held  # the predictors of displacement
+    assert ("too little data to say (8 held-out pairs, at least 20 needed; 4 neutral passages, "
+            "at least 30 needed)") in lines["C3, both losses grow (collapse)"]
+    c4 = next(v for k, v in lines.items() if k.startswith("C4, displacement"))
+    assert "too little data to say (no accuracy level above chance with 8 held-out pairs" in c4
     assert "did not hold" not in held and "held (" not in held
-    assert report._short((2, 3, "evaluations after step 0"), (1, 2, "learning rate(s)"),
-                         (40, 20, "held-out pairs")) == (
-        "2 evaluations after step 0, at least 3 needed; 1 learning rate(s), at least 2 needed")
+    assert verdicts.short((2, 3, "evaluations"), (1, 2, "learning rate(s)"),
+                          (40, 20, "held-out pairs")) == (
+        "2 evaluations, at least 3 needed; 1 learning rate(s), at least 2 needed")
 
 
 def test_a_report_of_other_runs_is_refused_and_force_replaces_it(small, tmp_path, capsys):
@@ -206,47 +197,43 @@ def test_a_failed_report_leaves_the_previous_one_whole(small, tmp_path, monkeypa
     assert set(after) == set(before) and not list(reports.glob(".replaced-*"))
 
 
-def _collapse_study(n_pairs, n_evals, lrs, onset):
-    """What `report._collapse_lines` reads, constructed: one naive-sum and one dpo run per
-    learning rate, `n_pairs` held-out pairs evaluated at step 0 and `n_evals` steps after it;
-    the naive-sum run at the largest lr collapses at step `onset` (None: no run does)."""
+def _collapse_found(n_pairs, n_passages, n_settled, verdict):
+    """What `verdicts.collapse_claim` reads, constructed: a naive-sum and a dpo run at one
+    learning rate, the naive-sum run's verdict `verdict`."""
     from types import SimpleNamespace
 
     import pandas as pd
 
-    runs = pd.DataFrame([{"run_id": f"{label}-{lr:g}", "label": label, "lr": lr, "seed": 0}
-                         for label in ("naive-sum", "dpo") for lr in lrs])
-    evals = pd.DataFrame([{"run_id": r, "pair_id": f"p{i}", "step": 6 * s}
-                          for r in runs.run_id for i in range(n_pairs)
-                          for s in range(n_evals + 1)])
-    collapse = runs.assign(n_evals=n_evals, above_uniform=False, onset_step=[
-        onset if (label, lr) == ("naive-sum", max(lrs)) else None
-        for label, lr in zip(runs.label, runs.lr)]).astype({"onset_step": float})
-    matched = pd.DataFrame({"label": ["naive-sum", "dpo"], "level": 0.5, "n_runs": 1,
-                            "d_chosen": [1.5, 0.7], "d_chosen_lo": [1.0, 0.5],
-                            "d_chosen_hi": [3.8, 1.3]})
-    found = SimpleNamespace(collapse=collapse, matched=matched, levels=[0.5])
-    return SimpleNamespace(evals=evals, runs=runs), found
+    collapse = pd.DataFrame({
+        "run_id": ["n", "d"], "label": ["naive-sum", "dpo"], "lr": [1e-3, 1e-3],
+        "verdict": [verdict, "neither"], "n_settled": n_settled, "warmup_steps": [6, 6],
+        "excess": [2.0, -0.1], "excess_lo": [1.5, -0.2], "excess_hi": [2.5, 0.0],
+        "d_chosen": [3.0, 0.1], "d_neutral": [1.0, 0.2]})
+    return SimpleNamespace(collapse=collapse, n_pairs=n_pairs, n_passages=n_passages,
+                           primary=float("nan"), comparisons=pd.DataFrame(),
+                           matched=pd.DataFrame({"kl": [float("nan")]}))
 
 
-def test_a_collapse_verdict_needs_pairs_evaluations_and_a_sweep():
-    """Constructed: C3's verdict holds where its data suffices (the committed study's 40 pairs,
-    4 evaluations, 3 learning rates) and says what is missing where it does not."""
-    from prefstudy.report import _collapse_lines
+def test_a_collapse_verdict_needs_pairs_passages_and_settled_evaluations():
+    """Constructed: C3's verdict holds where its data suffices and a naive run collapsed, does
+    not where none did, and says what is missing where the data is too little."""
+    from prefstudy.verdicts import collapse_claim
 
-    order = ["naive-sum", "dpo"]
-    enough = _collapse_lines(*_collapse_study(40, 4, [1e-4, 3e-4, 1e-3], onset=12), order)
-    assert enough[0].startswith("- **C3, both losses grow:** held (naive-sum at lr 0.001). ")
-    assert enough[1].startswith("  At matched progress (held-out margin gain +0.5 nats per "
-                                "token), Δ held-out chosen loss: naive-sum 1.50 [1.00, 3.80]")
-    none = _collapse_lines(*_collapse_study(40, 4, [1e-4, 1e-3], onset=None), order)
-    assert none[0].startswith("- **C3, both losses grow:** did not hold. ")
-    few = _collapse_lines(*_collapse_study(4, 2, [1e-3], onset=None), order)
+    enough = collapse_claim(_collapse_found(150, 200, 3, "collapse"))
+    assert enough[0].startswith("- **C3, both losses grow (collapse):** held (naive-sum lr "
+                                "0.001). ")
+    assert "after a 6-step warm-up" in enough[0]
+    assert "naive-sum lr 0.001 at the end: Δchosen − Δneutral 2.00 [1.50, 2.50]" in enough[0]
+    assert enough[1].startswith("  At matched held-out accuracy: too little data to compare")
+    assert "KL from the starting model: not recorded" in enough[1]
+    degraded = collapse_claim(_collapse_found(150, 200, 3, "degradation"))
+    assert degraded[0].startswith("- **C3, both losses grow (collapse):** did not hold. ")
+    assert "degradation, everything rising, in 1 (naive-sum lr 0.001)" in degraded[0]
+    few = collapse_claim(_collapse_found(4, 16, 1, "collapse"))
     assert few[0].startswith(
-        "- **C3, both losses grow:** too little data to say (4 held-out pairs, at least 20 "
-        "needed; 2 evaluations after step 0, at least 3 needed). ")
-    assert ("Δ held-out chosen loss (too little data to compare objectives: 1 learning rate(s), "
-            "at least 2 needed; 4 held-out pairs, at least 20 needed): naive-sum") in few[1]
+        "- **C3, both losses grow (collapse):** too little data to say (4 held-out pairs, at "
+        "least 20 needed; 16 neutral passages, at least 30 needed; 1 settled evaluations per "
+        "run, at least 2 needed). ")
 
 
 def test_every_report_option_says_what_it_does():
