@@ -262,12 +262,14 @@ def _noise_per_run(records: pd.DataFrame, steps: pd.DataFrame | None) -> pd.Data
                          grad_cos_with_self_orthogonal=norm / np.sqrt(batch_sq))
     per_run = _means(frame, ["run_id"], NOISE_METRICS[:-1]).reset_index()
     per_run["gns"] = float("nan")
+    per_run["gns_negative"] = False
     steps = _given(steps)
     if steps is not None:
         require_columns(steps, ["run_id", "trace_sigma", "grad_sq"], "gradient_noise(steps=)")
         sums = _means(steps, ["run_id"], ["trace_sigma", "grad_sq"])
         gns = (sums["trace_sigma"] / sums["grad_sq"]).where(sums["grad_sq"] > 0)
         per_run["gns"] = per_run.run_id.map(gns)
+        per_run["gns_negative"] = per_run.run_id.map(sums["grad_sq"] <= 0).fillna(False)
     return _runs(records)[["run_id", "label", "seed"]].merge(per_run, on="run_id")
 
 
@@ -291,13 +293,18 @@ def gradient_noise(records: pd.DataFrame, steps: pd.DataFrame | None = None) -> 
     gns is mean(trace_sigma) / mean(grad_sq) over its steps: B_simple = tr(Σ)/|G|² with numerator
     and denominator averaged separately (McCandlish et al. 2018, App. A: a per-step ratio is
     noisy and undefined where the unbiased |G|² estimate is ≤ 0); NaN when the mean grad_sq is
-    ≤ 0. Returns label, n_seeds and, for each of NOISE_METRICS, `<metric>`, `<metric>_lo`,
-    `<metric>_hi`: the across-seed mean and 95% t-interval (NaN with one seed).
+    ≤ 0, and `gns_reason` then says so (never a number from a negative denominator). Returns
+    label, n_seeds and, for each of NOISE_METRICS, `<metric>`, `<metric>_lo`, `<metric>_hi`: the
+    across-seed mean and 95% t-interval (NaN with one seed), and gns_reason.
     Diverged runs count with the records they have.
     """
     per_run = _noise_per_run(records, steps)
     table = _label_intervals(per_run, NOISE_METRICS)
     table.insert(1, "n_seeds", per_run.groupby("label").size().reindex(table.label).to_numpy())
+    negative = per_run.groupby("label").gns_negative.sum().reindex(table.label).to_numpy()
+    table["gns_reason"] = [
+        f"undefined: the pooled |G|² estimate is ≤ 0 in {int(k)} of {n} run(s)" if k else ""
+        for k, n in zip(negative, table.n_seeds)]
     return table
 
 

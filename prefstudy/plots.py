@@ -280,7 +280,7 @@ def loss_trajectories(data: pd.DataFrame, *, x: str = "step", hue: str = "label"
     95% t-interval (no band with one seed), or anything seaborn's lineplot takes (None for no
     band). `row` (e.g. "label") splits further into rows, in `row_order` (default: sorted).
 
-    onset: collapse onsets, e.g. `progress.collapse_onsets` (run_id, `hue`, onset_step): each
+    onset: collapse onsets, e.g. `progress.collapse_onsets` (run_id, `hue`, collapse_step): each
     label's median onset across its seeds is a dashed vertical line, the range of its seeds'
     onsets a shaded band.
     A diverged run's line ends at its last recorded step, marked "x". yscale: "auto" makes a
@@ -342,10 +342,10 @@ def _mark_onsets(ax: Axes, onset: pd.DataFrame | None, *, hue: str, colours: Map
                  present: Iterable) -> None:
     if onset is None:
         return
-    require_columns(onset, ["onset_step", hue], "loss_trajectories(onset=)", nonempty=True)
+    require_columns(onset, ["collapse_step", hue], "loss_trajectories(onset=)", nonempty=True)
     present = set(present)
     for value, runs in onset.groupby(hue, sort=True):
-        steps = runs.onset_step.astype(float).dropna()
+        steps = runs.collapse_step.astype(float).dropna()
         if value not in present or steps.empty:
             continue
         colour = colours.get(value, "0.2")

@@ -197,6 +197,12 @@ def test_gradient_noise_per_label_across_seeds():
     assert math.isnan(dpo.grad_cos_with_self)
     assert dpo.grad_cos_with_self_orthogonal == pytest.approx(0.5)
     assert simpo.grad_cos_with_self_orthogonal == pytest.approx(1.0)
+    assert dpo.gns_reason == "" and simpo.gns_reason == ""  # no steps: nothing to say
+    # a pooled |G|² estimate below 0 (the unbiased estimator can go there): undefined, said so
+    negative = dg.gradient_noise(rec, steps.assign(grad_sq=[1.0, 1.0, -0.5, -0.7]))
+    dpo = negative.set_index("label").loc["dpo"]
+    assert math.isnan(dpo.gns)
+    assert dpo.gns_reason == "undefined: the pooled |G|² estimate is ≤ 0 in 1 of 2 run(s)"
 
 
 def test_gradient_noise_reads_the_with_self_cosine_beside_its_baseline():

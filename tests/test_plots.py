@@ -195,7 +195,7 @@ def test_loss_trajectories_marks_divergence_and_onset():
     records = make_records()
     onset = pd.DataFrame({"run_id": ["naive-sum-s0", "naive-sum-s1", "naive-sum-s2", "dpo-s0"],
                           "label": ["naive-sum"] * 3 + ["dpo"], "seed": [0, 1, 2, 0],
-                          "onset_step": [3.0, 3.0, 5.0, np.nan]})
+                          "collapse_step": [3.0, 3.0, 5.0, np.nan]})
     grid = plots.loss_trajectories(records, onset=onset)
     colour = to_rgb(theme.label_palette(["dpo", "naive-sum"])["naive-sum"])
     for ax, quantity in zip(grid.axes.flat, ("loss_p", "loss_n")):
@@ -220,7 +220,7 @@ def test_loss_trajectories_onset_alone_marks_divergence():
     onset = pd.DataFrame({"run_id": [f"{lab}-s{s}" for lab in ("dpo", "naive-sum")
                                      for s in (0, 1, 2)],
                           "label": ["dpo"] * 3 + ["naive-sum"] * 3, "seed": [0, 1, 2] * 2,
-                          "onset_step": [np.nan] * 3 + [3.0] * 3,
+                          "collapse_step": [np.nan] * 3 + [3.0] * 3,
                           "status": ["completed"] * 5 + ["diverged"]})
     grid = plots.loss_trajectories(records, onset=onset)
     for ax in grid.axes.flat:
