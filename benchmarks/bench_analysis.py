@@ -89,8 +89,10 @@ def synthesize(root: Path, args) -> dict:
         for seed in range(args.seeds):
             run_id = f"{label}-s{seed}"
             n = steps * b
-            epochs = math.ceil(n / n_pairs)
-            idx = np.concatenate([rng.permutation(n_pairs) for _ in range(epochs)])[:n]
+            per_epoch = (n_pairs // b) * b  # whole batches: no batch spans two epochs
+            epochs = math.ceil(n / per_epoch)
+            idx = np.concatenate([rng.permutation(n_pairs)[:per_epoch]
+                                  for _ in range(epochs)])[:n]
             step = np.repeat(np.arange(1, steps + 1), b)
             t = step / steps
             len_p, len_n = len_p_of[idx], len_n_of[idx]
@@ -150,7 +152,8 @@ def synthesize(root: Path, args) -> dict:
                           "n_neutral": len(texts), "n_probes": len(probes)})
             for table, frame in (("records", records), ("steps", step_stats),
                                  ("evals", evals), ("perplexity", ppl), ("generations", gen)):
-                writer.append(table, frame, step=1)
+                for step, part in frame.groupby("step", sort=True):  # a shard holds one step
+                    writer.append(table, part, step=int(step))
             writer.finish("completed")
             total += n
     return {"runs": runs, "steps_per_run": steps, "records": total,
@@ -289,7 +292,7 @@ def main(argv=None):
     measure("variance_by_length_bin(gaps)", lambda: dg.variance_by_length_bin(gaps), args, rows)
     measure("gradient_noise(records, steps)", lambda: dg.gradient_noise(records, steps), args,
             rows)
-    measure("collapse_onsets(evals)", lambda: collapse_onsets(evals), args, rows)
+    measure("collapse_onsets(evals, ppl)", lambda: collapse_onsets(evals, ppl), args, rows)
     gaps = None  # frees the long frame before the report process starts
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if args.report_timeout > 0:

@@ -273,9 +273,10 @@ def level_crossing(x: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray,
     """
     with np.errstate(invalid="ignore"):
         before = x[0] >= level
-        hits = (x[:-1] < level) & (x[1:] >= level)
+        hits = (x[:-1] < level) & (x[1:] >= level)  # none with a single evaluation
     reached = hits.any(axis=0) & ~before
-    i = np.where(reached, hits.argmax(axis=0) + 1, 0)
+    first = hits.argmax(axis=0) if len(hits) else np.zeros(x.shape[1], dtype=int)
+    i = np.where(reached, first + 1, 0)
     cols = np.arange(x.shape[1])
     lo, hi = x[i - 1, cols], x[i, cols]
     with np.errstate(invalid="ignore", divide="ignore"):

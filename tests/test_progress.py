@@ -103,6 +103,11 @@ def test_a_level_is_never_interpolated_from_step_0():
     assert pg.at_crossing(np.array([[0.0], [2.0]]), i, t)[0] == pytest.approx(1.0)
 
 
+def test_a_single_evaluation_reaches_no_level():
+    i, t, status = pg.level_crossing(np.array([[0.5, 0.7]]), 0.6)
+    assert list(status) == [0, -1] and np.isnan(t).all()
+
+
 def test_a_nan_evaluation_does_not_reach_a_level():
     i, t, status = pg.level_crossing(np.array([[0.5], [np.nan], [0.7]]), 0.6)
     assert status[0] == 0
