@@ -169,7 +169,8 @@ def noise_section(found: Findings, out: Path, order: list[str],
         "the same, orthogonal gradients": noise.grad_cos_with_self_orthogonal.map(
             partial(number, digits=3)),
         "pair rows pulling against the rest": noise.share_opposed.map(percent),
-        "noise scale tr(Σ)/|G|², pooled": noise.gns.map(partial(number, digits=1)),
+        "noise scale tr(Σ)/|G|², pooled": [
+            reason or number(value, 1) for value, reason in zip(noise.gns, noise.gns_reason)],
     })
     return "\n".join(text + [
         "### During training", "",
