@@ -62,6 +62,9 @@ class TrainConfig:
     columns: str | None = None
     max_pairs: int | None = None  # a stratified sample of N training pairs (after `lang`); None = all
     n_heldout: int = 32  # held-out pairs evaluated at each evaluation
+    # training pairs evaluated like the held-out ones at each evaluation (evals rows with split
+    # "train"): the same in every run of a study (`inputs.train_eval_pairs`); 0 = none
+    n_train_eval: int = 0
     n_neutral: int = 32  # held-out passages for perplexity
     n_probes: int = 6  # probe prompts for generations (spread over languages and kinds)
     max_length: int = 256  # prompt + response tokens per side

@@ -12,7 +12,8 @@ content, device and k) and only the top k blocks and the head at every later for
 Exact up to floating-point summation order against a full forward (tested): rows are right-padded
 and attention is causal, so a sequence's hidden states do not depend on what it is batched with.
 Models without `model.model.layers` / `model.model.norm` (the Llama layout SmolLM2 and most
-decoder-only models share) are left as they are.
+decoder-only models share) are left as they are. `frozen_copy` keeps the starting model for a
+run's evaluations at the cost of its trainable part only: the frozen blocks are shared.
 """
 
 from __future__ import annotations
@@ -112,6 +113,22 @@ def attach(model, n_frozen: int, *, shared: bool = False) -> FrozenPrefix | None
     prefix = FrozenPrefix(n_frozen, store)
     _ATTACHED[model] = prefix
     return prefix
+
+
+def frozen_copy(model):
+    """A copy of `model` as it is now that no update reaches: its trainable parameters copied,
+    its frozen ones (which no optimiser holds) shared, nothing in it trainable, in eval mode,
+    and with the model's FrozenPrefix (the same bottom blocks, so the same cached output).
+    Costs the memory of the trainable part only: the top k blocks with `trainable_blocks`."""
+    import copy
+
+    shared = {id(p): p for p in model.parameters() if not p.requires_grad}
+    twin = copy.deepcopy(model, memo=shared)
+    twin.requires_grad_(False).eval()
+    prefix = attached(model)
+    if prefix is not None:
+        _ATTACHED[twin] = prefix
+    return twin
 
 
 def attached(model) -> FrozenPrefix | None:

@@ -2,7 +2,8 @@
 
 `prepare_inputs` loads and encodes the training pairs and the held-out material a config names
 (held-out pairs, neutral text for perplexity, probe prompts for generations), each sample taken
-round-robin over languages; `batch_indices` is the batch order, a pure function of the step.
+round-robin over languages, and the training pairs also evaluated like held-out ones
+(`train_eval_pairs`); `batch_indices` is the batch order, a pure function of the step.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class Inputs:
     # and why (`paths.text_rule`): all recorded in the run's config.json
     counts: dict = field(default_factory=dict)
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # `facts`: the pairs kept
+    train_eval: Encoded | None = None  # training pairs also evaluated (`train_eval_pairs`)
 
 
 def _load_pairs(path, cfg: TrainConfig) -> PairSet:
@@ -158,8 +160,27 @@ def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
     texts = pair_texts(cfg, held is not None)
     counts = {**_counts("", pairs, train),
               **(_counts("heldout_", held, heldout) if heldout else {}), **texts}
+    train_eval = train_eval_pairs(pairs, train, cfg.n_train_eval,
+                                  exclude=[p.pair_id for p in held or ()])
     return Inputs(train, heldout, neutral, probes, len(train.dropped), counts,
-                  facts(pairs, train, held, heldout, keep_text=texts["text_kept"]))
+                  facts(pairs, train, held, heldout, keep_text=texts["text_kept"]), train_eval)
+
+
+def train_eval_pairs(pairs: PairSet, train: Encoded, n: int,
+                     exclude=()) -> Encoded | None:
+    """The n training pairs a run also evaluates like held-out pairs (config n_train_eval):
+    taken round-robin over language × kind × category (`round_robin`, file order within each)
+    from the training pairs in the order `inputs` stores them (`training_pairs`: the files'
+    order), among those truncation kept and not also held out (`exclude`, their ids: those are
+    evaluated as held out). A pure function of the training pairs and their encoding, so the
+    same in every run of a study; all of them where fewer than n are left; None for n = 0."""
+    if not n:
+        return None
+    left_out = set(exclude)
+    kept = {e.pair_id: e for e in train.items if e.pair_id not in left_out}
+    frame = pairs.to_frame()
+    chosen = round_robin(frame[frame.pair_id.isin(kept)], n).pair_id
+    return Encoded(tuple(kept[pid] for pid in chosen), (), train.settings)
 
 
 def pair_texts(cfg: TrainConfig, heldout: bool = True) -> dict:

@@ -5,8 +5,10 @@ policy / reference). `token_logps` computes it from logits without materialising
 log-softmax over the whole vocabulary for the whole batch: it gathers the target logit and
 subtracts a logsumexp computed a few rows at a time. Asked (`sum_sq=True`), it also gives
 log Σ_v p(v|·)² at each token from the same chunks, the statistic of WPO's weights
-(`wpo_weights`), without a gradient. Where only each response's summed log-prob is known (the
-records, TRL's precomputed reference), `TokenLogps.from_sums` builds the TokenLogps.
+(`wpo_weights`), without a gradient. `token_logps_kl` gives the same log-probs and, from the
+same chunks of logits, the per-token KL of the policy's next-token distribution from another
+model's (the starting model's, at evaluation). Where only each response's summed log-prob is
+known (the records, TRL's precomputed reference), `TokenLogps.from_sums` builds the TokenLogps.
 """
 
 from __future__ import annotations
@@ -79,14 +81,21 @@ class TokenLogps:
 
 def _chunk_logps(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None,
                  sum_sq: bool = False) -> tuple[Tensor, Tensor | None]:
-    """(log p(target), log Σ_v p_v² or None) for rows of hidden states, in float32.
+    """(log p(target), log Σ_v p_v² or None) for rows of hidden states, in float32
+    (`_logits_logps` of their logits)."""
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    return _logits_logps(logits, targets, sum_sq)
+
+
+def _logits_logps(logits: Tensor, targets: Tensor,
+                  sum_sq: bool = False) -> tuple[Tensor, Tensor | None]:
+    """(log p(target), log Σ_v p_v² or None) of float32 logits, Shape: (N, V) → (N,) each.
 
     log p(target) is the gathered logit minus logsumexp, whether or not `sum_sq` is asked for.
     log Σ_v p_v² = 2·log ‖softmax‖₂ (= logsumexp(2·logits) − 2·logsumexp(logits)), the logits
     turned into the softmax in place, so no second logits-sized buffer. Σ_v p_v² ≥ 1/|V|: the
     log is finite.
     """
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()
     lse = logits.logsumexp(-1)
     logps = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
     if not sum_sq:
@@ -178,6 +187,19 @@ def token_logps(model, batch, *, chunk_tokens: int | None = None,
     """
     if not _head_is_plain(model):
         return plain_token_logps(model, batch, sum_sq=sum_sq)
+    h, mask = response_hidden(model, batch)
+    targets = batch.input_ids[:, 1:][mask]
+    head = model.get_output_embeddings()
+    flat, flat_sq = head_logps(h, targets, head.weight, head.bias, chunk=chunk_tokens,
+                               sum_sq=sum_sq)
+    return TokenLogps(_on_mask(flat, mask), mask,
+                      None if flat_sq is None else _on_mask(flat_sq, mask))
+
+
+def response_hidden(model, batch) -> tuple[Tensor, Tensor]:
+    """(final hidden states at the positions that predict a response token, Shape (N, d); the
+    mask of those positions, Shape (rows, L − 1), N = mask.sum()). A model given a frozen
+    prefix (`prefstudy.frozen.attach`) runs only its top blocks."""
     prefix = frozen.attached(model)
     if prefix is not None:  # only the top blocks run; the frozen ones' output is cached
         hidden = prefix.last_hidden_state(model, batch.input_ids, batch.attention_mask)
@@ -185,16 +207,13 @@ def token_logps(model, batch, *, chunk_tokens: int | None = None,
         hidden = model.base_model(input_ids=batch.input_ids,
                                   attention_mask=batch.attention_mask).last_hidden_state
     mask = batch.response_mask[:, 1:]
-    h, targets = hidden[:, :-1][mask], batch.input_ids[:, 1:][mask]
-    head = model.get_output_embeddings()
-    flat, flat_sq = head_logps(h, targets, head.weight, head.bias, chunk=chunk_tokens,
-                               sum_sq=sum_sq)
+    return hidden[:, :-1][mask], mask
 
-    def on_mask(values: Tensor) -> Tensor:
-        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device) \
-            .masked_scatter(mask, values)
 
-    return TokenLogps(on_mask(flat), mask, None if flat_sq is None else on_mask(flat_sq))
+def _on_mask(values: Tensor, mask: Tensor) -> Tensor:
+    """Values of the masked positions, Shape (N,), placed on `mask`, Shape (rows, T); 0 off it."""
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device) \
+        .masked_scatter(mask, values)
 
 
 def head_logps(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None, *,
@@ -220,6 +239,73 @@ def plain_token_logps(model, batch, *, sum_sq: bool = False) -> TokenLogps:
     picked = logp.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
     log_sum_sq = (2 * logp.detach()).logsumexp(-1) * mask if sum_sq else None
     return TokenLogps(picked * mask, mask, log_sum_sq)
+
+
+# --------------------------------------------------------------------------- KL between models
+
+
+def kl_rows(logits: Tensor, start_logits: Tensor) -> Tensor:
+    """KL(p ‖ p₀) = Σ_v p(v)·(log p(v) − log p₀(v)) of each row, over the full vocabulary, in
+    float32, p = softmax(logits), p₀ = softmax(start_logits). Both Shape: (N, V). Returns
+    Shape: (N,); exactly 0 where the two rows are equal."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    diff = torch.log_softmax(start_logits.float(), dim=-1).neg_().add_(logp)  # log p − log p₀
+    return torch.einsum("nv,nv->n", logp.exp_(), diff)
+
+
+@torch.no_grad()
+def token_logps_kl(model, start_model, batch, *, chunk_tokens: int | None = None,
+                   sum_sq: bool = False,
+                   start_hidden: Tensor | None = None) -> tuple[TokenLogps, Tensor]:
+    """`token_logps(model, batch, sum_sq=sum_sq)` (the same values, no gradient), and the
+    per-token KL(π ‖ π₀) of `model` (π) from `start_model` (π₀) at the same positions, over the
+    full vocabulary (`kl_rows`), teacher-forced: both models read the batch's tokens.
+
+    One pass of each model: the policy's logits give both its log-probs and the KL. As in
+    `token_logps`, only positions that predict a response token go through the output heads,
+    `chunk_tokens` at a time (default: as many as give CHUNK_LOGITS logits), so at most one
+    chunk's logits of each model exist at once; models with a frozen prefix run only their top
+    blocks. Models whose logits are not a plain linear head fall back to full logits.
+    start_hidden: `response_hidden(start_model, batch)[0]` where the caller keeps it (a model no
+    update reaches gives the same every time: evaluate.StartingModel.hidden).
+    Returns (TokenLogps of shape (rows, L − 1), KL Shape: (rows, L − 1), float32, 0 off the
+    response mask: `.sum(-1)` is each row's summed KL, in nats).
+    """
+    if not (_head_is_plain(model) and _head_is_plain(start_model)):
+        return (plain_token_logps(model, batch, sum_sq=sum_sq),
+                _plain_token_kl(model, start_model, batch))
+    h, mask = response_hidden(model, batch)
+    h0 = response_hidden(start_model, batch)[0] if start_hidden is None else start_hidden
+    targets = batch.input_ids[:, 1:][mask]
+    heads = model.get_output_embeddings(), start_model.get_output_embeddings()
+    chunk = chunk_tokens or max(16, CHUNK_LOGITS // heads[0].weight.shape[0])
+    empty = h.new_zeros(0, dtype=torch.float32)
+    parts = [_chunk_logps_kl(h[i:i + chunk], h0[i:i + chunk], targets[i:i + chunk], *heads,
+                             sum_sq) for i in range(0, len(h), chunk)] \
+        or [(empty, empty if sum_sq else None, empty)]
+    logps, sq, kl = (None if col[0] is None else torch.cat(col) for col in zip(*parts))
+    return (TokenLogps(_on_mask(logps, mask), mask, None if sq is None else _on_mask(sq, mask)),
+            _on_mask(kl, mask))
+
+
+def _chunk_logps_kl(hidden: Tensor, start_hidden: Tensor, targets: Tensor, head, start_head,
+                    sum_sq: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(log p(target), log Σ_v p_v² or None, KL(p ‖ p₀)) of rows of hidden states through the
+    policy's head and the starting model's: the first two as `_chunk_logps` computes them, the
+    KL by `kl_rows`, from the same policy logits. Shape: (N,) each."""
+    logits = torch.nn.functional.linear(hidden, head.weight, head.bias).float()
+    kl = kl_rows(logits, torch.nn.functional.linear(start_hidden, start_head.weight,
+                                                    start_head.bias))
+    return (*_logits_logps(logits, targets, sum_sq), kl)
+
+
+def _plain_token_kl(model, start_model, batch) -> Tensor:
+    """The KL of `token_logps_kl` from both models' full logits (heads that are not a plain
+    linear layer)."""
+    mask = batch.response_mask[:, 1:]
+    logits = [m(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+              for m in (model, start_model)]
+    return _on_mask(kl_rows(logits[0][mask], logits[1][mask]), mask)
 
 
 def split_pairs(t: TokenLogps) -> tuple[TokenLogps, TokenLogps]:

@@ -5,7 +5,8 @@ A run folder:
     <run>/config.json            the resolved configuration
     <run>/meta.json              schema version, status, versions, commit, device, times
     <run>/records/*.parquet      per-pair training records (RECORD_COLUMNS), one shard per flush
-    <run>/evals/*.parquet        the same columns for held-out pairs, at evaluation steps
+    <run>/evals/*.parquet        the same columns, then EVAL_COLUMNS, for held-out pairs (and
+                                 config n_train_eval training pairs), at evaluation steps
     <run>/perplexity/*.parquet   held-out text: step, text_id, lang, nll_sum, n_tokens
     <run>/generations/*.parquet  step, probe_id, lang, kind, prompt, text
     <run>/steps/*.parquet        per-step gradient statistics (gradient noise scale), when on
@@ -98,9 +99,27 @@ RECORD_COLUMNS = {
                           "the pair itself: biased, 1/√B for B orthogonal equal-norm gradients "
                           "(NaN unless on)",
     "batch": "the pairs the objective saw together (a batch-level objective such as AOT couples "
-             "them): 's<step>-r<process>' in training, 'e<step>-<chunk>' in evaluation, "
+             "them): 's<step>-r<process>' in training, 'e<step>-<chunk>' in evaluation "
+             "('e<step>-t<chunk>' for training pairs evaluated), "
              "'s<step>-r<process>-m<micro-batch>' under TRL",
 }
+# Columns of evaluations (the `evals` table) after RECORD_COLUMNS: which pairs a row is of, and
+# what an evaluation measures against the starting model (`prefstudy.evaluate`). A run written
+# before a column existed reads as EVAL_DEFAULTS gives it (`eval_columns`): every row held out,
+# the measures NaN.
+EVAL_COLUMNS = {
+    "split": "'heldout': a held-out pair; 'train': one of the config's n_train_eval training "
+             "pairs, evaluated like the held-out ones",
+    "kl_sum_p": "KL(π_t ‖ π_0) of the next-token distribution over the whole vocabulary, of the "
+                "policy from the starting model, at each chosen-response token (teacher-forced), "
+                "summed over them, nats (÷ len_p: per token); 0 at step 0",
+    "kl_sum_n": "the same over the rejected response's tokens (÷ len_n: per token)",
+    "greedy_logp_sum": "log π_t of the starting model's greedy answer to the pair's prompt, summed "
+                       "over its tokens (≤ 0): the squeezing effect (Ren & Sutherland 2025); NaN "
+                       "for an empty answer and for training pairs",
+    "len_g": "tokens of that greedy answer (through its end-of-turn token); 0 for training pairs",
+}
+EVAL_DEFAULTS = {"split": "heldout"}  # what a run written before a column reads as; else NaN
 REQUIRED_COLUMNS = ("run_id", "objective", "seed", "step", "pair_id", "len_p", "len_n",
                     "loss_p", "loss_n", "gap")
 # The columns whose value a run gives all rows of a step alike; the others are measured per pair.
@@ -192,6 +211,23 @@ def as_records(df: pd.DataFrame, **constants: Any) -> pd.DataFrame:
         out["label"] = [run_label(str(o), norm) for o, norm in zip(out.objective, norms)]
     rest = [c for c in out.columns if c not in RECORD_COLUMNS]
     return out[list(RECORD_COLUMNS) + rest]
+
+
+def eval_columns(df: pd.DataFrame, **columns: Any) -> pd.DataFrame:
+    """Evaluation records: `df` (RECORD_COLUMNS, from `pair_records`) with every EVAL_COLUMNS
+    column after them, set from `columns` (one value per row or one for all), else kept from
+    `df`, else as a run written before it reads (EVAL_DEFAULTS; NaN otherwise). A `split` left
+    empty reads as its default too (shards merged across versions)."""
+    unknown = sorted(set(columns) - set(EVAL_COLUMNS))
+    if unknown:
+        raise TypeError(f"eval_columns: unknown column(s) {unknown}; it takes {list(EVAL_COLUMNS)}")
+    out = df.assign(**{c: v.tolist() if hasattr(v, "tolist") else v for c, v in columns.items()})
+    for column in EVAL_COLUMNS:
+        if column not in out.columns:
+            out[column] = EVAL_DEFAULTS.get(column, math.nan)
+    out["split"] = out.split.fillna(EVAL_DEFAULTS["split"])
+    rest = [c for c in out.columns if c not in EVAL_COLUMNS]
+    return out[rest + list(EVAL_COLUMNS)]
 
 
 # --------------------------------------------------------------------------- provenance
@@ -447,7 +483,8 @@ def _read_shard(shard: Path, table: str) -> pd.DataFrame:
     missing = [c for c in TABLE_COLUMNS[table] if c not in df.columns]
     if missing:
         raise SchemaError(f"{shard}: a {table} shard without the required column(s) {missing}")
-    return _upgrade(df, int(version), table)
+    df = _upgrade(df, int(version), table)
+    return eval_columns(df) if table == "evals" else df
 
 
 def _upgrade(df: pd.DataFrame, version: int, table: str) -> pd.DataFrame:

@@ -111,17 +111,22 @@ class Forward:
 
 
 def forward(model, batch: Batch, cfg: TrainConfig, ref: dict | None, *,
-            start: dict | None = None) -> Forward:
+            start: dict | None = None, logps: TokenLogps | None = None) -> Forward:
     """Per-token log-probs of the batch, and the objective's loss and margin per pair.
 
     start: per-token log-probs of the untrained starting model (`reference_logps`' output, for
     these pairs), standing in for the model's forward pass when the model is that model.
+    logps: the model's own per-token log-probs of the batch where the caller has them already
+    (evaluation computes them with the KL, logprobs.token_logps_kl), standing in for its
+    forward pass; with log_sum_sq where cfg.use_weighting.
     cfg.use_weighting: the loss is the objective's per-pair loss times the pair's WPO weight
     (logprobs.wpo_weights, Zhou et al. 2024 Eq. 2, as TRL's use_weighting), from the policy's
     log Σ_v p_v² at each token; a weight, so no gradient flows through it. `start` has no
     Σ_v p_v², so it cannot stand in then (ValueError): run the model instead.
     """
-    if start is None:
+    if logps is not None:
+        chosen, rejected = split_pairs(logps)
+    elif start is None:
         chosen, rejected = split_pairs(token_logps(model, batch, sum_sq=cfg.use_weighting))
     elif cfg.use_weighting:
         raise ValueError("forward: `start` log-probs carry no Σ_v p_v², which use_weighting "

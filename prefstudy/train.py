@@ -4,7 +4,9 @@
 or `torchrun` (each process takes an equal share of every batch, gradients are averaged, and each
 process records its own pairs, so every pair is recorded exactly once per step). Reference
 log-probs are computed once per pair with the frozen starting model and cached on disk, and so
-are the starting model's step-0 evaluations, which every run of a study shares. A
+are the starting model's step-0 evaluations, which every run of a study shares; the main
+process keeps a copy of the starting model (its trainable part) for the KL that every later
+evaluation measures from it (prefstudy.evaluate.keep_starting_model). A
 non-finite loss stops the run cleanly and marks it `diverged`: a diverging run is data, and so is
 one whose per-token losses pass ln|V|, the loss of a uniform guess, by more than a nat
 (`meta.json` flags it with `above_uniform_step`). Any
@@ -42,7 +44,7 @@ from . import checkpoint, fingerprint, frozen
 from .config import ConfigError, TrainConfig
 from .data import load_probes, load_texts
 from .encode import Batch, collate
-from .evaluate import evaluate
+from .evaluate import StartingModel, answered, evaluate, keep_starting_model
 from .gradstats import PerPairGradients
 from .inputs import Inputs, _in_lang, batch_indices, heldout_pairs, prepare_inputs, training_pairs
 from .locks import held as _lock  # the run folder's one writer
@@ -75,13 +77,15 @@ class Run:
     tokenizer: Any
     inputs: Inputs
     ref: dict | None  # reference log-probs of the training pairs, where the objective has one
-    ref_held: dict | None  # and of the held-out pairs
+    ref_held: dict | None  # and of the held-out pairs (`ref` covers the inputs.train_eval ones)
     opt: Optimisation
     writer: RunWriter
     start: int = 0  # the last step already done (a resumed run)
     step: int = 0  # the step in progress
     above_uniform: dict = field(default_factory=dict)  # first step and largest loss past ln|V|
     prints: dict = field(default_factory=dict)  # `fingerprints`: the content it is made from
+    # the starting model its evaluations measure KL and squeezing against (main process only)
+    starting: StartingModel | None = None
 
     @property
     def identity(self) -> str:
@@ -101,11 +105,13 @@ class Run:
 
     def evaluate(self, step: int) -> None:
         evaluate(self.writer, self.model, self.tokenizer, self.inputs, self.cfg, self.ref_held,
-                 self.accelerator.device, step)
+                 self.accelerator.device, step, ref=self.ref, starting=self.starting)
 
 
 def _open(cfg: TrainConfig, folder: Path, accelerator) -> Run:
-    """Load the model and inputs and compute the reference log-probs."""
+    """Load the model and inputs, compute the reference log-probs and keep the starting model
+    for evaluations (before `_begin` loads a checkpoint: so it is the starting model on resume
+    too)."""
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
@@ -124,9 +130,11 @@ def _open(cfg: TrainConfig, folder: Path, accelerator) -> Run:
         ref = reference_logps(model, inputs.train, cfg, pad, device)
         if inputs.heldout is not None:
             ref_held = reference_logps(model, inputs.heldout, cfg, pad, device)
+    # only the main process evaluates
+    starting = keep_starting_model(model, inputs) if accelerator.is_main_process else None
     return Run(cfg, folder, accelerator, model, tokenizer, inputs, ref, ref_held,
                Optimisation.create(model, cfg), RunWriter(folder, rank=accelerator.process_index),
-               prints=fingerprints(cfg))
+               prints=fingerprints(cfg), starting=starting)
 
 
 def _accelerator(cfg: TrainConfig):
@@ -251,7 +259,8 @@ def _ended_already(folder: Path, cfg: TrainConfig, resume: bool) -> str | None:
 
 
 def _begin(run: Run, resume: bool) -> None:
-    """Resume from the checkpoint if asked, write config and meta, and evaluate at step 0."""
+    """Resume from the checkpoint if asked, write config and meta, the starting model's greedy
+    answers (`evaluate.answered`), and evaluate at step 0."""
     if resume and (run.folder / "meta.json").exists():
         read_meta(run.folder)  # checks the schema version
         run.start = checkpoint.resume(run.folder, run.model, run.opt, run.identity)
@@ -264,6 +273,9 @@ def _begin(run: Run, resume: bool) -> None:
                   "num_processes": run.accelerator.num_processes, "fingerprints": run.prints}
         run.writer.start(config, resume=resume and run.start > 0)
         run.writer.pairs(run.inputs.pairs)
+        if run.starting is not None:  # its greedy answers, cached: a step-0 evaluation
+            run.starting = answered(run.starting, run.tokenizer, run.inputs.heldout, run.cfg,
+                                    run.accelerator.device)
         if run.start == 0:
             run.evaluate(0)
     run.accelerator.wait_for_everyone()

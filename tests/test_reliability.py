@@ -87,10 +87,10 @@ def test_a_failing_final_evaluation_leaves_the_run_failed(tmp_path, monkeypatch)
 
     real = tr.evaluate
 
-    def breaks_at_the_end(writer, model, tokenizer, inputs, cfg, ref_held, device, step):
+    def breaks_at_the_end(writer, model, tokenizer, inputs, cfg, ref_held, device, step, **kw):
         if step == cfg.steps:
             raise RuntimeError("evaluation broke")
-        return real(writer, model, tokenizer, inputs, cfg, ref_held, device, step)
+        return real(writer, model, tokenizer, inputs, cfg, ref_held, device, step, **kw)
 
     monkeypatch.setattr(tr, "evaluate", breaks_at_the_end)
     with pytest.raises(RuntimeError, match="evaluation broke"):
@@ -469,7 +469,7 @@ def test_a_checkpoint_or_cache_that_cannot_be_written_fails_the_run_naming_it(
         monkeypatch.setattr(module, "cache_dir", lambda: tmp_path / "cache")
     module, writer, file = {
         "checkpoint": (checkpoint, "save_torch", tmp_path / "r" / "checkpoint" / "state.pt"),
-        "step-0 cache": (ev, "save_frame_entry", tmp_path / "cache" / "start" / "perplexity-"),
+        "step-0 cache": (ev, "save_frame_entry", tmp_path / "cache" / "start" / "greedy-"),
         "reference cache": (step, "save_torch_entry", tmp_path / "cache" / "reference"),
     }[where]
     monkeypatch.setattr(module, writer, _full_disk)

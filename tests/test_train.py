@@ -245,7 +245,7 @@ def test_start_evaluations_are_cached_and_equal_a_fresh_computation(tmp_path, mo
     for module in (ev, step):  # empty caches
         monkeypatch.setattr(module, "cache_dir", lambda: tmp_path / "cache")
     first = train(tiny_config(tmp_path / "a", objective="dpo", params={}), progress=False)
-    assert len(list((tmp_path / "cache" / "start").glob("*.parquet"))) == 2
+    assert len(list((tmp_path / "cache" / "start").glob("*.parquet"))) == 3  # + greedy answers
 
     def never(*args, **kwargs):
         raise AssertionError("the untrained model was evaluated again")
