@@ -21,6 +21,8 @@ from .formatting import interval_label, number, percent
 # Held-out pairs: a share's exact 95% interval over 20 pairs is about ±0.23 wide at one half, so
 # 20 pairs are the least that can tell three in four from one half. Accuracy levels need more:
 # a level counts only where it is itself above chance (`progress.above_chance`: at 0.6, 92 pairs).
+# The predictors of displacement need as many pairs: a Spearman ρ over fewer than 20 has a 95%
+# interval wider than ±0.45.
 MIN_HELDOUT_PAIRS = 20
 # Neutral passages: Δ neutral NLL is resampled over passages; a percentile bootstrap over fewer
 # than 30 units understates its spread (the committed CPU study has 16; the study's design asks
@@ -152,13 +154,14 @@ def collapse_claim(found: Findings) -> list[str]:
     naive_collapsed = naive[naive.verdict.str.contains(pg.COLLAPSE)]
     warm = int(col.warmup_steps.max())
     start = (f"after a {warm}-step warm-up" if warm else
-             "after a cold start (no warm-up; the first evaluation does not count)")
+             "these runs had no warm-up, so never their first evaluation")
     lines = [
         f"- **C3, both losses grow (collapse):** "
         f"{verdict(bool(len(naive_collapsed)), _runs_named(naive_collapsed), lacking=lacking)}"
         f". Collapse — the held-out chosen loss rising faster than neutral text (Δchosen − "
-        f"Δneutral above its bound, two settled evaluations in a row, {start}) while accuracy "
-        f"or margin grows — in {len(collapsed)} of {len(col)} runs ({_runs_named(collapsed)});"
+        f"Δneutral above its bound) while accuracy or margin grows, on two settled evaluations "
+        f"in a row ({start}) — in {len(collapsed)} of {len(col)} runs "
+        f"({_runs_named(collapsed)});"
         f" degradation, everything rising, in {len(degraded)} ({_runs_named(degraded)})."
         + "".join(f" {r.label} lr {r.lr:g} at the end: Δchosen − Δneutral "
                   f"{_iv(r.excess, r.excess_lo, r.excess_hi)} nats/token (Δchosen "
@@ -248,7 +251,8 @@ def predictor_claim(found: Findings) -> list[str]:
     if not len(rho):
         return []
     split = rho.split.iloc[0]
-    lacking = "" if split == "train" else (
+    lacking = short((int(rho.n.min()), MIN_HELDOUT_PAIRS, f"{split} pairs with a predictor")) \
+        if split == "train" else (
         "measured on held-out pairs, never trained on; Razin et al. predict the displacement "
         "of trained pairs, which these runs did not evaluate")
     parts = []

@@ -190,3 +190,14 @@ def test_c2_says_where_the_noise_comes_from():
     assert "0.140 [0.130, 0.150] for SFT's single loss" in line
     assert "did not hold" in verdicts.noise_claim(audit(0.005))[0]
     assert "not established (no single-loss baseline" in verdicts.noise_claim(audit(None))[0]
+
+
+def test_predictors_on_too_few_trained_pairs_are_too_little_data():
+    rho = pd.DataFrame({"predictor": ["ches", "ches"], "split": "train", "n": [8, 8],
+                        "rho": [0.5, 0.4], "rho_lo": [-0.2, -0.3], "rho_hi": [0.9, 0.8],
+                        "plain_rho": [0.3, 0.2], "expected_sign": 1})
+    line = verdicts.predictor_claim(SimpleNamespace(predictors=rho))[0]
+    assert "too little data to say (8 train pairs with a predictor, at least 20 needed)" in line
+    held_out = verdicts.predictor_claim(SimpleNamespace(predictors=rho.assign(split="heldout",
+                                                                              n=40)))[0]
+    assert "measured on held-out pairs, never trained on" in held_out
