@@ -118,9 +118,11 @@ def test_the_report_reads_the_pairs_its_runs_name(own_study):
     assert set(split[split == "train"].index) == train_ids
     assert set(split[split == "heldout"].index) == held_ids
     # what the runs recorded: all the user's pairs and all held-out pairs (the tiny profile's
-    # max_pairs = 16 and n_heldout = 4)
+    # max_pairs = 16 and n_heldout = 4), and n_train_eval = 4 of the training pairs evaluated too
     assert set(tables.records.pair_id) == train_ids
-    assert set(tables.evals.pair_id) == held_ids
+    evals = tables.evals.groupby("split").pair_id.agg(set)
+    assert evals["heldout"] == held_ids
+    assert len(evals["train"]) == 4 and evals["train"] <= train_ids
     row = tables.pairs.set_index("pair_id").loc[sorted(held_ids)[0]]
     assert row.prompt and "Human:" not in row.chosen and "Assistant:" not in row.rejected
 
