@@ -165,7 +165,8 @@ def _study(args) -> int:
     study = load_study(args.config, profile=args.profile, seeds=seeds, output=args.output,
                        overrides={"data": args.data, "heldout": args.heldout,
                                   "model": args.model, "keep_text": args.keep_text,
-                                  "layout": args.layout, "columns": args.columns})
+                                  "layout": args.layout, "columns": args.columns},
+                       labels=args.labels.split(",") if args.labels else None)
     print(describe(study), flush=True)
     todo, total = len(pending(study)), len(study.configs())
     print(f"{total - todo} of {total} runs done already, {todo} to train", flush=True)
@@ -365,6 +366,8 @@ def _add_study(sub) -> None:
     study.add_argument("--profile", help="a profile of the study file (cpu, cpu-full, gpu, "
                        "tiny); default: gpu when CUDA is available, else cpu")
     study.add_argument("--seeds", help="comma-separated, overriding the profile's")
+    study.add_argument("--labels", help="comma-separated: train only these runs of the profile "
+                       "now (e.g. the first of a long study's priorities)")
     study.add_argument("--data", help="your own training pairs: a JSON Lines / JSON array / "
                        "parquet / CSV file or folder, an http(s) URL, or a dataset, in any layout "
                        "(--layout: TRL's, HH, Arena, SHP, AlpacaEval, UltraFeedback)")

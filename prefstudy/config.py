@@ -61,6 +61,18 @@ class TrainConfig:
     # the files' column for each field the layout reads, e.g. "prompt=question,chosen=good"
     columns: str | None = None
     max_pairs: int | None = None  # a stratified sample of N training pairs (after `lang`); None = all
+    # split `data` by prompt (prefstudy.split): every pair of this many prompts held out (instead
+    # of `heldout`, which must then be ""), and one answer to each of neutral_prompts further
+    # prompts as the neutral text (instead of `neutral_text`, then ""); no prompt on two sides
+    heldout_prompts: int = 0
+    neutral_prompts: int = 0
+    # the neutral answer to a prompt: the one this model wrote (meta chosen_model /
+    # rejected_model, e.g. AlpacaEval's reference "text_davinci_003"); None: a seeded side
+    neutral_model: str | None = None
+    # pairs longer than max_length (or with a prompt over max_prompt_length): "truncate" cuts
+    # them; "drop" leaves them out, counted, before any sample (truncation can erase the length
+    # difference a study measures)
+    too_long: typing.Literal["truncate", "drop"] = "truncate"
     n_heldout: int = 32  # held-out pairs evaluated at each evaluation
     # training pairs evaluated like the held-out ones at each evaluation (evals rows with split
     # "train"): the same in every run of a study (`inputs.train_eval_pairs`); 0 = none
@@ -339,6 +351,18 @@ def _check_layout(cfg: TrainConfig) -> None:
         raise ConfigError(f"config field 'columns': {e}") from None
 
 
+def _check_split(cfg: TrainConfig) -> None:
+    """A prompt split replaces `heldout` / `neutral_text`: both at once would be ambiguous."""
+    for count, other in (("heldout_prompts", "heldout"), ("neutral_prompts", "neutral_text")):
+        if getattr(cfg, count) and getattr(cfg, other):
+            raise ConfigError(f"config field {count!r} = {getattr(cfg, count)} takes the "
+                              f"{other.replace('_', ' ')} from the data's own prompts; set "
+                              f"{other} = \"\" (it is {shown(getattr(cfg, other))})")
+    if cfg.neutral_model is not None and not cfg.neutral_prompts:
+        raise ConfigError(f"config field 'neutral_model' = {shown(cfg.neutral_model)} needs "
+                          "neutral_prompts > 0 (the prompts whose answers are neutral text)")
+
+
 def check(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the field for anything that cannot run. Loads nothing."""
     for name in FIELDS:
@@ -356,6 +380,7 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError(f"config field 'max_prompt_length' = {cfg.max_prompt_length} must be "
                           f"below 'max_length' = {cfg.max_length}")
     _check_layout(cfg)
+    _check_split(cfg)
     if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
         raise ConfigError(f"config field 'dtype' = {shown(cfg.dtype)}; allowed: 'auto', "
                           f"{', '.join(map(repr, DTYPES))}")

@@ -194,13 +194,16 @@ def greedy_answers(model, tokenizer, encoded: Encoded, device, max_new_tokens: i
     greedy_logp_sum (`answer_logps`, NaN for an empty answer).
     """
     ends, pad = _end_ids(model, tokenizer), tokenizer.pad_token_id
-    prompts = [e.prompt_ids for e in encoded.items]
+    prompts = list(dict.fromkeys(e.prompt_ids for e in encoded.items))  # each prompt once
     answers = [answer for i in range(0, len(prompts), batch_size)
                for answer in _greedy_batch(model, prompts[i:i + batch_size], pad, device,
                                            max_new_tokens, ends)]
-    return pd.DataFrame({"pair_id": [e.pair_id for e in encoded.items], "answer_ids": answers,
-                         "len_g": [len(a) for a in answers],
-                         "greedy_logp_sum": answer_logps(model, prompts, answers, pad, device)})
+    logps = dict(zip(prompts, answer_logps(model, prompts, answers, pad, device)))
+    answer = dict(zip(prompts, answers))
+    return pd.DataFrame({"pair_id": [e.pair_id for e in encoded.items],
+                         "answer_ids": [answer[e.prompt_ids] for e in encoded.items],
+                         "len_g": [len(answer[e.prompt_ids]) for e in encoded.items],
+                         "greedy_logp_sum": [logps[e.prompt_ids] for e in encoded.items]})
 
 
 def _greedy_batch(model, prompts: Sequence[Sequence[int]], pad_id: int, device,
@@ -244,9 +247,15 @@ def _greedy_columns(model, greedy: pd.DataFrame, encoded: Encoded, pad_id: int, 
     greedy answers (`greedy`, from `greedy_answers`) scored by `model`; at step 0 the value the
     starting model gave them when they were made."""
     g = greedy.set_index("pair_id").loc[[e.pair_id for e in encoded.items]]
-    logps = g.greedy_logp_sum.tolist() if step == 0 else answer_logps(
-        model, [e.prompt_ids for e in encoded.items], list(g.answer_ids), pad_id, device)
-    return {"greedy_logp_sum": logps, "len_g": g.len_g.astype(int).tolist()}
+    if step == 0:
+        return {"greedy_logp_sum": g.greedy_logp_sum.tolist(),
+                "len_g": g.len_g.astype(int).tolist()}
+    # pairs that share a prompt share its answer: each (prompt, answer) is scored once
+    asked = [(e.prompt_ids, tuple(int(t) for t in a)) for e, a in zip(encoded.items, g.answer_ids)]
+    unique = list(dict.fromkeys(asked))
+    scored = dict(zip(unique, answer_logps(model, [p for p, _ in unique], [a for _, a in unique],
+                                           pad_id, device)))
+    return {"greedy_logp_sum": [scored[k] for k in asked], "len_g": g.len_g.astype(int).tolist()}
 
 
 # --------------------------------------------------------------------------- one evaluation
@@ -308,6 +317,10 @@ def pair_evals(model, encoded: Encoded, cfg: TrainConfig, ref, pad_id: int, devi
     """
     cache = step == 0 and not cfg.use_weighting
     start = reference_logps(model, encoded, cfg, pad_id, device) if cache else None
+    if start is not None and ref is not None and split == "train":
+        # the starting model against itself: one cache on both sides, so each reward is exactly
+        # 0 (training pairs' `ref` was computed in other batches: float noise of either sign)
+        ref = {**ref, **start}
     rec = evaluate_pairs(model, encoded, cfg, ref, pad_id, device, step, start=start,
                          starting=starting, tag="t" if split == "train" else "")
     greedy = {}

@@ -8,6 +8,7 @@ round-robin over languages, and the training pairs also evaluated like held-out 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .encode import Encoded, encode_pairs
 from .paths import TEXT_COLUMNS, resolve_path, text_rule
 from .records import check_disjoint
 from .sources import is_url
+from .split import PromptSplit, fitting, split_prompts
 
 
 def batch_indices(n_pairs: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -110,8 +112,26 @@ class Inputs:
 
 def _load_pairs(path, cfg: TrainConfig) -> PairSet:
     source = path if is_url(path) else resolve_path(path)  # a file, folder, URL, saved or hub dataset
-    pairs = load_any(source, layout=cfg.layout, columns=cfg.columns)
+    key = _local_state(source)
+    if key is None:
+        pairs = load_any(source, layout=cfg.layout, columns=cfg.columns)
+    else:  # a local file or folder is read once per process while it is unchanged
+        pairs = _load_local(key, cfg.layout, cfg.columns)
     return pairs.filter(lang=cfg.lang) if cfg.lang else pairs
+
+
+def _local_state(source) -> tuple | None:
+    """A local file's or folder's path with each entry's size and modification time (what
+    `_load_local` keys on); None for a URL, a hub id or a path that does not exist."""
+    if not isinstance(source, Path) or not source.exists():
+        return None
+    entries = sorted(source.iterdir()) if source.is_dir() else [source]
+    return (str(source), *((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_local(key: tuple, layout: str, columns: str | None) -> PairSet:
+    return load_any(Path(key[0]), layout=layout, columns=columns)
 
 
 def _in_lang(df: pd.DataFrame, cfg: TrainConfig, n: int) -> pd.DataFrame:
@@ -122,22 +142,100 @@ def _in_lang(df: pd.DataFrame, cfg: TrainConfig, n: int) -> pd.DataFrame:
 SAMPLE_SEED = 0  # the training sample's seed: every run of a study trains on the same pairs
 
 
+def _splits(cfg: TrainConfig) -> bool:
+    return bool(cfg.heldout_prompts or cfg.neutral_prompts)
+
+
+def prompt_split(cfg: TrainConfig) -> PromptSplit:
+    """cfg.data (in cfg.lang) split by prompt (`split.split_prompts`, SAMPLE_SEED): the same in
+    every run of a study. ConfigError where the data has too few prompts."""
+    try:
+        return split_prompts(_load_pairs(cfg.data, cfg), cfg.heldout_prompts,
+                             cfg.neutral_prompts, seed=SAMPLE_SEED,
+                             neutral_model=cfg.neutral_model)
+    except ValueError as e:
+        raise DataError(f"{cfg.data}: {e}") from None
+
+
+_FITS: dict[tuple, bool] = {}  # (tokenizer, max_length, max_prompt_length, pair_id) → fits
+
+
+def _fitting(pairs: PairSet, cfg: TrainConfig) -> tuple[PairSet, int]:
+    """With too_long = "drop", the pairs max_length would not cut and how many were left out
+    (`split.fitting`; a pair's answer is kept per process by its id, which is its content);
+    else the pairs and 0."""
+    if cfg.too_long != "drop":
+        return pairs, 0
+    settings = (cfg.model, cfg.max_length, cfg.max_prompt_length)
+    todo = PairSet(tuple(p for p in pairs if (*settings, p.pair_id) not in _FITS))
+    if len(todo):
+        kept, _ = fitting(todo, _tokenizer(cfg.model), cfg.max_length, cfg.max_prompt_length)
+        ids = {p.pair_id for p in kept}
+        _FITS.update({(*settings, p.pair_id): p.pair_id in ids for p in todo})
+    kept = tuple(p for p in pairs if _FITS[(*settings, p.pair_id)])
+    return PairSet(kept, pairs.skipped, pairs.layouts), len(pairs) - len(kept)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model: str):
+    from .models import load_tokenizer
+
+    return load_tokenizer(model)
+
+
+def training_pool(cfg: TrainConfig) -> tuple[PairSet, int]:
+    """(the pairs a training sample is drawn from, how many too_long = "drop" left out):
+    cfg.data in cfg.lang, less the held-out and neutral prompts' pairs of a prompt split."""
+    pairs = prompt_split(cfg).train if _splits(cfg) else _load_pairs(cfg.data, cfg)
+    return _fitting(pairs, cfg)
+
+
 def training_pairs(cfg: TrainConfig) -> PairSet:
-    """The pairs a run trains on: cfg.data (in cfg.lang), or with max_pairs a stratified random
+    """The pairs a run trains on: `training_pool`, or with max_pairs a stratified random
     sample of that many over language × category (`data.sample_pairs`, SAMPLE_SEED), never the
     first N of the files."""
-    pairs = _load_pairs(cfg.data, cfg)
+    pairs, _ = training_pool(cfg)
     return sample_pairs(pairs, cfg.max_pairs, seed=SAMPLE_SEED) if cfg.max_pairs else pairs
 
 
+def heldout_pool(cfg: TrainConfig) -> tuple[PairSet | None, int]:
+    """(every held-out pair a run may evaluate, how many too_long = "drop" left out): those of
+    cfg.heldout, or of a prompt split's held-out prompts; None without any."""
+    if not cfg.n_heldout or not (cfg.heldout or cfg.heldout_prompts):
+        return None, 0
+    held = prompt_split(cfg).heldout if cfg.heldout_prompts else _load_pairs(cfg.heldout, cfg)
+    return _fitting(held, cfg)
+
+
 def heldout_pairs(cfg: TrainConfig) -> PairSet | None:
-    """The held-out pairs a run evaluates: n_heldout of cfg.heldout taken round-robin over
+    """The held-out pairs a run evaluates: n_heldout of `heldout_pool` taken round-robin over
     language × kind × category (`round_robin`), None without any."""
-    if not (cfg.heldout and cfg.n_heldout):
+    held, _ = heldout_pool(cfg)
+    if held is None:
         return None
-    held = _load_pairs(cfg.heldout, cfg)
     return PairSet(tuple(held[i] for i in round_robin(held.to_frame(), cfg.n_heldout).index),
                    held.skipped)
+
+
+def neutral_texts(cfg: TrainConfig) -> pd.DataFrame | None:
+    """The neutral passages a run scores (n_neutral of them, round-robin over language): from
+    cfg.neutral_text, or a prompt split's neutral prompts; None without any."""
+    if not cfg.n_neutral or not (cfg.neutral_text or cfg.neutral_prompts):
+        return None
+    texts = (prompt_split(cfg).neutral if cfg.neutral_prompts
+             else load_texts(resolve_path(cfg.neutral_text)))
+    return _in_lang(texts, cfg, cfg.n_neutral)
+
+
+def source_counts(cfg: TrainConfig) -> dict[str, int]:
+    """What a prompt split and too_long = "drop" counted on the way (`split.PromptSplit.counts`
+    prefixed split_; pairs_too_long, heldout_pairs_too_long); empty for neither."""
+    counts = ({f"split_{k}": v for k, v in prompt_split(cfg).counts.items()}
+              if _splits(cfg) else {})
+    if cfg.too_long == "drop":
+        counts["pairs_too_long"] = training_pool(cfg)[1]
+        counts["heldout_pairs_too_long"] = heldout_pool(cfg)[1]
+    return counts
 
 
 def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
@@ -153,13 +251,13 @@ def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
         check_disjoint([p.pair_id for p in pairs], [p.pair_id for p in held], train=cfg.data,
                        heldout=cfg.heldout)  # a PairsOverlapWarning where they share pairs
         heldout = encode_pairs(held, tokenizer, **enc)
-    if cfg.neutral_text and cfg.n_neutral:
-        neutral = _in_lang(load_texts(resolve_path(cfg.neutral_text)), cfg, cfg.n_neutral)
+    neutral = neutral_texts(cfg)
     if cfg.probes and cfg.n_probes:
         probes = _in_lang(load_probes(resolve_path(cfg.probes)), cfg, cfg.n_probes)
     texts = pair_texts(cfg, held is not None)
     counts = {**_counts("", pairs, train),
-              **(_counts("heldout_", held, heldout) if heldout else {}), **texts}
+              **(_counts("heldout_", held, heldout) if heldout else {}), **texts,
+              **source_counts(cfg)}
     train_eval = train_eval_pairs(pairs, train, cfg.n_train_eval,
                                   exclude=[p.pair_id for p in held or ()])
     return Inputs(train, heldout, neutral, probes, len(train.dropped), counts,

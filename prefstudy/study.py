@@ -47,6 +47,9 @@ class RunSpec:
     label: str
     objective: str
     params: dict[str, Any]
+    seeds: list[int] | None = None  # this run's own seeds; None: the study's
+    lrs: list[float] | None = None  # this run's own learning rates; None: the study's
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)  # TrainConfig overrides
 
 
 @dataclass
@@ -58,21 +61,28 @@ class Study:
     shared: dict[str, Any]  # TrainConfig fields common to every run (profile applied)
     output: Path
     lrs: list[float] | None = None  # the learning-rate sweep; None: the one lr of `shared`
+    listed: list[str] | None = None  # every label of the profile, in order (`runs` may be fewer)
 
     def configs(self) -> list[TrainConfig]:
         """One checked TrainConfig per (run, lr, seed), seeds outermost, then learning rates: a
-        study stopped early has every configuration at every lr with its first seeds."""
+        study stopped early has every configuration at every lr with its first seeds. A run
+        with its own `seeds` / `lrs` takes part at those only."""
+        seeds = list(dict.fromkeys([*self.seeds, *(s for r in self.runs for s in r.seeds or ())]))
+        lrs = list(dict.fromkeys([*(self.lrs or [None]),
+                                  *(v for r in self.runs for v in r.lrs or ())]))
         out = []
-        for seed in self.seeds:
-            for lr in self.lrs or [None]:
-                out += [self._config(spec, seed, lr) for spec in self.runs]
+        for seed in seeds:
+            for lr in lrs:
+                out += [self._config(spec, seed, lr) for spec in self.runs
+                        if seed in (spec.seeds or self.seeds)
+                        and lr in (spec.lrs or self.lrs or [None])]
         _check_run_ids(self.name, out)
         return out
 
     def _config(self, spec: RunSpec, seed: int, lr: float | None) -> TrainConfig:
         swept = {} if lr is None else {"lr": lr}
         run_id = run_name(spec.label, lr, seed)
-        values = {**self.shared, **swept, "objective": spec.objective,
+        values = {**self.shared, **spec.fields, **swept, "objective": spec.objective,
                   "params": dict(spec.params), "label": spec.label, "seed": seed,
                   "output": str(self.output), "run_id": run_id}
         where = f"study {self.name!r}, runs[label={spec.label!r}]"
@@ -105,8 +115,8 @@ def hardware_profile() -> str:
 
 
 def load_study(path: str | Path, *, profile: str | None = None, seeds: Sequence[int] | None = None,
-               output: str | Path | None = None,
-               overrides: dict[str, Any] | None = None) -> Study:
+               output: str | Path | None = None, overrides: dict[str, Any] | None = None,
+               labels: Sequence[str] | None = None) -> Study:
     """Read a study file and apply a profile ("cpu", "gpu", or any profile the file names;
     None → from the hardware), then `overrides` (TrainConfig fields for every run, None values
     ignored: e.g. a user's own `data`, `heldout` and `model`).
@@ -115,8 +125,13 @@ def load_study(path: str | Path, *, profile: str | None = None, seeds: Sequence[
     whose profiles this study shares (all but their `labels`, which name that study's runs).
     A run's `objective` is any name `config.resolve_objective` takes (a TRL loss_type too); its
     label defaults to that name (`trl:ipo` → `trl-ipo`). Anything wrong with the file, however
-    it is malformed, is a ConfigError: one short line naming the file and what is wrong."""
-    path = Path(path)
+    it is malformed, is a ConfigError: one short line naming the file and what is wrong.
+
+    A [[runs]] entry may name its own `seeds` and `lrs` (it runs at those only: a β sweep at one
+    learning rate, a focused set with more seeds) and any TrainConfig field for itself
+    (`trainable_blocks = 30`). `labels`: train only these of the profile's runs now (the study's
+    `listed` labels, its order, stay all of them)."""
+    path, now = Path(path), None if labels is None else list(labels)
     doc = read_toml(path, "study")
     profiles = _profiles(path, doc.pop("profiles", {}))
     runs = doc.pop("runs", [])
@@ -148,8 +163,14 @@ def load_study(path: str | Path, *, profile: str | None = None, seeds: Sequence[
             raise ConfigError(f"{path}: profile {profile!r}: labels = {shown(only)} must be a "
                               f"non-empty list of the study's run labels: {listed(labels)}")
         specs = [s for s in specs if s.label in only]
+    listed_labels = [s.label for s in specs]
+    if now is not None:
+        if not now or set(now) - set(listed_labels):
+            raise ConfigError(f"{path}: labels {shown(now)}: name runs of profile "
+                              f"{profile!r}: {listed(listed_labels)}")
+        specs = [s for s in specs if s.label in now]
     out = Path(output) if output else Path("runs") / f"{name}-{profile}"
-    study = Study(name, profile, study_seeds, specs, shared, out, lrs)
+    study = Study(name, profile, study_seeds, specs, shared, out, lrs, listed_labels)
     try:
         study.configs()  # every run checked before anything is trained
     except ConfigError as e:
@@ -181,18 +202,26 @@ def _run_specs(path: Path, runs: Any) -> list[RunSpec]:
     for i, run in enumerate(runs):
         if not isinstance(run, dict):
             raise ConfigError(f"{path}: runs[{i}] = {shown(run)} must be a table")
-        extra = set(run) - {"label", "objective", "params"}
+        extra = set(run) - {"label", "objective", "params", "seeds", "lrs", *RUN_FIELDS}
         if not isinstance(run.get("objective"), str) or extra:
             raise ConfigError(f"{path}: runs[{i}] needs 'objective', a string (and optionally "
-                              "'label', 'params')"
+                              "'label', 'params', 'seeds', 'lrs' and TrainConfig fields)"
                               + (f"; unknown: {shown(sorted(extra))}" if extra else ""))
         label = run.get("label", run["objective"].replace(":", "-"))
         params = run.get("params", {})
         if not isinstance(label, str) or not isinstance(params, dict):
             raise ConfigError(f"{path}: runs[{i}]: label must be a string and params a table, "
                               f"got label = {shown(label)}, params = {shown(params)}")
-        specs.append(RunSpec(label, run["objective"], params))
+        seeds = _seeds(path, run["seeds"]) if "seeds" in run else None
+        lrs = _sweep(path, run.get("lrs"))
+        fields = {k: v for k, v in run.items() if k in RUN_FIELDS}
+        specs.append(RunSpec(label, run["objective"], params, seeds, lrs, fields))
     return specs
+
+
+# TrainConfig fields a [[runs]] entry may set for itself (not those a study sets per run)
+RUN_FIELDS = frozenset(FIELDS) - {"objective", "params", "seed", "run_id", "label", "output", "lr",
+                                   "objective_given"}
 
 
 def _seeds(path: Path, seeds: Any) -> list[int]:
@@ -256,7 +285,7 @@ def run_study(study: Study, *, progress: bool = True,
     study.output.mkdir(parents=True, exist_ok=True)
     (study.output / STUDY_FILE).write_text(json.dumps(
         {"name": study.name, "profile": study.profile, "seeds": study.seeds, "lrs": study.lrs,
-         "labels": [s.label for s in study.runs]}, indent=2) + "\n")
+         "labels": study.listed or [s.label for s in study.runs]}, indent=2) + "\n")
     # runs done / to do: the runs that ended before count as done from the start
     bar = tqdm(todo, total=total, initial=total - len(todo), unit="run", disable=not progress,
                desc=f"study {study.name}")
@@ -315,8 +344,9 @@ def audit_study(study: Study, *, progress: bool = True) -> Path:
     if held is not None:  # entanglement and CHES of the pairs displacement is measured on
         nested["heldout"] = audit(held, **given, factors=(), gradient_pairs=None,
                                   objectives=(("dpo", {}),))  # a pair's own: one suffices
-        nested["heldout"].settings["source"] = f"{cfg.heldout} (the {len(held)} held-out pairs)"
-        nested["heldout"].settings["data"] = cfg.heldout
+        source = cfg.heldout or f"{cfg.data}, split by prompt"  # `inputs.heldout_pool`
+        nested["heldout"].settings["source"] = f"{source} (the {len(held)} held-out pairs)"
+        nested["heldout"].settings["data"] = cfg.heldout or cfg.data
     # both audits in one folder swap: an interrupted audit never leaves one new, one old
     return write_audit(result, study.output / AUDIT_DIR, nested=nested, keep_text=cfg.keep_text)
 
@@ -325,9 +355,11 @@ def describe(study: Study) -> str:
     cfgs = study.configs()
     steps = cfgs[0].steps if cfgs else 0
     sweep = f"{len(study.lrs)} learning rates × " if study.lrs else ""
-    return (f"study {study.name!r}, profile {study.profile}: {len(study.runs)} configurations × "
-            f"{sweep}{len(study.seeds)} seed(s) = {len(cfgs)} runs of {steps} steps on "
-            f"{study.shared.get('model', TrainConfig.model)} → {study.output}")
+    own = any(r.seeds or r.lrs for r in study.runs)  # some runs at their own seeds / lrs
+    shape = (f"{len(study.runs)} configurations at their own seeds and learning rates" if own else
+             f"{len(study.runs)} configurations × {sweep}{len(study.seeds)} seed(s)")
+    return (f"study {study.name!r}, profile {study.profile}: {shape} = {len(cfgs)} runs of "
+            f"{steps} steps on {study.shared.get('model', TrainConfig.model)} → {study.output}")
 
 
 def notebook_runs(rerun: bool = False, *, profile: str = "tiny",

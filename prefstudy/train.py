@@ -42,11 +42,19 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, fingerprint, frozen
 from .config import ConfigError, TrainConfig
-from .data import load_probes, load_texts
+from .data import load_probes
 from .encode import Batch, collate
 from .evaluate import StartingModel, answered, evaluate, keep_starting_model
 from .gradstats import PerPairGradients
-from .inputs import Inputs, _in_lang, batch_indices, heldout_pairs, prepare_inputs, training_pairs
+from .inputs import (
+    Inputs,
+    _in_lang,
+    batch_indices,
+    heldout_pairs,
+    neutral_texts,
+    prepare_inputs,
+    training_pairs,
+)
 from .locks import held as _lock  # the run folder's one writer
 from .models import load_model, set_trainable, source_fingerprint
 from .objectives import get_objective, resolve_params
@@ -192,9 +200,9 @@ def fingerprints(cfg: TrainConfig) -> dict[str, str | None]:
         prints = {"data": fingerprint.pairs(training_pairs(cfg)),
                   "heldout": fingerprint.pairs(heldout_pairs(cfg)), "neutral_text": None,
                   "probes": None}
-        if cfg.neutral_text and cfg.n_neutral:
-            texts = load_texts(resolve_path(cfg.neutral_text))
-            prints["neutral_text"] = fingerprint.frame(_in_lang(texts, cfg, cfg.n_neutral))
+        neutral = neutral_texts(cfg)
+        if neutral is not None:
+            prints["neutral_text"] = fingerprint.frame(neutral)
         if cfg.probes and cfg.n_probes:
             probes = load_probes(resolve_path(cfg.probes))
             prints["probes"] = fingerprint.frame(_in_lang(probes, cfg, cfg.n_probes))

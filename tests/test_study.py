@@ -7,7 +7,7 @@ from prefstudy.config import ConfigError
 from prefstudy.paths import REPO
 from prefstudy.records import load_runs, read_meta
 from prefstudy.report import build_report
-from prefstudy.study import load_study, pending, run_study
+from prefstudy.study import describe, load_study, pending, run_study
 from prefstudy.tables import load_tables, study_dir, study_labels
 from prefstudy.verdicts import MIN_HELDOUT_PAIRS
 
@@ -98,6 +98,32 @@ def test_study_file_errors_name_the_problem(tmp_path):
     bad.write_text('[[runs]]\nobjective = "dpo"\n[profiles.gpu]\nsteps = 1\n')
     with pytest.raises(ConfigError, match="no profile 'cpu'"):
         load_study(bad, profile="cpu")
+
+
+def test_a_run_may_have_its_own_seeds_learning_rates_and_fields(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('model = "tiny"\n[[runs]]\nlabel = "a"\nobjective = "dpo"\nseeds = [0, 1, 2]\n'
+                    '[[runs]]\nlabel = "b"\nobjective = "dpo"\nparams = { beta = 0.5 }\n'
+                    'lrs = [3e-4]\ntrainable_blocks = 1\n'
+                    '[[runs]]\nlabel = "c"\nobjective = "sft"\n'
+                    '[profiles.cpu]\nseeds = [0]\nlrs = [1e-4, 3e-4]\n')
+    study = load_study(path, profile="cpu", output=tmp_path / "runs")
+    ids = [c.run_id for c in study.configs()]
+    assert ids == ["a-lr0.0001-s0", "c-lr0.0001-s0", "a-lr0.0003-s0", "b-lr0.0003-s0",
+                   "c-lr0.0003-s0", "a-lr0.0001-s1", "a-lr0.0003-s1", "a-lr0.0001-s2",
+                   "a-lr0.0003-s2"]
+    b = next(c for c in study.configs() if c.label == "b")
+    assert b.trainable_blocks == 1 and b.params["beta"] == 0.5
+    assert {c.trainable_blocks for c in study.configs() if c.label != "b"} == {None}
+    assert "9 runs" in describe(study)
+    only = load_study(path, profile="cpu", output=tmp_path / "runs", labels=["b"])
+    assert [c.run_id for c in only.configs()] == ["b-lr0.0003-s0"]
+    assert only.listed == ["a", "b", "c"]  # study.json keeps the study's order
+    with pytest.raises(ConfigError, match="labels.*'zz'"):
+        load_study(path, profile="cpu", labels=["zz"])
+    path.write_text('model = "tiny"\n[[runs]]\nobjective = "dpo"\nseed = 3\n')
+    with pytest.raises(ConfigError, match="unknown.*seed"):
+        load_study(path, profile="cpu")
 
 
 def test_default_study_defines_every_required_objective_and_profile():
