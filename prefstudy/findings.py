@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from . import diagnostics as dg
+from . import external
 from . import progress as pg
 from .stats import partial_spearman
 
@@ -63,6 +64,10 @@ class Findings:
     refusals:     refusals on harmful and benign probes (`refusals`).
     noise:        gradient agreement during training (`training_noise`).
     n_pairs, n_passages: the held-out pairs and neutral passages resampled.
+    chosen_logp:  the chosen answer's log-prob change by objective and learning rate
+                  (`external.chosen_logp_change`: Pal et al. 2024, Pang et al. 2024).
+    overoptimisation: accuracy at the largest KL against its best, per run
+                  (`external.overoptimisation`: Rafailov et al. 2024).
     """
 
     paths: pd.DataFrame
@@ -82,6 +87,8 @@ class Findings:
     noise: pd.DataFrame
     n_pairs: int
     n_passages: int
+    chosen_logp: pd.DataFrame = field(default_factory=pd.DataFrame)
+    overoptimisation: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def summarise(tables, *, n_boot: int = N_BOOT) -> Findings:
@@ -104,7 +111,9 @@ def summarise(tables, *, n_boot: int = N_BOOT) -> Findings:
         curve=displacement_curve(tables), predictors=predictors(tables, n_boot=n_boot),
         by_language=per_language(tables, table), squeezing=squeezing(table),
         refusals=refusals(tables), noise=training_noise(tables), n_pairs=matched.n_pairs,
-        n_passages=matched.n_passages)
+        n_passages=matched.n_passages,
+        chosen_logp=external.chosen_logp_change(tables, n_boot=n_boot),
+        overoptimisation=external.overoptimisation(tables, n_boot=n_boot))
 
 
 def in_order(frame: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:

@@ -54,7 +54,7 @@ from . import diagnostics as dg
 from .columns import require_columns
 from .formatting import interval_label
 from .stats import seed_intervals
-from .theme import axis_name, colours_of, order_of, themed
+from .theme import axis_name, colours_of, lr_palette, order_of, themed
 
 # ---------------------------------------------------------------------------------------------
 # Names and scales
@@ -530,7 +530,8 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
              col_order: Sequence | None = None, col_wrap: int | None = None,
              xscale: str = "symlog", linthresh: float = 0.05, yscale: str = "linear",
              ylinthresh: float = 0.2, height: float = 3.2, aspect: float = 1.3,
-             origin: tuple[float, float] = (0.0, 0.0),
+             origin: tuple[float, float] = (0.0, 0.0), arrows: bool = True,
+             titles: Mapping | None = None,
              ax: Axes | None = None) -> Axes | sns.FacetGrid:
     """Each run's path of preference progress (`y`) against capability cost (`x`), as the DPO
     paper draws reward against KL.
@@ -545,8 +546,9 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
     (negative_only reaches 100× the others) from squeezing every other path against x = 0; or
     "linear". yscale: "linear", or "symlog" (linear within ±`ylinthresh`) where one objective's
     progress runs far past the rest. col (e.g. "family"): one panel per value, sharing both
-    axes. The legend sits right
-    of the data. Each path's Line2D has its run as gid. Returns the Axes, or the FacetGrid with col.
+    axes; `titles` maps a panel's value to its title. arrows: an arrowhead on each segment, so
+    the direction of training is visible. The legend sits right of the data. Each path's Line2D
+    has its run as gid. Returns the Axes, or the FacetGrid with col.
     """
     require_columns(data, [x, y, hue, style, units, col, "step"], "frontier", nonempty=True)
     if col is not None and ax is not None:
@@ -556,7 +558,7 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
            "colours": colours_of(hue_order, palette, labels=hue == "label"),
            "markers": _markers(data, style, style_order), "xscale": xscale,
            "linthresh": linthresh, "xticks": symlog_ticks(data[x], linthresh),
-           "origin": origin}
+           "origin": origin, "arrows": arrows}
     legend = _path_legend(hue, hue_order, kws["colours"], style, kws["markers"])
     with themed():
         if col is None:
@@ -577,12 +579,13 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
                              sharey=True, height=height, aspect=aspect, despine=False)
         for name, panel in grid.axes_dict.items():
             here = data[data[col] == name]
+            title = str((titles or {}).get(name, name))
             if nothing_to_draw(panel, here[x], here[y], what=f"{x} and {y}"):
-                panel.set_title(str(name))
+                panel.set_title(title)
                 continue
             _draw_paths(panel, here, **kws)
             _path_scale_y(panel, data[y], yscale, ylinthresh)
-            panel.set_title(str(name))
+            panel.set_title(title)
         grid.set_axis_labels(axis_name(x), axis_name(y))
         grid.add_legend(legend_data=legend)
     return grid
@@ -603,6 +606,25 @@ def family_frontier(data: pd.DataFrame, *, col: str = "family",
         return frontier(data, hue_order=hue_order, yscale=yscale, **kwargs)
     return frontier(data, hue_order=hue_order, col=col, col_order=families, col_wrap=col_wrap,
                     yscale=yscale, **kwargs)
+
+
+def objective_frontier(data: pd.DataFrame, *, col: str = "label", col_order: Sequence | None = None,
+                       hue: str = "lr", families: Mapping[str, str] | None = None,
+                       col_wrap: int = 4, height: float = 2.6, aspect: float = 1.15,
+                       **kwargs) -> sns.FacetGrid:
+    """`frontier` with one panel per objective (`col`, in `col_order`: the study's family
+    order), its runs coloured by learning rate (`theme.lr_palette`, light to dark), one line
+    per run (seeds of a learning rate share its colour), an arrowhead on every segment; where
+    `families` (label → family) is given, each title names the objective's family. Learning
+    rates are never averaged. Other keywords go to `frontier`. Returns the FacetGrid."""
+    require_columns(data, [col, hue], "objective_frontier", nonempty=True)
+    order = order_of(data[col], col_order)
+    titles = {name: f"{name} ({families[name]})" if families and name in families else str(name)
+              for name in order}
+    kwargs.setdefault("style", None)
+    return frontier(data, col=col, col_order=order, col_wrap=col_wrap, hue=hue,
+                    hue_order=sorted(set(data[hue].dropna())), palette=lr_palette(data[hue]),
+                    titles=titles, height=height, aspect=aspect, **kwargs)
 
 
 def _markers(data: pd.DataFrame, style: str | None, order: Sequence | None) -> dict:
@@ -641,9 +663,9 @@ def symlog_ticks(values: pd.Series, linthresh: float) -> list[float]:
 def _draw_paths(ax: Axes, data: pd.DataFrame, *, x: str, y: str, hue: str, style: str | None,
                 units: str, colours: Mapping, markers: Mapping, xscale: str,
                 linthresh: float, xticks: Sequence[float],
-                origin: tuple[float, float] = (0.0, 0.0)) -> None:
+                origin: tuple[float, float] = (0.0, 0.0), arrows: bool = False) -> None:
     """One line per run: `origin` (the starting model), then its evaluations (step > 0) in step
-    order."""
+    order; with `arrows`, an arrowhead on each segment's end (the direction of training)."""
     ax.axvline(origin[0], color="0.45", linewidth=0.7, zorder=0)
     ax.axhline(origin[1], color="0.45", linewidth=0.7, zorder=0)
     for run_id, run in data[data.step > 0].groupby(units, sort=True):
@@ -651,9 +673,12 @@ def _draw_paths(ax: Axes, data: pd.DataFrame, *, x: str, y: str, hue: str, style
         xs = np.r_[origin[0], run[x].to_numpy(float)]
         ys = np.r_[origin[1], run[y].to_numpy(float)]
         marker = markers.get(run[style].iloc[0], "o") if style else "o"
-        ax.plot(xs, ys, color=colours[run[hue].iloc[0]], marker=marker, markersize=4.5,
+        colour = colours[run[hue].iloc[0]]
+        ax.plot(xs, ys, color=colour, marker=marker, markersize=4.5,
                 markevery=list(range(1, len(xs))), linewidth=1.1, alpha=0.85,
                 gid=str(run_id))
+        if arrows:
+            _arrowheads(ax, xs, ys, colour)
     ax.plot([origin[0]], [origin[1]], marker="o", color="black", markersize=4, linestyle="",
             zorder=5)
     if xscale == "symlog":
@@ -663,6 +688,15 @@ def _draw_paths(ax: Axes, data: pd.DataFrame, *, x: str, y: str, hue: str, style
         ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_plain))
     else:
         ax.set_xscale(xscale)
+
+
+def _arrowheads(ax: Axes, xs: np.ndarray, ys: np.ndarray, colour) -> None:
+    """An arrowhead pointing along each segment of a path, at its end (finite points only)."""
+    for x0, y0, x1, y1 in zip(xs[:-1], ys[:-1], xs[1:], ys[1:]):
+        if np.isfinite([x0, y0, x1, y1]).all() and (x0, y0) != (x1, y1):
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=3,
+                        arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 0,
+                                    "mutation_scale": 9, "shrinkA": 0, "shrinkB": 3})
 
 
 def _path_legend(hue: str, hue_order: Sequence, colours: Mapping, style: str | None,

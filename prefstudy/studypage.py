@@ -55,22 +55,40 @@ def collapse_section(tables, found: Findings, out: Path) -> str:
                       *losses_part(tables, out, order)])
 
 
+def _families(frame: pd.DataFrame) -> dict[str, str]:
+    """label → family of the rows that have one (for panel titles)."""
+    if "family" not in frame.columns:
+        return {}
+    known = frame.dropna(subset=["family"]).drop_duplicates("label")
+    return dict(zip(known.label, known.family))
+
+
+def _present(order: list[str], frame: pd.DataFrame) -> list[str]:
+    """`order`'s labels that `frame` has, then any it has that `order` lacks."""
+    have = list(dict.fromkeys(frame.label))
+    return [lab for lab in order if lab in have] + [lab for lab in have if lab not in order]
+
+
 def frontier_part(found: Findings, out: Path, order: list[str]) -> list[str]:
     paths = found.paths.rename(columns={"accuracy": "reward_accuracy"})
-    grid = plots.family_frontier(paths, y="reward_accuracy", yscale="linear", hue_order=order,
-                                 origin=(0.0, 0.5))
+    families = _families(paths)
+    grid = plots.objective_frontier(paths, y="reward_accuracy", col_order=_present(order, paths),
+                                    families=families, origin=(0.0, 0.5))
     _save(grid, out / "figures" / "frontier.png")
     text = [
         "Each run is a path: one point per evaluation, its held-out reward accuracy (the share "
         "of held-out pairs whose implicit reward against the starting model — summed log-ratios, "
         "as TRL's `rewards/accuracies` — favours the chosen answer, a tie counting one half: "
         "preference progress) against Δ NLL of neutral text (nats per token: capability cost), "
-        "from the starting model at (0, ½); one panel per family, markers for the learning "
-        f"rates. One held-out pair moves accuracy by {percent(1 / max(found.n_pairs, 1), 1)}.",
+        "from the starting model at (0, ½), arrows in the direction of training; one panel per "
+        "objective, its family in the title, one line per run, coloured by learning rate (light "
+        "to dark as it grows; the seeds of a learning rate share its colour). One held-out pair "
+        f"moves accuracy by {percent(1 / max(found.n_pairs, 1), 1)}.",
         "", "![progress against cost](figures/frontier.png)", ""]
     if found.paths.kl.notna().any():
-        kl = plots.family_frontier(paths, x="kl", y="reward_accuracy", yscale="linear",
-                                   hue_order=order, origin=(0.0, 0.5))
+        kl = plots.objective_frontier(paths, x="kl", y="reward_accuracy",
+                                      col_order=_present(order, paths), families=families,
+                                      origin=(0.0, 0.5))
         _save(kl, out / "figures" / "frontier_kl.png")
         text += ["The same paths against the KL from the starting model (mean per-token KL over "
                  "the vocabulary, teacher-forced on the held-out pairs' answers; Rafailov et al. "
@@ -251,14 +269,16 @@ def displacement_section(tables, found: Findings, out: Path) -> str:
 
 def curve_part(found: Findings, out: Path, order: list[str]) -> list[str]:
     curve = found.curve[found.curve.split == "heldout"].rename(columns={"share": "displaced"})
-    _save(plots.family_frontier(curve, y="displaced", yscale="linear", hue_order=order),
+    _save(plots.objective_frontier(curve, y="displaced", col_order=_present(order, curve),
+                                   families=_families(curve)),
           out / "figures" / "displacement_curve.png")
     trained = "train" in set(found.curve.split)
     return [
         "A held-out pair is *displaced* when its chosen answer's per-token NLL rose more than "
         "neutral text's since step 0 (the starting model): the chosen answer lost more than "
         "everything else did. Each run is a path, its share of displaced held-out pairs at each "
-        "evaluation against Δ neutral NLL, from the starting model (nothing displaced, no cost):",
+        "evaluation against Δ neutral NLL, from the starting model (nothing displaced, no cost), "
+        "one panel per objective, coloured by learning rate:",
         "", "![displacement against cost](figures/displacement_curve.png)", "",
         *([] if trained else ["These runs evaluated no trained pairs (Razin et al. 2024 measure "
                               "the displacement of the pairs trained on): it needs new runs.",

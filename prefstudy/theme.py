@@ -206,6 +206,17 @@ def family_palette(labels: Mapping[str, str]) -> dict[str, tuple]:
     return palette
 
 
+LR_PALETTE = "flare"  # learning rates: a sequential palette, light (smallest) to dark (largest)
+
+
+def lr_palette(lrs: Iterable[float]) -> dict[float, tuple]:
+    """Learning rate → colour, light to dark as the rate grows (LR_PALETTE), so that a figure
+    with one panel per objective tells its learning rates apart in the same way everywhere."""
+    values = sorted({float(v) for v in lrs})
+    return dict(zip(values, sns.color_palette(LR_PALETTE, max(len(values), 2))[-len(values):]
+                    if len(values) > 1 else sns.color_palette(LR_PALETTE, 3)[1:2]))
+
+
 def family_order(labels: Mapping[str, str]) -> list[str]:
     """The labels of label → family, family by family (`objectives.FAMILIES` order), each family
     in the mapping's own order: how figures and tables list a study's labels."""

@@ -556,6 +556,32 @@ def test_family_frontier_has_one_panel_per_family_in_the_declared_order():
         plots.family_frontier(paths)
 
 
+def test_objective_frontier_has_a_panel_per_objective_coloured_by_learning_rate_with_arrows():
+    paths, known = make_paths()
+    families = {"dpo": "reference-based", "simpo": "length-normalised",
+                "negative_only": "likelihood"}
+    order = ["negative_only", "simpo", "dpo"]
+    grid = plots.objective_frontier(paths, col_order=order, families=families)
+    assert [ax.get_title() for ax in grid.axes.flat[:3]] == [
+        "negative_only (likelihood)", "simpo (length-normalised)", "dpo (reference-based)"]
+    colours = theme.lr_palette([1e-3, 3e-3])
+    assert to_rgb(colours[1e-3]) != to_rgb(colours[3e-3])
+    for ax, label in zip(grid.axes.flat, order):
+        lines = path_lines(ax)
+        assert {line.get_gid() for line in lines} == {r for r, v in known.items() if v[0] == label}
+        for line in lines:  # one line per run, in its learning rate's colour, never averaged
+            assert to_rgb(line.get_color()) == to_rgb(colours[known[line.get_gid()][1]])
+        heads = [t for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
+        assert len(heads) == 2 * len(lines)  # an arrowhead on each of a run's two segments
+        ends = sorted(tuple(np.round(h.xy, 6)) for h in heads)
+        assert ends == sorted((c, g) for r in (line.get_gid() for line in lines)
+                              for _, c, g in known[r][2])
+    texts = [t.get_text() for t in grid.legend.texts]
+    assert texts == ["learning rate", "0.001", "0.003", "starting model"]
+    # lighter to darker as the learning rate grows
+    assert sum(colours[1e-3]) > sum(colours[3e-3])
+
+
 def test_matched_chosen_is_matched_plot_on_a_symlog_axis():
     table = make_matched()
     order = ["dpo", "simpo", "negative_only"]
@@ -639,6 +665,7 @@ def _degenerate(n: int, value: float | None):
         "displacement_shares": lambda: plots.displacement_shares(labels, max_neutral=0.05),
         "frontier": lambda: plots.frontier(runs),
         "family_frontier": lambda: plots.family_frontier(runs),
+        "objective_frontier": lambda: plots.objective_frontier(runs),
         "matched_chosen": lambda: plots.matched_chosen(matched),
         "loss_trajectories": lambda: plots.loss_trajectories(runs),
         "normalisation_grid": lambda: plots.normalisation_grid(runs),
