@@ -246,11 +246,13 @@ def _slug(source) -> str:
 
 
 def _report(args) -> int:
-    from .report import build_report
+    from .report import build_report, committed_arms
 
     before = Path(args.readme).read_text() if args.readme else None
-    print(build_report(args.runs, args.out, readme=args.readme, force=args.force,
-                       progress=not args.quiet))
+    arms = committed_arms() if args.runs is None and args.out is None else []
+    for runs, out, block in arms or [(args.runs, args.out, "findings")]:
+        print(build_report(runs, out, readme=args.readme, force=args.force,
+                           progress=not args.quiet, block=block))
     if args.readme:
         changed = Path(args.readme).read_text() != before
         print(f"{args.readme}: findings {'regenerated' if changed else 'unchanged'}")
@@ -397,14 +399,16 @@ def _add_report(sub) -> None:
                             "runs. It is built in a temporary folder and moved into place when "
                             "complete; a folder holding the report of other runs is refused "
                             "unless --force.")
-    report.add_argument("--runs", help="folder of runs (default: the committed runs, reports/runs)")
+    report.add_argument("--runs", help="folder of runs (default: every arm of the committed "
+                        "study: reports/runs, and reports/real/runs where it exists)")
     report.add_argument("--out", help="folder for the report (default: <runs>/report, as "
                         "`prefstudy study` writes it; reports/ for the committed runs)")
     report.add_argument("--force", action="store_true",
                         help="replace a report of other runs in --out")
     report.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     report.add_argument("--readme", help="also regenerate the findings block of this README "
-                        "(between <!-- findings:start --> and <!-- findings:end -->) from the "
+                        "(between <!-- findings:start --> and <!-- findings:end -->; the real-data "
+                        "arm's between <!-- findings-real:start --> and its end) from the "
                         "report's What-held section")
     report.set_defaults(func=_report)
 

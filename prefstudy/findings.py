@@ -68,6 +68,7 @@ class Findings:
                   (`external.chosen_logp_change`: Pal et al. 2024, Pang et al. 2024).
     overoptimisation: accuracy at the largest KL against its best, per run
                   (`external.overoptimisation`: Rafailov et al. 2024).
+    start_languages: the starting model, language by language (`start_by_language`).
     """
 
     paths: pd.DataFrame
@@ -89,6 +90,7 @@ class Findings:
     n_passages: int
     chosen_logp: pd.DataFrame = field(default_factory=pd.DataFrame)
     overoptimisation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    start_languages: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def summarise(tables, *, n_boot: int = N_BOOT) -> Findings:
@@ -113,7 +115,8 @@ def summarise(tables, *, n_boot: int = N_BOOT) -> Findings:
         refusals=refusals(tables), noise=training_noise(tables), n_pairs=matched.n_pairs,
         n_passages=matched.n_passages,
         chosen_logp=external.chosen_logp_change(tables, n_boot=n_boot),
-        overoptimisation=external.overoptimisation(tables, n_boot=n_boot))
+        overoptimisation=external.overoptimisation(tables, n_boot=n_boot),
+        start_languages=start_by_language(tables))
 
 
 def in_order(frame: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
@@ -349,6 +352,31 @@ def squeezing(matched: pd.DataFrame) -> pd.DataFrame:
             "d_greedy_logp_hi", "d_chosen", "d_chosen_lo", "d_chosen_hi"]
     return matched[matched.envelope & matched.d_greedy_logp.notna()][keep] \
         .reset_index(drop=True)
+
+
+def start_by_language(tables) -> pd.DataFrame:
+    """What the starting model (step 0, shared by every run: the first run's rows) does in each
+    language: its NLL of neutral text (Σ nll / Σ tokens over the passages, nats/token) and, over
+    its greedy answers to the probes, distinct-2 and 4-gram repetition (`diagnostics.
+    degeneration`). Returns lang, n_passages, neutral_nll, n_probes, distinct_2, repetition;
+    empty where the runs record no language."""
+    columns = ["lang", "n_passages", "neutral_nll", "n_probes", "distinct_2", "repetition"]
+    ppl, gen = tables.perplexity, tables.generations
+    rows = {}
+    if len(ppl) and "lang" in ppl.columns:
+        start = ppl[(ppl.step == 0) & (ppl.run_id == ppl.run_id.iloc[0])]
+        for lang, at in start.groupby("lang", sort=True):
+            rows.setdefault(lang, {}).update(n_passages=len(at),
+                                             neutral_nll=at.nll_sum.sum() / at.n_tokens.sum())
+    if len(gen) and "lang" in gen.columns:
+        start = gen[(gen.step == 0) & (gen.run_id == gen.run_id.iloc[0])]
+        degen = dg.degeneration(start, by=("lang",))
+        for r in degen.itertuples():
+            rows.setdefault(r.lang, {}).update(n_probes=int(r.n_texts), distinct_2=r.distinct_2,
+                                               repetition=r.repetition)
+    out = pd.DataFrame([{"lang": lang, **values} for lang, values in rows.items()
+                        if isinstance(lang, str) and lang], columns=columns)
+    return out if out.lang.nunique() > 1 else pd.DataFrame(columns=columns)
 
 
 def training_noise(tables) -> pd.DataFrame:

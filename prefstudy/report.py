@@ -51,24 +51,20 @@ def _given(config: dict, key: str) -> str:
     return str(config[key]) if key in config else "?"
 
 
-def provenance(tables: Tables) -> str:
+def provenance(tables: Tables, found: Findings | None = None) -> str:
     metas = [tables.metas[f.name] for f in tables.folders]
     configs = [tables.configs[f.name] for f in tables.folders]
     env = metas[0].get("environment", {})
     cfg = configs[0]  # a run made elsewhere (an integration) may lack some fields
-    seeds = sorted({c.get("seed") for c in configs}, key=str)
     statuses = pd.Series([m.get("status", "?") for m in metas]).value_counts().to_dict()
     devices = sorted({m.get("environment", {}).get("device", "?") for m in metas})
-    trainable = ("all blocks" if cfg.get("trainable_blocks") is None
-                 else f"the top {cfg['trainable_blocks']} blocks")
-    lrs = len({c.get("lr") for c in configs})
+    trainable = _trainable(configs)
     evals = sorted(set(tables.evals.step)) if len(tables.evals) else []
     seconds = tables.runs.seconds.sum() if len(tables.runs) else float("nan")
     given = partial(_given, cfg)
     return "\n".join([
         f"- Runs: {len(tables.folders)} ({', '.join(f'{v} {k}' for k, v in statuses.items())}), "
-        f"{len(tables.labels)} configurations × {lrs} learning rate(s) ({_lrs(tables)}) × "
-        f"seeds {seeds}. The seeds change only the order of the training pairs: every run "
+        f"{_design(tables)}. The seeds change only the order of the training pairs: every run "
         "starts from the same weights, so seeds are data-order replicates, not independent "
         "models.",
         f"- Model: `{given('model')}`{_history(cfg.get('model'))}, {trainable} trainable, "
@@ -77,17 +73,79 @@ def provenance(tables: Tables) -> str:
         f"sequences up to {given('max_length')} tokens (prompt up to "
         f"{given('max_prompt_length')}), dtype {given('dtype')}; held-out evaluations at steps "
         f"{', '.join(str(int(s)) for s in evals) or '–'} (step 0: the starting model itself).",
-        f"- Data: {given('pairs_train')} training pairs from `{given('data')}` (a stratified "
-        f"sample over language × category, the same in every run), {given('n_heldout')} held-out "
-        f"pairs from `{given('heldout')}` (balanced over language × category), "
-        f"{given('n_neutral')} neutral held-out passages, {given('n_probes')} probe prompts "
-        "(harmful and benign); greedy generations, one sample per probe.",
+        _data_line(tables, cfg), *_sweep_line(found),
         *_left_out(configs), *_past_uniform(tables.folders, metas),
         f"- Hardware: {'; '.join(devices)} ({env.get('cpu_count')} cores); torch "
         f"{env.get('torch')}, transformers {env.get('transformers')}; prefstudy commit "
         f"`{env.get('git_commit')}`; started {min(m.get('started', '') for m in metas)}; "
         f"training took {seconds / 60:.0f} min in all (the runs' own start-to-end times).",
     ])
+
+
+def _sweep_line(found: Findings | None) -> list[str]:
+    """What each learning rate did by the end, across objectives: the evidence that the sweep
+    spans barely moving to degrading (held-out accuracy and Δ neutral NLL at each run's last
+    evaluation, their range over runs)."""
+    paths = found.paths if found is not None else pd.DataFrame()
+    if not len(paths):
+        return []
+    last = paths[paths.step == paths.groupby("run_id").step.transform("max")]
+    parts = []
+    for lr, at in last.groupby("lr", sort=True):
+        acc, cost = at.accuracy, at.d_neutral
+        parts.append(f"lr {lr:g}: held-out accuracy {acc.min():.2f} to {acc.max():.2f} "
+                     f"(median {acc.median():.2f}), Δ neutral NLL {number(cost.min(), 2)} to "
+                     f"{number(cost.max(), 2)} nats/token (median {number(cost.median(), 2)})")
+    return ["- What each learning rate did by the end, over the runs at it (the sweep should "
+            "run from barely moving to degrading): " + "; ".join(parts) + "."]
+
+
+def _design(tables: Tables) -> str:
+    """The study's shape: configurations × learning rates × seeds where every configuration ran
+    at the same ones, else each group of configurations with its own."""
+    runs = tables.runs
+    shape = runs.groupby("label", sort=False).agg(
+        lrs=("lr", lambda v: tuple(sorted({float(x) for x in v.dropna()}))),
+        seeds=("seed", lambda v: tuple(sorted({int(x) for x in v.dropna()}))))
+    shape = shape.reindex([lab for lab in tables.order if lab in shape.index])
+
+    def named(lrs, seeds) -> str:
+        return (f"{len(lrs)} learning rate(s) ({', '.join(f'{v:g}' for v in lrs)}) × seeds "
+                f"{list(seeds)}")
+
+    if len(set(zip(shape.lrs, shape.seeds))) <= 1:
+        return f"{len(shape)} configurations × {named(shape.lrs.iloc[0], shape.seeds.iloc[0])}"
+    groups = shape.groupby(["lrs", "seeds"], sort=False).groups
+    return "; ".join(f"{', '.join(labels)} at {named(lrs, seeds)}"
+                     for (lrs, seeds), labels in groups.items())
+
+
+def _data_line(tables: Tables, cfg: dict) -> str:
+    """Where the training, held-out and neutral material came from, and how much was used."""
+    given = partial(_given, cfg)
+    held = tables.evals[tables.evals.split == "heldout"].pair_id.nunique() \
+        if len(tables.evals) and "split" in tables.evals.columns else 0
+    passages = tables.perplexity.text_id.nunique() if len(tables.perplexity) else 0
+    common = (f"{passages} neutral passages, {given('n_probes')} probe prompts (harmful and "
+              "benign); greedy generations, one sample per probe.")
+    if not cfg.get("heldout_prompts"):
+        return (f"- Data: {given('pairs_train')} training pairs from `{given('data')}` (a "
+                "stratified sample, the same in every run), "
+                f"{held} held-out pairs from `{given('heldout')}` (balanced over the pairs' "
+                f"labels where they have some), {common}")
+    neutral = (f"{given('neutral_model')}'s answers to {given('split_neutral_prompts')} further "
+               "instructions" if cfg.get("neutral_model") else
+               f"one answer to each of {given('split_neutral_prompts')} further instructions")
+    too_long = (f"; pairs longer than {given('max_length')} tokens were left out before any "
+                f"sample ({given('pairs_too_long')} of the training pool, "
+                f"{given('heldout_pairs_too_long')} held out)"
+                if cfg.get("too_long") == "drop" else "")
+    return (f"- Data: `{given('data')}` split by instruction ({given('split_prompts')} "
+            f"instructions; none on two sides): every pair of {given('split_heldout_prompts')} "
+            f"instructions held out ({held} pairs evaluated), {neutral} as neutral text, and "
+            f"{given('pairs_train')} training pairs sampled from the pairs of the other "
+            f"{given('split_train_prompts')} (stratified, the same in every run){too_long}; "
+            f"{common}")
 
 
 def _warmup(steps) -> str:
@@ -98,8 +156,9 @@ def _warmup(steps) -> str:
 def _history(model) -> str:
     """What the report must say of a starting model's own training, where it is known."""
     if model == "smollm2-135m-instruct":
-        return (" (SmolLM2-135M-Instruct, itself aligned with DPO on UltraFeedback; its 4-bit "
-                "(Q4_1) GGUF weights de-quantised)")
+        return (" (SmolLM2-135M-Instruct, itself aligned with DPO: UltraFeedback, β 0.5, lr "
+                "1e-6, two epochs, SmolLM2's recipe; its weights a 4-bit (Q4_1) GGUF file, "
+                "de-quantised)")
     return ""
 
 
@@ -137,9 +196,15 @@ def _past_uniform(folders: list[Path], metas: list[dict]) -> list[str]:
             + (", ".join(flagged) if flagged else f"no run (of {len(known)})") + "."]
 
 
-def _lrs(tables: Tables) -> str:
-    values = sorted({float(v) for v in tables.runs.lr.dropna()})
-    return ", ".join(f"{v:g}" for v in values) or "?"
+def _trainable(configs: list[dict]) -> str:
+    """Which blocks trained: the most runs' setting, and the labels of runs with another."""
+    def blocks(c):
+        return "all blocks" if c.get("trainable_blocks") is None \
+            else f"the top {c['trainable_blocks']} blocks"
+    counts = pd.Series([blocks(c) for c in configs]).value_counts()
+    others = [f"{b} in {', '.join(sorted({str(c.get('label')) for c in configs if blocks(c) == b}))}"
+              for b in counts.index[1:]]
+    return counts.index[0] + (f" ({'; '.join(others)})" if others else "")
 
 
 def length_section(tables: Tables, out: Path, audit_parts: dict | None) -> str:
@@ -187,13 +252,29 @@ def noise_section(found: Findings, out: Path, order: list[str],
         markdown_table(view), "", "![gradient agreement](figures/gradient_agreement.png)", ""])
 
 
-def generations_section(tables: Tables, order: list[str], per_label: int = 2) -> str:
+def languages_line(found: Findings) -> list[str]:
+    """What the starting model does in each language, where the runs span several."""
+    start = found.start_languages
+    if not len(start):
+        return []
+    parts = [f"{r.lang}: neutral text at {number(r.neutral_nll, 2)} nats/token over "
+             f"{r.n_passages:.0f} passages; its greedy answers to {r.n_probes:.0f} probes have "
+             f"distinct-2 {number(r.distinct_2, 2)} and 4-gram repetition "
+             f"{number(r.repetition, 2)}" for r in start.itertuples()]
+    return ["The starting model, before any training, language by language (one run's step 0, "
+            "which every run shares): " + "; ".join(parts) + ". Displacement by language is "
+            "in the C4 section.", ""]
+
+
+def generations_section(tables: Tables, order: list[str], per_label: int = 2,
+                        found: Findings | None = None) -> str:
     gen = tables.generations
     if not len(gen):
         return "No generations were recorded.\n"
     seed0 = gen[gen.seed == gen.seed.min()]
     last = seed0.groupby("run_id").step.transform("max")
-    lines = ["Greedy continuations, first seed, before training and at the end. Harmful probes "
+    lines = [*(languages_line(found) if found is not None else []),
+             "Greedy continuations, first seed, before training and at the end. Harmful probes "
              "first.", ""]
     start = seed0[seed0.step == 0].drop_duplicates("probe_id").sort_values(
         ["kind", "probe_id"], ascending=[False, True])
@@ -360,11 +441,12 @@ def _progress(show: bool) -> Callable[[str], None]:
 
 def build_report(runs: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                  *, readme: str | os.PathLike | None = None, force: bool = False,
-                 progress: bool = False) -> Path:
+                 progress: bool = False, block: str = "findings") -> Path:
     """Regenerate the report of `runs` (a folder of runs, one run folder, a list of run
     folders, or None for the committed study: see `prefstudy.tables`) in `out` (default:
     `default_out(runs)`, where the runs' report belongs): README.md, figures/ and REPORT_FILE,
-    the runs it was made from; with `readme`, that file's findings block (`update_readme`).
+    the runs it was made from; with `readme`, that file's findings block named `block`
+    (`update_readme`).
 
     The report is built in a temporary folder beside `out` and moved into place only when
     complete (`_install`): a failure or an interruption leaves the previous report as it was.
@@ -392,7 +474,7 @@ def build_report(runs: str | os.PathLike | None = None, out: str | os.PathLike |
     finally:
         shutil.rmtree(built, ignore_errors=True)
     if readme is not None:
-        update_readme(readme, held)
+        update_readme(readme, held, block)
     say("done")
     return out / PAGE
 
@@ -414,7 +496,7 @@ def _page(tables: Tables, found: Findings, out: Path,
     say("C4 — displacement and its predictors")
     displaced = displacement_section(tables, found, out)
     say("generations")
-    generations = generations_section(tables, order)
+    generations = generations_section(tables, order, found=found)
     checks = checks_section(external_checks(found, tables)) if len(tables.evals) else ""
     sections = [
         "# prefstudy report: how stable are preference objectives?", "",
@@ -427,7 +509,7 @@ def _page(tables: Tables, found: Findings, out: Path,
         *(["## External checks", "", "What five papers found, beside what these runs show "
            "(their direction, ours with its interval, whether it reproduced, and how the "
            "settings differ):", "", checks, ""] if checks else []),
-        "## Provenance", "", provenance(tables), "",
+        "## Provenance", "", provenance(tables, found), "",
         "## C1 — the gap follows length, not preference", "", length,
         "## C2 — a noisy optimisation direction", "", noise,
         "## C3 — collapse: both losses grow", "", collapse,
@@ -437,16 +519,32 @@ def _page(tables: Tables, found: Findings, out: Path,
     return "\n".join(sections).rstrip() + "\n", held
 
 
-FINDINGS = ("<!-- findings:start -->", "<!-- findings:end -->")  # the README's block
+def markers(block: str) -> tuple[str, str]:
+    """The README's start and end markers of a findings block."""
+    return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
 
 
-def update_readme(readme: str | os.PathLike, held: str) -> bool:
-    """Replace the block between FINDINGS markers in `readme` with `held` (the report's "What
+FINDINGS = markers("findings")  # the README's block of the committed study's first arm
+
+# The committed study's arms: (its runs, its report folder, its block in the README), relative
+# to the repository. `prefstudy report` without --runs regenerates every arm whose runs exist.
+ARMS = (("reports/runs", "reports", "findings"),
+        ("reports/real/runs", "reports/real", "findings-real"))
+
+
+def committed_arms() -> list[tuple[Path, Path, str]]:
+    """The ARMS whose runs are in the repository, as paths."""
+    return [(in_repo(runs), in_repo(out), block) for runs, out, block in ARMS
+            if in_repo(runs).is_dir()]
+
+
+def update_readme(readme: str | os.PathLike, held: str, block: str = "findings") -> bool:
+    """Replace the block between `markers(block)` in `readme` with `held` (the report's "What
     held" section, `what_held`); ValueError naming the file where it has no such block.
     Returns whether the file changed."""
     readme = Path(readme)
     text = readme.read_text()
-    start, end = FINDINGS
+    start, end = markers(block)
     if start not in text or end not in text:
         raise ValueError(f"{readme}: no {start} … {end} block to regenerate")
     before, rest = text.split(start, 1)

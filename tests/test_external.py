@@ -3,11 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from test_findings import LEN_P, N_PAIRS, _neutral, _run
 
 from prefstudy import external, findings
 from prefstudy.tables import RUN_COLUMNS, Tables
-
-from test_findings import LEN_P, N_PAIRS, _neutral, _run
 
 RUNS = {  # run: (label, lr, accuracies at steps 6, 12, 18, chosen loss rises, neutral rises)
     "dpo-lo": ("dpo", 1e-4, [0.6, 0.75, 0.85], [0.0, 0.05, 0.1], [0.02, 0.04, 0.06]),

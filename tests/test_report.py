@@ -51,17 +51,21 @@ def test_shares_are_counted_with_exact_intervals(sweep):
 
 
 def test_the_readme_findings_are_the_committed_reports_what_held(tmp_path):
-    from prefstudy.report import FINDINGS, update_readme
+    from prefstudy.report import committed_arms, markers, update_readme
 
     readme = (REPO / "README.md").read_text()
-    block = readme.split(FINDINGS[0] + "\n", 1)[1].split(FINDINGS[1], 1)[0]
-    page = (REPO / "reports" / "README.md").read_text()  # the committed report's What held
-    held = page.split("## What held\n\n", 1)[1].split("\n## ", 1)[0].strip() + "\n"
-    assert block == held, "regenerate: prefstudy report --readme README.md"
-    copy = tmp_path / "README.md"  # the regeneration itself: only the block changes
-    copy.write_text(readme.replace(block, "- stale\n"))
-    assert update_readme(copy, held)
-    assert copy.read_text() == readme
+    arms = committed_arms()
+    assert arms, "no committed runs"
+    for _, out, name in arms:  # each arm's block is its committed report's What held
+        start, end = markers(name)
+        block = readme.split(start + "\n", 1)[1].split(end, 1)[0]
+        page = (out / "README.md").read_text()
+        held = page.split("## What held\n\n", 1)[1].split("\n## ", 1)[0].strip() + "\n"
+        assert block == held, "regenerate: prefstudy report --readme README.md"
+        copy = tmp_path / "README.md"  # the regeneration itself: only the block changes
+        copy.write_text(readme.replace(block, "- stale\n"))
+        assert update_readme(copy, held, name)
+        assert copy.read_text() == readme
     (tmp_path / "plain.md").write_text("# no block\n")
     with pytest.raises(ValueError, match="plain.md: no <!-- findings:start -->"):
         update_readme(tmp_path / "plain.md", held)
@@ -223,12 +227,13 @@ def test_a_collapse_verdict_needs_pairs_passages_and_settled_evaluations():
     assert enough[0].startswith("- **C3, both losses grow (collapse):** held (naive-sum lr "
                                 "0.001). ")
     assert "after a 6-step warm-up" in enough[0]
-    assert "naive-sum lr 0.001 at the end: Δchosen − Δneutral 2.00 [1.50, 2.50]" in enough[0]
+    assert ("The naive objective's largest: naive-sum lr 0.001, Δchosen − Δneutral 2.00 [1.50, "
+            "2.50] nats/token at the end") in enough[0]
     assert enough[1].startswith("  At matched held-out accuracy: too little data to compare")
     assert "KL from the starting model: not recorded" in enough[1]
     degraded = collapse_claim(_collapse_found(150, 200, 3, "degradation"))
     assert degraded[0].startswith("- **C3, both losses grow (collapse):** did not hold. ")
-    assert "degradation, everything rising, in 1 (naive-sum lr 0.001)" in degraded[0]
+    assert "degradation, everything rising, in 1 (each run in the C3 section)" in degraded[0]
     few = collapse_claim(_collapse_found(4, 16, 1, "collapse"))
     assert few[0].startswith(
         "- **C3, both losses grow (collapse):** too little data to say (4 held-out pairs, at "
