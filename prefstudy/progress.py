@@ -181,7 +181,8 @@ def _neutral_draws(perplexity: pd.DataFrame | None, steps: pd.MultiIndex,
     nll = perplexity.pivot_table(index=["run_id", "step"], columns="text_id", values="nll_sum",
                                  aggfunc="sum", dropna=False).sort_index(axis=1)
     tokens = perplexity.pivot_table(index=["run_id", "step"], columns="text_id",
-                                    values="n_tokens", aggfunc="sum").sort_index(axis=1)
+                                    values="n_tokens", aggfunc="sum")
+    tokens = tokens.reindex(index=nll.index, columns=nll.columns)  # runs with other steps too
     weights = counts.T  # (passages, draws)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_token = (nll.to_numpy(float) @ weights) / (np.nan_to_num(tokens.to_numpy(float))

@@ -171,6 +171,10 @@ def collapse_claim(found: Findings) -> list[str]:
     return lines
 
 
+def _has_kl(found: Findings) -> bool:
+    return "kl" in found.paths.columns and bool(found.paths.kl.notna().any())
+
+
 def _matched_line(found: Findings) -> list[str]:
     """The naive objective against DPO at the primary accuracy level, or why not."""
     lacking = _level_lacking(found) or short((found.n_passages, MIN_PASSAGES,
@@ -184,8 +188,8 @@ def _matched_line(found: Findings) -> list[str]:
                              "after its first evaluation")
         return [f"  At matched held-out accuracy: too little data to compare the naive objective "
                 f"with DPO ({reason}). KL from the starting model: "
-                + ("recorded." if found.matched.kl.notna().any() else
-                   "not recorded by these runs (it needs new runs).")]
+                + ("recorded (the frontier against KL is in the C3 section)." if _has_kl(found)
+                   else "not recorded by these runs (it needs new runs).")]
     cells = "; ".join(f"{r.a} (lr {r.lr_a:g}) − DPO (lr {r.lr_b:g}), {r.column}: "
                       f"{_iv(r.diff, r.diff_lo, r.diff_hi)}" for r in here.itertuples()
                       if np.isfinite(r.diff))
@@ -277,11 +281,13 @@ def squeezing_claim(found: Findings) -> list[str]:
     head = ("- **The squeezing effect (Ren & Sutherland 2025: DPO raises the log-probability "
             "of the starting model's own greedy answer while the chosen and rejected both "
             "fall):** ")
-    if not len(sq):
+    recorded = "d_greedy_logp" in found.paths.columns and found.paths.d_greedy_logp.notna().any()
+    if not recorded:
         return [head + "too little data to say (these runs did not record the greedy answers; "
                 "it needs new runs)."]
     level = found.primary
-    dpo = sq[(sq.label == "dpo") & (sq.level == level)] if np.isfinite(level) else sq.iloc[:0]
+    dpo = sq[(sq.label == "dpo") & (sq.level == level)] if np.isfinite(level) and len(sq) \
+        else pd.DataFrame()
     if not len(dpo):
         reason = _level_lacking(found) or "DPO did not reach the level"
         return [head + f"too little data to say ({reason})."]

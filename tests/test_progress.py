@@ -88,6 +88,17 @@ def test_neutral_cost_is_resampled_over_passages():
     assert (spread.d_neutral < spread.d_neutral_hi).all()
 
 
+def test_runs_evaluated_at_different_steps_keep_their_own_neutral_cost():
+    """A run stopped early (diverged, or still running) has fewer evaluations than the others:
+    each run's Δ neutral NLL is still its own, at its own steps."""
+    evals = pd.concat([accuracy_run("a", "A", [0.6, 0.8, 0.9]), accuracy_run("b", "B", [0.6])])
+    ppl = pd.concat([neutral("a", {1: 0.1, 2: 0.2, 3: 0.3}, spread=(-0.1, 0.0, 0.1)),
+                     neutral("b", {1: 0.5}, spread=(-0.1, 0.0, 0.1))])
+    paths = pg.progress_paths(evals, ppl)
+    assert paths.set_index(["run_id", "step"]).d_neutral.to_dict() == pytest.approx(
+        {("a", 1): 0.1, ("a", 2): 0.2, ("a", 3): 0.3, ("b", 1): 0.5})
+
+
 # --------------------------------------------------------------------------- levels
 
 

@@ -215,7 +215,8 @@ def _collapse_found(n_pairs, n_passages, n_settled, verdict):
         "d_chosen": [3.0, 0.1], "d_neutral": [1.0, 0.2]})
     return SimpleNamespace(collapse=collapse, n_pairs=n_pairs, n_passages=n_passages,
                            primary=float("nan"), comparisons=pd.DataFrame(),
-                           matched=pd.DataFrame({"kl": [float("nan")]}))
+                           matched=pd.DataFrame({"kl": [float("nan")]}),
+                           paths=pd.DataFrame({"kl": [float("nan")]}))
 
 
 def test_a_collapse_verdict_needs_pairs_passages_and_settled_evaluations():
