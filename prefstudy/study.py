@@ -128,7 +128,7 @@ def load_study(path: str | Path, *, profile: str | None = None, seeds: Sequence[
     it is malformed, is a ConfigError: one short line naming the file and what is wrong.
 
     A [[runs]] entry may name its own `seeds` and `lrs` (it runs at those only: a β sweep at one
-    learning rate, a focused set with more seeds) and any TrainConfig field for itself
+    learning rate, a focused set with more seeds; `seeds` given here override a run's own) and any TrainConfig field for itself
     (`trainable_blocks = 30`). `labels`: train only these of the profile's runs now (the study's
     `listed` labels, its order, stay all of them)."""
     path, now = Path(path), None if labels is None else list(labels)
@@ -154,6 +154,8 @@ def load_study(path: str | Path, *, profile: str | None = None, seeds: Sequence[
         raise ConfigError(f"{path}: unknown field(s) {shown(unknown)}; allowed: "
                           f"{', '.join(FIELDS)}, and seeds, lrs, labels")
     specs = _run_specs(path, runs)
+    if seeds is not None:  # seeds given here override every run's own, too
+        specs = [dataclasses.replace(s, seeds=None) for s in specs]
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{path}: labels must be unique: {shown(labels)}")

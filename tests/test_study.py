@@ -119,6 +119,8 @@ def test_a_run_may_have_its_own_seeds_learning_rates_and_fields(tmp_path):
     only = load_study(path, profile="cpu", output=tmp_path / "runs", labels=["b"])
     assert [c.run_id for c in only.configs()] == ["b-lr0.0003-s0"]
     assert only.listed == ["a", "b", "c"]  # study.json keeps the study's order
+    first = load_study(path, profile="cpu", output=tmp_path / "runs", seeds=[0])
+    assert [c.run_id for c in first.configs()] == ids[:5]  # seeds given override a run's own
     with pytest.raises(ConfigError, match="labels.*'zz'"):
         load_study(path, profile="cpu", labels=["zz"])
     path.write_text('model = "tiny"\n[[runs]]\nobjective = "dpo"\nseed = 3\n')
