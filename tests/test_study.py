@@ -148,6 +148,11 @@ def test_default_study_defines_every_required_objective_and_profile():
         # GPU studies more (`make study` stays small and says "too little data" where it must)
         assert cfg.n_heldout >= (MIN_HELDOUT_PAIRS if study is cpu else 40)
         assert cfg.warmup_steps > 0  # no evaluation after a cold start decides collapse
+    focused = load_study(REPO / "configs" / "study.toml", profile="cpu-focused")
+    assert [s.label for s in focused.runs] == ["naive-sum", "naive-mean", "negative_only", "dpo",
+                                              "dpop", "rpo"]
+    arm = focused.configs()[0]  # the bundled arm of the re-run: every neutral passage
+    assert arm.n_neutral >= 200 and arm.warmup_steps == arm.eval_every and len(focused.lrs) >= 3
     assert len(gpu.seeds) >= 3 and gpu.shared["model"] == "smollm2-135m-instruct"
     assert cpu.shared["trainable_blocks"] == 4 and gpu.shared.get("trainable_blocks") is None
 
