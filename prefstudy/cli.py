@@ -155,7 +155,7 @@ def _study(args) -> int:
 
     from .records import read_meta
     from .report import build_report
-    from .study import describe, load_study, pending, run_study
+    from .study import describe, load_study, parse_shard, pending, plan, run_study
 
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
@@ -167,16 +167,31 @@ def _study(args) -> int:
                                   "model": args.model, "keep_text": args.keep_text,
                                   "layout": args.layout, "columns": args.columns},
                        labels=args.labels.split(",") if args.labels else None)
+    shard = parse_shard(args.shard) if args.shard else None
     print(describe(study), flush=True)
+    if args.list:
+        table = plan(study, shard)
+        shown = table if shard else table.drop(columns="shard")
+        print(shown.assign(lr=table.lr.map("{:g}".format)).to_string(index=False))
+        counts = table.state.value_counts()
+        print(", ".join(f"{v} {k}" for k, v in counts.items()) or "no runs")
+        return 0
     todo, total = len(pending(study)), len(study.configs())
-    print(f"{total - todo} of {total} runs done already, {todo} to train", flush=True)
+    print(f"{total - todo} of {total} runs done already, {todo} to train"
+          + (f" (shard {shard[0]}/{shard[1]} trains its share)" if shard else ""), flush=True)
     started = time.time()
 
     def ran(i: int, n: int, folder: Path) -> None:  # beside the progress bars, or alone
         tqdm.write(f"[{i}/{n}] {folder.name}: {read_meta(folder)['status']} "
                    f"({_minutes(time.time() - started)} elapsed)")
 
-    run_study(study, progress=not args.quiet, on_run=ran)
+    run_study(study, progress=not args.quiet, on_run=ran, shard=shard)
+    left = len(pending(study))
+    if left:
+        print(f"{left} run(s) of the study not ended yet (other shards, or failed here); "
+              "`prefstudy study` with the same options, without --shard, gathers the study "
+              "and writes its report once every run has ended")
+        return 0
     page = build_report(study.output, args.report or study.output / "report",
                         progress=not args.quiet)
     print(f"done in {_minutes(time.time() - started)}; report: {page}")
@@ -370,6 +385,11 @@ def _add_study(sub) -> None:
     study.add_argument("--seeds", help="comma-separated, overriding the profile's")
     study.add_argument("--labels", help="comma-separated: train only these runs of the profile "
                        "now (e.g. the first of a long study's priorities)")
+    study.add_argument("--list", action="store_true", help="print the planned runs and their "
+                       "state (pending, running, training elsewhere, completed, …) and exit")
+    study.add_argument("--shard", metavar="I/N", help="train only the I-th of N disjoint shares "
+                       "of the planned runs (a stable split by run id: a Slurm array, or one "
+                       "process per GPU); a run another process is training is skipped")
     study.add_argument("--data", help="your own training pairs: a JSON Lines / JSON array / "
                        "parquet / CSV file or folder, an http(s) URL, or a dataset, in any layout "
                        "(--layout: TRL's, HH, Arena, SHP, AlpacaEval, UltraFeedback)")

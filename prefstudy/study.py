@@ -24,6 +24,7 @@ so re-running a study after an interruption finishes it, and audits the pairs it
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import tempfile
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -266,17 +268,80 @@ def pending(study: Study) -> list[TrainConfig]:
                                   f"{cfg.run_id!r}, made with other settings "
                                   f"({'; '.join(changes)}); move it away or give the study "
                                   "another output")
-            if read_meta(folder)["status"] in ("completed", "diverged"):
+            if read_meta(folder)["status"] in ENDED:
                 continue
         todo.append(cfg)
     return todo
 
 
+def shard_of(run_id: str, n: int) -> int:
+    """The share (1..n) of a study's grid that run `run_id` belongs to: a stable hash of its id,
+    so that workers started at different times, on other machines, agree."""
+    return int(hashlib.sha1(run_id.encode()).hexdigest(), 16) % n + 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`i/n` (1 ≤ i ≤ n) as (i, n); ValueError naming what is wrong otherwise."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text[:40]!r}: expected i/n, e.g. 1/4") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard {text}: i must be between 1 and n")
+    return i, n
+
+
+def _locked(folder: Path) -> bool:
+    """Whether another process holds run folder `folder`'s lock now (it is training there)."""
+    from filelock import FileLock, Timeout
+
+    from .locks import lock_file
+
+    if not lock_file(folder).exists():
+        return False
+    lock = FileLock(lock_file(folder), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
+def plan(study: Study, shard: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Every planned run of the study and its state now: run_id, label, lr, seed, shard (1..n
+    with `shard`'s n, else 1), state: the status its meta.json records (completed, diverged,
+    failed, interrupted, running), "training" where another process holds its lock, "pending"
+    where it has no folder yet. With `shard`, only that share's runs."""
+    rows = []
+    for cfg in study.configs():
+        folder = study.output / cfg.run_id
+        state = "pending"
+        if (folder / "meta.json").exists():
+            state = read_meta(folder).get("status", "unknown")
+        if state not in ENDED and _locked(folder):
+            state = "training"
+        rows.append({"run_id": cfg.run_id, "label": cfg.label, "lr": cfg.lr, "seed": cfg.seed,
+                     "shard": shard_of(cfg.run_id, shard[1]) if shard else 1, "state": state})
+    table = pd.DataFrame(rows, columns=["run_id", "label", "lr", "seed", "shard", "state"])
+    return table[table["shard"] == shard[0]].reset_index(drop=True) if shard else table
+
+
+ENDED = ("completed", "diverged")  # a run in either state is kept, never trained again
+
+
 def run_study(study: Study, *, progress: bool = True,
-              on_run: Callable[[int, int, Path], None] | None = None) -> list[Path]:
+              on_run: Callable[[int, int, Path], None] | None = None,
+              shard: tuple[int, int] | None = None) -> list[Path]:
     """Train every run of the study that has not ended, then audit the pairs it trains on
     (`audit_study`) if not done yet; returns all run folders. on_run(i, n, folder) is called
-    after the i-th of the n runs to train ends (the CLI's one line per run)."""
+    after the i-th of the n runs to train ends (the CLI's one line per run).
+
+    shard=(i, n): only the runs of the i-th of n shares (`shard_of`), skipping a run another
+    process is training (its lock held); the audit waits until every run of the grid ended
+    (a later `prefstudy study` or the last shard to end makes it)."""
     from .inputs import heldout_pairs, training_pairs
     from .train import train
 
@@ -284,22 +349,29 @@ def run_study(study: Study, *, progress: bool = True,
     training_pairs(first)  # a bad dataset fails here, in one line, before any model loads
     heldout_pairs(first)
     todo, total = pending(study), len(study.configs())  # refuses runs made otherwise, first
+    if shard is not None:
+        todo = [cfg for cfg in todo if shard_of(cfg.run_id, shard[1]) == shard[0]]
     study.output.mkdir(parents=True, exist_ok=True)
     (study.output / STUDY_FILE).write_text(json.dumps(
         {"name": study.name, "profile": study.profile, "seeds": study.seeds, "lrs": study.lrs,
          "labels": study.listed or [s.label for s in study.runs]}, indent=2) + "\n")
     # runs done / to do: the runs that ended before count as done from the start
-    bar = tqdm(todo, total=total, initial=total - len(todo), unit="run", disable=not progress,
-               desc=f"study {study.name}")
+    bar = tqdm(todo, total=len(todo) if shard else total,
+               initial=0 if shard else total - len(todo), unit="run", disable=not progress,
+               desc=f"study {study.name}" + (f" shard {shard[0]}/{shard[1]}" if shard else ""))
     for i, cfg in enumerate(bar, 1):
         bar.set_postfix_str(cfg.run_id)
+        if shard is not None and _locked(study.output / cfg.run_id):
+            tqdm.write(f"{cfg.run_id}: another process is training it; moving on")
+            continue
         resume = (study.output / cfg.run_id / "meta.json").exists()
         folder = train(cfg, resume=resume, progress=progress)
         if on_run is not None:
             on_run(i, len(todo), folder)
     bar.close()
-    if not _audit_current(study):  # missing, unreadable, or made from other pairs or model
-        audit_study(study, progress=progress)
+    if shard is None or not pending(study):
+        if not _audit_current(study):  # missing, unreadable, or made from other pairs or model
+            audit_study(study, progress=progress)
     return [study.output / cfg.run_id for cfg in study.configs()]
 
 

@@ -7,7 +7,7 @@ from prefstudy.config import ConfigError
 from prefstudy.paths import REPO
 from prefstudy.records import load_runs, read_meta
 from prefstudy.report import build_report
-from prefstudy.study import describe, load_study, pending, run_study
+from prefstudy.study import describe, load_study, pending, run_study, shard_of
 from prefstudy.tables import load_tables, study_dir, study_labels
 from prefstudy.verdicts import MIN_HELDOUT_PAIRS
 
@@ -128,6 +128,50 @@ def test_a_run_may_have_its_own_seeds_learning_rates_and_fields(tmp_path):
         load_study(path, profile="cpu")
 
 
+def test_shards_partition_the_grid_and_skip_a_run_another_process_holds(tmp_path, tiny_profile):
+    from filelock import FileLock
+
+    from prefstudy.locks import lock_file
+    from prefstudy.study import parse_shard, plan, shard_of
+
+    study = tiny_profile(tmp_path / "runs", labels=["naive-sum", "dpo"], seeds=[0, 1, 2],
+                         lrs=[1e-4, 1e-3])
+    ids = [c.run_id for c in study.configs()]
+    shares = [set(plan(study, (i, 3)).run_id) for i in (1, 2, 3)]
+    assert sorted(r for share in shares for r in share) == sorted(ids)  # disjoint, complete
+    assert all(shares) and {shard_of(r, 3) for r in shares[1]} == {2}
+    assert shard_of("dpo-lr0.001-s0", 4) == shard_of("dpo-lr0.001-s0", 4)  # stable
+    assert set(plan(study).state) == {"pending"}
+    done = study.output / ids[0]
+    done.mkdir(parents=True)
+    (done / "meta.json").write_text(json.dumps({"schema_version": 2, "run_id": ids[0],
+                                              "status": "completed"}))
+    held = FileLock(lock_file(study.output / ids[1]))
+    held.acquire()
+    try:  # a lock another process holds: "training" (this process's own lock counts alike)
+        states = plan(study).set_index("run_id").state
+        assert states[ids[0]] == "completed" and states[ids[1]] == "training"
+    finally:
+        held.release()
+    assert plan(study).set_index("run_id").state[ids[1]] == "pending"
+    for bad in ("0/2", "3/2", "1-2", "a/b"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_two_shards_train_the_whole_study_and_the_second_audits_it(tmp_path, tiny_profile):
+    study = tiny_profile(tmp_path / "runs", labels=["sft", "dpo"], lrs=[1e-4, 1e-3], steps=2,
+                         eval_every=2)
+    first = {c.run_id for c in study.configs() if shard_of(c.run_id, 2) == 1}
+    run_study(study, progress=False, shard=(1, 2))
+    trained = {p.name for p in study.output.glob("*/meta.json") for p in [p.parent]}
+    assert trained == first and not (study.output / "audit").exists()  # the grid is not done
+    run_study(study, progress=False, shard=(2, 2))
+    assert {p.parent.name for p in study.output.glob("*/meta.json")} == {
+        c.run_id for c in study.configs()}
+    assert (study.output / "audit" / "audit.json").exists() and not pending(study)
+
+
 def test_default_study_defines_every_required_objective_and_profile():
     cpu = load_study(REPO / "configs" / "study.toml", profile="cpu")
     full = load_study(REPO / "configs" / "study.toml", profile="cpu-full")
@@ -194,3 +238,20 @@ def test_the_catalogue_study_runs_every_registered_objective():
         assert {c.objective for c in catalogue.configs()} == set(OBJECTIVES), profile
         default = load_study(REPO / "configs" / "study.toml", profile=profile)
         assert catalogue.shared == default.shared, profile  # the same model, data, optimiser
+
+
+def test_the_command_lists_the_planned_runs_and_refuses_a_bad_shard(tmp_path, capsys):
+    from prefstudy.cli import main
+
+    path = tmp_path / "s.toml"
+    path.write_text('model = "tiny"\n[[runs]]\nlabel = "a"\nobjective = "dpo"\n'
+                    '[profiles.cpu]\nseeds = [0, 1]\nlrs = [1e-4, 1e-3]\n')
+    base = ["study", "--config", str(path), "--profile", "cpu", "--output", str(tmp_path / "r")]
+    assert main([*base, "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "a-lr0.0001-s1" in out and out.strip().endswith("4 pending")
+    assert main([*base, "--list", "--shard", "1/2"]) == 0
+    listed = capsys.readouterr().out
+    assert " shard " in listed.splitlines()[1] and not (tmp_path / "r").exists()
+    assert main([*base, "--shard", "3/2"]) == 2
+    assert "--shard 3/2: i must be between 1 and n" in capsys.readouterr().err
