@@ -69,6 +69,7 @@ class Findings:
     overoptimisation: accuracy at the largest KL against its best, per run
                   (`external.overoptimisation`: Rafailov et al. 2024).
     start_languages: the starting model, language by language (`start_by_language`).
+    accuracy_languages: held-out accuracy at the end by language (`accuracy_by_language`).
     """
 
     paths: pd.DataFrame
@@ -91,6 +92,7 @@ class Findings:
     chosen_logp: pd.DataFrame = field(default_factory=pd.DataFrame)
     overoptimisation: pd.DataFrame = field(default_factory=pd.DataFrame)
     start_languages: pd.DataFrame = field(default_factory=pd.DataFrame)
+    accuracy_languages: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def summarise(tables, *, n_boot: int = N_BOOT) -> Findings:
@@ -116,7 +118,8 @@ def summarise(tables, *, n_boot: int = N_BOOT) -> Findings:
         n_passages=matched.n_passages,
         chosen_logp=external.chosen_logp_change(tables, n_boot=n_boot),
         overoptimisation=external.overoptimisation(tables, n_boot=n_boot),
-        start_languages=start_by_language(tables))
+        start_languages=start_by_language(tables),
+        accuracy_languages=accuracy_by_language(tables, n_boot=n_boot))
 
 
 def in_order(frame: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
@@ -340,6 +343,33 @@ def per_language(tables, matched: pd.DataFrame) -> pd.DataFrame:
         frames.append(out.assign(lang=value))
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def accuracy_by_language(tables, *, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """Held-out reward accuracy at each run's last evaluation, by the pair's language, per
+    objective and learning rate (never pooled over learning rates): a pair's correctness
+    averaged over the seeds, a percentile interval over pairs. Returns label, lr, lang,
+    n_pairs, n_seeds, accuracy, lo, hi; empty where the pairs have fewer than two languages."""
+    columns = ["label", "lr", "lang", "n_pairs", "n_seeds", "accuracy", "lo", "hi"]
+    pairs = tables.pairs
+    if "lang" not in pairs.columns or pairs.lang.dropna().nunique() < 2 or not len(tables.evals):
+        return pd.DataFrame(columns=columns)
+    changes = tables.with_runs(pg.pair_changes(tables.evals, "heldout"))
+    last = changes[changes.step == changes.groupby("run_id").step.transform("max")]
+    last = last.assign(lang=last.pair_id.map(dict(zip(pairs.pair_id, pairs.lang))))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (label, lr, lang), at in last.dropna(subset=["lang"]).groupby(["label", "lr", "lang"],
+                                                                       sort=False):
+        per_pair = at.groupby("pair_id").correct.mean().to_numpy(float)
+        per_pair = per_pair[np.isfinite(per_pair)]
+        draws = per_pair[rng.integers(0, len(per_pair), (n_boot, len(per_pair)))].mean(1) \
+            if len(per_pair) > 1 else np.array([np.nan])
+        rows.append({"label": label, "lr": float(lr), "lang": lang, "n_pairs": len(per_pair),
+                     "n_seeds": at.seed.nunique(), "accuracy": float(per_pair.mean()),
+                     "lo": float(np.percentile(draws, 2.5)),
+                     "hi": float(np.percentile(draws, 97.5))})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def squeezing(matched: pd.DataFrame) -> pd.DataFrame:

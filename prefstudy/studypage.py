@@ -50,6 +50,7 @@ def collapse_section(tables, found: Findings, out: Path) -> str:
     if not len(found.paths):
         return "The runs evaluated no held-out pairs, so C3 is not measured here.\n"
     return "\n".join([*frontier_part(found, out, order), *levels_part(found),
+                      *accuracy_language_part(found, order),
                       *matched_part(found, out, order), *comparison_part(found, order),
                       *collapse_part(found, order), *negative_part(found),
                       *losses_part(tables, out, order)])
@@ -97,6 +98,24 @@ def frontier_part(found: Findings, out: Path, order: list[str]) -> list[str]:
         text += ["The KL from the starting model, the second cost axis, was not recorded by these "
                  "runs (it needs new runs).", ""]
     return text
+
+
+def accuracy_language_part(found: Findings, order: list[str]) -> list[str]:
+    """Held-out accuracy at the end, language by language, per objective and learning rate."""
+    acc = found.accuracy_languages
+    if not len(acc):
+        return []
+    cells = acc.assign(cell=[interval_label(r.accuracy, r.lo, r.hi, digits=2)
+                             for r in acc.itertuples()])
+    wide = cells.pivot_table(index=["label", "lr"], columns="lang", values="cell",
+                             aggfunc="first").reset_index()
+    wide = _sorted(wide, order, "lr").assign(lr=lambda f: f.lr.map("{:g}".format))
+    n = acc.groupby("lang").n_pairs.max()
+    return ["Held-out reward accuracy at each run's last evaluation, by the pair's language ("
+            + ", ".join(f"{k}: {v} pairs" for k, v in n.items()) + "; seeds averaged per pair, "
+            "pair bootstrap), one row per objective and learning rate:", "",
+            markdown_table(wide.rename(columns={"label": "objective", "lr": "learning rate"})),
+            ""]
 
 
 def levels_part(found: Findings) -> list[str]:

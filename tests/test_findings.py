@@ -201,3 +201,16 @@ def test_predictors_on_too_few_trained_pairs_are_too_little_data():
     held_out = verdicts.predictor_claim(SimpleNamespace(predictors=rho.assign(split="heldout",
                                                                               n=40)))[0]
     assert "measured on held-out pairs, never trained on" in held_out
+
+
+def test_accuracy_by_language_is_per_objective_and_learning_rate(found):
+    _, f = found
+    acc = f.accuracy_languages.set_index(["label", "lr", "lang"])
+    # dpo-lo ends at 0.85: pairs p0..p33 right; English are the even pairs, Chinese the odd
+    assert acc.loc[("dpo", 1e-4, "en"), "accuracy"] == pytest.approx(17 / 20)
+    assert acc.loc[("dpo", 1e-4, "zh"), "accuracy"] == pytest.approx(17 / 20)
+    # naive-sum-hi ends at 0.75: p0..p29 right, 15 of each language
+    assert acc.loc[("naive-sum", 1e-3, "en"), "accuracy"] == pytest.approx(15 / 20)
+    assert len(acc) == 2 * len(RUNS)  # one row per run's objective, lr and language
+    row = acc.loc[("dpo", 1e-4, "en")]
+    assert row.lo <= row.accuracy <= row.hi and row.n_pairs == 20
