@@ -270,11 +270,16 @@ def _noise_per_run(records: pd.DataFrame, steps: pd.DataFrame | None) -> pd.Data
         gns = (sums["trace_sigma"] / sums["grad_sq"]).where(sums["grad_sq"] > 0)
         per_run["gns"] = per_run.run_id.map(gns)
         per_run["gns_negative"] = per_run.run_id.map(sums["grad_sq"] <= 0).fillna(False)
-    return _runs(records)[["run_id", "label", "seed"]].merge(per_run, on="run_id")
+    runs = _runs(records)[["run_id", "label", "seed"]]
+    if "lr" in records.columns:
+        runs = runs.assign(lr=runs.run_id.map(records.drop_duplicates("run_id")
+                                              .set_index("run_id").lr))
+    return runs.merge(per_run, on="run_id")
 
 
 def gradient_noise(records: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per-pair gradient agreement and the gradient noise scale, one row per label.
+    """Per-pair gradient agreement and the gradient noise scale, one row per label and learning
+    rate (where the records carry `lr`; learning rates are never pooled), else per label.
 
     records: run_id, label, seed, step, grad_cos, grad_norm and, where recorded,
     grad_cos_with_self (NaN when gradient statistics were off; see prefstudy.gradstats).
@@ -294,14 +299,17 @@ def gradient_noise(records: pd.DataFrame, steps: pd.DataFrame | None = None) -> 
     and denominator averaged separately (McCandlish et al. 2018, App. A: a per-step ratio is
     noisy and undefined where the unbiased |G|² estimate is ≤ 0); NaN when the mean grad_sq is
     ≤ 0, and `gns_reason` then says so (never a number from a negative denominator). Returns
-    label, n_seeds and, for each of NOISE_METRICS, `<metric>`, `<metric>_lo`, `<metric>_hi`: the
-    across-seed mean and 95% t-interval (NaN with one seed), and gns_reason.
+    label (and lr), n_seeds and, for each of NOISE_METRICS, `<metric>`, `<metric>_lo`,
+    `<metric>_hi`: the across-seed mean and 95% t-interval (NaN with one seed), and gns_reason.
     Diverged runs count with the records they have.
     """
     per_run = _noise_per_run(records, steps)
-    table = _label_intervals(per_run, NOISE_METRICS)
-    table.insert(1, "n_seeds", per_run.groupby("label").size().reindex(table.label).to_numpy())
-    negative = per_run.groupby("label").gns_negative.sum().reindex(table.label).to_numpy()
+    keys = ["label", "lr"] if "lr" in per_run.columns else ["label"]
+    table = _label_intervals(per_run, NOISE_METRICS, keys)
+    index = pd.MultiIndex.from_frame(table[keys]) if len(keys) > 1 else table.label
+    by = per_run.groupby(keys)
+    table.insert(len(keys), "n_seeds", by.size().reindex(index).to_numpy())
+    negative = by.gns_negative.sum().reindex(index).to_numpy()
     table["gns_reason"] = [
         f"undefined: the pooled |G|² estimate is ≤ 0 in {int(k)} of {n} run(s)" if k else ""
         for k, n in zip(negative, table.n_seeds)]

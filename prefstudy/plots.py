@@ -479,9 +479,9 @@ def gradient_agreement(data: pd.DataFrame, *, x: str = "grad_cos", y: str = "lab
     """C2: each objective's mean leave-one-out cosine of a pair's gradient to the other pairs'
     mean gradient, one point per `y` value, with a line at 0 (orthogonal gradients).
 
-    data: `diagnostics.gradient_noise` output (one row per label). The points have no interval
-    (`<x>_lo`/`<x>_hi` are left out): an objective's runs are different learning rates, and rows
-    of one pair at many steps are not independent pairs. The x axis is symlog, linear within
+    data: `diagnostics.gradient_noise` output (one row per label, or per label and learning
+    rate with a `y` column naming both). The points have no interval (`<x>_lo`/`<x>_hi` are
+    left out): rows of one pair at many steps are not independent pairs. The x axis is symlog, linear within
     ±0.05 (negative_only's cosine is 10× the others'), from -0.05 to a cosine's bound 1.
     Returns the Axes.
     """
@@ -492,7 +492,7 @@ def gradient_agreement(data: pd.DataFrame, *, x: str = "grad_cos", y: str = "lab
     ax.xaxis.set_major_locator(mpl.ticker.FixedLocator([-0.05, 0, 0.05, 0.1, 0.2, 0.5, 1]))
     ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_plain))
     ax.set_xlabel("mean cosine of a pair's gradient to the other pairs' mean gradient\n"
-                  "(orthogonal gradients: 0; over every run and step)")
+                  "(orthogonal gradients: 0; over every step of the runs of each row)")
     return ax
 
 

@@ -220,6 +220,14 @@ def length_section(tables: Tables, out: Path, audit_parts: dict | None) -> str:
         "### Dose-response: only the length changes", "", audit_parts["dose"]])
 
 
+def _setting_colours(noise: pd.DataFrame) -> dict:
+    """Each row's setting (label · lr) in its label's colour (the report's pinned palette)."""
+    from .theme import colours_of
+
+    by_label = colours_of(list(dict.fromkeys(noise.label)))
+    return dict(zip(noise.setting, noise.label.map(by_label)))
+
+
 def noise_section(found: Findings, out: Path, order: list[str],
                   audit_parts: dict | None) -> str:
     text = []
@@ -228,9 +236,19 @@ def noise_section(found: Findings, out: Path, order: list[str],
     if not len(found.noise):
         return "\n".join(text + ["Gradient statistics were off in the training runs.", ""])
     noise = in_order(found.noise, order)
-    _save(plots.gradient_agreement(noise, order=order), out / "figures" / "gradient_agreement.png")
+    if "lr" in noise.columns:  # one row per objective and learning rate, never pooled
+        noise = noise.assign(_o=noise.label.map({lab: i for i, lab in enumerate(order)})) \
+            .sort_values(["_o", "lr"], kind="stable").drop(columns="_o")
+        noise = noise.assign(setting=[f"{r.label} · lr {r.lr:g}" for r in noise.itertuples()])
+    else:
+        noise = noise.assign(setting=noise.label)
+    _save(plots.gradient_agreement(noise, y="setting", order=list(noise.setting),
+                                   palette=_setting_colours(noise)),
+          out / "figures" / "gradient_agreement.png")
     view = pd.DataFrame({
-        "objective": noise.label, "runs": noise.n_seeds,
+        "objective": noise.label,
+        **({"learning rate": noise.lr.map("{:g}".format)} if "lr" in noise.columns else {}),
+        "runs": noise.n_seeds,
         "leave-one-out cosine (orthogonal: 0)": noise.grad_cos.map(partial(number, digits=3)),
         "cosine incl. the pair itself": noise.grad_cos_with_self.map(partial(number, digits=3)),
         "the same, orthogonal gradients": noise.grad_cos_with_self_orthogonal.map(
@@ -241,13 +259,14 @@ def noise_section(found: Findings, out: Path, order: list[str],
     })
     return "\n".join(text + [
         "### During training", "",
-        "Every training step of every run (all learning rates): each pair's own gradient "
+        "Every training step of every run, one row per objective and learning rate: each "
+        "pair's own gradient "
         "(linear weights of the trainable blocks) against the mean gradient of the other pairs "
         "of its batch — the leave-one-out cosine, 0 for orthogonal gradients (the line in the "
         "figure). Beside it the cosine with the batch mean including the pair, which "
         "orthogonal gradients of the same norms already raise to |g_i|/√Σ_j|g_j|² (0.5 at "
         "B = 4), and the gradient noise scale with numerator and denominator pooled over a "
-        "run's steps (McCandlish et al. 2018). Means over pair rows and runs; no interval: "
+        "run's steps (McCandlish et al. 2018). Means over pair rows and seeds; no interval: "
         "rows of one pair at many steps are not independent pairs.", "",
         markdown_table(view), "", "![gradient agreement](figures/gradient_agreement.png)", ""])
 

@@ -205,6 +205,23 @@ def test_gradient_noise_per_label_across_seeds():
     assert dpo.gns_reason == "undefined: the pooled |G|² estimate is ≤ 0 in 1 of 2 run(s)"
 
 
+def test_gradient_noise_never_pools_learning_rates():
+    """Two runs of one objective at two learning rates are two rows, never two seeds of one."""
+    rec = pd.concat([
+        records_frame([{"pair_id": f"p{i}", "loss_p": 1, "loss_n": 2, "grad_cos": c,
+                        "grad_norm": 2.0} for i, c in enumerate([0.5, 0.3])],
+                      run_id="lo", label="dpo", seed=0).assign(lr=1e-4),
+        records_frame([{"pair_id": f"p{i}", "loss_p": 1, "loss_n": 2, "grad_cos": c,
+                        "grad_norm": 2.0} for i, c in enumerate([-0.1, 0.1])],
+                      run_id="hi", label="dpo", seed=0).assign(lr=1e-3)])
+    out = dg.gradient_noise(rec).set_index(["label", "lr"])
+    assert list(out.index) == [("dpo", 1e-4), ("dpo", 1e-3)] or sorted(out.index) == [
+        ("dpo", 1e-4), ("dpo", 1e-3)]
+    assert out.loc[("dpo", 1e-4)].grad_cos == pytest.approx(0.4)
+    assert out.loc[("dpo", 1e-3)].grad_cos == pytest.approx(0.0)
+    assert (out.n_seeds == 1).all()
+
+
 def test_gradient_noise_reads_the_with_self_cosine_beside_its_baseline():
     norms, with_self = [1.0, 1.0, 2.0], [0.5, 0.4, 0.9]
     rec = records_frame([{"pair_id": f"p{i}", "loss_p": 1, "loss_n": 2, "grad_cos": 0.0,
