@@ -64,10 +64,11 @@ from .step import Optimisation, StepResult, reference_logps, train_step
 
 ENDED = ("completed", "diverged")  # statuses of a run that is evaluated, compacted, not resumed
 # Config fields that may differ when a run is resumed: where it is written, what figures call it,
-# which device runs it, how often it saves state, whether frozen blocks are cached and how the
-# objective was spelled (a TRL name for the same objective). Every other field changes its results.
+# which device runs it, how often it saves state, whether frozen blocks are cached, how the
+# objective was spelled (a TRL name for the same objective) and whether its pairs.parquet keeps
+# the pair texts. Every other field changes its results.
 RESUMABLE_CHANGES = ("output", "label", "device", "checkpoint_every", "cache_frozen",
-                     "objective_given")
+                     "objective_given", "keep_text")
 # A run is flagged when a pair's per-token loss passes ln|V| by more than this (nats): worse than
 # a uniform guess by a factor e per token. The margin keeps a random starting model, whose losses
 # hover around ln|V|, from being flagged at its first step.

@@ -585,6 +585,8 @@ def test_a_run_saved_before_a_field_existed_still_resumes(tmp_path):
     saved["params"] = {}  # the objective's parameters at their defaults, as older runs saved them
     assert resume_changes(saved, cfg) == []
     assert resume_changes({**saved, "lr": 0.5}, cfg) == [f"lr: 0.5 → {cfg.lr!r}"]
+    # whether pairs.parquet keeps the texts changes what is written, not what is trained
+    assert resume_changes({**saved, "keep_text": True}, cfg) == []
 
 
 def test_a_new_field_at_its_default_keeps_the_run_id():

@@ -147,6 +147,7 @@ def test_the_real_data_study_splits_by_instruction_and_runs_the_focused_set_firs
     first = configs[0]
     assert first.heldout_prompts >= 60 and first.neutral_prompts >= 200
     assert first.too_long == "drop" and first.warmup_steps == first.eval_every
+    assert first.keep_text is False  # staged outside reports/, committed later: no texts
     focused = {"naive-sum", "naive-mean", "negative_only", "dpo", "dpop", "rpo"}
     seeds = {label: {c.seed for c in configs if c.label == label} for label in study.listed}
     assert all(seeds[label] == {0, 1, 2} for label in focused)
