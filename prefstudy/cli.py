@@ -69,7 +69,7 @@ def _train(args) -> int:
 # `prefstudy train` flags that set the TrainConfig field of the same name (dest).
 TRAIN_FLAGS = ("objective", "model", "data", "heldout", "lr", "steps", "batch_size", "max_pairs",
                "eval_every", "seed", "device", "output", "run_id", "keep_text", "layout",
-               "columns")
+               "columns", "report_to")
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -186,9 +186,9 @@ def _study(args) -> int:
                    f"({_minutes(time.time() - started)} elapsed)")
 
     run_study(study, progress=not args.quiet, on_run=ran, shard=shard)
-    left = len(pending(study))
+    left = len(pending(study)) if shard else 0
     if left:
-        print(f"{left} run(s) of the study not ended yet (other shards, or failed here); "
+        print(f"{left} run(s) of the study not ended yet (other shards); "
               "`prefstudy study` with the same options, without --shard, gathers the study "
               "and writes its report once every run has ended")
         return 0
@@ -350,6 +350,12 @@ def _add_train(sub) -> None:
                        help="any other config field, e.g. --set trainable_blocks=4 (repeatable; "
                        "the fields: prefstudy.config.TrainConfig)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    train.add_argument("--report-to", dest="report_to", metavar="TRACKER,...",
+                       type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+                       help="also send each step's batch means to these trackers, through "
+                       "accelerate: tensorboard, wandb, mlflow, trackio, … (where installed; "
+                       "files under <run>/trackers); the per-pair records stay the source of "
+                       "truth")
     train.add_argument("--output", help="folder the run folder goes in (default: runs)")
     train.add_argument("--run-id", dest="run_id",
                        help="the run folder's name (default: objective, lr and seed, e.g. "

@@ -106,6 +106,10 @@ class TrainConfig:
     eval_every: int = 0  # evaluate every N steps; 0 = at the start and the end only
     gen_max_new_tokens: int = 32
     grad_stats: bool = False  # per-pair gradient norm and cosine, gradient noise scale
+    # trackers that also get each step's batch means (loss, accuracy, margin, gradient norm, lr)
+    # through accelerate's tracking: "tensorboard", "wandb", "mlflow", "trackio", … (where
+    # installed), written under <run>/trackers; the per-pair records stay the source of truth
+    report_to: list[str] = field(default_factory=list)
     checkpoint_every: int = 10  # resumable state every N steps
     output: str = "runs"  # runs go to <output>/<run_id>
     run_id: str | None = None  # default: objective, lr and seed (`default_run_id`)
@@ -136,7 +140,7 @@ class TrainConfig:
 # pairs' texts, not what it trains.
 _NOT_IN_RUN_ID = ("objective", "objective_given", "params", "lr", "seed", "run_id", "output",
                   "label", "device", "checkpoint_every", "cache_frozen", "keep_text",
-                  "layout", "columns")  # the last two: the data's fingerprint covers what they read
+                  "report_to", "layout", "columns")  # the last two: the data's fingerprint covers what they read
 
 
 def default_run_id(cfg: TrainConfig) -> str:
@@ -351,6 +355,20 @@ def _check_layout(cfg: TrainConfig) -> None:
         raise ConfigError(f"config field 'columns': {e}") from None
 
 
+def _check_trackers(cfg: TrainConfig) -> None:
+    """report_to names trackers accelerate knows (`accelerate.tracking`); checked here, before
+    anything loads. Whether one is installed is accelerate's to say when the run starts."""
+    if not cfg.report_to:
+        return
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    unknown = [t for t in cfg.report_to if t not in LOGGER_TYPE_TO_CLASS and t != "all"]
+    if unknown:
+        raise ConfigError(f"config field 'report_to' = {shown(cfg.report_to)}: unknown "
+                          f"tracker(s) {shown(unknown)}; allowed: 'all', "
+                          f"{', '.join(map(repr, LOGGER_TYPE_TO_CLASS))}")
+
+
 def _check_split(cfg: TrainConfig) -> None:
     """A prompt split replaces `heldout` / `neutral_text`: both at once would be ambiguous."""
     for count, other in (("heldout_prompts", "heldout"), ("neutral_prompts", "neutral_text")):
@@ -381,6 +399,7 @@ def check(cfg: TrainConfig) -> None:
                           f"below 'max_length' = {cfg.max_length}")
     _check_layout(cfg)
     _check_split(cfg)
+    _check_trackers(cfg)
     if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
         raise ConfigError(f"config field 'dtype' = {shown(cfg.dtype)}; allowed: 'auto', "
                           f"{', '.join(map(repr, DTYPES))}")

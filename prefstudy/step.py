@@ -174,6 +174,7 @@ class Optimisation:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     max_grad_norm: float | None
+    last_grad_norm: float = float("nan")  # the last update's gradient norm before clipping
 
     @classmethod
     def create(cls, model, cfg: TrainConfig) -> Optimisation:
@@ -190,9 +191,12 @@ class Optimisation:
 
     def update(self) -> bool:
         """Clip, step the optimiser and the schedule; False (nothing updated) if the gradient
-        norm is not finite."""
+        norm is not finite. The norm before clipping is kept in `last_grad_norm` (NaN without
+        clipping)."""
+        self.last_grad_norm = float("nan")
         if self.max_grad_norm:
             total = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            self.last_grad_norm = float(total)
             if not torch.isfinite(total):
                 return False
         self.optimizer.step()

@@ -68,7 +68,7 @@ ENDED = ("completed", "diverged")  # statuses of a run that is evaluated, compac
 # objective was spelled (a TRL name for the same objective) and whether its pairs.parquet keeps
 # the pair texts. Every other field changes its results.
 RESUMABLE_CHANGES = ("output", "label", "device", "checkpoint_every", "cache_frozen",
-                     "objective_given", "keep_text")
+                     "objective_given", "keep_text", "report_to")
 # A run is flagged when a pair's per-token loss passes ln|V| by more than this (nats): worse than
 # a uniform guess by a factor e per token. The margin keeps a random starting model, whose losses
 # hover around ln|V|, from being flagged at its first step.
@@ -146,7 +146,7 @@ def _open(cfg: TrainConfig, folder: Path, accelerator) -> Run:
                prints=fingerprints(cfg), starting=starting)
 
 
-def _accelerator(cfg: TrainConfig):
+def _accelerator(cfg: TrainConfig, folder: Path | None = None):
     """The accelerator for cfg.device: "auto" takes CUDA where there is one; a named device must
     exist (ConfigError otherwise), and cuda:N becomes this process's CUDA device."""
     from accelerate import Accelerator
@@ -168,7 +168,9 @@ def _accelerator(cfg: TrainConfig):
     # instead of each training alone.
     on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()
                                       and not torch.backends.mps.is_available())
-    accelerator = Accelerator(cpu=on_cpu)
+    trackers = {"log_with": cfg.report_to, "project_dir": str(folder / TRACKERS)} \
+        if cfg.report_to and folder is not None else {}
+    accelerator = Accelerator(cpu=on_cpu, **trackers)
     world = accelerator.num_processes
     if cfg.batch_size % world:
         raise ConfigError(f"config field 'batch_size' = {cfg.batch_size} must be a multiple of "
@@ -295,6 +297,7 @@ def _after_step(run: Run, step: int, out: StepResult, bar: tqdm | None) -> None:
     cfg = run.cfg
     run.writer.append("records", out.records, step=step)
     _watch_uniform(run, step, out.records)
+    _track(run, step, out)
     if run.is_main:
         if out.stats:
             run.writer.append("steps", [out.stats], step=step)
@@ -308,6 +311,28 @@ def _after_step(run: Run, step: int, out: StepResult, bar: tqdm | None) -> None:
             checkpoint.save(run.folder / "checkpoint", run.model, run.opt.optimizer, step,
                             run.identity)
     run.accelerator.wait_for_everyone()
+
+
+TRACKERS = "trackers"  # <run>/trackers: what `report_to`'s trackers write, where they write files
+
+
+def _track(run: Run, step: int, out: StepResult) -> None:
+    """The step's batch means, over every process's pairs, to the config's trackers
+    (`report_to`, through accelerate): pair loss, reward accuracy (margin > 0, a tie ½),
+    margin, loss_p, loss_n, the batch gradient's norm before clipping, and the learning rate."""
+    if not run.cfg.report_to:
+        return
+    rec = out.records
+    correct = (rec.margin > 0) + 0.5 * (rec.margin == 0)
+    sums = torch.tensor([rec.pair_loss.sum(), correct.sum(), rec.margin.sum(), rec.loss_p.sum(),
+                         rec.loss_n.sum(), len(rec)], dtype=torch.float64,
+                        device=run.accelerator.device)
+    sums = run.accelerator.reduce(sums, reduction="sum").cpu()
+    loss, accuracy, margin, loss_p, loss_n = (sums[:5] / sums[5]).tolist()
+    run.accelerator.log({"train/loss": loss, "train/reward_accuracy": accuracy,
+                         "train/margin": margin, "train/loss_p": loss_p, "train/loss_n": loss_n,
+                         "train/grad_norm": run.opt.last_grad_norm,
+                         "train/lr": float(rec.step_lr.iloc[0])}, step=step)
 
 
 def uniform_loss(model) -> float:
@@ -382,7 +407,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     """Train under `cfg` and return the run folder. See the module docstring."""
     cfg = cfg.resolved()  # fails on a bad config before anything is loaded
     folder = Path(cfg.output) / cfg.run_id
-    accelerator = _accelerator(cfg)
+    accelerator = _accelerator(cfg, folder)
     with _lock(folder, accelerator.is_main_process):
         ended = _ended_already(folder, cfg, resume)
         if ended:
@@ -396,7 +421,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             if run.is_main and (folder / "meta.json").exists():
                 run.writer.finish("failed", **_failure(run.start, e, "start"))
             raise
-        status = _loop(run, progress)
+        if cfg.report_to:  # the run's settings beside its curves; flat, as trackers want them
+            accelerator.init_trackers(cfg.run_id, config={
+                k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                for k, v in cfg.to_dict().items()})
+        try:
+            status = _loop(run, progress)
+        finally:
+            if cfg.report_to:
+                accelerator.end_training()
         run.accelerator.wait_for_everyone()
         if run.is_main and status in ENDED:
             run.writer.compact()  # one file per table instead of one per step

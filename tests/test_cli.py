@@ -142,7 +142,7 @@ def test_study_prints_a_line_per_run(monkeypatch, capsys, tmp_path, a_run):
     import prefstudy.report
     import prefstudy.study
 
-    def fake_run_study(study, *, progress, on_run):
+    def fake_run_study(study, *, progress, on_run, shard=None):
         for i, _ in enumerate(study.configs(), 1):
             on_run(i, len(study.configs()), a_run)
 
