@@ -69,9 +69,9 @@ class Study:
         """One checked TrainConfig per (run, lr, seed), seeds outermost, then learning rates: a
         study stopped early has every configuration at every lr with its first seeds. A run
         with its own `seeds` / `lrs` takes part at those only."""
-        seeds = list(dict.fromkeys([*self.seeds, *(s for r in self.runs for s in r.seeds or ())]))
-        lrs = list(dict.fromkeys([*(self.lrs or [None]),
-                                  *(v for r in self.runs for v in r.lrs or ())]))
+        seeds = [*self.seeds, *_extra(self.seeds, (s for r in self.runs for s in r.seeds or ()))]
+        lrs = [*(self.lrs or [None]), *_extra(self.lrs or [None],
+                                              (v for r in self.runs for v in r.lrs or ()))]
         out = []
         for seed in seeds:
             for lr in lrs:
@@ -92,6 +92,13 @@ class Study:
             return from_dict(values, where).resolved()
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
+
+
+def _extra(given: Sequence, more) -> list:
+    """The values of `more` that `given` lacks, once each, in order (a run's own seeds or
+    learning rates beyond the study's: the study's own list is kept as written, repeats and
+    all, so a repeated seed is refused as one run id, not silently merged)."""
+    return [v for v in dict.fromkeys(more) if v not in given]
 
 
 def _where(cfg: TrainConfig) -> str:

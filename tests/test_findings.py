@@ -168,7 +168,8 @@ def test_too_few_passages_is_too_little_data():
 
 def test_no_level_above_chance_is_too_little_data():
     f = SimpleNamespace(primary=float("nan"), n_pairs=20, n_passages=200,
-                        comparisons=pd.DataFrame(), matched=pd.DataFrame({"kl": [np.nan]}))
+                        comparisons=pd.DataFrame(), matched=pd.DataFrame({"kl": [np.nan]}),
+                        paths=pd.DataFrame({"kl": [np.nan]}))
     line = verdicts._matched_line(f)[0]
     assert "too little data to compare the naive objective with DPO (no accuracy level above " \
            "chance with 20 held-out pairs" in line
