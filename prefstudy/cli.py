@@ -386,8 +386,8 @@ def _add_study(sub) -> None:
                            "resumes), then regenerate its report.")
     study.add_argument("--config", default=str(resolve_path(DEFAULT_STUDY)),
                        help=f"the study file (default: {DEFAULT_STUDY})")
-    study.add_argument("--profile", help="a profile of the study file (cpu, cpu-full, gpu, "
-                       "tiny); default: gpu when CUDA is available, else cpu")
+    study.add_argument("--profile", help="a profile of the study file (cpu, cpu-full, "
+                       "cpu-focused, gpu, tiny); default: gpu when CUDA is available, else cpu")
     study.add_argument("--seeds", help="comma-separated, overriding the profile's")
     study.add_argument("--labels", help="comma-separated: train only these runs of the profile "
                        "now (e.g. the first of a long study's priorities)")
