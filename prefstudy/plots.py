@@ -543,8 +543,8 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
     in step order, in its `hue` colour (the pinned study palette when it covers the labels), with
     a marker per `style` value (PATH_MARKERS) at each evaluation. Thin lines cross at `origin`.
     xscale: "symlog" (linear within ±`linthresh`, logarithmic beyond) keeps a run-away cost
-    (negative_only reaches 100× the others) from squeezing every other path against x = 0; or
-    "linear". yscale: "linear", or "symlog" (linear within ±`ylinthresh`) where one objective's
+    (negative_only reaches 100× the others) from squeezing every other path against x = 0, and
+    becomes "linear" where every cost lies within ±`linthresh`; or "linear". yscale: "linear", or "symlog" (linear within ±`ylinthresh`) where one objective's
     progress runs far past the rest. col (e.g. "family"): one panel per value, sharing both
     axes; `titles` maps a panel's value to its title. arrows: an arrowhead on each segment, so
     the direction of training is visible. The legend sits right of the data. Each path's Line2D
@@ -554,6 +554,9 @@ def frontier(data: pd.DataFrame, *, x: str = "d_neutral", y: str = "margin_gain"
     if col is not None and ax is not None:
         raise ValueError("frontier: pass ax= or col=, not both (col makes its own grid)")
     hue_order = order_of(data[hue], hue_order)
+    costs = pd.to_numeric(data[x], errors="coerce").to_numpy(float)
+    if xscale == "symlog" and np.abs(costs[np.isfinite(costs)]).max(initial=0.0) < linthresh:
+        xscale = "linear"  # every cost inside the linear part: a symlog axis would tick 0 alone
     kws = {"x": x, "y": y, "hue": hue, "style": style, "units": units,
            "colours": colours_of(hue_order, palette, labels=hue == "label"),
            "markers": _markers(data, style, style_order), "xscale": xscale,

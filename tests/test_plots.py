@@ -691,3 +691,13 @@ def test_every_figure_draws_one_row_and_no_finite_value_without_failing(name, tm
         figure.savefig(tmp_path / "figure.png")  # drawing it fails nowhere either
         notes = [t for t in _texts(figure) if t.startswith("nothing to draw")]
         assert bool(notes) == (value is not None), (name, n, value)
+
+
+def test_a_frontier_whose_costs_all_lie_in_the_linear_part_has_a_linear_axis_with_ticks():
+    paths, _ = make_paths()
+    small = paths.assign(d_neutral=paths.d_neutral / 10_000)  # every cost below linthresh
+    ax = plots.frontier(small)
+    assert ax.get_xscale() == "linear"
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert len(ticks) >= 3  # a reader can read the axis, not a lone 0
+    assert plots.frontier(paths).get_xscale() == "symlog"
