@@ -94,8 +94,8 @@ def _sweep_line(found: Findings | None) -> list[str]:
     for lr, at in last.groupby("lr", sort=True):
         acc, cost = at.accuracy, at.d_neutral
         parts.append(f"lr {lr:g}: held-out accuracy {acc.min():.2f} to {acc.max():.2f} "
-                     f"(median {acc.median():.2f}), Δ neutral NLL {number(cost.min(), 2)} to "
-                     f"{number(cost.max(), 2)} nats/token (median {number(cost.median(), 2)})")
+                     f"(median {acc.median():.2f}), Δ neutral NLL {number(cost.min(), 3)} to "
+                     f"{number(cost.max(), 3)} nats/token (median {number(cost.median(), 3)})")
     return ["- What each learning rate did by the end, over the runs at it (the sweep should "
             "run from barely moving to degrading): " + "; ".join(parts) + "."]
 
