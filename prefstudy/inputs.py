@@ -149,12 +149,19 @@ def _splits(cfg: TrainConfig) -> bool:
 def prompt_split(cfg: TrainConfig) -> PromptSplit:
     """cfg.data (in cfg.lang) split by prompt (`split.split_prompts`, SAMPLE_SEED): the same in
     every run of a study. ConfigError where the data has too few prompts."""
+    pairs = _load_pairs(cfg.data, cfg)
     try:
-        return split_prompts(_load_pairs(cfg.data, cfg), cfg.heldout_prompts,
-                             cfg.neutral_prompts, seed=SAMPLE_SEED,
-                             neutral_model=cfg.neutral_model)
+        split = split_prompts(pairs, cfg.heldout_prompts, cfg.neutral_prompts,
+                              seed=SAMPLE_SEED, neutral_model=cfg.neutral_model)
     except ValueError as e:
         raise DataError(f"{cfg.data}: {e}") from None
+    if cfg.neutral_prompts and split.neutral.empty:
+        models = sorted({str(p.meta[k]) for p in pairs for k in ("chosen_model", "rejected_model")
+                         if k in p.meta})
+        raise DataError(f"{cfg.data}: neutral_model {cfg.neutral_model!r} wrote none of the "
+                        f"answers to the {cfg.neutral_prompts} neutral prompts; the data's "
+                        f"models: {', '.join(models[:12]) or 'none named'}")
+    return split
 
 
 _FITS: dict[tuple, bool] = {}  # (tokenizer, max_length, max_prompt_length, pair_id) → fits
@@ -243,8 +250,12 @@ def prepare_inputs(cfg: TrainConfig, tokenizer) -> Inputs:
     enc = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
     train = encode_pairs(pairs, tokenizer, **enc)
     if len(train) < cfg.batch_size:
+        _, too_long = training_pool(cfg)
+        why = (f" ({too_long} left out as longer than max_length={cfg.max_length} tokens, or a "
+               f"prompt over max_prompt_length={cfg.max_prompt_length}: too_long = \"drop\")"
+               if too_long else "")
         raise DataError(f"{cfg.data}: {len(train)} usable pairs, fewer than batch_size="
-                        f"{cfg.batch_size}")
+                        f"{cfg.batch_size}{why}")
     heldout = neutral = probes = None
     held = heldout_pairs(cfg)
     if held is not None:

@@ -159,3 +159,17 @@ def test_the_real_data_study_splits_by_instruction_and_runs_the_focused_set_firs
     held = heldout_pairs(first)
     train = training_pairs(first)
     assert not {prompt_key(p) for p in held} & {prompt_key(p) for p in train}
+
+
+def test_a_split_that_leaves_nothing_usable_says_why_in_one_line(tmp_path, tokenizer):
+    from prefstudy.data import DataError
+    from prefstudy.inputs import prepare_inputs
+
+    folder = _write_alpaca(tmp_path / "ae", n_prompts=30)
+    with pytest.raises(DataError, match="neutral_model 'nobody' wrote none of the answers to "
+                                       "the 10 neutral prompts; the data's models: model-a"):
+        neutral_texts(_config(folder, neutral_model="nobody"))
+    tight = _config(folder, too_long="drop", max_length=40, max_prompt_length=20)
+    with pytest.raises(DataError, match=r"0 usable pairs, fewer than batch_size=4 \(36 left out "
+                                        r"as longer than max_length=40"):
+        prepare_inputs(tight, tokenizer)
