@@ -148,7 +148,8 @@ def _splits(cfg: TrainConfig) -> bool:
 
 def prompt_split(cfg: TrainConfig) -> PromptSplit:
     """cfg.data (in cfg.lang) split by prompt (`split.split_prompts`, SAMPLE_SEED): the same in
-    every run of a study. ConfigError where the data has too few prompts."""
+    every run of a study. DataError, one line, where the data has too few prompts or no
+    neutral answer by neutral_model."""
     pairs = _load_pairs(cfg.data, cfg)
     try:
         split = split_prompts(pairs, cfg.heldout_prompts, cfg.neutral_prompts,
