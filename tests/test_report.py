@@ -1,6 +1,7 @@
 """The report of a learning-rate sweep: claims at matched progress, from records, regenerable."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -251,3 +252,31 @@ def test_every_report_option_says_what_it_does():
     report = sub.choices["report"]
     assert [a.dest for a in report._actions if not a.help] == []
     assert "default: <runs>/report" in report.format_help()
+
+
+def test_the_report_command_regenerates_every_committed_arm_and_its_readme_block(
+        small, tmp_path, monkeypatch, capsys):
+    """`prefstudy report` without --runs: each arm of the committed study (its runs, its report
+    folder, its README block), here two arms of one small run each."""
+    import shutil
+
+    from prefstudy import report
+    from prefstudy.cli import main
+
+    arms = []
+    for name, block in (("a", "findings"), ("b", "findings-real")):
+        runs = tmp_path / name / "runs"
+        shutil.copytree(small, runs)
+        arms.append((str(runs), str(tmp_path / name), block))
+    monkeypatch.setattr(report, "ARMS", tuple(arms))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- findings:start -->\nold\n<!-- findings:end -->\n"
+                      "<!-- findings-real:start -->\nold\n<!-- findings-real:end -->\n")
+    assert main(["report", "--quiet", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    for _, out, block in arms:
+        page = (Path(out) / "README.md").read_text()
+        held = page.split("## What held\n\n", 1)[1].split("\n## ", 1)[0].strip()
+        start, end = report.markers(block)
+        assert text.split(start + "\n", 1)[1].split(end, 1)[0].strip() == held
+    assert "old" not in text and "findings regenerated" in capsys.readouterr().out
