@@ -142,7 +142,7 @@ def test_the_real_data_study_splits_by_instruction_and_runs_the_focused_set_firs
 
     folder = _write_alpaca(tmp_path / "ae", n_prompts=300)
     study = load_study(in_repo("configs/real.toml"), profile="cpu-full", output=tmp_path / "r",
-                       overrides={"data": str(folder)})
+                       overrides={"data": str(folder), "neutral_model": "ref"})
     configs = study.configs()
     first = configs[0]
     assert first.heldout_prompts >= 60 and first.neutral_prompts >= 200
