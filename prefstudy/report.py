@@ -38,7 +38,7 @@ from .findings import Findings, in_order
 from .formatting import markdown_table, number, percent
 from .paths import in_repo
 from .records import default_runs_dir
-from .studypage import collapse_section, displacement_section
+from .studypage import _sorted, collapse_section, displacement_section
 from .tables import Tables, load_tables
 from .theme import from_defaults, study_palette
 from .verdicts import what_held
@@ -237,8 +237,7 @@ def noise_section(found: Findings, out: Path, order: list[str],
         return "\n".join(text + ["Gradient statistics were off in the training runs.", ""])
     noise = in_order(found.noise, order)
     if "lr" in noise.columns:  # one row per objective and learning rate, never pooled
-        noise = noise.assign(_o=noise.label.map({lab: i for i, lab in enumerate(order)})) \
-            .sort_values(["_o", "lr"], kind="stable").drop(columns="_o")
+        noise = _sorted(noise, order, "lr")
         noise = noise.assign(setting=[f"{r.label} · lr {r.lr:g}" for r in noise.itertuples()])
     else:
         noise = noise.assign(setting=noise.label)
